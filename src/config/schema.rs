@@ -1,0 +1,464 @@
+//! The configuration file's shape: one YAML document, every struct `deny_unknown_fields`.
+//!
+//! Each field's doc comment states its default; README.md's config reference is written from
+//! these comments. Cross-field rules (a route naming an unknown upstream, a duplicate listener
+//! address, …) live in `validate.rs`, not here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+use crate::config::units::{ByteSize, Duration};
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The name postern uses in its banner, EHLO reply and Received headers. Default: `localhost`.
+    #[serde(default = "default_hostname")]
+    pub hostname: String,
+    /// The SMTP listeners. At least one is required.
+    pub listeners: Vec<ListenerConfig>,
+    /// The server certificate for listeners with `tls: starttls | implicit`.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Accounts that may AUTH on listeners with `auth: required | optional`. Default: none.
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    /// Identities for devices admitted by IP address (printers, scanners). Default: none.
+    #[serde(default)]
+    pub networks: Vec<NetworkConfig>,
+    /// Size, recipient and connection caps.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Server-side timeouts (RFC 5321 section 4.5.3.2).
+    #[serde(default)]
+    pub timeouts: TimeoutsConfig,
+    /// SMTP dialogue options.
+    #[serde(default)]
+    pub smtp: SmtpConfig,
+    /// Headers postern adds to each message.
+    #[serde(default)]
+    pub headers: HeadersConfig,
+    /// AUTH verification cache (so a printer that logs in per message is not held up by argon2).
+    #[serde(default)]
+    pub auth_cache: AuthCacheConfig,
+    /// The durable queue.
+    pub queue: QueueConfig,
+    /// Where mail goes. At least one is required, and each must be used by a route.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Sender-based routing to upstreams, first match wins. Default: none, which is valid only
+    /// with exactly one upstream (then every sender goes to it).
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+    /// How long SIGTERM waits for open sessions to finish before closing them. Default: `30s`.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Duration,
+}
+
+/// One SMTP listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// A unique name, used in logs and the Received header. Required.
+    pub name: String,
+    /// `IP:port` to bind, e.g. `"[::]:587"` or `"127.0.0.1:2525"`. Required.
+    pub address: SocketAddr,
+    /// `none`, `starttls` (offered, RFC 3207) or `implicit` (TLS from the first byte, RFC 8314).
+    /// Default: `starttls`.
+    #[serde(default)]
+    pub tls: ListenerTls,
+    /// `required` (AUTH before MAIL), `optional` (AUTH or an allowlisted address) or `none`
+    /// (no AUTH: clients are admitted by `allow_networks` only). Default: `required`.
+    #[serde(default)]
+    pub auth: AuthMode,
+    /// Client networks allowed to connect (CIDR). Others get `554 5.7.1` and are closed.
+    /// Default: empty, meaning any address, which is an error with `auth: none`.
+    #[serde(default)]
+    pub allow_networks: Vec<IpNet>,
+    /// At most this many concurrent sessions on this listener; more get `421 4.7.0`.
+    /// Default: no per-listener cap (the global `limits.max_connections` still applies).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+}
+
+/// TLS mode of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerTls {
+    /// Plain text only; STARTTLS is not offered.
+    None,
+    /// STARTTLS offered (and required before AUTH/MAIL when `auth: required`).
+    #[default]
+    Starttls,
+    /// TLS from the first byte.
+    Implicit,
+}
+
+/// AUTH mode of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Every transaction needs AUTH first.
+    #[default]
+    Required,
+    /// AUTH is offered; clients from `networks`/`allow_networks` may also send without it.
+    Optional,
+    /// AUTH is neither offered nor accepted.
+    None,
+}
+
+/// The server certificate and key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first. Relative paths are resolved against the config
+    /// file's directory. Required.
+    pub certificate: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Required.
+    pub private_key: PathBuf,
+    /// When both files are absent at start, generate a self-signed certificate for
+    /// `hostname` and write them. For first runs and labs. Default: `false`.
+    #[serde(default)]
+    pub generate_self_signed: bool,
+}
+
+/// An account that may authenticate.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The login name. Required, unique.
+    pub username: String,
+    /// An argon2id PHC string from `postern hash-password`. Required.
+    pub password_hash: String,
+    /// Envelope senders this account may use: `user@domain`, `@domain` (any address at
+    /// that domain) or `*` (any). Required, non-empty.
+    pub senders: Vec<String>,
+}
+
+/// A device identity: clients from `network` get these sender rules without AUTH.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// The client network (CIDR). Required.
+    pub network: IpNet,
+    /// Envelope senders these devices may use (same patterns as for users). Default: `["*"]`.
+    #[serde(default = "any_sender")]
+    pub senders: Vec<String>,
+    /// Replace the envelope sender (and nothing else) with this address. Default: keep it.
+    #[serde(default)]
+    pub rewrite_sender: Option<String>,
+}
+
+/// Caps on what a client may send.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest message accepted (RFC 1870 SIZE). Default: `25MiB`.
+    #[serde(default = "default_max_message_size")]
+    pub max_message_size: ByteSize,
+    /// Most recipients per transaction; more get `452 4.5.3`. Default: `100`.
+    #[serde(default = "default_max_recipients")]
+    pub max_recipients: usize,
+    /// Most concurrent sessions over all listeners; more get `421 4.7.0`. Default: `1000`.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Most concurrent sessions from one client IP address; more get `421 4.7.0`.
+    /// Default: `0` (no per-IP cap).
+    #[serde(default)]
+    pub max_connections_per_ip: usize,
+    /// After this many error replies in a session, it is closed with `421 4.7.0`. Default: `10`.
+    #[serde(default = "default_max_errors")]
+    pub max_errors: u32,
+}
+
+/// Server-side timeouts; a session that exceeds one gets `421 4.4.2` and is closed.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeoutsConfig {
+    /// Waiting for the next command (RFC 5321 4.5.3.2.7: at least 5 minutes). Default: `5m`.
+    #[serde(default = "default_command_timeout")]
+    pub command: Duration,
+    /// Waiting for more DATA bytes (RFC 5321 4.5.3.2.5/6). Default: `3m`.
+    #[serde(default = "default_data_timeout")]
+    pub data: Duration,
+    /// Completing a TLS handshake. Default: `30s`.
+    #[serde(default = "default_tls_timeout")]
+    pub tls_handshake: Duration,
+}
+
+/// What to do with a bare CR or bare LF inside DATA.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BareLineEndings {
+    /// Refuse the message with `550 5.6.0` (the smuggling-safe default).
+    #[default]
+    Reject,
+    /// Turn each bare CR or LF into CRLF; it still never ends the message.
+    Normalise,
+}
+
+/// SMTP dialogue options.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpConfig {
+    /// `reject` or `normalise`: see [`BareLineEndings`]. Default: `reject`.
+    #[serde(default)]
+    pub bare_line_endings: BareLineEndings,
+}
+
+/// Header fix-ups.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadersConfig {
+    /// Add `Date:` when the message has none (RFC 6409 8.3). Default: `true`.
+    #[serde(default = "yes")]
+    pub add_date: bool,
+    /// Add `Message-ID:` when the message has none (RFC 6409 8.3). Default: `true`.
+    #[serde(default = "yes")]
+    pub add_message_id: bool,
+}
+
+/// The AUTH success cache.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthCacheConfig {
+    /// How long a verified (user, password) pair is trusted without argon2. `0s` disables
+    /// the cache. Default: `5m`.
+    #[serde(default = "default_auth_cache_ttl")]
+    pub ttl: Duration,
+    /// Most entries kept. Default: `10000`.
+    #[serde(default = "default_auth_cache_size")]
+    pub size: usize,
+}
+
+/// The durable queue.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// The spool directory; created if absent. Relative paths are resolved against the
+    /// config file's directory. Required.
+    pub directory: PathBuf,
+    /// Give up on a message this long after it was accepted. Default: `5d`.
+    #[serde(default = "default_max_age")]
+    pub max_age: Duration,
+    /// First retry delay after a temporary failure; doubles per attempt. Default: `1m`.
+    #[serde(default = "default_min_backoff")]
+    pub min_backoff: Duration,
+    /// Longest retry delay. Default: `1h`.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: Duration,
+}
+
+/// Where mail goes: an SMTP smarthost, or a local directory (`directory:` set).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// A unique name, used by routes and logs. Required.
+    pub name: String,
+    /// `host:port` of an SMTP smarthost. Exactly one of `address` and `directory` is required.
+    #[serde(default)]
+    pub address: Option<String>,
+    /// A directory to write each message into as `ID.eml` with its envelope in `ID.json`.
+    #[serde(default)]
+    pub directory: Option<PathBuf>,
+    /// `none`, `starttls` or `implicit`. Default: `starttls`.
+    #[serde(default)]
+    pub tls: UpstreamTls,
+    /// PEM file of CA certificates to trust instead of the system roots. Default: system roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Verify the upstream's certificate (RFC 7817). `false` is for labs only and is logged
+    /// as a warning. Default: `true`.
+    #[serde(default = "yes")]
+    pub tls_verify: bool,
+    /// The name to verify the certificate against (and to send as SNI). Default: the host
+    /// part of `address`.
+    #[serde(default)]
+    pub server_name: Option<String>,
+    /// Credentials for upstream AUTH (PLAIN or LOGIN, whichever the upstream offers).
+    #[serde(default)]
+    pub auth: Option<UpstreamAuth>,
+    /// Most concurrent connections to this upstream. Default: `4`.
+    #[serde(default = "default_upstream_connections")]
+    pub max_connections: usize,
+    /// Name sent in EHLO. Default: the top-level `hostname`.
+    #[serde(default)]
+    pub helo_name: Option<String>,
+    /// Connect timeout. Default: `30s`.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Duration,
+    /// Timeout for each reply (RFC 5321 4.5.3.2; the final reply after DATA gets 10m).
+    /// Default: `5m`.
+    #[serde(default = "default_command_timeout")]
+    pub command_timeout: Duration,
+    /// Close an idle pooled connection after this long. Default: `30s`.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Duration,
+}
+
+/// TLS to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    /// Plain text; for loopback sinks and internal MTAs only.
+    None,
+    /// STARTTLS, required: an upstream that does not offer it is a temporary failure.
+    #[default]
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Implicit,
+}
+
+/// Upstream credentials: exactly one of `password` and `password_file`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamAuth {
+    /// The login name. Required.
+    pub username: String,
+    /// The password inline.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// A file holding the password (trailing newline ignored).
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+/// A routing rule.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Envelope senders this route takes: `user@domain`, `@domain` or `*`. Required.
+    pub senders: Vec<String>,
+    /// Upstream names in failover order. Required, non-empty.
+    pub upstreams: Vec<String>,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `json` (one object per line) or `text`. Default: `text`.
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `postern=debug`. Default: `info`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_message_size: default_max_message_size(),
+            max_recipients: default_max_recipients(),
+            max_connections: default_max_connections(),
+            max_connections_per_ip: 0,
+            max_errors: default_max_errors(),
+        }
+    }
+}
+
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        TimeoutsConfig {
+            command: default_command_timeout(),
+            data: default_data_timeout(),
+            tls_handshake: default_tls_timeout(),
+        }
+    }
+}
+
+impl Default for HeadersConfig {
+    fn default() -> Self {
+        HeadersConfig { add_date: true, add_message_id: true }
+    }
+}
+
+impl Default for AuthCacheConfig {
+    fn default() -> Self {
+        AuthCacheConfig { ttl: default_auth_cache_ttl(), size: default_auth_cache_size() }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: LogFormat::default(), level: default_log_level() }
+    }
+}
+
+fn default_hostname() -> String {
+    "localhost".into()
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::secs(30)
+}
+fn any_sender() -> Vec<String> {
+    vec!["*".into()]
+}
+fn default_max_message_size() -> ByteSize {
+    ByteSize::mib(25)
+}
+fn default_max_recipients() -> usize {
+    100
+}
+fn default_max_connections() -> usize {
+    1000
+}
+fn default_max_errors() -> u32 {
+    10
+}
+fn default_command_timeout() -> Duration {
+    Duration::secs(300)
+}
+fn default_data_timeout() -> Duration {
+    Duration::secs(180)
+}
+fn default_tls_timeout() -> Duration {
+    Duration::secs(30)
+}
+fn yes() -> bool {
+    true
+}
+fn default_auth_cache_ttl() -> Duration {
+    Duration::secs(300)
+}
+fn default_auth_cache_size() -> usize {
+    10_000
+}
+fn default_max_age() -> Duration {
+    Duration::secs(5 * 86_400)
+}
+fn default_min_backoff() -> Duration {
+    Duration::secs(60)
+}
+fn default_max_backoff() -> Duration {
+    Duration::secs(3600)
+}
+fn default_upstream_connections() -> usize {
+    4
+}
+fn default_connect_timeout() -> Duration {
+    Duration::secs(30)
+}
+fn default_idle_timeout() -> Duration {
+    Duration::secs(30)
+}
+fn default_log_level() -> String {
+    "info".into()
+}
