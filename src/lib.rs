@@ -1,4 +1,35 @@
 //! postern: an authenticated SMTP submission relay and smarthost proxy.
+//!
+//! # Layout
+//! Data flows listener -> session -> policy -> spool -> delivery -> upstream:
+//!
+//! - [`smtp`]: the sans-I/O protocol engine (commands, replies, DATA decoding, SASL, the
+//!   session state machine) and the upstream reply parser. No tokio, no files, no clock.
+//! - [`config`]: the YAML schema, units and validation. A leaf, like `smtp`.
+//! - [`policy`]: pure decisions: allowlists, device identities, who may send as whom.
+//! - [`users`]: credentials, argon2 verification off the reactor, the success cache.
+//! - [`message`]: the headers postern adds (Received, Date, Message-ID).
+//! - [`spool`]: the durable queue (group-committed fsync) and retry schedule.
+//! - [`upstream`]: routes, the SMTP client, connection pools, the directory upstream.
+//! - [`delivery`]: the queue runner: retries, failover, per-recipient bookkeeping.
+//! - [`server`]: accept loops and the per-connection shell that drives the engine.
+//! - [`telemetry`]: logging set-up and the mail-log vocabulary.
+//! - [`app`]: wiring and shutdown; [`cli`]: the subcommands.
+//!
+//! Dependencies point down only: `cli -> app -> {server, delivery} -> {policy, users,
+//! spool, upstream, message, telemetry} -> {smtp, config}`.
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod cli;
 pub mod config;
+pub mod delivery;
+pub mod message;
+pub mod policy;
+pub mod server;
+pub mod shutdown;
+pub mod smtp;
+pub mod spool;
+pub mod telemetry;
+pub mod upstream;
+pub mod users;

@@ -1,1 +1,5 @@
-fn main() {}
+//! The `postern` binary: everything happens in `postern::cli`.
+
+fn main() -> std::process::ExitCode {
+    postern::cli::main()
+}

@@ -120,7 +120,8 @@ pub struct TlsConfig {
     /// PEM certificate chain, leaf first. Relative paths are resolved against the config
     /// file's directory. Required.
     pub certificate: PathBuf,
-    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Required.
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Relative paths are resolved against the
+    /// config file's directory. Required.
     pub private_key: PathBuf,
     /// When both files are absent at start, generate a self-signed certificate for
     /// `hostname` and write them. For first runs and labs. Default: `false`.
@@ -265,12 +266,15 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub address: Option<String>,
     /// A directory to write each message into as `ID.eml` with its envelope in `ID.json`.
+    /// Relative paths are resolved against the config file's directory.
     #[serde(default)]
     pub directory: Option<PathBuf>,
     /// `none`, `starttls` or `implicit`. Default: `starttls`.
     #[serde(default)]
     pub tls: UpstreamTls,
-    /// PEM file of CA certificates to trust instead of the system roots. Default: system roots.
+    /// PEM file of CA certificates to trust instead of the system roots. Relative paths are
+    /// resolved against the config file's directory.
+    /// Default: system roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
     /// Verify the upstream's certificate (RFC 7817). `false` is for labs only and is logged
@@ -324,7 +328,8 @@ pub struct UpstreamAuth {
     /// The password inline.
     #[serde(default)]
     pub password: Option<String>,
-    /// A file holding the password (trailing newline ignored).
+    /// A file holding the password (trailing newline ignored). Relative paths are resolved
+    /// against the config file's directory.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
 }
@@ -386,19 +391,28 @@ impl Default for TimeoutsConfig {
 
 impl Default for HeadersConfig {
     fn default() -> Self {
-        HeadersConfig { add_date: true, add_message_id: true }
+        HeadersConfig {
+            add_date: true,
+            add_message_id: true,
+        }
     }
 }
 
 impl Default for AuthCacheConfig {
     fn default() -> Self {
-        AuthCacheConfig { ttl: default_auth_cache_ttl(), size: default_auth_cache_size() }
+        AuthCacheConfig {
+            ttl: default_auth_cache_ttl(),
+            size: default_auth_cache_size(),
+        }
     }
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::default(), level: default_log_level() }
+        LogConfig {
+            format: LogFormat::default(),
+            level: default_log_level(),
+        }
     }
 }
 

@@ -54,7 +54,11 @@ fn split_number(s: &str) -> Option<(u64, &str)> {
 impl FromStr for Duration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid duration {s:?}: expected a number with a unit: ms, s, m, h, d or w (e.g. 30s, 5m, 3d)");
+        let bad = || {
+            format!(
+                "invalid duration {s:?}: expected a number with a unit: ms, s, m, h, d or w (e.g. 30s, 5m, 3d)"
+            )
+        };
         let (n, unit) = split_number(s).ok_or_else(bad)?;
         let ms: u64 = match unit {
             "ms" => 1,
@@ -74,7 +78,11 @@ impl FromStr for Duration {
 impl FromStr for ByteSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("invalid size {s:?}: expected a number with an optional unit: B, KiB, MiB, GiB, kB, MB or GB (e.g. 25MiB)");
+        let bad = || {
+            format!(
+                "invalid size {s:?}: expected a number with an optional unit: B, KiB, MiB, GiB, kB, MB or GB (e.g. 25MiB)"
+            )
+        };
         let (n, unit) = split_number(s).ok_or_else(bad)?;
         let mult: u64 = match unit {
             "" | "B" => 1,
@@ -86,14 +94,16 @@ impl FromStr for ByteSize {
             "GB" => 1_000_000_000,
             _ => return Err(bad()),
         };
-        n.checked_mul(mult).map(ByteSize).ok_or_else(|| format!("size {s:?} is too large"))
+        n.checked_mul(mult)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {s:?} is too large"))
     }
 }
 
 impl fmt::Display for Duration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        if ms % 1000 != 0 {
+        if !ms.is_multiple_of(1000) {
             write!(f, "{ms}ms")
         } else {
             write!(f, "{}s", ms / 1000)
@@ -134,13 +144,19 @@ where
 
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(UnitVisitor(std::marker::PhantomData, "a duration such as 30s, 5m or 3d"))
+        d.deserialize_any(UnitVisitor(
+            std::marker::PhantomData,
+            "a duration such as 30s, 5m or 3d",
+        ))
     }
 }
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(UnitVisitor(std::marker::PhantomData, "a size such as 25MiB"))
+        d.deserialize_any(UnitVisitor(
+            std::marker::PhantomData,
+            "a size such as 25MiB",
+        ))
     }
 }
 
@@ -177,7 +193,10 @@ mod tests {
             ("99999999999999999999d", None),
         ];
         for (input, want) in table {
-            let got = input.parse::<Duration>().ok().map(|d| d.0.as_millis() as u64);
+            let got = input
+                .parse::<Duration>()
+                .ok()
+                .map(|d| d.0.as_millis() as u64);
             assert_eq!(got, *want, "input {input:?}");
         }
     }
@@ -195,7 +214,11 @@ mod tests {
             ("MiB", None),
         ];
         for (input, want) in table {
-            assert_eq!(input.parse::<ByteSize>().ok().map(|b| b.0), *want, "input {input:?}");
+            assert_eq!(
+                input.parse::<ByteSize>().ok().map(|b| b.0),
+                *want,
+                "input {input:?}"
+            );
         }
     }
 }

@@ -1,0 +1,135 @@
+//! Subcommands: `run`, `check-config`, `hash-password`.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::app;
+use crate::config;
+use crate::telemetry;
+
+/// postern: an authenticated SMTP submission relay and smarthost proxy.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay.
+    Run {
+        /// The configuration file.
+        #[arg(long, short, default_value = "config/postern.yaml")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and exit (0 when valid).
+    CheckConfig {
+        /// The configuration file.
+        #[arg(long, short, default_value = "config/postern.yaml")]
+        config: PathBuf,
+    },
+    /// Read a password from standard input and print its argon2id PHC hash for `users:`.
+    HashPassword,
+}
+
+/// Parses the command line and runs the subcommand.
+pub fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run { config } => run(config),
+        Command::CheckConfig { config } => match config::load(&config) {
+            Ok(_) => {
+                println!("{}: OK", config.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("postern: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::HashPassword => hash_password(),
+    }
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let cfg = match config::load(&path) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("postern: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    telemetry::log::init(&cfg.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("postern: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(app::run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("postern: {}: {e}", path.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn hash_password() -> ExitCode {
+    let stdin = std::io::stdin();
+    let tty = stdin.is_terminal();
+    if tty {
+        eprint!("Password: ");
+        let _ = std::io::stderr().flush();
+    }
+    let echo = if tty { disable_echo() } else { None };
+    let mut line = String::new();
+    let read = stdin.lock().read_line(&mut line);
+    if let Some(saved) = echo {
+        let _ = rustix::termios::tcsetattr(
+            std::io::stdin(),
+            rustix::termios::OptionalActions::Now,
+            &saved,
+        );
+        eprintln!();
+    }
+    if let Err(e) = read {
+        eprintln!("postern: cannot read the password: {e}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("postern: empty password");
+        return ExitCode::FAILURE;
+    }
+    match crate::users::hash_password(password) {
+        Ok(phc) => {
+            println!("{phc}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("postern: cannot hash: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Turns terminal echo off; returns the settings to restore.
+fn disable_echo() -> Option<rustix::termios::Termios> {
+    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+    let saved = tcgetattr(std::io::stdin()).ok()?;
+    let mut quiet = saved.clone();
+    quiet.local_modes.remove(LocalModes::ECHO);
+    tcsetattr(std::io::stdin(), OptionalActions::Now, &quiet).ok()?;
+    Some(saved)
+}

@@ -1,0 +1,357 @@
+//! The queue runner: takes committed messages, sends each to its route's upstreams in
+//! failover order, records per-recipient outcomes in the spool, and schedules retries with
+//! backoff until the message's maximum age.
+//!
+//! Rules (BRIEF.md): a 5xx for one recipient fails only that recipient; 4xx and connection
+//! failures are retried; a timeout or drop after the final dot ("maybe delivered") is
+//! retried on the *same* route later and never handed to the next upstream at once, so
+//! failover does not blindly duplicate; a message leaves the spool only once no recipient
+//! is pending.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Semaphore, mpsc};
+use tracing::{info, warn};
+
+use crate::shutdown::Shutdown;
+use crate::spool::{Envelope, RcptStatus, Spool, schedule};
+use crate::telemetry::events;
+use crate::upstream::Upstreams;
+use crate::upstream::client::{Outgoing, RcptResult};
+
+/// Most delivery attempts in flight at once; the pools bound connections per upstream,
+/// this bounds the tasks (and open spool files) waiting for them.
+const MAX_IN_FLIGHT: usize = 1024;
+
+/// Retry timing, from `queue:` in the config.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// First retry delay.
+    pub min_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+    /// Give up after this long in the queue.
+    pub max_age: Duration,
+}
+
+/// Hands committed messages to the runner.
+#[derive(Debug, Clone)]
+pub struct DeliveryHandle {
+    tx: mpsc::UnboundedSender<Envelope>,
+}
+
+impl DeliveryHandle {
+    /// Queues a message for delivery now (it is already durable in the spool).
+    pub fn submit(&self, env: Envelope) {
+        // The runner only stops at shutdown; the message stays in the spool for the next start.
+        let _ = self.tx.send(env);
+    }
+}
+
+/// Starts the runner with what the spool recovered.
+pub fn start(
+    spool: Spool,
+    upstreams: Arc<Upstreams>,
+    timing: Timing,
+    recovered: Vec<Envelope>,
+    shutdown: Shutdown,
+) -> DeliveryHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let handle = DeliveryHandle { tx };
+    let runner = Runner {
+        spool,
+        upstreams,
+        timing,
+        back: handle.clone(),
+        shutdown: shutdown.clone(),
+    };
+    for env in recovered {
+        handle.submit(env);
+    }
+    shutdown.tracker.spawn(runner.run(rx));
+    handle
+}
+
+struct Runner {
+    spool: Spool,
+    upstreams: Arc<Upstreams>,
+    timing: Timing,
+    back: DeliveryHandle,
+    shutdown: Shutdown,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+impl Runner {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Envelope>) {
+        let this = Arc::new(self);
+        let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        // Deferred messages by due time; the envelope is small, the body stays on disk.
+        let mut waiting: BinaryHeap<Reverse<(u64, String, EnvelopeBox)>> = BinaryHeap::new();
+        loop {
+            let next_due = waiting.peek().map(|Reverse((due, _, _))| *due);
+            let sleep = next_due.map_or(Duration::from_secs(3600), |due| {
+                Duration::from_millis(due.saturating_mul(1000).saturating_sub(now_millis()))
+            });
+            tokio::select! {
+                () = this.shutdown.stop.cancelled() => break,
+                received = rx.recv() => match received {
+                    Some(env) if env.next_attempt_unix > now_unix() => {
+                        waiting.push(Reverse((env.next_attempt_unix, env.id.to_string(), EnvelopeBox(env))));
+                    }
+                    Some(env) => this.clone().spawn_attempt(env, &in_flight).await,
+                    None => break,
+                },
+                () = tokio::time::sleep(sleep) => {
+                    let now = now_unix();
+                    while waiting.peek().is_some_and(|Reverse((due, _, _))| *due <= now) {
+                        if let Some(Reverse((_, _, EnvelopeBox(env)))) = waiting.pop() {
+                            this.clone().spawn_attempt(env, &in_flight).await;
+                        }
+                    }
+                }
+            }
+        }
+        info!(
+            deferred = waiting.len(),
+            "delivery runner stopped; the spool keeps the rest"
+        );
+    }
+
+    async fn spawn_attempt(self: Arc<Self>, env: Envelope, in_flight: &Arc<Semaphore>) {
+        let permit = tokio::select! {
+            () = self.shutdown.stop.cancelled() => return,
+            permit = in_flight.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let tracker = self.shutdown.tracker.clone();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let id = env.id.to_string();
+            let span = tracing::info_span!("delivery", queue_id = %id);
+            let _ = tracing::Instrument::instrument(self.attempt(env), span).await;
+        });
+    }
+
+    /// One delivery attempt over the route, then the bookkeeping.
+    async fn attempt(&self, mut env: Envelope) {
+        let Some(route) = self
+            .upstreams
+            .router()
+            .route(&env.sender)
+            .map(<[String]>::to_vec)
+        else {
+            fail_pending(&mut env, "no route for this sender");
+            self.finish(env);
+            return;
+        };
+        for upstream in &route {
+            match self.try_upstream(upstream, &mut env).await {
+                Tried::Done => break,
+                Tried::Failover(why) => {
+                    warn!(upstream = %upstream, error = %why, "upstream failed; trying the next one");
+                }
+                Tried::RetryLater(why) => {
+                    warn!(upstream = %upstream, error = %why, "delivery deferred");
+                    break;
+                }
+            }
+        }
+        self.finish(env);
+    }
+
+    async fn try_upstream(&self, upstream: &str, env: &mut Envelope) -> Tried {
+        let pending: Vec<usize> = (0..env.recipients.len())
+            .filter(|&i| env.recipients[i].status == RcptStatus::Pending)
+            .collect();
+        if pending.is_empty() {
+            return Tried::Done;
+        }
+        let body = match self.spool.open_body(&env.id) {
+            Ok(b) => b,
+            Err(e) => return Tried::RetryLater(format!("cannot read the spool file: {e}")),
+        };
+        let addresses: Vec<String> = pending
+            .iter()
+            .map(|&i| env.recipients[i].address.clone())
+            .collect();
+        // The spool file holds more after the body (prefix, envelope, trailer): the
+        // upstream must read exactly `body_len` bytes.
+        let mut file =
+            tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(body.file), body.body_len);
+        let mut out = Outgoing {
+            sender: &env.sender,
+            recipients: &addresses,
+            prefix: &body.prefix,
+            body: &mut file,
+            body_len: body.body_len,
+            body_8bit: env.body_8bit,
+            smtputf8: env.smtputf8,
+        };
+        let id = env.id.to_string();
+        match self.upstreams.deliver(upstream, &id, &mut out).await {
+            Ok(outcomes) => {
+                for outcome in outcomes {
+                    let Some(&i) = pending.get(outcome.index) else {
+                        continue;
+                    };
+                    let rcpt = &mut env.recipients[i];
+                    match outcome.result {
+                        RcptResult::Accepted(reply) => {
+                            events::delivery(&id, upstream, &rcpt.address, "delivered", &reply);
+                            rcpt.status = RcptStatus::Delivered {
+                                upstream: upstream.into(),
+                                reply,
+                            };
+                        }
+                        RcptResult::Rejected(reply) if reply.is_permanent() => {
+                            events::delivery(
+                                &id,
+                                upstream,
+                                &rcpt.address,
+                                "failed",
+                                &reply.to_string(),
+                            );
+                            rcpt.status = RcptStatus::Failed {
+                                reply: reply.to_string(),
+                            };
+                        }
+                        RcptResult::Rejected(reply) => {
+                            events::delivery(
+                                &id,
+                                upstream,
+                                &rcpt.address,
+                                "deferred",
+                                &reply.to_string(),
+                            );
+                        }
+                    }
+                }
+                Tried::Done
+            }
+            Err(e) if e.is_maybe_delivered() => Tried::RetryLater(e.to_string()),
+            Err(e) if e.is_permanent() => {
+                for &i in &pending {
+                    let rcpt = &mut env.recipients[i];
+                    events::delivery(&id, upstream, &rcpt.address, "failed", &e.to_string());
+                    rcpt.status = RcptStatus::Failed {
+                        reply: e.to_string(),
+                    };
+                }
+                Tried::Done
+            }
+            Err(e) => Tried::Failover(e.to_string()),
+        }
+    }
+
+    /// Removes, dead-letters or reschedules the message after an attempt.
+    fn finish(&self, mut env: Envelope) {
+        let pending = env
+            .recipients
+            .iter()
+            .any(|r| r.status == RcptStatus::Pending);
+        let expired = now_unix().saturating_sub(env.received_unix) >= self.timing.max_age.as_secs();
+        if pending && expired {
+            fail_pending(&mut env, "message expired in the queue (queue.max_age)");
+        }
+        let id = env.id.to_string();
+        if env
+            .recipients
+            .iter()
+            .any(|r| r.status == RcptStatus::Pending)
+        {
+            env.attempts += 1;
+            let seed = env.received_unix ^ u64::from(env.attempts);
+            let delay = schedule::next_delay(
+                env.attempts,
+                self.timing.min_backoff,
+                self.timing.max_backoff,
+                seed,
+            );
+            env.next_attempt_unix = now_unix() + delay.as_secs().max(1);
+            if let Err(e) = self.spool.update(&env) {
+                warn!(queue_id = %id, error = %e, "cannot record delivery state");
+            }
+            info!(queue_id = %id, attempts = env.attempts, retry_in = ?delay, "message deferred");
+            self.back.submit(env);
+        } else if env
+            .recipients
+            .iter()
+            .any(|r| matches!(r.status, RcptStatus::Failed { .. }))
+        {
+            match self.spool.move_to_failed(&env) {
+                Ok(()) => {
+                    warn!(queue_id = %id, "message failed for some recipients; kept in the failed directory")
+                }
+                Err(e) => warn!(queue_id = %id, error = %e, "cannot move to the failed directory"),
+            }
+        } else {
+            match self.spool.remove(&env.id) {
+                Ok(()) => info!(queue_id = %id, "message delivered and removed from the queue"),
+                Err(e) => {
+                    warn!(queue_id = %id, error = %e, "delivered, but cannot remove the spool file")
+                }
+            }
+        }
+    }
+}
+
+/// Marks every pending recipient failed with `why`.
+fn fail_pending(env: &mut Envelope, why: &str) {
+    let id = env.id.to_string();
+    for rcpt in env
+        .recipients
+        .iter_mut()
+        .filter(|r| r.status == RcptStatus::Pending)
+    {
+        events::delivery(&id, "-", &rcpt.address, "failed", why);
+        rcpt.status = RcptStatus::Failed { reply: why.into() };
+    }
+}
+
+fn now_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis() as u64
+}
+
+/// The outcome of trying one upstream of the route.
+enum Tried {
+    /// Every pending recipient got an answer (accepted, rejected, or deferred by 4xx).
+    Done,
+    /// This upstream could not take the message: try the next one.
+    Failover(String),
+    /// Stop for now and retry the same route later.
+    RetryLater(String),
+}
+
+/// An envelope in the waiting heap, ordered only by the (due, id) beside it.
+struct EnvelopeBox(Envelope);
+
+impl PartialEq for EnvelopeBox {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for EnvelopeBox {}
+impl PartialOrd for EnvelopeBox {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for EnvelopeBox {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}

@@ -1,0 +1,105 @@
+//! Client networks: listener allowlists and device identities admitted by IP address.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+use crate::config::schema::NetworkConfig;
+use crate::policy::identity::SenderRules;
+
+/// True when `ip` may connect to a listener with this allowlist (empty = everyone).
+/// IPv4-mapped IPv6 clients (`::ffff:10.0.0.1`, seen on dual-stack `[::]` sockets) are
+/// matched as the IPv4 address they are.
+pub fn allowed(allow: &[IpNet], ip: IpAddr) -> bool {
+    let ip = canonical(ip);
+    allow.is_empty() || allow.iter().any(|net| net.contains(&ip))
+}
+
+/// Unmaps `::ffff:a.b.c.d` to `a.b.c.d`.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// A device identity: what clients from a network may send as, and the sender rewrite.
+#[derive(Debug, Clone)]
+pub struct Device {
+    /// The network, as configured (also the identity's name in logs).
+    pub network: IpNet,
+    /// Allowed envelope senders.
+    pub senders: SenderRules,
+    /// Replacement envelope sender, if any.
+    pub rewrite_sender: Option<String>,
+}
+
+/// Device identities, most specific network first.
+#[derive(Debug, Clone, Default)]
+pub struct Devices(Vec<Device>);
+
+impl Devices {
+    /// Builds the table; longer prefixes sort first so `10.20.30.0/24` wins over `10.0.0.0/8`.
+    pub fn new(networks: &[NetworkConfig]) -> Devices {
+        let mut devices: Vec<Device> = networks
+            .iter()
+            .map(|n| Device {
+                network: n.network,
+                senders: SenderRules::new(&n.senders),
+                rewrite_sender: n.rewrite_sender.clone(),
+            })
+            .collect();
+        devices.sort_by_key(|d| std::cmp::Reverse(d.network.prefix_len()));
+        Devices(devices)
+    }
+
+    /// The identity for a client address, if any network contains it.
+    pub fn lookup(&self, ip: IpAddr) -> Option<&Device> {
+        let ip = canonical(ip);
+        self.0.iter().find(|d| d.network.contains(&ip))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNet {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn allowlist() {
+        let allow = [net("127.0.0.1/32"), net("10.20.0.0/16")];
+        let rows: &[(&str, bool)] = &[
+            ("127.0.0.1", true),
+            ("127.0.0.2", false),
+            ("10.20.3.4", true),
+            ("10.21.0.1", false),
+            ("::ffff:127.0.0.1", true),
+            ("::1", false),
+        ];
+        for (ip, want) in rows {
+            assert_eq!(allowed(&allow, ip.parse().unwrap()), *want, "{ip}");
+        }
+        assert!(allowed(&[], "192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn most_specific_device_wins() {
+        let cfg = |n: &str, rewrite: &str| NetworkConfig {
+            network: net(n),
+            senders: vec!["*".into()],
+            rewrite_sender: Some(rewrite.into()),
+        };
+        let devices = Devices::new(&[cfg("10.0.0.0/8", "wide@x"), cfg("10.20.30.0/24", "scans@x")]);
+        let hit = |ip: &str| {
+            devices
+                .lookup(ip.parse().unwrap())
+                .and_then(|d| d.rewrite_sender.clone())
+        };
+        assert_eq!(hit("10.20.30.9").as_deref(), Some("scans@x"));
+        assert_eq!(hit("10.1.1.1").as_deref(), Some("wide@x"));
+        assert_eq!(hit("192.0.2.1"), None);
+    }
+}

@@ -1,0 +1,178 @@
+//! Accept loops: one per listener, with the global and per-listener connection caps, the
+//! per-IP cap, the allowlist, and backoff when accept itself fails (EMFILE and friends).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tracing::{Instrument, info, warn};
+
+use crate::policy::networks;
+use crate::server::conn;
+use crate::server::{ListenerInfo, Shared};
+use crate::shutdown::Shutdown;
+use crate::smtp::reply::Reply;
+
+/// Concurrent sessions per client address, for `limits.max_connections_per_ip`.
+#[derive(Debug, Default)]
+pub struct PerIp {
+    limit: usize,
+    counts: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Holds one slot of a client's per-IP count; frees it on drop.
+#[derive(Debug)]
+pub struct IpSlot {
+    table: Arc<PerIp>,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    /// A table with this cap (0 = unlimited).
+    pub fn new(limit: usize) -> Arc<PerIp> {
+        Arc::new(PerIp {
+            limit,
+            counts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Takes a slot for `ip`, or None when it already has `limit` sessions.
+    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<Option<IpSlot>> {
+        if self.limit == 0 {
+            return Some(None);
+        }
+        let mut counts = self.counts.lock().ok()?;
+        let n = counts.entry(ip).or_insert(0);
+        if *n >= self.limit {
+            return None;
+        }
+        *n += 1;
+        Some(Some(IpSlot {
+            table: self.clone(),
+            ip,
+        }))
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.table.counts.lock()
+            && let Some(n) = counts.get_mut(&self.ip)
+        {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A bound listener ready to serve.
+#[derive(Debug)]
+pub struct Listener {
+    /// The socket.
+    pub socket: TcpListener,
+    /// Its settings.
+    pub info: Arc<ListenerInfo>,
+    /// Its own cap, if configured.
+    pub own_cap: Option<Arc<Semaphore>>,
+}
+
+/// The caps every listener shares.
+#[derive(Debug, Clone)]
+pub struct Caps {
+    /// `limits.max_connections`.
+    pub global: Arc<Semaphore>,
+    /// `limits.max_connections_per_ip`.
+    pub per_ip: Arc<PerIp>,
+}
+
+/// Accepts until shutdown; each connection runs in its own tracked task.
+pub async fn run(listener: Listener, shared: Arc<Shared>, caps: Caps, shutdown: Shutdown) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.stop.cancelled() => break,
+            accepted = listener.socket.accept() => accepted,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(pair) => {
+                backoff = Duration::from_millis(5);
+                pair
+            }
+            Err(e) => {
+                // Out of descriptors or memory: wait and try again rather than spin
+                // (mini-redis accept backoff), doubling up to one second.
+                warn!(listener = %listener.info.name, error = %e, "accept failed");
+                tokio::select! {
+                    () = shutdown.stop.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let (refusal, permits) = admit(&listener, &caps, peer);
+        let span = tracing::info_span!("session", session = %session_id(), listener = %listener.info.name, client = %peer);
+        let task = conn::serve(
+            tcp,
+            peer,
+            shared.clone(),
+            listener.info.clone(),
+            refusal,
+            shutdown.clone(),
+        );
+        shutdown.tracker.spawn(
+            async move {
+                let _permits = permits;
+                task.await;
+            }
+            .instrument(span),
+        );
+    }
+    info!(listener = %listener.info.name, "stopped accepting");
+}
+
+/// Slots held for the life of a session.
+type Permits = (
+    Option<OwnedSemaphorePermit>,
+    Option<OwnedSemaphorePermit>,
+    Option<IpSlot>,
+);
+
+/// Decides whether a new connection may be served, and takes its slots.
+fn admit(listener: &Listener, caps: &Caps, peer: SocketAddr) -> (Option<Reply>, Permits) {
+    let ip = networks::canonical(peer.ip());
+    if !networks::allowed(&listener.info.allow_networks, ip) {
+        info!(listener = %listener.info.name, client = %peer, "client not in allow_networks");
+        return (Some(Reply::not_allowed_client()), (None, None, None));
+    }
+    let Ok(global) = caps.global.clone().try_acquire_owned() else {
+        warn!(listener = %listener.info.name, client = %peer, "global connection limit reached");
+        return (Some(Reply::too_many_connections()), (None, None, None));
+    };
+    let own = match &listener.own_cap {
+        Some(sem) => match sem.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                warn!(listener = %listener.info.name, client = %peer, "listener connection limit reached");
+                return (Some(Reply::too_many_connections()), (None, None, None));
+            }
+        },
+        None => None,
+    };
+    let Some(slot) = caps.per_ip.acquire(ip) else {
+        warn!(listener = %listener.info.name, client = %peer, "per-IP connection limit reached");
+        return (Some(Reply::too_many_connections()), (None, None, None));
+    };
+    (None, (Some(global), own, slot))
+}
+
+/// A short random id that names a session in every log line.
+fn session_id() -> String {
+    let n: u64 = rand::random();
+    format!("{n:016x}")
+}

@@ -1,0 +1,319 @@
+//! The connection under an SMTP client session: a plain or TLS stream, a bounded read
+//! buffer, timeouts, and the session set-up steps (EHLO, STARTTLS, AUTH).
+//!
+//! Split from `client.rs` so that file holds the transaction logic only.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::smtp::reply_parser::{Capabilities, UpstreamReply, parse_reply};
+use crate::upstream::client::{Credentials, Timeouts, TlsTarget};
+use crate::upstream::error::{Error, Stage};
+
+/// The connection below the SMTP dialogue: a stream, a read buffer, and timeouts.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) stream: Stream,
+    /// Bytes read but not yet parsed; bounded by the reply parser's caps.
+    rbuf: Vec<u8>,
+    /// Upstream name, for errors.
+    pub(crate) name: String,
+    pub(crate) timeouts: Timeouts,
+}
+
+impl Conn {
+    /// A plain connection over `tcp`.
+    pub(crate) fn new(tcp: TcpStream, name: String, timeouts: Timeouts) -> Conn {
+        Conn {
+            stream: Stream::Plain(tcp),
+            rbuf: Vec::new(),
+            name,
+            timeouts,
+        }
+    }
+
+    pub(crate) fn io(&self, stage: Stage, source: io::Error) -> Error {
+        Error::Io {
+            upstream: self.name.clone(),
+            stage,
+            source,
+        }
+    }
+
+    pub(crate) fn refused(&self, stage: Stage, reply: UpstreamReply) -> Error {
+        Error::Reply {
+            upstream: self.name.clone(),
+            stage,
+            reply,
+        }
+    }
+
+    /// Writes and flushes `bytes` within the command timeout.
+    pub(crate) async fn write(&mut self, bytes: &[u8], stage: Stage) -> Result<(), Error> {
+        let stream = &mut self.stream;
+        let io = async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        };
+        match timeout(self.timeouts.command, io).await {
+            Err(_) => Err(Error::Timeout {
+                upstream: self.name.clone(),
+                stage,
+            }),
+            Ok(Err(source)) => Err(self.io(stage, source)),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    /// Reads one complete reply within `limit`.
+    pub(crate) async fn read_reply(
+        &mut self,
+        stage: Stage,
+        limit: Duration,
+    ) -> Result<UpstreamReply, Error> {
+        match timeout(limit, self.read_reply_inner(stage)).await {
+            Err(_) => Err(Error::Timeout {
+                upstream: self.name.clone(),
+                stage,
+            }),
+            Ok(result) => result,
+        }
+    }
+
+    async fn read_reply_inner(&mut self, stage: Stage) -> Result<UpstreamReply, Error> {
+        loop {
+            match parse_reply(&self.rbuf) {
+                Ok(Some((reply, used))) => {
+                    self.rbuf.drain(..used.min(self.rbuf.len()));
+                    return Ok(reply);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    let detail = e.to_string();
+                    return Err(Error::Protocol {
+                        upstream: self.name.clone(),
+                        stage,
+                        detail,
+                    });
+                }
+            }
+            match self.stream.read_buf(&mut self.rbuf).await {
+                Ok(0) => {
+                    let eof = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed by upstream",
+                    );
+                    return Err(self.io(stage, eof));
+                }
+                Ok(_) => {}
+                Err(source) => return Err(self.io(stage, source)),
+            }
+        }
+    }
+
+    /// Sends one command line and reads its reply. Never logs the line (it may be AUTH).
+    pub(crate) async fn command(
+        &mut self,
+        line: &str,
+        stage: Stage,
+    ) -> Result<UpstreamReply, Error> {
+        let mut bytes = Vec::with_capacity(line.len() + 2);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.extend_from_slice(b"\r\n");
+        self.write(&bytes, stage).await?;
+        self.read_reply(stage, self.timeouts.command).await
+    }
+
+    /// EHLO, or HELO when EHLO is refused with 5xx (RFC 5321 3.2); returns what was offered.
+    pub(crate) async fn hello(&mut self, name: &str) -> Result<Capabilities, Error> {
+        let reply = self.command(&format!("EHLO {name}"), Stage::Ehlo).await?;
+        if reply.code == 250 {
+            return Ok(Capabilities::from_ehlo(&reply));
+        }
+        if !reply.is_permanent() {
+            return Err(self.refused(Stage::Ehlo, reply));
+        }
+        let reply = self.command(&format!("HELO {name}"), Stage::Ehlo).await?;
+        if reply.code != 250 {
+            return Err(self.refused(Stage::Ehlo, reply));
+        }
+        Ok(Capabilities::default())
+    }
+
+    /// RFC 3207 4: STARTTLS, 220, then the handshake. Required: never fall back to plain.
+    pub(crate) async fn starttls(
+        mut self,
+        caps: &Capabilities,
+        target: &TlsTarget,
+    ) -> Result<Conn, Error> {
+        if !caps.starttls {
+            return Err(Error::NoStartTls {
+                upstream: self.name.clone(),
+            });
+        }
+        let reply = self.command("STARTTLS", Stage::StartTls).await?;
+        if reply.code != 220 {
+            return Err(self.refused(Stage::StartTls, reply));
+        }
+        // Bytes after the 220 were sent in plain text before the handshake: an injection
+        // attempt (the client-side CVE-2011-0411 class). They must never be read as replies.
+        if !self.rbuf.is_empty() {
+            let detail = "unexpected bytes after the STARTTLS reply".to_owned();
+            return Err(Error::Protocol {
+                upstream: self.name.clone(),
+                stage: Stage::StartTls,
+                detail,
+            });
+        }
+        self.start_tls(target).await
+    }
+
+    /// Wraps the plain TCP stream in TLS; consumes the plain connection.
+    pub(crate) async fn start_tls(self, target: &TlsTarget) -> Result<Conn, Error> {
+        let Conn {
+            stream,
+            rbuf,
+            name,
+            timeouts,
+        } = self;
+        let Stream::Plain(tcp) = stream else {
+            let detail = "TLS requested on a TLS connection".to_owned();
+            return Err(Error::Protocol {
+                upstream: name,
+                stage: Stage::TlsHandshake,
+                detail,
+            });
+        };
+        let connector = TlsConnector::from(target.config.clone());
+        let handshake = connector.connect(target.server_name.clone(), tcp);
+        let tls = match timeout(timeouts.command, handshake).await {
+            Err(_) => {
+                return Err(Error::Timeout {
+                    upstream: name,
+                    stage: Stage::TlsHandshake,
+                });
+            }
+            Ok(Err(source)) => {
+                return Err(Error::Tls {
+                    upstream: name,
+                    source,
+                });
+            }
+            Ok(Ok(tls)) => tls,
+        };
+        Ok(Conn {
+            stream: Stream::Tls(Box::new(tls)),
+            rbuf,
+            name,
+            timeouts,
+        })
+    }
+
+    /// RFC 4954: AUTH PLAIN (RFC 4616) when offered, else AUTH LOGIN. 235 = success.
+    pub(crate) async fn authenticate(
+        &mut self,
+        caps: &Capabilities,
+        c: &Credentials,
+    ) -> Result<(), Error> {
+        let offered = |m: &str| caps.auth.iter().any(|a| a == m);
+        let reply = if offered("PLAIN") {
+            // RFC 4616 2: authzid NUL authcid NUL passwd, with an empty authzid.
+            let token = BASE64.encode(format!("\0{}\0{}", c.username, c.password));
+            self.command(&format!("AUTH PLAIN {token}"), Stage::Auth)
+                .await?
+        } else if offered("LOGIN") {
+            self.auth_login(c).await?
+        } else {
+            let detail = "upstream offers no supported AUTH mechanism (PLAIN, LOGIN)".to_owned();
+            return Err(Error::Protocol {
+                upstream: self.name.clone(),
+                stage: Stage::Auth,
+                detail,
+            });
+        };
+        match reply.code {
+            235 => Ok(()),
+            334 => {
+                let detail = "unexpected AUTH challenge".to_owned();
+                Err(Error::Protocol {
+                    upstream: self.name.clone(),
+                    stage: Stage::Auth,
+                    detail,
+                })
+            }
+            _ => Err(Error::Auth {
+                upstream: self.name.clone(),
+                reply,
+            }),
+        }
+    }
+
+    /// The LOGIN exchange: 334 for the user name, 334 for the password, then the result.
+    async fn auth_login(&mut self, c: &Credentials) -> Result<UpstreamReply, Error> {
+        let mut reply = self.command("AUTH LOGIN", Stage::Auth).await?;
+        for secret in [&c.username, &c.password] {
+            if reply.code != 334 {
+                return Ok(reply);
+            }
+            reply = self.command(&BASE64.encode(secret), Stage::Auth).await?;
+        }
+        Ok(reply)
+    }
+}
+
+/// Plain TCP or TLS over TCP; both `Unpin`, so the impls just forward.
+#[derive(Debug)]
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! What can go wrong talking to an upstream, and whether it is worth retrying.
+//!
+//! The delivery layer needs three answers from an error: retry later or give up
+//! ([`Error::is_permanent`]), and whether the message may already have been delivered
+//! ([`Error::is_maybe_delivered`]), in which case it must not fail over to another upstream
+//! (BRIEF: "no blind duplicates").
+
+use std::fmt;
+use std::io;
+
+use crate::smtp::reply_parser::UpstreamReply;
+
+/// The point of the dialogue where an error happened; named in logs and bounces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stage {
+    /// TCP connect (and name resolution).
+    Connect,
+    /// TLS handshake, implicit or after STARTTLS.
+    TlsHandshake,
+    /// Waiting for the 220 greeting.
+    Greeting,
+    /// EHLO or HELO.
+    Ehlo,
+    /// The STARTTLS command.
+    StartTls,
+    /// The AUTH exchange.
+    Auth,
+    /// MAIL FROM.
+    Mail,
+    /// RCPT TO.
+    Rcpt,
+    /// The DATA command (before the 354).
+    Data,
+    /// Sending the message content.
+    Body,
+    /// Waiting for the reply to the final dot.
+    FinalDot,
+    /// RSET before reusing a pooled connection.
+    Rset,
+    /// Writing to a directory upstream.
+    Directory,
+}
+
+impl Stage {
+    /// A short lowercase name for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::TlsHandshake => "tls",
+            Stage::Greeting => "greeting",
+            Stage::Ehlo => "ehlo",
+            Stage::StartTls => "starttls",
+            Stage::Auth => "auth",
+            Stage::Mail => "mail",
+            Stage::Rcpt => "rcpt",
+            Stage::Data => "data",
+            Stage::Body => "body",
+            Stage::FinalDot => "final_dot",
+            Stage::Rset => "rset",
+            Stage::Directory => "directory",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An upstream delivery failure. Each variant names the upstream (its configured name).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The TCP connection could not be made.
+    Connect {
+        /// Upstream name.
+        upstream: String,
+        /// The OS error (refused, unreachable, DNS failure).
+        source: io::Error,
+    },
+    /// The TLS handshake failed (certificate not trusted, wrong name, protocol mismatch).
+    Tls {
+        /// Upstream name.
+        upstream: String,
+        /// The handshake error; rustls errors arrive wrapped in `io::Error`.
+        source: io::Error,
+    },
+    /// No reply (or no progress writing) within the stage's timeout.
+    Timeout {
+        /// Upstream name.
+        upstream: String,
+        /// Where it stalled.
+        stage: Stage,
+    },
+    /// The upstream broke the protocol (unparsable reply, unexpected code, bytes after the
+    /// STARTTLS reply, no usable AUTH mechanism).
+    Protocol {
+        /// Upstream name.
+        upstream: String,
+        /// Where it happened.
+        stage: Stage,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The upstream refused a command (or postern refused locally, with a reply of the same
+    /// shape, e.g. SMTPUTF8 needed but not offered).
+    Reply {
+        /// Upstream name.
+        upstream: String,
+        /// The refused command.
+        stage: Stage,
+        /// The refusal.
+        reply: UpstreamReply,
+    },
+    /// The upstream rejected our credentials. Treated as temporary: the mail waits in the
+    /// queue while the admin fixes the credentials, instead of bouncing everything.
+    Auth {
+        /// Upstream name.
+        upstream: String,
+        /// The refusal (usually `535 5.7.8`).
+        reply: UpstreamReply,
+    },
+    /// `tls: starttls` is configured but the upstream does not offer STARTTLS. Temporary: we
+    /// never fall back to plain text (that is what a downgrade attacker wants).
+    NoStartTls {
+        /// Upstream name.
+        upstream: String,
+    },
+    /// The final dot was sent but no reply came (timeout or connection lost). The upstream
+    /// may have accepted the message: retry on the same upstream later, never fail over.
+    MaybeDelivered {
+        /// Upstream name.
+        upstream: String,
+        /// What happened after the dot.
+        cause: String,
+    },
+    /// Reading or writing failed (connection reset, or a local file error).
+    Io {
+        /// Upstream name.
+        upstream: String,
+        /// Where it happened.
+        stage: Stage,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same message later is pointless.
+    ///
+    /// Permanent: a 5xx reply to MAIL, DATA or the final dot (RFC 5321 4.2.1: "the SMTP
+    /// client SHOULD NOT repeat the exact request"). Everything else is temporary:
+    /// connection and TLS problems, timeouts, 4xx, protocol confusion, credentials, and 5xx
+    /// to the greeting/EHLO/RSET (an upstream refusing *us* is a configuration problem, not
+    /// a verdict on this message).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Error::Reply { stage, reply, .. } => {
+                reply.is_permanent() && matches!(stage, Stage::Mail | Stage::Data | Stage::FinalDot)
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the upstream may already hold the message (see [`Error::MaybeDelivered`]).
+    pub fn is_maybe_delivered(&self) -> bool {
+        matches!(self, Error::MaybeDelivered { .. })
+    }
+
+    /// The upstream reply carried by this error, if any (for bounces and logs).
+    pub fn reply(&self) -> Option<&UpstreamReply> {
+        match self {
+            Error::Reply { reply, .. } | Error::Auth { reply, .. } => Some(reply),
+            _ => None,
+        }
+    }
+
+    /// The configured name of the upstream this error is about.
+    pub fn upstream(&self) -> &str {
+        match self {
+            Error::Connect { upstream, .. }
+            | Error::Tls { upstream, .. }
+            | Error::Timeout { upstream, .. }
+            | Error::Protocol { upstream, .. }
+            | Error::Reply { upstream, .. }
+            | Error::Auth { upstream, .. }
+            | Error::NoStartTls { upstream }
+            | Error::MaybeDelivered { upstream, .. }
+            | Error::Io { upstream, .. } => upstream,
+        }
+    }
+
+    /// The stage where the error happened.
+    pub fn stage(&self) -> Stage {
+        match self {
+            Error::Connect { .. } => Stage::Connect,
+            Error::Tls { .. } => Stage::TlsHandshake,
+            Error::Timeout { stage, .. }
+            | Error::Protocol { stage, .. }
+            | Error::Reply { stage, .. }
+            | Error::Io { stage, .. } => *stage,
+            Error::Auth { .. } => Stage::Auth,
+            Error::NoStartTls { .. } => Stage::StartTls,
+            Error::MaybeDelivered { .. } => Stage::FinalDot,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Connect { upstream, source } => {
+                write!(f, "upstream {upstream}: connect failed: {source}")
+            }
+            Error::Tls { upstream, source } => {
+                write!(f, "upstream {upstream}: TLS handshake failed: {source}")
+            }
+            Error::Timeout { upstream, stage } => {
+                write!(f, "upstream {upstream}: timed out at {stage}")
+            }
+            Error::Protocol {
+                upstream,
+                stage,
+                detail,
+            } => {
+                write!(
+                    f,
+                    "upstream {upstream}: protocol error at {stage}: {detail}"
+                )
+            }
+            Error::Reply {
+                upstream,
+                stage,
+                reply,
+            } => {
+                write!(f, "upstream {upstream}: {stage} refused: {reply}")
+            }
+            Error::Auth { upstream, reply } => {
+                write!(f, "upstream {upstream}: authentication failed: {reply}")
+            }
+            Error::NoStartTls { upstream } => {
+                write!(f, "upstream {upstream}: upstream does not offer STARTTLS")
+            }
+            Error::MaybeDelivered { upstream, cause } => write!(
+                f,
+                "upstream {upstream}: no reply after the final dot ({cause}); may have been delivered"
+            ),
+            Error::Io {
+                upstream,
+                stage,
+                source,
+            } => {
+                write!(f, "upstream {upstream}: I/O error at {stage}: {source}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Connect { source, .. }
+            | Error::Tls { source, .. }
+            | Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(code: u16) -> UpstreamReply {
+        UpstreamReply {
+            code,
+            enhanced: None,
+            lines: vec!["x".into()],
+        }
+    }
+
+    #[test]
+    fn permanence() {
+        let up = || "m365".to_string();
+        let rows: Vec<(Error, bool, &str)> = vec![
+            (
+                Error::Reply {
+                    upstream: up(),
+                    stage: Stage::Mail,
+                    reply: reply(550),
+                },
+                true,
+                "upstream m365: mail refused: 550 x",
+            ),
+            (
+                Error::Reply {
+                    upstream: up(),
+                    stage: Stage::Data,
+                    reply: reply(554),
+                },
+                true,
+                "upstream m365: data refused: 554 x",
+            ),
+            (
+                Error::Reply {
+                    upstream: up(),
+                    stage: Stage::FinalDot,
+                    reply: reply(552),
+                },
+                true,
+                "upstream m365: final_dot refused: 552 x",
+            ),
+            (
+                Error::Reply {
+                    upstream: up(),
+                    stage: Stage::FinalDot,
+                    reply: reply(451),
+                },
+                false,
+                "upstream m365: final_dot refused: 451 x",
+            ),
+            (
+                Error::Reply {
+                    upstream: up(),
+                    stage: Stage::Ehlo,
+                    reply: reply(550),
+                },
+                false,
+                "upstream m365: ehlo refused: 550 x",
+            ),
+            (
+                Error::Reply {
+                    upstream: up(),
+                    stage: Stage::Greeting,
+                    reply: reply(554),
+                },
+                false,
+                "upstream m365: greeting refused: 554 x",
+            ),
+            (
+                Error::Auth {
+                    upstream: up(),
+                    reply: reply(535),
+                },
+                false,
+                "upstream m365: authentication failed: 535 x",
+            ),
+            (
+                Error::NoStartTls { upstream: up() },
+                false,
+                "upstream m365: upstream does not offer STARTTLS",
+            ),
+            (
+                Error::Timeout {
+                    upstream: up(),
+                    stage: Stage::Rcpt,
+                },
+                false,
+                "upstream m365: timed out at rcpt",
+            ),
+            (
+                Error::MaybeDelivered {
+                    upstream: up(),
+                    cause: "connection closed".into(),
+                },
+                false,
+                "upstream m365: no reply after the final dot (connection closed); may have been delivered",
+            ),
+        ];
+        for (err, permanent, shown) in rows {
+            assert_eq!(err.is_permanent(), permanent, "{err}");
+            assert_eq!(err.to_string(), shown);
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! A connection pool per upstream: at most `max_connections` sessions, idle ones reused.
+//!
+//! Reuse skips the TCP, TLS, EHLO and AUTH round trips, which dominate the cost of a small
+//! message. The cap counts deliveries in progress (a semaphore); a new connection is opened
+//! only when no idle one is left, so live connections never exceed the cap either: every
+//! connection is idle or held by a permit holder, and one is created only by a holder that
+//! found the idle stack empty. Idle connections live in a stack, so the most recently used
+//! (the least likely to have been closed by the upstream) is taken first, and old ones sink
+//! to the bottom and expire after `idle_timeout`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::upstream::client::{Client, Outgoing, RcptOutcome, Settings};
+use crate::upstream::error::{Error, Stage};
+
+/// An idle connection and when it became idle.
+#[derive(Debug)]
+struct Idle {
+    client: Client,
+    since: Instant,
+}
+
+/// The connections to one SMTP upstream.
+#[derive(Debug)]
+pub struct Pool {
+    settings: Settings,
+    idle_timeout: Duration,
+    /// Deliveries in progress, at most `max_connections`.
+    permits: Semaphore,
+    /// Idle connections, most recently used on top.
+    idle: Mutex<Vec<Idle>>,
+    /// Connections opened so far (for metrics and tests).
+    opened: AtomicU64,
+}
+
+impl Pool {
+    /// A pool for the upstream described by `settings`. `max_connections` of 0 is taken as 1.
+    pub fn new(settings: Settings, max_connections: usize, idle_timeout: Duration) -> Pool {
+        Pool {
+            settings,
+            idle_timeout,
+            permits: Semaphore::new(max_connections.clamp(1, Semaphore::MAX_PERMITS)),
+            idle: Mutex::new(Vec::new()),
+            opened: AtomicU64::new(0),
+        }
+    }
+
+    /// The upstream's name.
+    pub fn name(&self) -> &str {
+        &self.settings.name
+    }
+
+    /// How many connections this pool has opened since it was made.
+    pub fn connections_opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Sends one message over a pooled or new connection. Waits while `max_connections`
+    /// deliveries are in progress. A connection that failed is dropped, never reused;
+    /// retrying (here or on another upstream) is the caller's decision.
+    pub async fn deliver(&self, msg: &mut Outgoing<'_>) -> Result<Vec<RcptOutcome>, Error> {
+        // The semaphore is never closed, so this only fails if that invariant breaks.
+        let Ok(_permit) = self.permits.acquire().await else {
+            let detail = "connection pool closed".to_owned();
+            return Err(Error::Protocol {
+                upstream: self.settings.name.clone(),
+                stage: Stage::Connect,
+                detail,
+            });
+        };
+        let mut client = self.checkout().await?;
+        let result = client.send(msg).await;
+        if result.is_ok() && client.is_reusable() {
+            // Pushed back before the permit is released (end of scope): keeps the cap exact.
+            self.lock().push(Idle {
+                client,
+                since: Instant::now(),
+            });
+        }
+        result
+    }
+
+    /// An idle connection that answers RSET (RFC 5321 4.1.1.5: also clears a transaction
+    /// left open by a message whose recipients were all refused), or a new one.
+    async fn checkout(&self) -> Result<Client, Error> {
+        while let Some(mut client) = self.pop_idle() {
+            if client.reset().await.is_ok() {
+                return Ok(client);
+            }
+            // Closed by the upstream while idle: forget it and try the next.
+        }
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        Client::connect(&self.settings).await
+    }
+
+    /// Drops expired idle connections and pops the freshest one.
+    fn pop_idle(&self) -> Option<Client> {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        idle.retain(|i| now.duration_since(i.since) < self.idle_timeout);
+        idle.pop().map(|i| i.client)
+    }
+
+    /// Closes idle connections older than `idle_timeout` with QUIT. Call it periodically
+    /// (the delivery loop does) so idle connections do not outlive their welcome; expired
+    /// ones are also dropped at the next checkout.
+    pub async fn reap_idle(&self) {
+        let now = Instant::now();
+        let expired: Vec<Idle> = {
+            let mut idle = self.lock();
+            let (old, fresh) = idle
+                .drain(..)
+                .partition(|i| now.duration_since(i.since) >= self.idle_timeout);
+            *idle = fresh;
+            old
+        };
+        for i in expired {
+            i.client.quit().await;
+        }
+    }
+
+    /// Closes every idle connection with QUIT (shutdown).
+    pub async fn close_idle(&self) {
+        let all: Vec<Idle> = self.lock().drain(..).collect();
+        for i in all {
+            i.client.quit().await;
+        }
+    }
+
+    /// Number of idle connections.
+    pub fn idle_count(&self) -> usize {
+        self.lock().len()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        // A panic while holding the lock cannot leave the Vec inconsistent: keep going.
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}

@@ -1,0 +1,155 @@
+//! Sender-based routing: envelope sender → ordered list of upstream names (failover order).
+//!
+//! Patterns are the same as for users' sender rules: `user@domain` (exact), `@domain` (any
+//! address at that domain, not its subdomains) and `*` (anything, including the null
+//! sender). Comparison ignores ASCII case in both parts: RFC 5321 2.4 lets a server treat the
+//! local part as case-sensitive, but no mail system postern relays to does, and an admin who
+//! writes `Alerts@corp.example` means the same mailbox.
+
+use crate::config::schema::RouteConfig;
+
+/// One parsed sender pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Pattern {
+    /// `*`.
+    Any,
+    /// `@domain`, stored without the `@`.
+    Domain(String),
+    /// `user@domain`.
+    Address(String),
+}
+
+impl Pattern {
+    fn parse(text: &str) -> Pattern {
+        let text = text.trim();
+        if text == "*" {
+            Pattern::Any
+        } else if let Some(domain) = text.strip_prefix('@') {
+            Pattern::Domain(domain.to_owned())
+        } else {
+            Pattern::Address(text.to_owned())
+        }
+    }
+
+    /// RFC 5321 4.5.5: the null reverse-path `<>` has no domain; only `*` takes it.
+    fn matches(&self, sender: &str) -> bool {
+        match self {
+            Pattern::Any => true,
+            _ if sender.is_empty() => false,
+            Pattern::Domain(domain) => sender
+                .rsplit_once('@')
+                .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain)),
+            Pattern::Address(addr) => sender.eq_ignore_ascii_case(addr),
+        }
+    }
+}
+
+/// One route: patterns and the upstreams to try, in order.
+#[derive(Debug, Clone)]
+struct Route {
+    patterns: Vec<Pattern>,
+    upstreams: Vec<String>,
+}
+
+/// Picks the upstreams for a sender; the first matching route wins.
+#[derive(Debug, Clone)]
+pub struct Router {
+    routes: Vec<Route>,
+}
+
+impl Router {
+    /// Builds the router. With no routes and exactly one upstream, every sender goes to it
+    /// (the single-smarthost setup needs no `routes:`). Names are not checked here: config
+    /// validation and [`crate::upstream::Upstreams::new`] do that.
+    pub fn new(routes: &[RouteConfig], upstream_names: &[String]) -> Router {
+        let mut parsed: Vec<Route> = routes
+            .iter()
+            .map(|r| Route {
+                patterns: r.senders.iter().map(|s| Pattern::parse(s)).collect(),
+                upstreams: r.upstreams.clone(),
+            })
+            .collect();
+        if parsed.is_empty() && upstream_names.len() == 1 {
+            parsed.push(Route {
+                patterns: vec![Pattern::Any],
+                upstreams: upstream_names.to_vec(),
+            });
+        }
+        Router { routes: parsed }
+    }
+
+    /// The upstream names to try for `sender` (`""` is the null sender), in failover order;
+    /// `None` when no route matches.
+    pub fn route(&self, sender: &str) -> Option<&[String]> {
+        self.routes
+            .iter()
+            .find(|r| r.patterns.iter().any(|p| p.matches(sender)))
+            .map(|r| r.upstreams.as_slice())
+    }
+
+    /// Every upstream name some route uses, in first-use order, without repeats.
+    pub fn used_upstreams(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for name in self.routes.iter().flat_map(|r| &r.upstreams) {
+            if !names.contains(&name.as_str()) {
+                names.push(name);
+            }
+        }
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(senders: &[&str], upstreams: &[&str]) -> RouteConfig {
+        RouteConfig {
+            senders: senders.iter().map(|s| s.to_string()).collect(),
+            upstreams: upstreams.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn first_match_wins() {
+        let routes = vec![
+            route(&["ceo@corp.example"], &["vip"]),
+            route(&["@corp.example", "@Alerts.Example"], &["m365", "backup"]),
+            route(&["*"], &["backup"]),
+        ];
+        let router = Router::new(&routes, &[]);
+        let rows: &[(&str, Option<&[&str]>)] = &[
+            ("ceo@corp.example", Some(&["vip"])),
+            ("CEO@Corp.Example", Some(&["vip"])),
+            ("app@corp.example", Some(&["m365", "backup"])),
+            ("app@CORP.EXAMPLE", Some(&["m365", "backup"])),
+            ("x@alerts.example", Some(&["m365", "backup"])),
+            ("x@sub.corp.example", Some(&["backup"])),
+            ("corp.example", Some(&["backup"])),
+            ("", Some(&["backup"])),
+        ];
+        for (sender, expected) in rows {
+            let got: Option<Vec<&str>> = router
+                .route(sender)
+                .map(|u| u.iter().map(String::as_str).collect());
+            assert_eq!(got.as_deref(), *expected, "sender {sender:?}");
+        }
+        assert_eq!(router.used_upstreams(), vec!["vip", "m365", "backup"]);
+    }
+
+    #[test]
+    fn null_sender_needs_star() {
+        let router = Router::new(&[route(&["@corp.example", "a@b"], &["m365"])], &[]);
+        assert_eq!(router.route(""), None);
+        assert_eq!(router.route("other@else.example"), None);
+    }
+
+    #[test]
+    fn single_upstream_without_routes() {
+        let one = Router::new(&[], &["only".to_string()]);
+        assert_eq!(one.route(""), Some(&["only".to_string()][..]));
+        assert_eq!(one.route("a@b.example"), Some(&["only".to_string()][..]));
+        let two = Router::new(&[], &["a".to_string(), "b".to_string()]);
+        assert_eq!(two.route("a@b.example"), None);
+    }
+}
