@@ -65,7 +65,11 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     telemetry::log::init(&cfg.log);
+    raise_fd_limit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        // argon2 runs and directory-upstream renames are the only blocking work; a small
+        // pool bounds the threads (and their memory) however much load arrives.
+        .max_blocking_threads(16)
         .enable_all()
         .build()
     {
@@ -81,6 +85,19 @@ fn run(path: PathBuf) -> ExitCode {
             tracing::error!("{e}");
             eprintln!("postern: {}: {e}", path.display());
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Raises the soft open-files limit to the hard limit: each session is a descriptor, and
+/// the usual soft default (1024) would cap a relay far below `limits.max_connections`.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!(error = %e, "cannot raise the open-files limit");
         }
     }
 }

@@ -10,11 +10,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use tokio::sync::Semaphore;
+use tokio::sync::oneshot;
 
 use crate::config::schema::{AuthCacheConfig, UserConfig};
 
@@ -31,9 +31,8 @@ pub struct Users {
     cache_secret: [u8; 32],
     cache_ttl: Duration,
     cache_size: usize,
-    /// Bounds concurrent argon2 runs: each takes ~19 MiB and a core, and a flood of AUTH
-    /// attempts must not exhaust memory or the blocking pool.
-    hashing: Arc<Semaphore>,
+    /// The argon2 workers.
+    hashing: HashPool,
 }
 
 impl Users {
@@ -45,8 +44,14 @@ impl Users {
             .collect();
         let mut cache_secret = [0u8; 32];
         rand::fill(&mut cache_secret);
-        let decoy = hash_password(&hex(&cache_secret)).unwrap_or_default();
-        let parallel = std::thread::available_parallelism().map_or(2, |n| n.get());
+        // The decoy takes as long as the users' hashes when it has the same parameters:
+        // borrow the first user's, with a salt and output nobody's password produces.
+        let decoy = users
+            .first()
+            .map_or(DECOY.to_owned(), |u| decoy_like(&u.password_hash));
+        let parallel = std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(4);
         Users {
             hashes,
             decoy,
@@ -54,7 +59,7 @@ impl Users {
             cache_secret,
             cache_ttl: cache.ttl.get(),
             cache_size: cache.size,
-            hashing: Arc::new(Semaphore::new(parallel)),
+            hashing: HashPool::new(parallel),
         }
     }
 
@@ -66,13 +71,7 @@ impl Users {
         if known.is_some() && self.cache_hit(&key) {
             return true;
         }
-        let Ok(_permit) = self.hashing.clone().acquire_owned().await else {
-            return false;
-        };
-        let password = password.to_owned();
-        let ok = tokio::task::spawn_blocking(move || verify_phc(&phc, &password))
-            .await
-            .unwrap_or(false);
+        let ok = self.hashing.verify(phc, password.to_owned()).await;
         if ok && known.is_some() {
             self.cache_put(key);
             return true;
@@ -123,13 +122,137 @@ impl Users {
     }
 }
 
-/// Verifies `password` against a PHC string; any parse error is a mismatch.
-fn verify_phc(phc: &str, password: &str) -> bool {
-    PasswordHash::new(phc).is_ok_and(|parsed| {
-        Argon2::default()
-            .verify_password(password.as_bytes(), &parsed)
-            .is_ok()
-    })
+/// A PHC string with the crate's default parameters whose password is unknowable: used
+/// when no user is configured.
+const DECOY: &str = "$argon2id$v=19$m=19456,t=2,p=1$ZGVjb3lkZWNveWRlY295$ZGVjb3lkZWNveWRlY295ZGVjb3lkZWNveWRlY295ZGU";
+
+/// The decoy for a store whose first user has hash `phc`: same algorithm and parameters.
+fn decoy_like(phc: &str) -> String {
+    match phc.rsplitn(3, '$').nth(2) {
+        Some(head) => {
+            format!("{head}$ZGVjb3lkZWNveWRlY295$ZGVjb3lkZWNveWRlY295ZGVjb3lkZWNveWRlY295ZGU")
+        }
+        None => DECOY.to_owned(),
+    }
+}
+
+/// The largest argon2 memory cost (KiB) postern will run: a hash asking for more is
+/// treated as a mismatch, so a hostile config cannot make each AUTH allocate gigabytes.
+const MAX_M_COST: u32 = 256 * 1024;
+
+/// A verification request for the pool.
+type Job = (String, String, oneshot::Sender<bool>);
+
+/// A fixed set of threads that run argon2, each reusing one block buffer.
+///
+/// Not `spawn_blocking`: argon2 allocates `m_cost` KiB per run (19 MiB by default), and the
+/// allocator keeps such blocks in per-thread arenas; across tokio's elastic blocking pool
+/// that grew to ~360 MB after a burst of AUTHs (measured). Here memory is bounded by
+/// `threads x m_cost` for good, and excess requests queue rather than run at once.
+#[derive(Debug)]
+struct HashPool {
+    jobs: std::sync::mpsc::SyncSender<Job>,
+}
+
+impl HashPool {
+    fn new(threads: usize) -> HashPool {
+        // A bounded queue: a flood of AUTH attempts waits here (each session waits for its
+        // own answer), it does not pile up in memory.
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(1024);
+        let rx = Arc::new(Mutex::new(rx));
+        for n in 0..threads.max(1) {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("postern-argon2-{n}"))
+                .spawn(move || hash_worker(&rx));
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start an argon2 thread");
+            }
+        }
+        HashPool { jobs }
+    }
+
+    async fn verify(&self, phc: String, password: String) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let jobs = self.jobs.clone();
+        // try_send first: the common case never blocks; when the queue is full, wait for
+        // room without holding a reactor thread.
+        let job = match jobs.try_send((phc, password, tx)) {
+            Ok(()) => return rx.await.unwrap_or(false),
+            Err(std::sync::mpsc::TrySendError::Full(job)) => job,
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return false,
+        };
+        let queued = tokio::task::spawn_blocking(move || jobs.send(job).is_ok()).await;
+        if !matches!(queued, Ok(true)) {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
+
+fn hash_worker(rx: &Mutex<std::sync::mpsc::Receiver<Job>>) {
+    let mut blocks: Vec<Block> = Vec::new();
+    loop {
+        let job = match rx.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok((phc, password, reply)) = job else {
+            return;
+        };
+        let _ = reply.send(verify_phc(&phc, &password, &mut blocks));
+    }
+}
+
+/// Verifies `password` against a PHC string, in `blocks` (grown as needed and kept); any
+/// parse error is a mismatch.
+fn verify_phc(phc: &str, password: &str, blocks: &mut Vec<Block>) -> bool {
+    let Ok(hash) = PasswordHash::new(phc) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) =
+        (Algorithm::try_from(hash.algorithm), Params::try_from(&hash))
+    else {
+        return false;
+    };
+    let version = match hash.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
+        return false;
+    };
+    if params.m_cost() > MAX_M_COST {
+        tracing::warn!(
+            m_cost = params.m_cost(),
+            "password hash asks for too much memory; refusing it"
+        );
+        return false;
+    }
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    if blocks.len() < params.block_count() {
+        blocks.resize(params.block_count(), Block::default());
+    }
+    let Some(memory) = blocks.get_mut(..params.block_count()) else {
+        return false;
+    };
+    let mut out = vec![0u8; expected.len()];
+    let argon = Argon2::new(algorithm, version, params);
+    if argon
+        .hash_password_into_with_memory(password.as_bytes(), salt, &mut out, memory)
+        .is_err()
+    {
+        return false;
+    }
+    // Constant-time comparison: no early exit on the first differing byte.
+    out.iter()
+        .zip(expected.as_bytes())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
 }
 
 /// Hashes a password as an argon2id PHC string with the crate's default (OWASP) parameters.
@@ -140,10 +263,6 @@ pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Er
     Ok(Argon2::default()
         .hash_password(password.as_bytes(), &salt)?
         .to_string())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
@@ -173,6 +292,22 @@ mod tests {
         assert_eq!(users.cache.lock().unwrap().len(), 1);
         assert!(users.verify("app1", "s3cret").await);
         assert!(!users.verify("app1", "s3cret ").await);
+    }
+
+    #[test]
+    fn verify_against_foreign_hashes() {
+        // made by the reference implementation (argon2-cffi) for "demo-password"
+        let phc = "$argon2id$v=19$m=19456,t=2,p=1$L7RtgGNWm4JeX/bRcpKJMA$jmyR85GlXKYJ+T+gJNlgnoCawkC4RdZp8C/ujIVMwM4";
+        let mut blocks = Vec::new();
+        assert!(verify_phc(phc, "demo-password", &mut blocks));
+        assert!(!verify_phc(phc, "demo-passwore", &mut blocks));
+        assert!(!verify_phc("not a hash", "x", &mut blocks));
+        assert!(!verify_phc(&decoy_like(phc), "demo-password", &mut blocks));
+        assert!(!verify_phc(DECOY, "", &mut blocks));
+        // cheap parameters in a smaller buffer reuse the same memory
+        let cheap = "$argon2id$v=19$m=8,t=1,p=1$c29tZXNhbHQ$2h0yzf4yhXEwkzMrQQ5pZQ";
+        let _ = verify_phc(cheap, "x", &mut blocks);
+        assert_eq!(blocks.len(), 19456);
     }
 
     #[tokio::test]

@@ -385,6 +385,12 @@ impl Conn {
             Step::Decide(question) => {
                 let verdict = self.decide(question).await?;
                 let next = self.session.answer(verdict);
+                // RFC 2920: the engine stopped for the decision, not for lack of input, so
+                // commands the client pipelined behind this one are still in the buffer and
+                // must be fed now; reading first would stall a client waiting for replies.
+                if next == Step::NeedInput {
+                    return Ok(Flow::Continue);
+                }
                 Box::pin(self.perform(next)).await
             }
         }
