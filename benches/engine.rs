@@ -27,7 +27,9 @@ fn config() -> SessionConfig {
 fn body() -> Vec<u8> {
     let mut b = b"From: a@example.com\r\nTo: b@example.net\r\nSubject: bench\r\n\r\n".to_vec();
     while b.len() < 10 * 1024 {
-        b.extend_from_slice(b"the quick brown fox jumps over the lazy dog 0123456789 abcdefghij\r\n");
+        b.extend_from_slice(
+            b"the quick brown fox jumps over the lazy dog 0123456789 abcdefghij\r\n",
+        );
         b.extend_from_slice(b"..a line that was dot-stuffed by the client\r\n");
     }
     b.extend_from_slice(b".\r\n");
@@ -60,7 +62,8 @@ fn transaction(session: &mut Session, input: &[u8]) -> usize {
 }
 
 fn bench(c: &mut Criterion) {
-    let mut input = b"MAIL FROM:<a@example.com> BODY=8BITMIME\r\nRCPT TO:<b@example.net>\r\nDATA\r\n".to_vec();
+    let mut input =
+        b"MAIL FROM:<a@example.com> BODY=8BITMIME\r\nRCPT TO:<b@example.net>\r\nDATA\r\n".to_vec();
     input.extend_from_slice(&body());
     let mut group = c.benchmark_group("engine");
     group.throughput(Throughput::Bytes(input.len() as u64));

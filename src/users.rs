@@ -20,6 +20,17 @@ use crate::config::schema::{AuthCacheConfig, UserConfig};
 
 type CacheKey = [u8; 32];
 
+/// The outcome of a credential check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthCheck {
+    /// The user exists and the password matches.
+    Valid,
+    /// Unknown user or wrong password (deliberately not told apart).
+    Invalid,
+    /// Too many verifications are queued: try again later (`454 4.7.0`).
+    Busy,
+}
+
 /// Accounts from the config, and the verification cache.
 #[derive(Debug)]
 pub struct Users {
@@ -63,20 +74,22 @@ impl Users {
         }
     }
 
-    /// True when `username` exists and `password` matches its hash.
-    pub async fn verify(self: &Arc<Self>, username: &str, password: &str) -> bool {
+    /// Checks `password` for `username`.
+    pub async fn verify(self: &Arc<Self>, username: &str, password: &str) -> AuthCheck {
         let known = self.hashes.get(username);
         let phc = known.unwrap_or(&self.decoy).clone();
         let key = self.cache_key(username, password, &phc);
         if known.is_some() && self.cache_hit(&key) {
-            return true;
+            return AuthCheck::Valid;
         }
-        let ok = self.hashing.verify(phc, password.to_owned()).await;
-        if ok && known.is_some() {
-            self.cache_put(key);
-            return true;
+        match self.hashing.verify(phc, password.to_owned()).await {
+            None => AuthCheck::Busy,
+            Some(true) if known.is_some() => {
+                self.cache_put(key);
+                AuthCheck::Valid
+            }
+            Some(_) => AuthCheck::Invalid,
         }
-        false
     }
 
     fn cache_key(&self, username: &str, password: &str, phc: &str) -> CacheKey {
@@ -172,21 +185,15 @@ impl HashPool {
         HashPool { jobs }
     }
 
-    async fn verify(&self, phc: String, password: String) -> bool {
+    /// Verifies on a pool thread; `None` when the queue is full (the caller answers with a
+    /// temporary failure rather than let a flood of AUTH attempts hold sessions).
+    async fn verify(&self, phc: String, password: String) -> Option<bool> {
         let (tx, rx) = oneshot::channel();
-        let jobs = self.jobs.clone();
-        // try_send first: the common case never blocks; when the queue is full, wait for
-        // room without holding a reactor thread.
-        let job = match jobs.try_send((phc, password, tx)) {
-            Ok(()) => return rx.await.unwrap_or(false),
-            Err(std::sync::mpsc::TrySendError::Full(job)) => job,
-            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => return false,
-        };
-        let queued = tokio::task::spawn_blocking(move || jobs.send(job).is_ok()).await;
-        if !matches!(queued, Ok(true)) {
-            return false;
+        match self.jobs.try_send((phc, password, tx)) {
+            Ok(()) => Some(rx.await.unwrap_or(false)),
+            Err(std::sync::mpsc::TrySendError::Full(_)) => None,
+            Err(std::sync::mpsc::TrySendError::Disconnected(_)) => Some(false),
         }
-        rx.await.unwrap_or(false)
     }
 }
 
@@ -285,13 +292,13 @@ mod tests {
     #[tokio::test]
     async fn verifies_and_caches() {
         let users = store(60);
-        assert!(users.verify("app1", "s3cret").await);
-        assert!(!users.verify("app1", "wrong").await);
-        assert!(!users.verify("nobody", "s3cret").await);
+        assert_eq!(users.verify("app1", "s3cret").await, AuthCheck::Valid);
+        assert_eq!(users.verify("app1", "wrong").await, AuthCheck::Invalid);
+        assert_eq!(users.verify("nobody", "s3cret").await, AuthCheck::Invalid);
         // the success is cached under a keyed hash, never the password
         assert_eq!(users.cache.lock().unwrap().len(), 1);
-        assert!(users.verify("app1", "s3cret").await);
-        assert!(!users.verify("app1", "s3cret ").await);
+        assert_eq!(users.verify("app1", "s3cret").await, AuthCheck::Valid);
+        assert_eq!(users.verify("app1", "s3cret ").await, AuthCheck::Invalid);
     }
 
     #[test]
@@ -313,7 +320,7 @@ mod tests {
     #[tokio::test]
     async fn zero_ttl_disables_cache() {
         let users = store(0);
-        assert!(users.verify("app1", "s3cret").await);
+        assert_eq!(users.verify("app1", "s3cret").await, AuthCheck::Valid);
         assert!(users.cache.lock().unwrap().is_empty());
     }
 }

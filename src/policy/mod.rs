@@ -93,20 +93,17 @@ impl Policy {
                 Some(rules) if rules.allows(sender) => Ok(sender.to_owned()),
                 _ => Err(MailRefusal::SenderNotOwned),
             },
-            Identity::Device(net) => {
-                let device = self
-                    .devices
-                    .lookup(net.addr())
-                    .filter(|d| d.network == *net);
-                match device {
-                    Some(d) if d.senders.allows(sender) => Ok(d
-                        .rewrite_sender
-                        .clone()
-                        .unwrap_or_else(|| sender.to_owned())),
-                    Some(_) => Err(MailRefusal::SenderNotOwned),
-                    None => Err(MailRefusal::AuthRequired),
-                }
-            }
+            Identity::Device(net) => match self.devices.by_network(net) {
+                // The null path stays null: a device's bounce rewritten to a real
+                // address could start a bounce loop (RFC 5321 4.5.5).
+                Some(_) if sender.is_empty() => Ok(String::new()),
+                Some(d) if d.senders.allows(sender) => Ok(d
+                    .rewrite_sender
+                    .clone()
+                    .unwrap_or_else(|| sender.to_owned())),
+                Some(_) => Err(MailRefusal::SenderNotOwned),
+                None => Err(MailRefusal::AuthRequired),
+            },
             Identity::Anonymous if allowlisted => Ok(sender.to_owned()),
             Identity::Anonymous => Err(MailRefusal::AuthRequired),
         }

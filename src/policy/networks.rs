@@ -53,6 +53,11 @@ impl Devices {
         Devices(devices)
     }
 
+    /// The identity configured for exactly this network (as carried in an identity).
+    pub fn by_network(&self, network: &IpNet) -> Option<&Device> {
+        self.0.iter().find(|d| d.network == *network)
+    }
+
     /// The identity for a client address, if any network contains it.
     pub fn lookup(&self, ip: IpAddr) -> Option<&Device> {
         let ip = canonical(ip);
@@ -101,5 +106,18 @@ mod tests {
         assert_eq!(hit("10.20.30.9").as_deref(), Some("scans@x"));
         assert_eq!(hit("10.1.1.1").as_deref(), Some("wide@x"));
         assert_eq!(hit("192.0.2.1"), None);
+        // a network nested in another is found by the identity the client got
+        let nested = Devices::new(&[
+            cfg("10.20.30.0/24", "wide@x"),
+            cfg("10.20.30.0/28", "narrow@x"),
+        ]);
+        let wide = nested
+            .lookup("10.20.30.100".parse().unwrap())
+            .unwrap()
+            .network;
+        let found = nested
+            .by_network(&wide)
+            .and_then(|d| d.rewrite_sender.clone());
+        assert_eq!(found.as_deref(), Some("wide@x"));
     }
 }

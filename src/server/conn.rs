@@ -29,6 +29,7 @@ use crate::smtp::session::{
 };
 use crate::spool::{self, SpoolWriter};
 use crate::telemetry::events::{self, MessageSummary};
+use crate::users::AuthCheck;
 
 /// How many bytes one read may add to the buffer.
 const READ_CHUNK: usize = 16 * 1024;
@@ -263,6 +264,12 @@ impl Conn {
                         return self.flush().await;
                     }
                 },
+                // Draining: a session between transactions is told 421 now; one inside a
+                // transaction may finish it within the grace period (Postfix does the same).
+                () = shutdown.stop.cancelled(), if !self.session.in_transaction() => {
+                    let _ = self.session.shutting_down();
+                    return self.flush().await;
+                }
                 () = shutdown.force.cancelled() => {
                     let _ = self.session.shutting_down();
                     return self.flush().await;
@@ -375,11 +382,25 @@ impl Conn {
                 Ok(Flow::Closed)
             }
             Step::StartTls => Ok(Flow::StartTls),
-            Step::DiscardMessage => {
-                if let Some(writer) = self.tx.writer.take() {
+            Step::DiscardMessage(refusal) => {
+                let tx = std::mem::take(&mut self.tx);
+                let size = tx.writer.as_ref().map_or(0, SpoolWriter::written);
+                if let Some(writer) = tx.writer {
                     writer.abort();
                 }
-                self.tx = Tx::default();
+                // The one summary line per message covers refusals too, so an admin can
+                // see why a device's mail never arrived.
+                let outcome = format!("refused: {} {}", refusal.code(), refusal.text());
+                events::message(&MessageSummary {
+                    queue_id: "-",
+                    listener: &self.listener.name,
+                    client_ip: networks::canonical(self.peer.ip()),
+                    identity: self.identity.label().as_deref(),
+                    sender: &tx.sender,
+                    recipients: 0,
+                    size,
+                    outcome: &outcome,
+                });
                 Ok(Flow::Continue)
             }
             Step::Decide(question) => {
@@ -416,14 +437,26 @@ impl Conn {
     }
 
     async fn auth(&mut self, username: &str, password: &str) -> Verdict {
-        if self.shared.users.verify(username, password).await {
-            info!(user = username, "authenticated");
-            self.identity = Identity::User(username.to_owned());
-            Verdict::Authenticated
-        } else {
-            // The password is never logged, only that this user failed.
-            warn!(user = username, "authentication failed");
-            Verdict::Reject(Reply::auth_failed())
+        match self.shared.users.verify(username, password).await {
+            AuthCheck::Valid => {
+                info!(user = username, "authenticated");
+                self.identity = Identity::User(username.to_owned());
+                Verdict::Authenticated
+            }
+            AuthCheck::Invalid => {
+                // The password is never logged, only that this user failed.
+                warn!(user = username, "authentication failed");
+                Verdict::Reject(Reply::auth_failed())
+            }
+            AuthCheck::Busy => {
+                // RFC 4954 6: 454 when the check cannot be done now; not counted as a
+                // failure, the client retries.
+                warn!(
+                    user = username,
+                    "authentication deferred: verifier queue full"
+                );
+                Verdict::Reject(Reply::temp_auth_failure())
+            }
         }
     }
 

@@ -107,7 +107,7 @@ impl Harness {
                     self.s.tls_established();
                     self.events.push("starttls");
                 }
-                Step::DiscardMessage => {
+                Step::DiscardMessage(_) => {
                     self.spool.clear();
                     self.events.push("discard");
                 }

@@ -71,7 +71,7 @@ pub enum Step {
     StartTls,
     /// The DATA just ended but was refused (reply queued): drop the partial
     /// spool file, then call `advance` again with the remaining input.
-    DiscardMessage,
+    DiscardMessage(Reply),
     /// Write `output()` and close the connection; drop any open spool file
     /// (a message only counts once it got its 250).
     Close,
@@ -420,8 +420,8 @@ impl Session {
         };
         // RFC 5321 4.1.1.4: a failed DATA clears the transaction.
         self.body.clear();
-        let next = self.ctx.reject(refusal, Phase::Ready { helo });
-        Some(self.set(next).unwrap_or(Step::DiscardMessage))
+        let next = self.ctx.reject(refusal.clone(), Phase::Ready { helo });
+        Some(self.set(next).unwrap_or(Step::DiscardMessage(refusal)))
     }
 
     /// Runs a transition over the phase taken by value.
@@ -481,6 +481,15 @@ impl Session {
     /// True while reading a message (the shell uses the DATA timeout).
     pub fn in_data(&self) -> bool {
         matches!(self.phase, Phase::Receiving { .. })
+    }
+
+    /// True while a mail transaction is open (after MAIL, through DATA) or a decision is
+    /// pending: a draining server lets it finish before closing the session.
+    pub fn in_transaction(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Transaction { .. } | Phase::Receiving { .. } | Phase::Deciding { .. }
+        )
     }
 
     /// The client's EHLO/HELO name, for the Received header.

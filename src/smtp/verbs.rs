@@ -107,9 +107,14 @@ fn rcpt(ctx: &mut Ctx, phase: Phase, to: ForwardPath) -> Next {
         Phase::Greeted | Phase::Ready { .. } => return ctx.reject(Reply::need_mail(), phase),
         _ => return ctx.logic_error(),
     };
-    let refusal = if tx.rcpts.len() >= ctx.cfg.max_recipients {
-        Some(Reply::too_many_recipients())
-    } else if !tx.params.smtputf8 && !to.0.is_ascii() {
+    if tx.rcpts.len() >= ctx.cfg.max_recipients {
+        // Not counted as a client error (Postfix does the same): a client that pipelines
+        // more recipients than the cap must still reach DATA for the accepted ones and
+        // send the rest in another transaction (RFC 5321 4.5.3.1.10).
+        ctx.send(&Reply::too_many_recipients());
+        return (Phase::Transaction { helo, tx }, None);
+    }
+    let refusal = if !tx.params.smtputf8 && !to.0.is_ascii() {
         // RFC 6531 3.4: UTF-8 addresses only in SMTPUTF8 transactions.
         Some(Reply::non_ascii_recipient())
     } else {

@@ -109,13 +109,30 @@ impl Durability for FdatasyncEach {
 
 /// Real durability with one `syncfs(2)` per batch (Linux): it writes back the whole filesystem
 /// holding the spool, which costs one journal commit however many files the batch has. Every
-/// file of a batch gets the same result; since Linux 5.8 `syncfs` reports writeback errors.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SyncFs;
+/// file of a batch gets the same result.
+///
+/// `syncfs` reports a writeback error to a descriptor only if it happened after that
+/// descriptor last saw one (errseq, Linux 5.8+). So the sync goes through one long-lived
+/// descriptor opened when the spool opens, never a message file's own: every error since
+/// start-up is then reported exactly once, failing the batch it lands in, whichever file's
+/// pages it hit. Without an anchor (tests) it falls back to the first file of the batch.
+#[derive(Debug, Default)]
+pub struct SyncFs {
+    anchor: Option<File>,
+}
+
+impl SyncFs {
+    /// Syncs through a descriptor of `dir` (the spool), opened now.
+    pub fn anchored(dir: &Path) -> io::Result<SyncFs> {
+        Ok(SyncFs {
+            anchor: Some(File::open(dir)?),
+        })
+    }
+}
 
 impl Durability for SyncFs {
     fn sync_file(&self, f: &File) -> io::Result<()> {
-        rustix::fs::syncfs(f).map_err(io::Error::from)
+        rustix::fs::syncfs(self.anchor.as_ref().unwrap_or(f)).map_err(io::Error::from)
     }
 
     fn sync_dir(&self, d: &File) -> io::Result<()> {

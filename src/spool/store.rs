@@ -93,7 +93,9 @@ impl Spool {
     /// (figures in commit.rs). Use `open` with `FdatasyncEach` when the spool shares its
     /// filesystem with write-heavy neighbours.
     pub fn open_default(dir: &Path) -> Result<(Spool, Vec<Envelope>), SpoolError> {
-        Spool::open(dir, Arc::new(SyncFs))
+        fs::create_dir_all(dir).map_err(|e| SpoolError::io(dir, e))?;
+        let durability = SyncFs::anchored(dir).map_err(|e| SpoolError::io(dir, e))?;
+        Spool::open(dir, Arc::new(durability))
     }
 
     /// Starts a new message: a fresh id and its tmp file.
@@ -431,12 +433,10 @@ fn recover_one(queue: &Path, failed: &Path, id: &QueueId) -> Result<Option<Envel
         });
     let original = match verified {
         Ok(env) => env,
-        Err(reason) if reason.is_torn() => {
-            tracing::warn!(path = %path.display(), %reason, "spool: deleting torn message file");
-            remove_quietly(&path);
-            remove_quietly(&state_path);
-            return Ok(None);
-        }
+        // A file reaches queue/ only after its data was synced, so a bad checksum or length
+        // here means media corruption or a bug, not a crash mid-write: it may be mail that
+        // got a 250, so keep it for the admin in failed/ rather than delete it. (Torn
+        // writes can only be in tmp/, which is emptied on open.)
         Err(reason) => {
             tracing::warn!(path = %path.display(), %reason, "spool: unreadable message moved to failed/");
             let to = failed.join(id.as_str());
@@ -939,7 +939,7 @@ mod tests {
                 "fdatasync, 8 threads",
                 Arc::new(FdatasyncEach { max_threads: 8 }),
             ),
-            ("syncfs", Arc::new(SyncFs)),
+            ("syncfs", Arc::new(SyncFs::default())),
         ];
         for (name, durability) in strategies {
             let counted = Arc::new(Batches(durability, AtomicUsize::new(0)));

@@ -31,7 +31,8 @@ impl Pattern {
         }
     }
 
-    /// RFC 5321 4.5.5: the null reverse-path `<>` has no domain; only `*` takes it.
+    /// RFC 5321 4.5.5: the null reverse-path `<>` has no domain; of the patterns only `*`
+    /// matches it (see [`Router::route`] for its fallback).
     fn matches(&self, sender: &str) -> bool {
         match self {
             Pattern::Any => true,
@@ -80,11 +81,17 @@ impl Router {
 
     /// The upstream names to try for `sender` (`""` is the null sender), in failover order;
     /// `None` when no route matches.
+    ///
+    /// The null sender matches `*` routes; when none exists it takes the first route, so
+    /// bounces, vacation replies and MDNs from authenticated clients (RFC 5321 4.5.5) are
+    /// never refused for want of a domain to route by.
     pub fn route(&self, sender: &str) -> Option<&[String]> {
-        self.routes
+        let matched = self
+            .routes
             .iter()
-            .find(|r| r.patterns.iter().any(|p| p.matches(sender)))
-            .map(|r| r.upstreams.as_slice())
+            .find(|r| r.patterns.iter().any(|p| p.matches(sender)));
+        let fallback = || sender.is_empty().then(|| self.routes.first()).flatten();
+        matched.or_else(fallback).map(|r| r.upstreams.as_slice())
     }
 
     /// Every upstream name some route uses, in first-use order, without repeats.
@@ -138,9 +145,15 @@ mod tests {
     }
 
     #[test]
-    fn null_sender_needs_star() {
-        let router = Router::new(&[route(&["@corp.example", "a@b"], &["m365"])], &[]);
-        assert_eq!(router.route(""), None);
+    fn null_sender_without_star_takes_the_first_route() {
+        let router = Router::new(
+            &[
+                route(&["@corp.example", "a@b"], &["m365"]),
+                route(&["@x.example"], &["ses"]),
+            ],
+            &[],
+        );
+        assert_eq!(router.route(""), Some(&["m365".to_string()][..]));
         assert_eq!(router.route("other@else.example"), None);
     }
 

@@ -1,0 +1,311 @@
+//! The test harness: postern started in-process on `127.0.0.1:0` (mini-redis
+//! `start_server`), a real SMTP sink as its upstream, a throw-away CA, and clients.
+//!
+//! [`TestServer::start`] writes a YAML config into a fresh temporary directory (absolute
+//! paths only), loads it through the same `config::load` path as the binary, and starts the
+//! relay with three listeners:
+//! - `submission`: STARTTLS, AUTH required (port 587 style);
+//! - `submissions`: implicit TLS, AUTH required (port 465 style);
+//! - `legacy`: plain text, no AUTH, only from 127.0.0.1/32 (the printer case).
+
+pub mod ca;
+pub mod client;
+pub mod sink;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use postern::app::Running;
+use tempfile::TempDir;
+
+use self::ca::TestCa;
+use self::client::Dialog;
+use self::sink::{Sink, SinkOptions, reserve_port};
+
+/// The user every test server knows.
+pub const USER: &str = "alice";
+/// Her password.
+pub const PASSWORD: &str = "alice-pw";
+/// `\0alice\0alice-pw` in base64, for raw `AUTH PLAIN`.
+pub const PLAIN_TOKEN: &str = "AGFsaWNlAGFsaWNlLXB3";
+/// The credentials postern presents to an upstream that requires AUTH.
+pub const UPSTREAM_CREDS: (&str, &str) = ("relay@example.com", "upstream-pw");
+/// Bound for a message to cross postern into the sink (retries included: backoff is 1-2 s).
+pub const DELIVERY: Duration = Duration::from_secs(20);
+
+/// The argon2id hash of [`PASSWORD`], computed once per test process (~50 ms).
+pub fn password_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| postern::users::hash_password(PASSWORD).unwrap())
+}
+
+/// How postern reaches the sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upstream {
+    /// Plain SMTP, no AUTH (`tls: none`).
+    Plain,
+    /// STARTTLS required, AUTH required, verified against the test CA.
+    StartTlsAuth,
+    /// Implicit TLS, AUTH required, verified against the test CA.
+    ImplicitAuth,
+}
+
+/// Test server options; `Opts::default()` is a plain upstream that is up.
+#[derive(Debug, Clone)]
+pub struct Opts {
+    /// The upstream's TLS/AUTH mode.
+    pub upstream: Upstream,
+    /// Offer PIPELINING at the sink.
+    pub sink_pipelining: bool,
+    /// Leave the sink down (its port reserved but closed) until [`TestServer::sink_up`].
+    pub sink_down: bool,
+    /// YAML appended at the top level, e.g. `"smtp: {bare_line_endings: normalise}\n"`.
+    pub extra: String,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            upstream: Upstream::Plain,
+            sink_pipelining: true,
+            sink_down: false,
+            extra: String::new(),
+        }
+    }
+}
+
+impl Opts {
+    /// Default options plus `extra` YAML.
+    pub fn with(extra: &str) -> Opts {
+        Opts {
+            extra: extra.to_owned(),
+            ..Opts::default()
+        }
+    }
+}
+
+/// A running postern with its sink, CA and directory.
+pub struct TestServer {
+    /// Holds the config, certificates and spool; removed on drop.
+    pub dir: TempDir,
+    /// The CA that signed postern's and the sink's certificate.
+    pub ca: TestCa,
+    /// The config file.
+    pub config: PathBuf,
+    /// The upstream's port (reserved even while the sink is down).
+    pub sink_port: u16,
+    /// STARTTLS + AUTH required.
+    pub submission: SocketAddr,
+    /// Implicit TLS + AUTH required.
+    pub submissions: SocketAddr,
+    /// Plain, no AUTH, 127.0.0.1 only.
+    pub legacy: SocketAddr,
+    sink: Option<Sink>,
+    sink_opts: SinkOptions,
+    running: Option<Running>,
+}
+
+impl std::fmt::Debug for TestServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestServer")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl TestServer {
+    /// Writes the config, starts the sink (unless `sink_down`) and postern.
+    pub async fn start(opts: Opts) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new(dir.path());
+        let sink_opts = sink_options(&ca, &opts);
+        let (sink, sink_port) = if opts.sink_down {
+            (None, reserve_port())
+        } else {
+            let sink = Sink::start(sink_opts.clone()).await;
+            let port = sink.port();
+            (Some(sink), port)
+        };
+        let config = dir.path().join("postern.yaml");
+        std::fs::write(&config, config_yaml(dir.path(), &ca, sink_port, &opts)).unwrap();
+        let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
+        let mut server = TestServer {
+            dir,
+            ca,
+            config,
+            sink_port,
+            submission: unbound,
+            submissions: unbound,
+            legacy: unbound,
+            sink,
+            sink_opts,
+            running: None,
+        };
+        server.restart().await;
+        server
+    }
+
+    /// Starts postern (again) from the same config file and spool; listeners get new ports.
+    pub async fn restart(&mut self) {
+        assert!(self.running.is_none(), "postern is already running");
+        let yaml = std::fs::read_to_string(&self.config).unwrap();
+        let cfg = postern::config::load::load_str(&yaml, &self.config).unwrap();
+        let running = client::step("postern start", postern::app::start(cfg))
+            .await
+            .unwrap();
+        self.submission = running.addr("submission").unwrap();
+        self.submissions = running.addr("submissions").unwrap();
+        self.legacy = running.addr("legacy").unwrap();
+        self.running = Some(running);
+    }
+
+    /// Graceful shutdown (sessions are closed; the spool keeps what is undelivered).
+    pub async fn stop(&mut self) {
+        if let Some(running) = self.running.take() {
+            client::step("postern shutdown", running.shutdown()).await;
+        }
+    }
+
+    /// The sink; panics while it is down.
+    pub fn sink(&self) -> &Sink {
+        self.sink.as_ref().expect("the sink is down")
+    }
+
+    /// Brings the sink up on its reserved port.
+    pub async fn sink_up(&mut self) {
+        assert!(self.sink.is_none(), "the sink is already up");
+        self.sink = Some(Sink::start_on(self.sink_port, self.sink_opts.clone()).await);
+    }
+
+    /// The spool directory.
+    pub fn spool(&self) -> PathBuf {
+        self.dir.path().join("spool")
+    }
+
+    /// A plain session on the legacy listener, after EHLO.
+    pub async fn legacy_session(&self) -> Dialog {
+        let mut d = Dialog::connect(self.legacy).await;
+        d.ehlo("client.test").await;
+        d
+    }
+
+    /// A session on the submission listener after STARTTLS, EHLO and AUTH PLAIN as alice.
+    pub async fn submission_session(&self) -> Dialog {
+        let mut d = Dialog::connect(self.submission).await;
+        d.ehlo("client.test").await;
+        d.starttls(&self.ca).await;
+        d.ehlo("client.test").await;
+        d.cmd(&format!("AUTH PLAIN {PLAIN_TOKEN}"), "235 2.7.0")
+            .await;
+        d
+    }
+}
+
+fn sink_options(ca: &TestCa, opts: &Opts) -> SinkOptions {
+    let secure = opts.upstream != Upstream::Plain;
+    SinkOptions {
+        pipelining: opts.sink_pipelining,
+        starttls: secure.then(|| ca.server_config()),
+        implicit_tls: opts.upstream == Upstream::ImplicitAuth,
+        require_tls: secure,
+        auth: secure.then(|| (UPSTREAM_CREDS.0.to_owned(), UPSTREAM_CREDS.1.to_owned())),
+    }
+}
+
+fn config_yaml(dir: &Path, ca: &TestCa, sink_port: u16, opts: &Opts) -> String {
+    let d = dir.display();
+    let upstream_security = match opts.upstream {
+        Upstream::Plain => "tls: none".to_owned(),
+        Upstream::StartTlsAuth | Upstream::ImplicitAuth => {
+            let mode = if opts.upstream == Upstream::StartTlsAuth {
+                "starttls"
+            } else {
+                "implicit"
+            };
+            format!(
+                "tls: {mode}, ca_file: {}, server_name: localhost, auth: {{username: \"{}\", password: \"{}\"}}",
+                ca.ca_file.display(),
+                UPSTREAM_CREDS.0,
+                UPSTREAM_CREDS.1
+            )
+        }
+    };
+    format!(
+        r#"hostname: relay.test
+listeners:
+  - {{name: submission, address: "127.0.0.1:0", tls: starttls, auth: required}}
+  - {{name: submissions, address: "127.0.0.1:0", tls: implicit, auth: required}}
+  - {{name: legacy, address: "127.0.0.1:0", tls: none, auth: none, allow_networks: [127.0.0.1/32]}}
+tls: {{certificate: {cert}, private_key: {key}}}
+users:
+  - {{username: {USER}, password_hash: "{hash}", senders: ["{USER}@example.com", "@alice.example"]}}
+queue: {{directory: {d}/spool, min_backoff: 1s, max_backoff: 2s}}
+upstreams:
+  - {{name: sink, address: "127.0.0.1:{sink_port}", connect_timeout: 2s, {upstream_security}}}
+log: {{level: warn}}
+{extra}"#,
+        cert = ca.cert_file.display(),
+        key = ca.key_file.display(),
+        hash = password_hash(),
+        extra = opts.extra,
+    )
+}
+
+/// A message with a unique `X-Test` header and the given headers and body lines.
+pub fn message(tag: &str, headers: &str, body: &str) -> Vec<u8> {
+    format!("X-Test: {tag}\r\n{headers}Subject: test {tag}\r\n\r\n{body}").into_bytes()
+}
+
+/// Sends one whole transaction on `d` (already greeted and, if needed, authenticated):
+/// MAIL, each RCPT, DATA, `data` + `.\r\n`; returns the final reply after asserting `250`.
+/// `data` must end in CRLF and must not be dot-stuffed yet.
+pub async fn send_mail(d: &mut Dialog, from: &str, to: &[&str], data: &[u8]) -> client::Reply {
+    d.cmd(&format!("MAIL FROM:<{from}>"), "250 2.1.0").await;
+    for rcpt in to {
+        d.cmd(&format!("RCPT TO:<{rcpt}>"), "250 2.1.5").await;
+    }
+    d.cmd("DATA", "354").await;
+    d.send([dot_stuff(data), b".\r\n".to_vec()].concat()).await;
+    d.expect("250 2.0.0").await
+}
+
+/// RFC 5321 4.5.2: a leading dot on a line is doubled.
+pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 8);
+    let mut at_line_start = true;
+    for &b in data {
+        if at_line_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_line_start = b == b'\n';
+    }
+    out
+}
+
+/// Splits what the sink got into postern's prefix (the header fields it added) and the
+/// client's bytes, which must be exactly `sent`.
+pub fn split_prefix<'a>(got: &'a [u8], sent: &[u8]) -> &'a str {
+    assert!(
+        got.ends_with(sent),
+        "the client's bytes did not arrive intact:\n got: {:?}\nsent: {:?}",
+        String::from_utf8_lossy(got),
+        String::from_utf8_lossy(sent)
+    );
+    std::str::from_utf8(&got[..got.len() - sent.len()]).unwrap()
+}
+
+/// The names of the header fields in a prefix (continuation lines skipped).
+pub fn field_names(prefix: &str) -> Vec<String> {
+    assert!(
+        prefix.is_empty() || prefix.ends_with("\r\n"),
+        "prefix not CRLF-terminated: {prefix:?}"
+    );
+    prefix
+        .split("\r\n")
+        .filter(|l| !l.is_empty() && !l.starts_with([' ', '\t']))
+        .map(|l| l.split_once(':').map_or(l, |(name, _)| name).to_owned())
+        .collect()
+}

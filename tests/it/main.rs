@@ -1,0 +1,20 @@
+//! postern's integration tests: one binary (rustls style), each module a theme.
+//!
+//! Every test starts its own postern on `127.0.0.1:0` with a real SMTP sink as upstream
+//! (see [`harness`]) and asserts on exact reply codes and on the exact bytes that reached
+//! the sink. Waits are bounded deadlines, never sleeps.
+#![forbid(unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "tests: a panic is the failure report"
+)]
+
+mod harness;
+
+mod auth;
+mod binary;
+mod delivery;
+mod external;
+mod protocol;
+mod selftest;
