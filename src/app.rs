@@ -12,13 +12,13 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
-use crate::config::schema::{Config, ListenerTls};
+use crate::config::schema::{Config, ListenerTls, QueueSync};
 use crate::delivery::{self, Timing};
 use crate::policy::Policy;
 use crate::server::listener::{self, Caps, Listener, PerIp};
 use crate::server::{ListenerInfo, Shared, tls};
 use crate::shutdown::Shutdown;
-use crate::spool::Spool;
+use crate::spool::{Spool, SyncMode};
 use crate::upstream::Upstreams;
 use crate::users::Users;
 
@@ -114,8 +114,14 @@ pub async fn start(cfg: Config) -> Result<Running, AppError> {
     } else {
         None
     };
-    let (spool, recovered) =
-        Spool::open_default(&cfg.queue.directory).map_err(|e| AppError::Spool(e.to_string()))?;
+    let (spool, recovered) = Spool::open_with(
+        &cfg.queue.directory,
+        match cfg.queue.sync {
+            QueueSync::Fdatasync => SyncMode::Fdatasync,
+            QueueSync::Syncfs => SyncMode::Syncfs,
+        },
+    )
+    .map_err(|e| AppError::Spool(e.to_string()))?;
     if !recovered.is_empty() {
         info!(
             messages = recovered.len(),
@@ -154,6 +160,7 @@ pub async fn start(cfg: Config) -> Result<Running, AppError> {
     let caps = Caps {
         global: Arc::new(Semaphore::new(cfg.limits.max_connections)),
         per_ip: PerIp::new(cfg.limits.max_connections_per_ip),
+        refusals: Arc::new(Semaphore::new(Caps::MAX_REFUSALS)),
     };
     let mut bound = Vec::new();
     for l in &cfg.listeners {
@@ -212,16 +219,25 @@ pub async fn run(cfg: Config) -> Result<(), AppError> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
     ) else {
         // Without signal handlers, the only way out is being killed; wait forever.
         std::future::pending::<()>().await;
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            // SIGHUP's default action would kill every session mid-DATA; an admin who sends
+            // it out of habit must not lose the relay. Reload itself is not built yet.
+            _ = hup.recv() => warn!(
+                "SIGHUP ignored: configuration reload is not supported yet; \
+                 restart postern (SIGTERM drains, queued mail is kept) to apply changes"
+            ),
+        }
     }
 }

@@ -79,6 +79,8 @@ pub struct Trace<'a> {
     pub tls: bool,
     /// AUTH in use.
     pub authenticated: bool,
+    /// The transaction used SMTPUTF8 (RFC 6531).
+    pub utf8: bool,
     /// The queue id.
     pub queue_id: &'a str,
     /// The single recipient, named only when there is exactly one (as Postfix does).
@@ -107,16 +109,25 @@ pub fn prefix(trace: &Trace<'_>, add_date: bool, add_message_id: bool) -> Vec<u8
     out
 }
 
+/// The `with` clause: RFC 3848 ESMTP plus S for TLS and A for AUTH, SMTP for HELO sessions;
+/// RFC 6531 3.7.3 UTF8SMTP in place of ESMTP when the transaction used SMTPUTF8.
+fn with_protocol(t: &Trace<'_>) -> &'static str {
+    match (t.esmtp, t.utf8, t.tls, t.authenticated) {
+        (false, ..) => "SMTP",
+        (true, false, false, false) => "ESMTP",
+        (true, false, true, false) => "ESMTPS",
+        (true, false, false, true) => "ESMTPA",
+        (true, false, true, true) => "ESMTPSA",
+        (true, true, false, false) => "UTF8SMTP",
+        (true, true, true, false) => "UTF8SMTPS",
+        (true, true, false, true) => "UTF8SMTPA",
+        (true, true, true, true) => "UTF8SMTPSA",
+    }
+}
+
 /// The Received field, folded over lines of reasonable length.
 fn received(t: &Trace<'_>) -> String {
-    // RFC 3848: ESMTP, plus S for TLS and A for AUTH; SMTP for HELO sessions.
-    let with = match (t.esmtp, t.tls, t.authenticated) {
-        (false, _, _) => "SMTP",
-        (true, false, false) => "ESMTP",
-        (true, true, false) => "ESMTPS",
-        (true, false, true) => "ESMTPA",
-        (true, true, true) => "ESMTPSA",
-    };
+    let with = with_protocol(t);
     let helo = sanitize(t.helo);
     let ip = match t.client_ip {
         IpAddr::V4(v4) => v4.to_string(),
@@ -202,6 +213,7 @@ mod tests {
             esmtp: true,
             tls: true,
             authenticated: true,
+            utf8: false,
             queue_id: "ABC123",
             single_rcpt: Some("rcpt@example.net"),
             now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_795_000_000),
@@ -215,5 +227,36 @@ mod tests {
         let bare = String::from_utf8(prefix(&trace, false, false)).unwrap();
         assert_eq!(bare.matches("\r\n").count(), 4);
         assert!(!bare.contains("Date:") && !bare.contains("Message-ID"));
+    }
+
+    /// RFC 3848 and RFC 6531 3.7.3: every combination of HELO/EHLO, SMTPUTF8, TLS and AUTH.
+    #[test]
+    fn with_protocol_names() {
+        let rows = [
+            (false, false, true, true, "SMTP"),
+            (true, false, false, false, "ESMTP"),
+            (true, false, true, false, "ESMTPS"),
+            (true, false, false, true, "ESMTPA"),
+            (true, false, true, true, "ESMTPSA"),
+            (true, true, false, false, "UTF8SMTP"),
+            (true, true, true, false, "UTF8SMTPS"),
+            (true, true, false, true, "UTF8SMTPA"),
+            (true, true, true, true, "UTF8SMTPSA"),
+        ];
+        for (esmtp, utf8, tls, authenticated, want) in rows {
+            let t = Trace {
+                helo: "c",
+                client_ip: "192.0.2.7".parse().unwrap(),
+                hostname: "r",
+                esmtp,
+                tls,
+                authenticated,
+                utf8,
+                queue_id: "Q",
+                single_rcpt: None,
+                now: SystemTime::UNIX_EPOCH,
+            };
+            assert_eq!(with_protocol(&t), want);
+        }
     }
 }

@@ -149,10 +149,6 @@ fn decoy_like(phc: &str) -> String {
     }
 }
 
-/// The largest argon2 memory cost (KiB) postern will run: a hash asking for more is
-/// treated as a mismatch, so a hostile config cannot make each AUTH allocate gigabytes.
-const MAX_M_COST: u32 = 256 * 1024;
-
 /// A verification request for the pool.
 type Job = (String, String, oneshot::Sender<bool>);
 
@@ -230,7 +226,7 @@ fn verify_phc(phc: &str, password: &str, blocks: &mut Vec<Block>) -> bool {
     let (Some(salt), Some(expected)) = (hash.salt, hash.hash) else {
         return false;
     };
-    if params.m_cost() > MAX_M_COST {
+    if params.m_cost() > crate::config::MAX_ARGON2_M_COST {
         tracing::warn!(
             m_cost = params.m_cost(),
             "password hash asks for too much memory; refusing it"

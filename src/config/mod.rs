@@ -23,6 +23,11 @@ pub mod validate;
 pub use error::ConfigError;
 pub use load::{load, load_str};
 
+/// The largest argon2 memory cost (KiB) postern runs for a password hash: a hash asking for
+/// more is refused by validation (and treated as a mismatch by the verifier), so a config
+/// cannot make each AUTH allocate gigabytes. 256 MiB is 13 times the RFC 9106 default.
+pub const MAX_ARGON2_M_COST: u32 = 256 * 1024;
+
 /// The directory relative paths in `file` are resolved against: the file's own directory.
 ///
 /// For a bare file name such as `postern.yaml` this is the empty path, so relative paths stay

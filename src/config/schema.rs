@@ -254,6 +254,22 @@ pub struct QueueConfig {
     /// Longest retry delay. Default: `1h`.
     #[serde(default = "default_max_backoff")]
     pub max_backoff: Duration,
+    /// How a message is made durable before its `250`. Default: `fdatasync`.
+    #[serde(default)]
+    pub sync: QueueSync,
+}
+
+/// How the spool syncs (`queue.sync`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueSync {
+    /// One `fdatasync` per message file (overlapped), then one directory `fsync` per batch:
+    /// costs only the spool's own data, whatever else writes to the filesystem.
+    #[default]
+    Fdatasync,
+    /// One `syncfs` per batch: cheapest when the spool has a filesystem of its own, but it
+    /// also flushes everything else written to that filesystem.
+    Syncfs,
 }
 
 /// Where mail goes: an SMTP smarthost, or a local directory (`directory:` set).

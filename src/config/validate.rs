@@ -28,7 +28,7 @@ use crate::config::schema::{
 };
 use crate::config::syntax::{Pattern, check_host_port, sender_pattern};
 use crate::config::units::Duration;
-use crate::config::{config_dir, resolve};
+use crate::config::{MAX_ARGON2_M_COST, config_dir, resolve};
 
 /// The result of one rule or section.
 type Checked = Result<(), ConfigError>;
@@ -75,15 +75,10 @@ impl Checker<'_> {
     /// RFC 5321 4.1.1.1 and 4.4: the name goes into the banner, EHLO and Received headers, so
     /// it must be a plain domain.
     fn hostname(&self, hostname: &str) -> Checked {
-        self.ensure(!hostname.is_empty(), "hostname", "must not be empty")?;
-        let ok = hostname
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
-        self.ensure(
-            ok,
-            "hostname",
-            format!("{hostname:?} may contain only letters, digits, '-' and '.'"),
-        )
+        match check_host_name(hostname) {
+            Ok(()) => Ok(()),
+            Err(problem) => self.fail("hostname", problem),
+        }
     }
 
     /// At least one listener; unique names; addresses that can all be bound.
@@ -372,8 +367,32 @@ impl Checker<'_> {
         if let Some(ca_file) = &u.ca_file {
             self.certificates(&format!("{key}.ca_file"), ca_file)?;
         }
+        if let Some(name) = &u.server_name {
+            // RFC 6125 / 7817: the name the certificate is checked against (a DNS name or an
+            // IP address), also sent as SNI.
+            let ok = rustls_pki_types::ServerName::try_from(name.as_str()).is_ok();
+            self.ensure(
+                ok,
+                format!("{key}.server_name"),
+                format!("{name:?} is not a DNS name or IP address"),
+            )?;
+        }
+        if let Some(helo) = &u.helo_name
+            && let Err(problem) = check_host_name(helo)
+        {
+            // Sent verbatim after EHLO: anything else could inject commands.
+            return self.fail(format!("{key}.helo_name"), problem);
+        }
         let Some(auth) = &u.auth else { return Ok(()) };
         let auth_key = format!("{key}.auth");
+        // RFC 4954 4: PLAIN and LOGIN send the password in the clear; without TLS anyone on
+        // the path reads the relay account's password.
+        self.ensure(
+            u.tls != UpstreamTls::None,
+            auth_key.clone(),
+            "AUTH without TLS would send the password in clear text: use tls: starttls or \
+             implicit",
+        )?;
         self.ensure(
             !auth.username.is_empty(),
             format!("{auth_key}.username"),
@@ -532,6 +551,23 @@ fn binds_clash(a: SocketAddr, b: SocketAddr) -> bool {
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
+/// A host name as postern sends it (banner, EHLO): RFC 1123 letters, digits, '-' and '.'.
+fn check_host_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    let ok = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} may contain only letters, digits, '-' and '.'"
+        ))
+    }
+}
+
 /// RFC 9106 section 3.1 (argon2 parameters) in a PHC string as `postern hash-password` writes.
 fn check_password_hash(phc: &str) -> Result<(), String> {
     let hash = argon2::PasswordHash::new(phc)
@@ -542,7 +578,15 @@ fn check_password_hash(phc: &str) -> Result<(), String> {
             "algorithm {algorithm:?} is not supported: use argon2id"
         ));
     }
-    argon2::Params::try_from(&hash).map_err(|e| format!("invalid argon2 parameters ({e})"))?;
+    let params =
+        argon2::Params::try_from(&hash).map_err(|e| format!("invalid argon2 parameters ({e})"))?;
+    if params.m_cost() > MAX_ARGON2_M_COST {
+        return Err(format!(
+            "asks for {} KiB of memory per verification; at most {MAX_ARGON2_M_COST} KiB is \
+             allowed (m={MAX_ARGON2_M_COST})",
+            params.m_cost()
+        ));
+    }
     if hash.salt.is_none() || hash.hash.is_none() {
         return Err(
             "has no salt or no hash: use the whole output of `postern hash-password`".into(),

@@ -34,6 +34,10 @@ use crate::users::AuthCheck;
 /// How many bytes one read may add to the buffer.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// The longest TLS handshake a refused client on an implicit-TLS listener gets before its
+/// `421`/`554` (the configured `timeouts.tls_handshake` if shorter).
+const REFUSAL_HANDSHAKE: Duration = Duration::from_secs(5);
+
 /// A client stream, before or after TLS.
 enum Stream {
     Plain(TcpStream),
@@ -97,6 +101,7 @@ enum End {
     Io(io::Error),
     Eof,
     Tls(String),
+    WriteTimeout,
 }
 
 impl std::fmt::Display for End {
@@ -105,6 +110,7 @@ impl std::fmt::Display for End {
             End::Io(e) => write!(f, "i/o error: {e}"),
             End::Eof => f.write_str("client closed the connection"),
             End::Tls(e) => write!(f, "TLS: {e}"),
+            End::WriteTimeout => f.write_str("client stopped reading replies (write timed out)"),
         }
     }
 }
@@ -126,6 +132,9 @@ struct Tx {
     write_failed: bool,
     /// Watches the header section for Date / Message-ID.
     scan: HeaderScan,
+    /// The body has an octet above 127, declared or not (RFC 6152: the upstream must then
+    /// be told `BODY=8BITMIME`, or not be given the message).
+    eight_bit: bool,
 }
 
 /// One client connection.
@@ -163,8 +172,13 @@ pub async fn serve(
 ) {
     let _ = tcp.set_nodelay(true);
     let implicit = listener.tls == ListenerTls::Implicit;
+    // A refused client is owed one reply, not a patient handshake: it gets a short one.
+    let limit = match refusal {
+        Some(_) => REFUSAL_HANDSHAKE.min(shared.timeouts.tls_handshake.get()),
+        None => shared.timeouts.tls_handshake.get(),
+    };
     let stream = if implicit {
-        match handshake(tcp, &shared).await {
+        match handshake(tcp, &shared, limit).await {
             Ok(tls) => Stream::Tls(Box::new(tls)),
             Err(e) => {
                 debug!(error = %e, "TLS handshake failed");
@@ -224,12 +238,16 @@ fn session_config(shared: &Shared, listener: &ListenerInfo) -> SessionConfig {
     }
 }
 
-async fn handshake(tcp: TcpStream, shared: &Shared) -> Result<TlsStream<TcpStream>, End> {
+async fn handshake(
+    tcp: TcpStream,
+    shared: &Shared,
+    limit: Duration,
+) -> Result<TlsStream<TcpStream>, End> {
     let Some(cfg) = shared.tls.clone() else {
         return Err(End::Tls("no TLS configuration".into()));
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-    match tokio::time::timeout(shared.timeouts.tls_handshake.get(), acceptor.accept(tcp)).await {
+    match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => Ok(tls),
         Ok(Err(e)) => Err(End::Tls(e.to_string())),
         Err(_) => Err(End::Tls("handshake timed out".into())),
@@ -291,15 +309,24 @@ impl Conn {
         limited.read_buf(&mut self.buf).await
     }
 
-    /// Writes pending replies.
+    /// Writes pending replies. A client that stops reading gets the command timeout for its
+    /// socket to drain (as Postfix's `smtpd_timeout` covers writes too), so it cannot hold
+    /// a connection slot forever by pipelining commands and never reading the replies.
     async fn flush(&mut self) -> Result<(), End> {
         let out = self.session.output();
         if out.is_empty() {
             return Ok(());
         }
         let bytes = std::mem::take(out);
-        self.stream.write_all(&bytes).await?;
-        self.stream.flush().await?;
+        let stream = &mut self.stream;
+        let write = async {
+            stream.write_all(&bytes).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(self.shared.timeouts.command.get(), write).await {
+            Ok(written) => written?,
+            Err(_) => return Err(End::WriteTimeout),
+        }
         // Give the (now empty) allocation back to the engine for the next replies unless
         // it grew large (a long EHLO or HELP reply), so idle sessions stay small.
         let mut bytes = bytes;
@@ -347,6 +374,7 @@ impl Conn {
         }
         if let Some(writer) = self.tx.writer.as_mut() {
             self.tx.scan.feed(body);
+            self.tx.eight_bit = self.tx.eight_bit || !body.is_ascii();
             if !self.tx.write_failed
                 && let Err(e) = writer.write(body)
             {
@@ -367,7 +395,7 @@ impl Conn {
                 ));
             }
         };
-        let tls = handshake(tcp, &self.shared).await?;
+        let tls = handshake(tcp, &self.shared, self.shared.timeouts.tls_handshake.get()).await?;
         self.stream = Stream::Tls(Box::new(tls));
         self.session.tls_established();
         Ok(())
@@ -378,7 +406,9 @@ impl Conn {
             Step::NeedInput => Ok(Flow::NeedInput),
             Step::Close => {
                 self.flush().await?;
-                let _ = self.stream.shutdown().await;
+                // A TLS close_notify is a write too: bounded like the replies.
+                let close = self.stream.shutdown();
+                let _ = tokio::time::timeout(self.shared.timeouts.command.get(), close).await;
                 Ok(Flow::Closed)
             }
             Step::StartTls => Ok(Flow::StartTls),
@@ -420,8 +450,17 @@ impl Conn {
     async fn decide(&mut self, question: Question) -> Result<Verdict, End> {
         Ok(match question {
             Question::Auth {
-                username, password, ..
+                authzid,
+                username,
+                password,
+                ..
             } => {
+                // RFC 4616 2: an authorization identity other than the authentication
+                // identity asks to act as someone else; no account here may do that.
+                if !authzid.is_empty() && authzid != username {
+                    warn!(user = %username, authzid = %authzid, "AUTH asked for another authorization identity");
+                    return Ok(Verdict::Reject(Reply::auth_failed()));
+                }
                 // argon2 may take tens of milliseconds: send what is pending first.
                 self.flush().await?;
                 self.auth(&username, &password).await
@@ -455,7 +494,7 @@ impl Conn {
                     user = username,
                     "authentication deferred: verifier queue full"
                 );
-                Verdict::Reject(Reply::temp_auth_failure())
+                Verdict::Defer(Reply::temp_auth_failure())
             }
         }
     }
@@ -489,11 +528,12 @@ impl Conn {
                 self.tx.writer = Some(writer);
                 self.tx.write_failed = false;
                 self.tx.scan = HeaderScan::default();
+                self.tx.eight_bit = false;
                 Verdict::Accept
             }
             Err(e) => {
                 warn!(error = %e, "cannot create a spool file");
-                Verdict::Reject(Reply::queue_error())
+                Verdict::Defer(Reply::queue_error())
             }
         }
     }
@@ -501,15 +541,20 @@ impl Conn {
     async fn message(&mut self, envelope: Envelope) -> Verdict {
         let tx = std::mem::take(&mut self.tx);
         let Some(writer) = tx.writer else {
-            return Verdict::Reject(Reply::queue_error());
+            return Verdict::Defer(Reply::queue_error());
         };
         if tx.write_failed {
             writer.abort();
-            return Verdict::Reject(Reply::queue_error());
+            return Verdict::Defer(Reply::queue_error());
         }
         let id = writer.id().to_string();
         let recipients: Vec<String> = envelope.rcpts.iter().map(|r| r.to_string()).collect();
         let now = SystemTime::now();
+        // RFC 6531 3.4: a sender rewritten to a UTF-8 address needs SMTPUTF8 upstream even
+        // when the client's own envelope was ASCII.
+        let smtputf8 = envelope.params.smtputf8
+            || !tx.sender.is_ascii()
+            || recipients.iter().any(|r| !r.is_ascii());
         let trace = Trace {
             helo: self.session.helo().unwrap_or("unknown"),
             client_ip: networks::canonical(self.peer.ip()),
@@ -517,6 +562,7 @@ impl Conn {
             esmtp: self.session.esmtp(),
             tls: self.session.is_tls(),
             authenticated: self.session.identity().is_some(),
+            utf8: smtputf8,
             queue_id: &id,
             single_rcpt: (recipients.len() == 1).then(|| recipients[0].as_str()),
             now,
@@ -544,8 +590,8 @@ impl Conn {
             listener: self.listener.name.clone(),
             client_ip: networks::canonical(self.peer.ip()),
             identity: self.identity.label(),
-            smtputf8: envelope.params.smtputf8,
-            body_8bit: envelope.params.body == Some(BodyType::EightBitMime),
+            smtputf8,
+            body_8bit: envelope.params.body == Some(BodyType::EightBitMime) || tx.eight_bit,
             attempts: 0,
             next_attempt_unix: 0,
             size: prefix.len() as u64 + writer.written(),
@@ -571,7 +617,7 @@ impl Conn {
             Err(e) => {
                 summary("refused: queue write error");
                 warn!(error = %e, "spool commit failed");
-                Verdict::Reject(Reply::queue_error())
+                Verdict::Defer(Reply::queue_error())
             }
         }
     }

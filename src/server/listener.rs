@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use crate::policy::networks;
 use crate::server::conn;
@@ -88,6 +88,16 @@ pub struct Caps {
     pub global: Arc<Semaphore>,
     /// `limits.max_connections_per_ip`.
     pub per_ip: Arc<PerIp>,
+    /// Refusals being written (allowlist, caps). They hold no connection slot, so they get
+    /// their own small cap: past it a refused connection is closed without a reply, which
+    /// keeps a flood of refused clients (each owed a TLS handshake on an implicit listener)
+    /// from costing unbounded descriptors and CPU.
+    pub refusals: Arc<Semaphore>,
+}
+
+impl Caps {
+    /// Concurrent refusals in progress before further refused connections are just closed.
+    pub const MAX_REFUSALS: usize = 64;
 }
 
 /// Accepts until shutdown; each connection runs in its own tracked task.
@@ -116,6 +126,17 @@ pub async fn run(listener: Listener, shared: Arc<Shared>, caps: Caps, shutdown: 
             }
         };
         let (refusal, permits) = admit(&listener, &caps, peer);
+        let refusing = match refusal {
+            None => None,
+            Some(_) => match caps.refusals.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    debug!(listener = %listener.info.name, client = %peer, "refusal cap reached: closed without a reply");
+                    drop(tcp);
+                    continue;
+                }
+            },
+        };
         let span = tracing::info_span!("session", session = %session_id(), listener = %listener.info.name, client = %peer);
         let task = conn::serve(
             tcp,
@@ -127,7 +148,7 @@ pub async fn run(listener: Listener, shared: Arc<Shared>, caps: Caps, shutdown: 
         );
         shutdown.tracker.spawn(
             async move {
-                let _permits = permits;
+                let _permits = (permits, refusing);
                 task.await;
             }
             .instrument(span),

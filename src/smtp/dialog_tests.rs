@@ -221,6 +221,7 @@ fn parse_verdict(s: &str) -> Verdict {
     match kind {
         "reject" => Verdict::Reject(parse_reply(rest)),
         "close" => Verdict::RejectAndClose(parse_reply(rest)),
+        "defer" => Verdict::Defer(parse_reply(rest)),
         "accept" => Verdict::Accept,
         "authenticated" => Verdict::Authenticated,
         "queued" => Verdict::Queued(rest.to_owned()),

@@ -152,8 +152,13 @@ pub enum Verdict {
     Authenticated,
     /// Message: 250 2.0.0 Ok: queued as <id>.
     Queued(String),
-    /// Any question: send this reply; the phase stays consistent.
+    /// Any question: send this reply; the phase stays consistent. Counts as a client error
+    /// towards `max_errors`.
     Reject(Reply),
+    /// Like `Reject`, for a temporary failure on the server's side (the argon2 queue is full,
+    /// the spool cannot be written): the client did nothing wrong, so it is not counted
+    /// towards `max_errors` and a client that retries is not disconnected for it.
+    Defer(Reply),
     /// Send this reply and close (e.g. lockout 421).
     RejectAndClose(Reply),
 }

@@ -371,6 +371,26 @@ fn envelope_and_accessors() {
     assert_eq!((h.s.helo(), h.s.esmtp()), (Some("other"), false));
 }
 
+/// A server-side deferral (454 verifier busy, 451 spool error) is not the client's error:
+/// it never counts towards `max_errors`, while the same reply as a `Reject` does.
+#[test]
+fn deferrals_are_not_client_errors() {
+    for (defer, closed) in [(true, false), (false, true)] {
+        let (cfg, _) = config("auth=none max_errors=2");
+        let mut h = Harness::new(cfg, false);
+        for _ in 0..3 {
+            let reply = Reply::queue_error();
+            h.verdicts.push_back(if defer {
+                Verdict::Defer(reply)
+            } else {
+                Verdict::Reject(reply)
+            });
+        }
+        h.feed(b"HELO c\r\nMAIL FROM:<a@b>\r\nMAIL FROM:<a@b>\r\nMAIL FROM:<a@b>\r\n");
+        assert_eq!(h.closed, closed, "defer={defer}: {:?}", h.lines());
+    }
+}
+
 #[test]
 fn rejections_keep_state_consistent() {
     let (cfg, _) = config("auth=none");

@@ -269,16 +269,21 @@ pub(super) fn answer(ctx: &mut Ctx, phase: Phase, verdict: Verdict) -> Next {
     };
     match verdict {
         Verdict::RejectAndClose(reply) => ctx.close_with(&reply),
-        Verdict::Reject(reply) => {
-            let back = match pending {
-                Pending::Rcpt { tx, .. } | Pending::Data { tx } => Phase::Transaction { helo, tx },
-                Pending::Auth { .. } | Pending::Mail { .. } | Pending::Message => {
-                    Phase::Ready { helo }
-                }
-            };
-            ctx.reject(reply, back)
+        Verdict::Reject(reply) => ctx.reject(reply, refused(helo, pending)),
+        Verdict::Defer(reply) => {
+            ctx.send(&reply);
+            (refused(helo, pending), None)
         }
         positive => accept(ctx, helo, pending, positive),
+    }
+}
+
+/// The phase after a refused question: a refused RCPT or DATA keeps the transaction
+/// (RFC 5321 3.3); a refused MAIL, AUTH or message leaves none.
+fn refused(helo: Helo, pending: Pending) -> Phase {
+    match pending {
+        Pending::Rcpt { tx, .. } | Pending::Data { tx } => Phase::Transaction { helo, tx },
+        Pending::Auth { .. } | Pending::Mail { .. } | Pending::Message => Phase::Ready { helo },
     }
 }
 

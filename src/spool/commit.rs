@@ -18,11 +18,12 @@
 //! syncfs, once per batch                3307  4078  5426  3536
 //! ```
 //!
-//! Batches averaged 5-10 messages. `syncfs` had the best median and the smallest spread, since
-//! it costs one journal commit per batch however large the batch, so `Spool::open_default`
-//! uses it. Its price is that it also writes back other dirty data on the same filesystem;
-//! with the spool on its own volume (as BRIEF.md recommends) that is only the spool's own
-//! data. `FdatasyncEach` confines the cost to the spool's files, for shared filesystems.
+//! Batches averaged 5-10 messages. `syncfs` costs one journal commit per batch however large
+//! the batch, but it also writes back every other dirty page on the same filesystem, so its
+//! latency (and the 250s waiting on it) depends on whatever else writes there: logs, a
+//! backup, a compiler. The default is therefore `FdatasyncEach`, whose cost is confined to
+//! the spool's own files (Postfix, too, syncs each queue file); `queue.sync: syncfs` is there
+//! for a spool on a volume of its own, where the only dirty data is the spool's.
 
 use std::fmt;
 use std::fs::{self, File};
@@ -35,6 +36,16 @@ use std::sync::mpsc;
 use tokio::sync::oneshot;
 
 use crate::spool::SpoolError;
+
+/// Which [`Durability`] a real spool uses (`queue.sync` in the config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyncMode {
+    /// [`FdatasyncEach`]: one `fdatasync` per file, overlapped across threads.
+    #[default]
+    Fdatasync,
+    /// [`SyncFs`]: one `syncfs` per batch; for a spool on its own filesystem.
+    Syncfs,
+}
 
 /// How data and directory entries are made durable: the fault-injection seam (STYLE.md habit
 /// 11). The committer calls `sync_files` once per batch with every file of the batch, then
@@ -116,6 +127,13 @@ impl Durability for FdatasyncEach {
 /// descriptor opened when the spool opens, never a message file's own: every error since
 /// start-up is then reported exactly once, failing the batch it lands in, whichever file's
 /// pages it hit. Without an anchor (tests) it falls back to the first file of the batch.
+///
+/// An error reported once can land in the wrong batch, though: write-back of a file still
+/// being received can fail, and the next batch's `syncfs` (for other files) consumes it.
+/// So after a clean `syncfs` each file of the batch also gets its own `fdatasync`: its
+/// descriptor sampled the error sequence when the file was created, so it reports any error
+/// that hit any of its pages since, and with the data already written back it costs a
+/// system call, not another journal commit.
 #[derive(Debug, Default)]
 pub struct SyncFs {
     anchor: Option<File>,
@@ -146,7 +164,10 @@ impl Durability for SyncFs {
         let result = self.sync_file(first);
         files
             .iter()
-            .map(|_| result.as_ref().map(|_| ()).map_err(copy_io))
+            .map(|f| match &result {
+                Ok(()) => rustix::fs::fdatasync(f).map_err(io::Error::from),
+                Err(e) => Err(copy_io(e)),
+            })
             .collect()
     }
 }

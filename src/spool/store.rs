@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use tokio::sync::oneshot;
 
 use crate::spool::SpoolError;
-use crate::spool::commit::{CommitRequest, Committer, Durability, SyncFs, remove_quietly};
+use crate::spool::commit::{
+    CommitRequest, Committer, Durability, FdatasyncEach, SyncFs, SyncMode, remove_quietly,
+};
 use crate::spool::record::{self, Envelope, IdGenerator, QueueId, RecordError};
 
 /// Write buffer of a `SpoolWriter`: a typical message is one write(2) at commit.
@@ -89,13 +91,21 @@ impl Spool {
         ))
     }
 
-    /// `open` with real durability: one `syncfs(2)` per batch, which measured fastest here
-    /// (figures in commit.rs). Use `open` with `FdatasyncEach` when the spool shares its
-    /// filesystem with write-heavy neighbours.
+    /// `open` with real durability, one `fdatasync(2)` per file (see [`Spool::open_with`]).
     pub fn open_default(dir: &Path) -> Result<(Spool, Vec<Envelope>), SpoolError> {
-        fs::create_dir_all(dir).map_err(|e| SpoolError::io(dir, e))?;
-        let durability = SyncFs::anchored(dir).map_err(|e| SpoolError::io(dir, e))?;
-        Spool::open(dir, Arc::new(durability))
+        Spool::open_with(dir, SyncMode::Fdatasync)
+    }
+
+    /// `open` with real durability of the given kind (`queue.sync`).
+    pub fn open_with(dir: &Path, mode: SyncMode) -> Result<(Spool, Vec<Envelope>), SpoolError> {
+        let durability: Arc<dyn Durability> = match mode {
+            SyncMode::Fdatasync => Arc::new(FdatasyncEach::default()),
+            SyncMode::Syncfs => {
+                fs::create_dir_all(dir).map_err(|e| SpoolError::io(dir, e))?;
+                Arc::new(SyncFs::anchored(dir).map_err(|e| SpoolError::io(dir, e))?)
+            }
+        };
+        Spool::open(dir, durability)
     }
 
     /// Starts a new message: a fresh id and its tmp file.
