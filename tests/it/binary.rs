@@ -151,10 +151,14 @@ async fn kill_9_mid_burst_loses_no_acknowledged_message() {
     let clients: Vec<_> = (0..10)
         .map(|c| tokio::spawn(burst_client(addr, c, 20, acks.clone())))
         .collect();
-    let reached =
-        tokio::time::timeout(Duration::from_secs(30), acked_count.wait_for(|n| *n >= 50)).await;
+    // `wait_for` returns a borrow that holds the channel's read lock: keeping it alive would
+    // block every client's `send_modify` (a std RwLock, so the runtime's workers), which hung
+    // this test. Reduce it to a bool at once.
+    let reached = tokio::time::timeout(Duration::from_secs(30), acked_count.wait_for(|n| *n >= 50))
+        .await
+        .is_ok_and(|r| r.is_ok());
     assert!(
-        reached.is_ok(),
+        reached,
         "fewer than 50 acknowledgements before the deadline"
     );
     postern.kill9();
