@@ -15,6 +15,7 @@ mod harness;
 mod auth;
 mod binary;
 mod delivery;
+mod drain;
 mod external;
 mod protocol;
 mod selftest;
