@@ -19,3 +19,4 @@ mod drain;
 mod external;
 mod protocol;
 mod selftest;
+mod sessions;

@@ -1,0 +1,131 @@
+//! Session admission and lifetime over real sockets: the global, per-listener and per-IP
+//! connection caps (`421 4.7.0` and close, a slot freed when a session ends), and the
+//! command / DATA timeouts (`421 4.4.2` and close, RFC 5321 4.5.3.2).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::harness::client::Dialog;
+use crate::harness::{Opts, TestServer};
+
+/// The refusal for a connection over any cap (`Reply::too_many_connections`).
+const TOO_MANY: &str = "421 4.7.0 Error: too many connections";
+/// The reply to a silent client (`Reply::timeout`, hostname `relay.test`).
+const TIMED_OUT: &str = "421 4.4.2 relay.test Error: timeout exceeded";
+
+/// Connects (from `from`, or the default 127.0.0.1) without reading the greeting.
+async fn connect(from: Option<IpAddr>, addr: SocketAddr) -> Dialog {
+    match from {
+        Some(ip) => Dialog::connect_from(ip, addr).await,
+        None => Dialog::connect_silent(addr).await,
+    }
+}
+
+/// Asserts the next connection to `addr` is refused over a cap: `421 4.7.0`, then EOF.
+async fn assert_refused(from: Option<IpAddr>, addr: SocketAddr) {
+    let mut d = connect(from, addr).await;
+    d.expect(TOO_MANY).await;
+    d.expect_closed().await;
+}
+
+/// Asserts a connection to `addr` is admitted (greeted, and answers EHLO).
+async fn assert_admitted(from: Option<IpAddr>, addr: SocketAddr) -> Dialog {
+    let mut d = connect(from, addr).await;
+    d.expect("220 ").await;
+    d.ehlo("client.test").await;
+    d
+}
+
+/// Ends `d` with QUIT, then waits until a new connection to `addr` is admitted: the slot is
+/// released when the server's session task ends, after the client has seen its EOF, so
+/// each try may still be refused (bounded: 500 tries, 10 ms apart). Returns the session.
+async fn release_and_readmit(mut d: Dialog, from: Option<IpAddr>, addr: SocketAddr) -> Dialog {
+    d.cmd("QUIT", "221 2.0.0").await;
+    d.expect_closed().await;
+    for _ in 0..500 {
+        let mut next = connect(from, addr).await;
+        let reply = next.try_reply().await.expect("closed without a reply");
+        if reply.code == 220 {
+            next.ehlo("client.test").await;
+            return next;
+        }
+        assert!(reply.first().starts_with(TOO_MANY), "{:?}", reply.lines);
+        next.expect_closed().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{addr}: the freed slot was not reused within 5 s");
+}
+
+/// `limits.max_connections: 2` counts sessions on every listener together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_connection_cap() {
+    let server = TestServer::start(Opts::with("limits: {max_connections: 2}\n")).await;
+    let first = assert_admitted(None, server.legacy).await;
+    let _second = assert_admitted(None, server.submission).await;
+    assert_refused(None, server.legacy).await;
+    assert_refused(None, server.submission).await;
+    let _third = release_and_readmit(first, None, server.submission).await;
+    assert_refused(None, server.legacy).await;
+}
+
+/// A listener's own `max_connections: 1` refuses its second session while the other
+/// listeners still admit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_listener_connection_cap() {
+    let server = TestServer::start(Opts {
+        legacy: "max_connections: 1".into(),
+        ..Opts::default()
+    })
+    .await;
+    let first = assert_admitted(None, server.legacy).await;
+    assert_refused(None, server.legacy).await;
+    let _other = assert_admitted(None, server.submission).await;
+    let _again = release_and_readmit(first, None, server.legacy).await;
+    assert_refused(None, server.legacy).await;
+}
+
+/// `limits.max_connections_per_ip: 2` counts one client address over all listeners; another
+/// loopback address (127.0.0.2) is still admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_ip_connection_cap() {
+    let server = TestServer::start(Opts::with("limits: {max_connections_per_ip: 2}\n")).await;
+    let other = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    let first = assert_admitted(None, server.legacy).await;
+    let _second = assert_admitted(None, server.submission).await;
+    assert_refused(None, server.submission).await;
+    assert_refused(None, server.legacy).await;
+    // The legacy listener only allows 127.0.0.1, so the other address uses submission.
+    let _other1 = assert_admitted(other, server.submission).await;
+    let _other2 = assert_admitted(other, server.submission).await;
+    assert_refused(other, server.submission).await;
+    let _back = release_and_readmit(first, None, server.legacy).await;
+    assert_refused(None, server.submission).await;
+}
+
+/// With `timeouts: {command: 1s, data: 1s}` (1 s is the validator's minimum), a client that
+/// goes silent after the greeting, after EHLO or inside DATA gets `421 4.4.2` and is closed.
+/// The timeout is a guard: the assertion is on the reply, not on elapsed time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_times_out() {
+    let server = TestServer::start(Opts::with("timeouts: {command: 1s, data: 1s}\n")).await;
+    let greeted = async {
+        let mut d = Dialog::connect(server.legacy).await;
+        d.expect(TIMED_OUT).await;
+        d.expect_closed().await;
+    };
+    let after_ehlo = async {
+        let mut d = server.legacy_session().await;
+        d.expect(TIMED_OUT).await;
+        d.expect_closed().await;
+    };
+    let in_data = async {
+        let mut d = server.legacy_session().await;
+        d.cmd("MAIL FROM:<dev@example.net>", "250 2.1.0").await;
+        d.cmd("RCPT TO:<x@example.org>", "250 2.1.5").await;
+        d.cmd("DATA", "354").await;
+        d.send("Subject: cut off\r\n\r\nhalf a li").await;
+        d.expect(TIMED_OUT).await;
+        d.expect_closed().await;
+    };
+    tokio::join!(greeted, after_ehlo, in_data);
+}
