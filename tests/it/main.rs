@@ -15,6 +15,7 @@ mod harness;
 mod auth;
 mod binary;
 mod delivery;
+mod dialogs;
 mod drain;
 mod external;
 mod protocol;

@@ -98,16 +98,21 @@ impl Dialog {
 
     /// Connects with implicit TLS (RFC 8314) and reads the greeting.
     pub async fn connect_tls(addr: SocketAddr, ca: &TestCa) -> Dialog {
+        let mut d = Dialog::connect_tls_silent(addr, ca).await;
+        d.expect("220").await;
+        d
+    }
+
+    /// Connects with implicit TLS without reading the greeting.
+    pub async fn connect_tls_silent(addr: SocketAddr, ca: &TestCa) -> Dialog {
         let tcp = step("connect", TcpStream::connect(addr)).await.unwrap();
         tcp.set_nodelay(true).unwrap();
         let tls = handshake(tcp, ca).await;
-        let mut d = Dialog {
+        Dialog {
             stream: Stream::Tls(Box::new(tls)),
             buf: Vec::new(),
             log: Vec::new(),
-        };
-        d.expect("220").await;
-        d
+        }
     }
 
     fn io(&mut self) -> &mut (dyn AsyncStream + '_) {
