@@ -1,12 +1,13 @@
 //! Session admission and lifetime over real sockets: the global, per-listener and per-IP
-//! connection caps (`421 4.7.0` and close, a slot freed when a session ends), and the
-//! command / DATA timeouts (`421 4.4.2` and close, RFC 5321 4.5.3.2).
+//! connection caps (`421 4.7.0` and close, a slot freed when a session ends), the
+//! command / DATA timeouts (`421 4.4.2` and close, RFC 5321 4.5.3.2), and how a TLS session
+//! is closed (RFC 8446 6.1 `close_notify`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use crate::harness::client::Dialog;
-use crate::harness::{Opts, TestServer};
+use crate::harness::{Opts, PLAIN_TOKEN, TestServer};
 
 /// The refusal for a connection over any cap (`Reply::too_many_connections`).
 const TOO_MANY: &str = "421 4.7.0 Error: too many connections";
@@ -128,4 +129,60 @@ async fn silent_client_times_out() {
         d.expect_closed().await;
     };
     tokio::join!(greeted, after_ehlo, in_data);
+}
+
+/// A TLS session the server ends after QUIT, or after `limits.max_errors`, ends with a TLS
+/// `close_notify` before the TCP close (RFC 8446 6.1), so the client can tell the end from a
+/// truncation. (The control for the test below.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_session_close_sends_close_notify() {
+    let server = TestServer::start(Opts::with("limits: {max_errors: 1}\n")).await;
+    let mut d = Dialog::connect_tls(server.submissions, &server.ca).await;
+    d.ehlo("client.test").await;
+    d.cmd("QUIT", "221 2.0.0").await;
+    d.expect_clean_close().await;
+
+    let mut d = Dialog::connect_tls(server.submissions, &server.ca).await;
+    d.cmd("BOGUS", "500 5.5.2").await;
+    d.expect("421 4.7.0 relay.test Error: too many errors")
+        .await;
+    d.expect_clean_close().await;
+}
+
+/// The server's other `421` closes on a TLS session must end the same way: the command
+/// timeout, the over-cap refusal on the implicit-TLS listener (sent after the handshake) and
+/// the drain at shutdown. Today each sends its 421, then closes TCP without `close_notify`
+/// (rustls: "peer closed connection without sending TLS close_notify").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "server bug: src/server/conn.rs Conn::run drops the Step::Close of refuse/timed_out/shutting_down and only flushes, so TLS sessions get no close_notify (RFC 8446 6.1)"]
+async fn tls_421_closes_send_close_notify() {
+    // Command timeout.
+    let server = TestServer::start(Opts::with(
+        "timeouts: {command: 1s}\nlimits: {max_connections: 2}\n",
+    ))
+    .await;
+    let mut timed = Dialog::connect_tls(server.submissions, &server.ca).await;
+    timed.ehlo("client.test").await;
+    timed.expect(TIMED_OUT).await;
+    timed.expect_clean_close().await;
+
+    // Over the global cap: refused after the handshake on the implicit listener.
+    let _one = Dialog::connect(server.legacy).await;
+    let _two = Dialog::connect(server.legacy).await;
+    let mut refused = Dialog::connect_tls_silent(server.submissions, &server.ca).await;
+    refused.expect(TOO_MANY).await;
+    refused.expect_clean_close().await;
+
+    // Draining: an idle authenticated session is told 421 4.3.2.
+    let mut server = TestServer::start(Opts::default()).await;
+    let mut idle = Dialog::connect_tls(server.submissions, &server.ca).await;
+    idle.ehlo("client.test").await;
+    idle.cmd(&format!("AUTH PLAIN {PLAIN_TOKEN}"), "235 2.7.0")
+        .await;
+    let client = async {
+        idle.expect("421 4.3.2 relay.test Service shutting down")
+            .await;
+        idle.expect_clean_close().await;
+    };
+    tokio::join!(server.stop(), client);
 }

@@ -207,6 +207,35 @@ impl Dialog {
         }
     }
 
+    /// Asserts the server ends the connection cleanly and sends nothing more: a read gives
+    /// EOF, not an error. Under TLS that means a `close_notify` alert came first (RFC 8446
+    /// 6.1: each party MUST send one before closing its write side); on plain TCP, a FIN
+    /// rather than a reset.
+    pub async fn expect_clean_close(&mut self) {
+        assert!(
+            self.buf.is_empty(),
+            "unread bytes before the close: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
+        let mut chunk = [0u8; 512];
+        let io = self.io();
+        let read = tokio::time::timeout(STEP, io.read(&mut chunk)).await;
+        let Ok(read) = read else {
+            panic!("no close within {STEP:?}")
+        };
+        match read {
+            Ok(0) => {}
+            Ok(n) => panic!(
+                "expected close, got {:?}",
+                String::from_utf8_lossy(&chunk[..n])
+            ),
+            Err(e) => panic!(
+                "the connection was not closed cleanly: {e} ({:?})",
+                e.kind()
+            ),
+        }
+    }
+
     /// The bytes received but not yet consumed as a reply.
     pub fn buffered(&self) -> &[u8] {
         &self.buf
