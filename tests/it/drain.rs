@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 use crate::binary::{Postern, wait_listening};
 use crate::harness::client::{Dialog, STEP};
 use crate::harness::sink::{Received, Sink, SinkOptions, reserve_port};
-use crate::harness::{DELIVERY, message, send_mail, split_prefix};
+use crate::harness::{DELIVERY, Opts, TestServer, message, send_mail, split_prefix};
 
 /// The whole `421` line a draining server sends (`Reply::shutting_down`, hostname `relay.test`).
 const SHUTTING_DOWN: &str = "421 4.3.2 relay.test Service shutting down";
@@ -206,4 +206,33 @@ async fn sigterm_grace_expiry_drops_unfinished_message() {
     assert!(!got[0].text().contains("X-Test: partial"));
     postern.sigterm();
     assert_eq!(postern.wait_exit(EXIT).await.code(), Some(0));
+}
+
+/// While draining, a client that pipelines its next MAIL behind the final dot (RFC 2920) is
+/// between transactions once the dot is answered, so that MAIL must get `421 4.3.2` and the
+/// session must close (RFC 5321 4.2.3: 421 may answer any command when the service must shut
+/// down), as `conn.rs` intends for sessions between transactions. Today the buffered MAIL is
+/// fed to the engine before the shutdown signal is looked at: it gets `250 2.1.0` and a new
+/// transaction starts, so such a client keeps its session until the grace period ends.
+/// In-process: `TestServer::stop` is the `Running::shutdown` the SIGTERM handler calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "server bug: src/server/conn.rs Conn::run/process_input start a new transaction from a MAIL pipelined after the final dot while draining (250 2.1.0 instead of 421 4.3.2)"]
+async fn drain_refuses_mail_pipelined_after_the_dot() {
+    let mut server = TestServer::start(Opts::with("shutdown_grace: 2s\n")).await;
+    let mut idle = server.legacy_session().await;
+    let mut busy = server.legacy_session().await;
+    busy.cmd("MAIL FROM:<dev@example.net>", "250 2.1.0").await;
+    busy.cmd("RCPT TO:<x@example.org>", "250 2.1.5").await;
+    busy.cmd("DATA", "354").await;
+    let body = message("pipelined", "", "last message before the drain\r\n");
+    let client = async {
+        // The idle session's 421 shows the drain has begun.
+        idle.expect(SHUTTING_DOWN).await;
+        busy.send([&body[..], b".\r\nMAIL FROM:<dev@example.net>\r\n"].concat())
+            .await;
+        busy.expect("250 2.0.0").await;
+        busy.expect(SHUTTING_DOWN).await;
+        busy.expect_closed().await;
+    };
+    tokio::join!(server.stop(), client);
 }
