@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -15,11 +15,11 @@ use crate::harness::sink::{Sink, SinkOptions, reserve_port};
 const BIN: &str = env!("CARGO_BIN_EXE_postern");
 
 /// Kills (SIGKILL) and reaps the child when dropped, so a failing test leaves no process.
-struct Postern(Child);
+pub struct Postern(Child);
 
 impl Postern {
     /// `postern run --config CONFIG`, logging into `DIR/postern-N.log`.
-    fn run(config: &Path, log: &Path) -> Postern {
+    pub fn run(config: &Path, log: &Path) -> Postern {
         let log = std::fs::File::create(log).unwrap();
         let child = Command::new(BIN)
             .args(["run", "--config"])
@@ -33,9 +33,36 @@ impl Postern {
     }
 
     /// SIGKILL now (std's `Child::kill` sends SIGKILL on Unix) and reap.
-    fn kill9(&mut self) {
+    pub fn kill9(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+
+    /// SIGTERM, by the child's PID: what an init system sends to stop postern.
+    pub fn sigterm(&self) {
+        use rustix::process::{Pid, Signal, kill_process};
+        kill_process(Pid::from_child(&self.0), Signal::TERM).unwrap();
+    }
+
+    /// The exit status if the child has exited (reaping it), `None` while it runs.
+    pub fn exited(&mut self) -> Option<ExitStatus> {
+        self.0.try_wait().unwrap()
+    }
+
+    /// Waits at most `within` for the child to exit (a bounded poll: the crate has no
+    /// tokio `process` feature) and returns its status.
+    pub async fn wait_exit(&mut self, within: Duration) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.exited() {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "postern still running {within:?} later"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -46,7 +73,7 @@ impl Drop for Postern {
 }
 
 /// Waits until `addr` accepts connections (a readiness wait: bounded, 100 tries).
-async fn wait_listening(addr: SocketAddr, child: &mut Postern) {
+pub async fn wait_listening(addr: SocketAddr, child: &mut Postern) {
     for _ in 0..100 {
         if TcpStream::connect(addr).await.is_ok() {
             return;
@@ -151,10 +178,14 @@ async fn kill_9_mid_burst_loses_no_acknowledged_message() {
     let clients: Vec<_> = (0..10)
         .map(|c| tokio::spawn(burst_client(addr, c, 20, acks.clone())))
         .collect();
-    let reached =
-        tokio::time::timeout(Duration::from_secs(30), acked_count.wait_for(|n| *n >= 50)).await;
+    // `wait_for` returns a borrow that holds the channel's read lock: keeping it alive would
+    // block every client's `send_modify` (a std RwLock, so the runtime's workers), which hung
+    // this test. Reduce it to a bool at once.
+    let reached = tokio::time::timeout(Duration::from_secs(30), acked_count.wait_for(|n| *n >= 50))
+        .await
+        .is_ok_and(|r| r.is_ok());
     assert!(
-        reached.is_ok(),
+        reached,
         "fewer than 50 acknowledgements before the deadline"
     );
     postern.kill9();

@@ -98,16 +98,21 @@ impl Dialog {
 
     /// Connects with implicit TLS (RFC 8314) and reads the greeting.
     pub async fn connect_tls(addr: SocketAddr, ca: &TestCa) -> Dialog {
+        let mut d = Dialog::connect_tls_silent(addr, ca).await;
+        d.expect("220").await;
+        d
+    }
+
+    /// Connects with implicit TLS without reading the greeting.
+    pub async fn connect_tls_silent(addr: SocketAddr, ca: &TestCa) -> Dialog {
         let tcp = step("connect", TcpStream::connect(addr)).await.unwrap();
         tcp.set_nodelay(true).unwrap();
         let tls = handshake(tcp, ca).await;
-        let mut d = Dialog {
+        Dialog {
             stream: Stream::Tls(Box::new(tls)),
             buf: Vec::new(),
             log: Vec::new(),
-        };
-        d.expect("220").await;
-        d
+        }
     }
 
     fn io(&mut self) -> &mut (dyn AsyncStream + '_) {
@@ -199,6 +204,35 @@ impl Dialog {
     pub async fn expect_closed(&mut self) {
         if let Some(reply) = self.try_reply().await {
             panic!("expected close, got {:?}", reply.lines);
+        }
+    }
+
+    /// Asserts the server ends the connection cleanly and sends nothing more: a read gives
+    /// EOF, not an error. Under TLS that means a `close_notify` alert came first (RFC 8446
+    /// 6.1: each party MUST send one before closing its write side); on plain TCP, a FIN
+    /// rather than a reset.
+    pub async fn expect_clean_close(&mut self) {
+        assert!(
+            self.buf.is_empty(),
+            "unread bytes before the close: {:?}",
+            String::from_utf8_lossy(&self.buf)
+        );
+        let mut chunk = [0u8; 512];
+        let io = self.io();
+        let read = tokio::time::timeout(STEP, io.read(&mut chunk)).await;
+        let Ok(read) = read else {
+            panic!("no close within {STEP:?}")
+        };
+        match read {
+            Ok(0) => {}
+            Ok(n) => panic!(
+                "expected close, got {:?}",
+                String::from_utf8_lossy(&chunk[..n])
+            ),
+            Err(e) => panic!(
+                "the connection was not closed cleanly: {e} ({:?})",
+                e.kind()
+            ),
         }
     }
 

@@ -63,6 +63,8 @@ pub struct Opts {
     pub sink_down: bool,
     /// YAML appended at the top level, e.g. `"smtp: {bare_line_endings: normalise}\n"`.
     pub extra: String,
+    /// Extra keys for the `legacy` listener's flow mapping, e.g. `"max_connections: 1"`.
+    pub legacy: String,
 }
 
 impl Default for Opts {
@@ -72,6 +74,7 @@ impl Default for Opts {
             sink_pipelining: true,
             sink_down: false,
             extra: String::new(),
+            legacy: String::new(),
         }
     }
 }
@@ -237,7 +240,7 @@ fn config_yaml(dir: &Path, ca: &TestCa, sink_port: u16, opts: &Opts) -> String {
 listeners:
   - {{name: submission, address: "127.0.0.1:0", tls: starttls, auth: required}}
   - {{name: submissions, address: "127.0.0.1:0", tls: implicit, auth: required}}
-  - {{name: legacy, address: "127.0.0.1:0", tls: none, auth: none, allow_networks: [127.0.0.1/32]}}
+  - {{name: legacy, address: "127.0.0.1:0", tls: none, auth: none, allow_networks: [127.0.0.1/32]{legacy}}}
 tls: {{certificate: {cert}, private_key: {key}}}
 users:
   - {{username: {USER}, password_hash: "{hash}", senders: ["{USER}@example.com", "@alice.example"]}}
@@ -250,6 +253,11 @@ log: {{level: warn}}
         key = ca.key_file.display(),
         hash = password_hash(),
         extra = opts.extra,
+        legacy = if opts.legacy.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", opts.legacy)
+        },
     )
 }
 

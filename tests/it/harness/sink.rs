@@ -145,9 +145,16 @@ impl State {
     }
 
     fn record(&self, msg: Received) {
-        let mut messages = self.messages.lock().unwrap();
-        messages.push(msg);
-        self.count.send_replace(messages.len());
+        let n = {
+            let mut messages = self.messages.lock().unwrap();
+            messages.push(msg);
+            messages.len()
+        };
+        // Notify only after the mutex is released: waiters take `messages` too, and holding
+        // it across the watch's write lock (both std locks, blocking the runtime's workers)
+        // deadlocked against a waiter holding the read lock. `max` keeps the count monotone
+        // when two sessions record at once.
+        self.count.send_modify(|c| *c = (*c).max(n));
     }
 }
 
@@ -223,8 +230,11 @@ impl Sink {
     pub async fn wait(&self, timeout: Duration) -> Vec<Received> {
         let target = self.state.expected.load(Ordering::SeqCst);
         let mut rx = self.state.count.subscribe();
-        let waited = tokio::time::timeout(timeout, rx.wait_for(|n| *n >= target)).await;
-        if waited.is_err() {
+        // Reduced to a bool at once: the borrow `wait_for` returns holds the watch's read lock.
+        let reached = tokio::time::timeout(timeout, rx.wait_for(|n| *n >= target))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !reached {
             let got = *self.state.count.borrow();
             panic!(
                 "sink: expected {target} messages within {timeout:?}, got {got}\n{}",
@@ -244,7 +254,17 @@ impl Sink {
         done: impl Fn(&[Received]) -> bool,
     ) -> Vec<Received> {
         let mut rx = self.state.count.subscribe();
-        let check = rx.wait_for(|_| done(&self.state.messages.lock().unwrap()));
+        let check = async {
+            loop {
+                // Mark the current count seen before checking, so a message recorded after
+                // the check wakes `changed`. The borrow is dropped at once: `messages` must
+                // never be locked under the watch's lock (see `State::record`).
+                drop(rx.borrow_and_update());
+                if done(&self.state.messages.lock().unwrap()) || rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
         if tokio::time::timeout(timeout, check).await.is_err() {
             let got = self.received().len();
             panic!(

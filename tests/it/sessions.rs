@@ -1,0 +1,188 @@
+//! Session admission and lifetime over real sockets: the global, per-listener and per-IP
+//! connection caps (`421 4.7.0` and close, a slot freed when a session ends), the
+//! command / DATA timeouts (`421 4.4.2` and close, RFC 5321 4.5.3.2), and how a TLS session
+//! is closed (RFC 8446 6.1 `close_notify`).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use crate::harness::client::Dialog;
+use crate::harness::{Opts, PLAIN_TOKEN, TestServer};
+
+/// The refusal for a connection over any cap (`Reply::too_many_connections`).
+const TOO_MANY: &str = "421 4.7.0 Error: too many connections";
+/// The reply to a silent client (`Reply::timeout`, hostname `relay.test`).
+const TIMED_OUT: &str = "421 4.4.2 relay.test Error: timeout exceeded";
+
+/// Connects (from `from`, or the default 127.0.0.1) without reading the greeting.
+async fn connect(from: Option<IpAddr>, addr: SocketAddr) -> Dialog {
+    match from {
+        Some(ip) => Dialog::connect_from(ip, addr).await,
+        None => Dialog::connect_silent(addr).await,
+    }
+}
+
+/// Asserts the next connection to `addr` is refused over a cap: `421 4.7.0`, then EOF.
+async fn assert_refused(from: Option<IpAddr>, addr: SocketAddr) {
+    let mut d = connect(from, addr).await;
+    d.expect(TOO_MANY).await;
+    d.expect_closed().await;
+}
+
+/// Asserts a connection to `addr` is admitted (greeted, and answers EHLO).
+async fn assert_admitted(from: Option<IpAddr>, addr: SocketAddr) -> Dialog {
+    let mut d = connect(from, addr).await;
+    d.expect("220 ").await;
+    d.ehlo("client.test").await;
+    d
+}
+
+/// Ends `d` with QUIT, then waits until a new connection to `addr` is admitted: the slot is
+/// released when the server's session task ends, after the client has seen its EOF, so
+/// each try may still be refused (bounded: 500 tries, 10 ms apart). Returns the session.
+async fn release_and_readmit(mut d: Dialog, from: Option<IpAddr>, addr: SocketAddr) -> Dialog {
+    d.cmd("QUIT", "221 2.0.0").await;
+    d.expect_closed().await;
+    for _ in 0..500 {
+        let mut next = connect(from, addr).await;
+        let reply = next.try_reply().await.expect("closed without a reply");
+        if reply.code == 220 {
+            next.ehlo("client.test").await;
+            return next;
+        }
+        assert!(reply.first().starts_with(TOO_MANY), "{:?}", reply.lines);
+        next.expect_closed().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{addr}: the freed slot was not reused within 5 s");
+}
+
+/// `limits.max_connections: 2` counts sessions on every listener together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_connection_cap() {
+    let server = TestServer::start(Opts::with("limits: {max_connections: 2}\n")).await;
+    let first = assert_admitted(None, server.legacy).await;
+    let _second = assert_admitted(None, server.submission).await;
+    assert_refused(None, server.legacy).await;
+    assert_refused(None, server.submission).await;
+    let _third = release_and_readmit(first, None, server.submission).await;
+    assert_refused(None, server.legacy).await;
+}
+
+/// A listener's own `max_connections: 1` refuses its second session while the other
+/// listeners still admit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_listener_connection_cap() {
+    let server = TestServer::start(Opts {
+        legacy: "max_connections: 1".into(),
+        ..Opts::default()
+    })
+    .await;
+    let first = assert_admitted(None, server.legacy).await;
+    assert_refused(None, server.legacy).await;
+    let _other = assert_admitted(None, server.submission).await;
+    let _again = release_and_readmit(first, None, server.legacy).await;
+    assert_refused(None, server.legacy).await;
+}
+
+/// `limits.max_connections_per_ip: 2` counts one client address over all listeners; another
+/// loopback address (127.0.0.2) is still admitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_ip_connection_cap() {
+    let server = TestServer::start(Opts::with("limits: {max_connections_per_ip: 2}\n")).await;
+    let other = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+    let first = assert_admitted(None, server.legacy).await;
+    let _second = assert_admitted(None, server.submission).await;
+    assert_refused(None, server.submission).await;
+    assert_refused(None, server.legacy).await;
+    // The legacy listener only allows 127.0.0.1, so the other address uses submission.
+    let _other1 = assert_admitted(other, server.submission).await;
+    let _other2 = assert_admitted(other, server.submission).await;
+    assert_refused(other, server.submission).await;
+    let _back = release_and_readmit(first, None, server.legacy).await;
+    assert_refused(None, server.submission).await;
+}
+
+/// With `timeouts: {command: 1s, data: 1s}` (1 s is the validator's minimum), a client that
+/// goes silent after the greeting, after EHLO or inside DATA gets `421 4.4.2` and is closed.
+/// The timeout is a guard: the assertion is on the reply, not on elapsed time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_client_times_out() {
+    let server = TestServer::start(Opts::with("timeouts: {command: 1s, data: 1s}\n")).await;
+    let greeted = async {
+        let mut d = Dialog::connect(server.legacy).await;
+        d.expect(TIMED_OUT).await;
+        d.expect_closed().await;
+    };
+    let after_ehlo = async {
+        let mut d = server.legacy_session().await;
+        d.expect(TIMED_OUT).await;
+        d.expect_closed().await;
+    };
+    let in_data = async {
+        let mut d = server.legacy_session().await;
+        d.cmd("MAIL FROM:<dev@example.net>", "250 2.1.0").await;
+        d.cmd("RCPT TO:<x@example.org>", "250 2.1.5").await;
+        d.cmd("DATA", "354").await;
+        d.send("Subject: cut off\r\n\r\nhalf a li").await;
+        d.expect(TIMED_OUT).await;
+        d.expect_closed().await;
+    };
+    tokio::join!(greeted, after_ehlo, in_data);
+}
+
+/// A TLS session the server ends after QUIT, or after `limits.max_errors`, ends with a TLS
+/// `close_notify` before the TCP close (RFC 8446 6.1), so the client can tell the end from a
+/// truncation. (The control for the test below.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_session_close_sends_close_notify() {
+    let server = TestServer::start(Opts::with("limits: {max_errors: 1}\n")).await;
+    let mut d = Dialog::connect_tls(server.submissions, &server.ca).await;
+    d.ehlo("client.test").await;
+    d.cmd("QUIT", "221 2.0.0").await;
+    d.expect_clean_close().await;
+
+    let mut d = Dialog::connect_tls(server.submissions, &server.ca).await;
+    d.cmd("BOGUS", "500 5.5.2").await;
+    d.expect("421 4.7.0 relay.test Error: too many errors")
+        .await;
+    d.expect_clean_close().await;
+}
+
+/// The server's other `421` closes on a TLS session must end the same way: the command
+/// timeout, the over-cap refusal on the implicit-TLS listener (sent after the handshake) and
+/// the drain at shutdown. Today each sends its 421, then closes TCP without `close_notify`
+/// (rustls: "peer closed connection without sending TLS close_notify").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "server bug: src/server/conn.rs Conn::run drops the Step::Close of refuse/timed_out/shutting_down and only flushes, so TLS sessions get no close_notify (RFC 8446 6.1)"]
+async fn tls_421_closes_send_close_notify() {
+    // Command timeout.
+    let server = TestServer::start(Opts::with(
+        "timeouts: {command: 1s}\nlimits: {max_connections: 2}\n",
+    ))
+    .await;
+    let mut timed = Dialog::connect_tls(server.submissions, &server.ca).await;
+    timed.ehlo("client.test").await;
+    timed.expect(TIMED_OUT).await;
+    timed.expect_clean_close().await;
+
+    // Over the global cap: refused after the handshake on the implicit listener.
+    let _one = Dialog::connect(server.legacy).await;
+    let _two = Dialog::connect(server.legacy).await;
+    let mut refused = Dialog::connect_tls_silent(server.submissions, &server.ca).await;
+    refused.expect(TOO_MANY).await;
+    refused.expect_clean_close().await;
+
+    // Draining: an idle authenticated session is told 421 4.3.2.
+    let mut server = TestServer::start(Opts::default()).await;
+    let mut idle = Dialog::connect_tls(server.submissions, &server.ca).await;
+    idle.ehlo("client.test").await;
+    idle.cmd(&format!("AUTH PLAIN {PLAIN_TOKEN}"), "235 2.7.0")
+        .await;
+    let client = async {
+        idle.expect("421 4.3.2 relay.test Service shutting down")
+            .await;
+        idle.expect_clean_close().await;
+    };
+    tokio::join!(server.stop(), client);
+}
