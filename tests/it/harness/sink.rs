@@ -145,9 +145,15 @@ impl State {
     }
 
     fn record(&self, msg: Received) {
-        let mut messages = self.messages.lock().unwrap();
-        messages.push(msg);
-        self.count.send_replace(messages.len());
+        let n = {
+            let mut messages = self.messages.lock().unwrap();
+            messages.push(msg);
+            messages.len()
+        };
+        // Not under the messages lock: `Sink::wait_for` locks the messages while it holds
+        // the watch's read lock, so taking them in the other order here could deadlock.
+        // `max`: a concurrent, earlier record must not lower the count.
+        self.count.send_modify(|count| *count = (*count).max(n));
     }
 }
 
