@@ -7,6 +7,14 @@
 //! retried on the *same* route later and never handed to the next upstream at once, so
 //! failover does not blindly duplicate; a message leaves the spool only once no recipient
 //! is pending.
+//!
+//! An upstream that lacks an extension the message needs (SMTPUTF8, 8BITMIME, a large
+//! enough SIZE) is passed over for the next one of the route. Only when every upstream of
+//! the route lacked one does the message fail for good; if any was merely unavailable, it
+//! might take the message once it is back, so the message waits for the next attempt.
+//!
+//! The runner also closes pooled upstream connections: those idle past their
+//! `idle_timeout` periodically, and all idle ones when it stops.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -14,17 +22,24 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Semaphore, mpsc};
+use tokio::time::{MissedTickBehavior, timeout};
 use tracing::{info, warn};
 
 use crate::shutdown::Shutdown;
 use crate::spool::{Envelope, RcptStatus, Spool, schedule};
 use crate::telemetry::events;
 use crate::upstream::Upstreams;
-use crate::upstream::client::{Outgoing, RcptResult};
+use crate::upstream::client::{Outgoing, RcptResult, transmitted_size};
+use crate::upstream::error::Capability;
 
 /// Most delivery attempts in flight at once; the pools bound connections per upstream,
 /// this bounds the tasks (and open spool files) waiting for them.
 const MAX_IN_FLIGHT: usize = 1024;
+
+/// Longest a round of QUITs to idle upstream connections may take (periodic reaping, and
+/// the close at shutdown). The QUITs run concurrently, so one slow upstream cannot hold up
+/// the others; connections still open after this are closed without QUIT.
+const QUIT_LIMIT: Duration = Duration::from_secs(5);
 
 /// Retry timing, from `queue:` in the config.
 #[derive(Debug, Clone, Copy)]
@@ -96,6 +111,9 @@ impl Runner {
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         // Deferred messages by due time; the envelope is small, the body stays on disk.
         let mut waiting: BinaryHeap<Reverse<(u64, String, EnvelopeBox)>> = BinaryHeap::new();
+        let period = this.upstreams.reap_period();
+        let mut reap = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        reap.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let next_due = waiting.peek().map(|Reverse((due, _, _))| *due);
             let sleep = next_due.map_or(Duration::from_secs(3600), |due| {
@@ -118,12 +136,45 @@ impl Runner {
                         }
                     }
                 }
+                _ = reap.tick() => this.spawn_reap(),
             }
         }
         info!(
             deferred = waiting.len(),
             "delivery runner stopped; the spool keeps the rest"
         );
+        this.close_connections(&in_flight).await;
+    }
+
+    /// Closes pooled connections idle past their `idle_timeout`, in a task of its own so
+    /// the loop keeps dispatching; bounded, and abandoned at shutdown (the drain closes
+    /// whatever is left).
+    fn spawn_reap(&self) {
+        let upstreams = self.upstreams.clone();
+        let stop = self.shutdown.stop.clone();
+        self.shutdown.tracker.spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                _ = timeout(QUIT_LIMIT, upstreams.reap_idle()) => {}
+            }
+        });
+    }
+
+    /// The drain: waits until the attempts in flight have handed their connections back
+    /// (or the grace period is over), then says QUIT on every idle connection (RFC 5321
+    /// 4.1.1.10), bounded by [`QUIT_LIMIT`].
+    async fn close_connections(&self, in_flight: &Semaphore) {
+        let all = u32::try_from(MAX_IN_FLIGHT).unwrap_or(u32::MAX);
+        tokio::select! {
+            _ = in_flight.acquire_many(all) => {}
+            () = self.shutdown.force.cancelled() => {}
+        }
+        if timeout(QUIT_LIMIT, self.upstreams.close_idle())
+            .await
+            .is_err()
+        {
+            warn!("upstream connections closed without QUIT: QUIT took too long");
+        }
     }
 
     async fn spawn_attempt(self: Arc<Self>, env: Envelope, in_flight: &Arc<Semaphore>) {
@@ -151,21 +202,33 @@ impl Runner {
             .route(&env.sender)
             .map(<[String]>::to_vec)
         else {
-            fail_pending(&mut env, "no route for this sender");
+            fail_pending(&mut env, "-", "no route for this sender");
             self.finish(env);
             return;
         };
+        let mut tried = Vec::with_capacity(route.len());
         for upstream in &route {
-            match self.try_upstream(upstream, &mut env).await {
-                Tried::Done => break,
+            let result = self.try_upstream(upstream, &mut env).await;
+            match &result {
+                Tried::Done => {}
                 Tried::Failover(why) => {
                     warn!(upstream = %upstream, error = %why, "upstream failed; trying the next one");
                 }
+                Tried::Unsupported(missing) => {
+                    info!(upstream = %upstream, missing = %missing, "upstream cannot take this message; trying the next one");
+                }
                 Tried::RetryLater(why) => {
                     warn!(upstream = %upstream, error = %why, "delivery deferred");
-                    break;
                 }
             }
+            let stop = matches!(result, Tried::Done | Tried::RetryLater(_));
+            tried.push((upstream.as_str(), result));
+            if stop {
+                break;
+            }
+        }
+        if let Some(why) = unsupported_everywhere(&tried) {
+            fail_pending(&mut env, &route.join(","), &why);
         }
         self.finish(env);
     }
@@ -179,6 +242,10 @@ impl Runner {
         }
         let body = match self.spool.open_body(&env.id) {
             Ok(b) => b,
+            Err(e) => return Tried::RetryLater(format!("cannot read the spool file: {e}")),
+        };
+        let tail = match body_tail(&body.file, body.body_len) {
+            Ok(tail) => tail,
             Err(e) => return Tried::RetryLater(format!("cannot read the spool file: {e}")),
         };
         let addresses: Vec<String> = pending
@@ -196,7 +263,8 @@ impl Runner {
             recipients: &addresses,
             prefix: &body.prefix,
             body: &mut file,
-            body_len: body.body_len,
+            // RFC 1870 5: what is transmitted, the prefix included, not only the body.
+            size: transmitted_size(&body.prefix, body.body_len, &tail),
             body_8bit: env.body_8bit,
             smtputf8: env.smtputf8,
         };
@@ -252,7 +320,10 @@ impl Runner {
                 }
                 Tried::Done
             }
-            Err(e) => Tried::Failover(e.to_string()),
+            Err(e) => match e.unsupported() {
+                Some(missing) => Tried::Unsupported(missing.clone()),
+                None => Tried::Failover(e.to_string()),
+            },
         }
     }
 
@@ -264,7 +335,11 @@ impl Runner {
             .any(|r| r.status == RcptStatus::Pending);
         let expired = now_unix().saturating_sub(env.received_unix) >= self.timing.max_age.as_secs();
         if pending && expired {
-            fail_pending(&mut env, "message expired in the queue (queue.max_age)");
+            fail_pending(
+                &mut env,
+                "-",
+                "message expired in the queue (queue.max_age)",
+            );
         }
         let id = env.id.to_string();
         if env
@@ -308,17 +383,51 @@ impl Runner {
     }
 }
 
-/// Marks every pending recipient failed with `why`.
-fn fail_pending(env: &mut Envelope, why: &str) {
+/// Marks every pending recipient failed with `why`; `upstream` names where (`-`: nowhere).
+fn fail_pending(env: &mut Envelope, upstream: &str, why: &str) {
     let id = env.id.to_string();
     for rcpt in env
         .recipients
         .iter_mut()
         .filter(|r| r.status == RcptStatus::Pending)
     {
-        events::delivery(&id, "-", &rcpt.address, "failed", why);
+        events::delivery(&id, upstream, &rcpt.address, "failed", why);
         rcpt.status = RcptStatus::Failed { reply: why.into() };
     }
+}
+
+/// When the route was tried to its end and every upstream lacked an extension the message
+/// needs, the reply to fail it with: the first upstream's (the route's primary) code, per
+/// [`Capability::failure`], and what each upstream lacked. `None` when any upstream took it
+/// or answered for its recipients, or was merely unavailable (down, 4xx, ...): that one
+/// may take the message later, so it is retried instead (RFC 6531 3.2 and RFC 6152 3 let a
+/// client try another server before giving up).
+fn unsupported_everywhere(tried: &[(&str, Tried)]) -> Option<String> {
+    let mut missing = Vec::with_capacity(tried.len());
+    for (upstream, result) in tried {
+        match result {
+            Tried::Unsupported(capability) => missing.push((*upstream, capability)),
+            Tried::Done | Tried::Failover(_) | Tried::RetryLater(_) => return None,
+        }
+    }
+    let (_, first) = missing.first()?;
+    let each: Vec<String> = missing
+        .iter()
+        .map(|(upstream, capability)| format!("{upstream}: {capability}"))
+        .collect();
+    Some(format!("{} ({})", first.failure(), each.join("; ")))
+}
+
+/// The last two octets of a spool body (fewer if it is shorter), read in place without
+/// moving the file position, which stays at the body's start for the upstream to read.
+fn body_tail(file: &std::fs::File, body_len: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Seek;
+    use std::os::unix::fs::FileExt;
+    let start = (&mut &*file).stream_position()?;
+    let n = body_len.min(2);
+    let mut tail = vec![0; usize::try_from(n).unwrap_or(0)];
+    file.read_exact_at(&mut tail, start + body_len - n)?;
+    Ok(tail)
 }
 
 fn now_millis() -> u64 {
@@ -366,11 +475,14 @@ impl tokio::io::AsyncRead for BodyReader {
 }
 
 /// The outcome of trying one upstream of the route.
+#[derive(Debug)]
 enum Tried {
     /// Every pending recipient got an answer (accepted, rejected, or deferred by 4xx).
     Done,
-    /// This upstream could not take the message: try the next one.
+    /// This upstream is unavailable now (down, 4xx, TLS, ...): try the next one.
     Failover(String),
+    /// This upstream lacks an extension the message needs: try the next one.
+    Unsupported(Capability),
     /// Stop for now and retry the same route later.
     RetryLater(String),
 }
@@ -392,5 +504,101 @@ impl PartialOrd for EnvelopeBox {
 impl Ord for EnvelopeBox {
     fn cmp(&self, _: &Self) -> std::cmp::Ordering {
         std::cmp::Ordering::Equal
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    fn utf8() -> Tried {
+        Tried::Unsupported(Capability::SmtpUtf8)
+    }
+
+    fn eight() -> Tried {
+        Tried::Unsupported(Capability::EightBitMime)
+    }
+
+    fn big() -> Tried {
+        Tried::Unsupported(Capability::Size {
+            size: 2000,
+            limit: 1000,
+        })
+    }
+
+    fn down() -> Tried {
+        Tried::Failover("connect refused".into())
+    }
+
+    /// A message fails for good only when every upstream of the route lacked something;
+    /// one that took it, answered for it, or was merely unavailable keeps it pending.
+    #[test]
+    fn fails_for_good_only_when_no_upstream_can_take_it() {
+        // (what each upstream of the route answered, in order; the failure, if any)
+        type Row = (Vec<(&'static str, Tried)>, Option<&'static str>);
+        let rows: Vec<Row> = vec![
+            (
+                vec![("a", utf8())],
+                Some(
+                    "553 5.6.7 the message needs SMTPUTF8 and no upstream of its route offers it \
+                     (a: SMTPUTF8 needed but not offered)",
+                ),
+            ),
+            (
+                vec![("a", eight()), ("b", eight())],
+                Some(
+                    "554 5.6.3 the message has 8-bit content and no upstream of its route offers \
+                     8BITMIME (a: 8BITMIME needed but not offered; b: 8BITMIME needed but not offered)",
+                ),
+            ),
+            (
+                vec![("a", big()), ("b", utf8())],
+                Some(
+                    "552 5.3.4 the message is larger than every upstream of its route accepts \
+                     (a: message of 2000 octets exceeds SIZE 1000; b: SMTPUTF8 needed but not offered)",
+                ),
+            ),
+            (vec![("a", utf8()), ("b", Tried::Done)], None),
+            (vec![("a", utf8()), ("b", down())], None),
+            (vec![("a", down()), ("b", utf8())], None),
+            (
+                vec![("a", utf8()), ("b", Tried::RetryLater("maybe".into()))],
+                None,
+            ),
+            (vec![("a", Tried::Done)], None),
+            (vec![("a", down())], None),
+            (vec![], None),
+        ];
+        for (tried, expected) in rows {
+            assert_eq!(
+                unsupported_everywhere(&tried).as_deref(),
+                expected,
+                "{tried:?}"
+            );
+        }
+    }
+
+    /// The tail is read in place: the file position stays at the body's start.
+    #[test]
+    fn body_tail_reads_in_place() {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let rows: &[(&[u8], &[u8])] = &[
+            (b"", b""),
+            (b"x", b"x"),
+            (b"ab\r\n", b"\r\n"),
+            (b"no end", b"nd"),
+        ];
+        for &(body, tail) in rows {
+            let mut file = tempfile::tempfile().unwrap();
+            file.write_all(b"HEADER").unwrap();
+            file.write_all(body).unwrap();
+            file.write_all(b"TRAILER").unwrap();
+            file.seek(SeekFrom::Start(6)).unwrap();
+            assert_eq!(body_tail(&file, body.len() as u64).unwrap(), tail);
+            let mut rest = Vec::new();
+            file.read_to_end(&mut rest).unwrap();
+            assert_eq!(rest, [body, b"TRAILER"].concat());
+        }
     }
 }

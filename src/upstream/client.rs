@@ -17,7 +17,7 @@ use tokio::time::timeout;
 
 use crate::smtp::reply_parser::{Capabilities, UpstreamReply};
 use crate::upstream::conn::Conn;
-use crate::upstream::error::{Error, Stage};
+use crate::upstream::error::{Capability, Error, Stage};
 
 /// Bytes read from the body source and written to the upstream per step. The message is
 /// streamed; it is never held whole in memory.
@@ -112,9 +112,13 @@ pub struct Outgoing<'a> {
     pub prefix: &'a [u8],
     /// The message as spooled (CRLF line endings), read once, in chunks.
     pub body: &'a mut (dyn AsyncRead + Unpin + Send),
-    /// `prefix` plus body length, for the `SIZE=` parameter (RFC 1870).
-    pub body_len: u64,
-    /// The message has 8-bit content: send `BODY=8BITMIME` when offered (RFC 6152).
+    /// The octets sent between the 354 and the final dot, before dot-stuffing (the message
+    /// size of RFC 1870 5): declared as `SIZE=` and checked against the upstream's limit.
+    /// Compute it with [`transmitted_size`].
+    pub size: u64,
+    /// The body has 8-bit content (or was declared so): it needs `BODY=8BITMIME`, so an
+    /// upstream without 8BITMIME cannot take it (RFC 6152 3). A `prefix` with 8-bit octets
+    /// (a UTF-8 recipient in the Received field) counts too; the client checks that itself.
     pub body_8bit: bool,
     /// The envelope or headers need SMTPUTF8 (RFC 6531).
     pub smtputf8: bool,
@@ -125,7 +129,7 @@ impl fmt::Debug for Outgoing<'_> {
         f.debug_struct("Outgoing")
             .field("sender", &self.sender)
             .field("recipients", &self.recipients)
-            .field("body_len", &self.body_len)
+            .field("size", &self.size)
             .finish_non_exhaustive()
     }
 }
@@ -230,9 +234,11 @@ impl Client {
     ///
     /// `Err` means no recipient was delivered by this attempt (MAIL refused, connection
     /// failed, ...), or [`Error::MaybeDelivered`]. After `Err` the client must be dropped.
+    /// [`Error::Unsupported`] and the local refusal of an unusable sender are the
+    /// exceptions: they come before anything is written, and the client stays reusable.
     pub async fn send(&mut self, msg: &mut Outgoing<'_>) -> Result<Vec<RcptOutcome>, Error> {
-        self.broken = true;
         let mail = self.mail_command(msg)?;
+        self.broken = true;
         let (mut outcomes, valid) = screen_recipients(msg.recipients);
         if valid.is_empty() {
             self.broken = false;
@@ -293,39 +299,35 @@ impl Client {
         let _ = timeout(limit, self.conn.stream.shutdown()).await;
     }
 
-    /// Builds `MAIL FROM:<sender> [SIZE=n] [BODY=8BITMIME] [SMTPUTF8]`, or refuses locally.
+    /// Builds `MAIL FROM:<sender> [SIZE=n] [BODY=8BITMIME] [SMTPUTF8]`, or refuses locally:
+    /// [`Error::Unsupported`] when this upstream lacks what the message needs (another
+    /// upstream of the route may have it), a permanent 501 when the sender cannot be written
+    /// on a command line at all.
     fn mail_command(&self, msg: &Outgoing<'_>) -> Result<String, Error> {
-        let local = |code, enh, text: &str| Error::Reply {
-            upstream: self.conn.name.clone(),
-            stage: Stage::Mail,
-            reply: UpstreamReply::local(code, enh, text),
-        };
         if !address_ok(msg.sender) {
-            return Err(local(
-                501,
-                (5, 1, 7),
-                "sender address has characters SMTP cannot carry",
-            ));
+            return Err(Error::Reply {
+                upstream: self.conn.name.clone(),
+                stage: Stage::Mail,
+                reply: UpstreamReply::local(
+                    501,
+                    (5, 1, 7),
+                    "sender address has characters SMTP cannot carry",
+                ),
+            });
         }
-        // RFC 6531 3.2: without SMTPUTF8 at the upstream, a message that needs it cannot go.
-        if msg.smtputf8 && !self.caps.smtputf8 {
-            return Err(local(553, (5, 6, 7), "upstream does not support SMTPUTF8"));
+        if let Some(capability) = missing_capability(&self.caps, msg) {
+            return Err(Error::Unsupported {
+                upstream: self.conn.name.clone(),
+                capability,
+            });
         }
         let mut line = format!("MAIL FROM:<{}>", msg.sender);
-        // RFC 1870 4/6: declare the size; refuse here what the upstream announced it refuses.
-        if let Some(limit) = self.caps.size {
-            if limit > 0 && msg.body_len > limit {
-                return Err(local(
-                    552,
-                    (5, 3, 4),
-                    "message exceeds the upstream's size limit",
-                ));
-            }
-            line.push_str(&format!(" SIZE={}", msg.body_len));
+        // RFC 1870 4: declare the size whenever SIZE is offered (and only then).
+        if self.caps.size.is_some() {
+            line.push_str(&format!(" SIZE={}", msg.size));
         }
-        // RFC 6152 3: BODY=8BITMIME only where offered. Where it is not, the 8-bit message is
-        // sent anyway (Postfix does the same; nearly every server copes), not downgraded.
-        if msg.body_8bit && self.caps.eightbitmime {
+        // RFC 6152 3: 8-bit content is announced; `missing_capability` made sure it may be.
+        if needs_8bitmime(msg) {
             line.push_str(" BODY=8BITMIME");
         }
         if msg.smtputf8 {
@@ -445,6 +447,55 @@ impl Client {
     }
 }
 
+/// What `caps` lacks for `msg`, checked in this order: SMTPUTF8, 8BITMIME, SIZE.
+fn missing_capability(caps: &Capabilities, msg: &Outgoing<'_>) -> Option<Capability> {
+    // RFC 6531 3.2: a message that needs SMTPUTF8 must not go to a server without it; the
+    // RFC leaves the client to bounce it or to try another server, which is what the
+    // delivery layer does with this answer.
+    if msg.smtputf8 && !caps.smtputf8 {
+        return Some(Capability::SmtpUtf8);
+    }
+    // RFC 6152 3: 8-bit content must not go to a server without 8BITMIME. The client may
+    // either convert it to 7 bits (MIME quoted-printable/base64) or not relay it (a
+    // non-delivery report). postern does not convert (that would rewrite, and break the
+    // signatures of, a message it only relays): it tries the next upstream instead, and
+    // reports non-delivery when none has 8BITMIME.
+    if needs_8bitmime(msg) && !caps.eightbitmime {
+        return Some(Capability::EightBitMime);
+    }
+    // RFC 1870 6: a message over the server's fixed maximum would be refused with 552;
+    // SIZE 0 means no fixed maximum (RFC 1870 3).
+    match caps.size {
+        Some(limit) if limit > 0 && msg.size > limit => Some(Capability::Size {
+            size: msg.size,
+            limit,
+        }),
+        _ => None,
+    }
+}
+
+/// Whether the content has (or was declared to have) octets over 127: the body, or the
+/// prefix postern adds (RFC 6152 3 is about everything after DATA).
+fn needs_8bitmime(msg: &Outgoing<'_>) -> bool {
+    msg.body_8bit || !msg.prefix.is_ascii()
+}
+
+/// The octets the client sends between the 354 and the final dot, before dot-stuffing:
+/// `prefix`, the body, and the CRLF [`DotStuffer::finish`] adds when the content does not
+/// end in one. RFC 1870 5 defines the message size this way ("including CR-LF pairs, but
+/// not the SMTP DATA command's terminating dot or doubled quoting dots").
+///
+/// `body_tail` is the body's last two octets (fewer only when the body is shorter).
+pub fn transmitted_size(prefix: &[u8], body_len: u64, body_tail: &[u8]) -> u64 {
+    let content = (prefix.len() as u64).saturating_add(body_len);
+    let last = shift_last(shift_last(*b"\r\n", prefix), body_tail);
+    if last == *b"\r\n" {
+        content
+    } else {
+        content.saturating_add(2)
+    }
+}
+
 /// Refuses locally the recipients that cannot be written as a command; returns the
 /// outcome list (refused rows filled in) and the (index, address) pairs to send.
 fn screen_recipients(recipients: &[String]) -> (Vec<RcptOutcome>, Vec<(usize, &str)>) {
@@ -490,12 +541,43 @@ fn confirm_accepted(outcomes: &mut [RcptOutcome], reply: &UpstreamReply) {
     }
 }
 
-/// An address we can put between angle brackets without breaking the command line
-/// (defence in depth: the inbound parser already validated it).
+/// An address we can put between angle brackets without breaking the command line or
+/// changing its meaning (defence in depth: the inbound parser already validated it).
+///
+/// Addresses come from the spool as `Mailbox` displays them: a local part that is not a
+/// dot-string is written as a Quoted-string (RFC 5321 4.1.2), and inside one, spaces, `<`,
+/// `>`, `@` and `,` are ordinary characters (`"john doe"@example.net`). What SMTP cannot
+/// carry at all is a control character (CR, LF, NUL, ... and DEL): qtextSMTP and
+/// quoted-pairSMTP are %d32-126 (plus UTF-8, RFC 6531 3.3). Outside the quotes, a space or an
+/// angle bracket would end the path early and turn the rest into parameters, so it is
+/// refused there; so is an unterminated quote.
 fn address_ok(addr: &str) -> bool {
-    !addr
-        .bytes()
-        .any(|b| b.is_ascii_control() || matches!(b, b'<' | b'>' | b' '))
+    if addr.chars().any(char::is_control) {
+        return false;
+    }
+    let rest = match addr.strip_prefix('"') {
+        Some(quoted) => match closing_quote(quoted) {
+            Some(end) => quoted.get(end + 1..).unwrap_or(""),
+            None => return false,
+        },
+        None => addr,
+    };
+    !rest.contains(['<', '>', ' ', '"'])
+}
+
+/// The byte index of the quote that closes a Quoted-string whose opening quote was just
+/// stripped; a backslash escapes the next character (RFC 5321 4.1.2 quoted-pairSMTP).
+fn closing_quote(s: &str) -> Option<usize> {
+    let mut escaped = false;
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => return Some(i),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Dot-stuffing across chunk boundaries (RFC 5321 4.5.2): a line that begins with "." gets
@@ -527,11 +609,7 @@ impl DotStuffer {
             out.extend_from_slice(piece);
             self.at_line_start = piece.last() == Some(&b'\n');
         }
-        match data {
-            [] => {}
-            [b] => self.last = [self.last[1], *b],
-            [.., a, b] => self.last = [*a, *b],
-        }
+        self.last = shift_last(self.last, data);
     }
 
     /// Makes sure the content ends with CRLF, so the terminator that follows is a line.
@@ -540,6 +618,15 @@ impl DotStuffer {
             out.extend_from_slice(b"\r\n");
             self.last = *b"\r\n";
         }
+    }
+}
+
+/// The last two octets after `data` follows `last`.
+fn shift_last(last: [u8; 2], data: &[u8]) -> [u8; 2] {
+    match data {
+        [] => last,
+        [b] => [last[1], *b],
+        [.., a, b] => [*a, *b],
     }
 }
 
@@ -574,19 +661,75 @@ mod tests {
         }
     }
 
+    /// What `address_ok` lets through is exactly what survives the trip through angle
+    /// brackets: quoted local parts keep their spaces and brackets (RFC 5321 4.1.2);
+    /// controls never pass; outside quotes nothing may end the path early.
     #[test]
     fn address_screening() {
         let rows = [
             ("a@b.example", true),
             ("", true),
+            ("postmaster", true),
             ("ü@b.example", true),
+            ("\"john doe\"@example.net", true),
+            ("\"<odd>\"@example.net", true),
+            ("\"a\\\"b\"@example.net", true),
+            ("\"a\\\\\"@example.net", true),
+            ("\"a,b@c\"@example.net", true),
+            ("\"é ü\"@example.net", true),
             ("a b@c", false),
             ("a@b>\r\nRSET", false),
             ("<a@b>", false),
+            ("a@b> SIZE=1", false),
             ("a\0@b", false),
+            ("\"a\0b\"@c", false),
+            ("\"a\r\nRSET\"@c", false),
+            ("\"tab\there\"@c", false),
+            ("\"del\u{7f}\"@c", false),
+            ("\"unterminated@c", false),
+            ("\"a\\\"@c", false),
+            ("\"a\"@c> SIZE=1", false),
+            ("\"a\" b\"@c", false),
+            ("a\"b@c", false),
+            ("a@\u{85}b", false),
         ];
         for (addr, ok) in rows {
             assert_eq!(address_ok(addr), ok, "{addr:?}");
+        }
+    }
+
+    /// `transmitted_size` counts exactly the octets the stuffer emits, before stuffing: a
+    /// stuffer over (prefix, body) whose dots are then removed again yields that many.
+    #[test]
+    fn transmitted_size_matches_the_stuffer() {
+        let rows: &[(&[u8], &[u8], u64)] = &[
+            (b"", b"", 0),
+            (b"", b"x\r\n", 3),
+            (b"", b"x", 3),
+            (b"", b"x\r", 4),
+            (b"", b"\n", 3),
+            (b"", b"\r\n", 2),
+            (b"Received: r\r\n", b"", 13),
+            (b"Received: r\r\n", b"body\r\n", 19),
+            (b"Received: r\r\n", b".dots\r\n..\r\n", 24),
+            (b"Received: r\r\n", b"no end", 21),
+            (b"Received: r\r", b"\n", 13),
+            (b"P\r\n", b"\n", 6),
+        ];
+        for &(prefix, body, expected) in rows {
+            let tail = &body[body.len().saturating_sub(2)..];
+            let size = transmitted_size(prefix, body.len() as u64, tail);
+            assert_eq!(size, expected, "{prefix:?} {body:?}");
+            let mut stuffer = DotStuffer::new();
+            let mut out = Vec::new();
+            stuffer.push(prefix, &mut out);
+            stuffer.push(body, &mut out);
+            stuffer.finish(&mut out);
+            let unstuffed = out
+                .split_inclusive(|&b| b == b'\n')
+                .map(|line| line.strip_prefix(b".").unwrap_or(line).len() as u64)
+                .sum::<u64>();
+            assert_eq!(unstuffed, expected, "{prefix:?} {body:?}");
         }
     }
 }

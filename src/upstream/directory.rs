@@ -148,7 +148,7 @@ mod tests {
             recipients: &recipients,
             prefix: b"Received: by test\r\n",
             body: &mut source,
-            body_len: 0,
+            size: 0,
             body_8bit: true,
             smtputf8: false,
         };
@@ -189,7 +189,7 @@ mod tests {
                 recipients: &[],
                 prefix: b"",
                 body: &mut source,
-                body_len: 1,
+                size: 1,
                 body_8bit: false,
                 smtputf8: false,
             };

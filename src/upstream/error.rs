@@ -1,9 +1,11 @@
 //! What can go wrong talking to an upstream, and whether it is worth retrying.
 //!
-//! The delivery layer needs three answers from an error: retry later or give up
-//! ([`Error::is_permanent`]), and whether the message may already have been delivered
+//! The delivery layer needs four answers from an error: retry later or give up
+//! ([`Error::is_permanent`]); whether the message may already have been delivered
 //! ([`Error::is_maybe_delivered`]), in which case it must not fail over to another upstream
-//! (BRIEF: "no blind duplicates").
+//! (BRIEF: "no blind duplicates"); and whether this upstream merely lacks an extension the
+//! message needs ([`Error::unsupported`]), in which case another upstream of the route may
+//! still take it.
 
 use std::fmt;
 use std::io;
@@ -69,6 +71,63 @@ impl fmt::Display for Stage {
     }
 }
 
+/// An SMTP extension a message needs and an upstream does not offer (or offers too small).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Capability {
+    /// RFC 6531 3.2: the envelope or the header has UTF-8 and needs `SMTPUTF8`.
+    SmtpUtf8,
+    /// RFC 6152 3: the body has 8-bit octets and needs `8BITMIME`.
+    EightBitMime,
+    /// RFC 1870 4: the message is larger than the upstream's advertised `SIZE`.
+    Size {
+        /// Octets postern would transmit (see [`crate::upstream::client::Outgoing::size`]).
+        size: u64,
+        /// The upstream's fixed maximum.
+        limit: u64,
+    },
+}
+
+impl Capability {
+    /// The reply to record (and report in a DSN) when no upstream of the route can take
+    /// the message: each with the enhanced code its RFC names.
+    pub fn failure(&self) -> UpstreamReply {
+        match self {
+            // RFC 6531 3.5 / RFC 5248: X.6.7, "non-ASCII addresses not permitted".
+            Capability::SmtpUtf8 => UpstreamReply::local(
+                553,
+                (5, 6, 7),
+                "the message needs SMTPUTF8 and no upstream of its route offers it",
+            ),
+            // RFC 6152 3 (no conversion done, so non-delivery); RFC 3463 X.6.3: conversion
+            // required but not supported.
+            Capability::EightBitMime => UpstreamReply::local(
+                554,
+                (5, 6, 3),
+                "the message has 8-bit content and no upstream of its route offers 8BITMIME",
+            ),
+            // RFC 1870 6: 552 for a message over the fixed maximum; RFC 3463 X.3.4.
+            Capability::Size { .. } => UpstreamReply::local(
+                552,
+                (5, 3, 4),
+                "the message is larger than every upstream of its route accepts",
+            ),
+        }
+    }
+}
+
+impl fmt::Display for Capability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Capability::SmtpUtf8 => f.write_str("SMTPUTF8 needed but not offered"),
+            Capability::EightBitMime => f.write_str("8BITMIME needed but not offered"),
+            Capability::Size { size, limit } => {
+                write!(f, "message of {size} octets exceeds SIZE {limit}")
+            }
+        }
+    }
+}
+
 /// An upstream delivery failure. Each variant names the upstream (its configured name).
 #[derive(Debug)]
 #[non_exhaustive]
@@ -105,7 +164,7 @@ pub enum Error {
         detail: String,
     },
     /// The upstream refused a command (or postern refused locally, with a reply of the same
-    /// shape, e.g. SMTPUTF8 needed but not offered).
+    /// shape: an address that no SMTP command line can carry).
     Reply {
         /// Upstream name.
         upstream: String,
@@ -136,6 +195,16 @@ pub enum Error {
         /// What happened after the dot.
         cause: String,
     },
+    /// The upstream lacks an extension this message needs; nothing was sent and the
+    /// connection stays usable. Not permanent: another upstream of the route may have it.
+    /// The delivery layer fails the message for good only when no upstream of the route can
+    /// take it, with [`Capability::failure`].
+    Unsupported {
+        /// Upstream name.
+        upstream: String,
+        /// What is missing.
+        capability: Capability,
+    },
     /// Reading or writing failed (connection reset, or a local file error).
     Io {
         /// Upstream name.
@@ -154,7 +223,8 @@ impl Error {
     /// client SHOULD NOT repeat the exact request"). Everything else is temporary:
     /// connection and TLS problems, timeouts, 4xx, protocol confusion, credentials, and 5xx
     /// to the greeting/EHLO/RSET (an upstream refusing *us* is a configuration problem, not
-    /// a verdict on this message).
+    /// a verdict on this message). [`Error::Unsupported`] is not permanent either: it is a
+    /// verdict on this upstream, not on the message (see [`Error::unsupported`]).
     pub fn is_permanent(&self) -> bool {
         match self {
             Error::Reply { stage, reply, .. } => {
@@ -167,6 +237,15 @@ impl Error {
     /// Whether the upstream may already hold the message (see [`Error::MaybeDelivered`]).
     pub fn is_maybe_delivered(&self) -> bool {
         matches!(self, Error::MaybeDelivered { .. })
+    }
+
+    /// What this upstream lacks, when that is why it cannot take the message: try the next
+    /// upstream of the route (RFC 6531 3.2 and RFC 6152 3 forbid sending it here anyway).
+    pub fn unsupported(&self) -> Option<&Capability> {
+        match self {
+            Error::Unsupported { capability, .. } => Some(capability),
+            _ => None,
+        }
     }
 
     /// The upstream reply carried by this error, if any (for bounces and logs).
@@ -188,6 +267,7 @@ impl Error {
             | Error::Auth { upstream, .. }
             | Error::NoStartTls { upstream }
             | Error::MaybeDelivered { upstream, .. }
+            | Error::Unsupported { upstream, .. }
             | Error::Io { upstream, .. } => upstream,
         }
     }
@@ -204,6 +284,7 @@ impl Error {
             Error::Auth { .. } => Stage::Auth,
             Error::NoStartTls { .. } => Stage::StartTls,
             Error::MaybeDelivered { .. } => Stage::FinalDot,
+            Error::Unsupported { .. } => Stage::Mail,
         }
     }
 }
@@ -246,6 +327,13 @@ impl fmt::Display for Error {
             Error::MaybeDelivered { upstream, cause } => write!(
                 f,
                 "upstream {upstream}: no reply after the final dot ({cause}); may have been delivered"
+            ),
+            Error::Unsupported {
+                upstream,
+                capability,
+            } => write!(
+                f,
+                "upstream {upstream}: cannot take this message: {capability}"
             ),
             Error::Io {
                 upstream,
@@ -371,7 +459,45 @@ mod tests {
         ];
         for (err, permanent, shown) in rows {
             assert_eq!(err.is_permanent(), permanent, "{err}");
+            assert!(err.unsupported().is_none(), "{err}");
             assert_eq!(err.to_string(), shown);
+        }
+    }
+
+    /// A missing extension is never permanent for the message; each names its own final
+    /// reply (RFC 6531 3.5, RFC 6152 3 with RFC 3463 X.6.3, RFC 1870 6).
+    #[test]
+    fn unsupported_capabilities() {
+        let rows = [
+            (
+                Capability::SmtpUtf8,
+                "upstream a: cannot take this message: SMTPUTF8 needed but not offered",
+                "553 5.6.7 the message needs SMTPUTF8 and no upstream of its route offers it",
+            ),
+            (
+                Capability::EightBitMime,
+                "upstream a: cannot take this message: 8BITMIME needed but not offered",
+                "554 5.6.3 the message has 8-bit content and no upstream of its route offers 8BITMIME",
+            ),
+            (
+                Capability::Size {
+                    size: 1001,
+                    limit: 1000,
+                },
+                "upstream a: cannot take this message: message of 1001 octets exceeds SIZE 1000",
+                "552 5.3.4 the message is larger than every upstream of its route accepts",
+            ),
+        ];
+        for (capability, shown, failure) in rows {
+            let err = Error::Unsupported {
+                upstream: "a".into(),
+                capability: capability.clone(),
+            };
+            assert!(!err.is_permanent() && !err.is_maybe_delivered(), "{err}");
+            assert_eq!(err.unsupported(), Some(&capability));
+            assert_eq!(err.stage(), Stage::Mail);
+            assert_eq!(err.to_string(), shown);
+            assert_eq!(capability.failure().to_string(), failure);
         }
     }
 }

@@ -28,6 +28,7 @@ pub mod tls;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use crate::config::schema::{Config, UpstreamAuth, UpstreamConfig, UpstreamTls};
 use crate::upstream::client::{
@@ -218,24 +219,42 @@ impl Upstreams {
         }
     }
 
-    /// Closes idle connections past their `idle_timeout`; call periodically.
+    /// Closes idle connections past their `idle_timeout`, all upstreams at once; call it
+    /// every [`Upstreams::reap_period`].
     pub async fn reap_idle(&self) {
-        for target in self.targets.values() {
-            if let Target::Smtp(pool) = target {
-                pool.reap_idle().await;
-            }
-        }
+        let expired = self.pools().flat_map(Pool::take_expired).collect();
+        pool::quit_all(expired).await;
     }
 
-    /// Closes every idle connection (shutdown).
+    /// Closes every idle connection, all upstreams at once (shutdown).
     pub async fn close_idle(&self) {
-        for target in self.targets.values() {
-            if let Target::Smtp(pool) = target {
-                pool.close_idle().await;
-            }
-        }
+        let all = self.pools().flat_map(Pool::take_all).collect();
+        pool::quit_all(all).await;
+    }
+
+    /// How often to call [`Upstreams::reap_idle`]: half the shortest `idle_timeout`, so no
+    /// connection stays idle much beyond its limit (at most 1.5 times it), but no more
+    /// often than every second and at least every [`MAX_REAP_PERIOD`].
+    pub fn reap_period(&self) -> Duration {
+        self.pools()
+            .map(|p| p.idle_timeout() / 2)
+            .min()
+            .unwrap_or(MAX_REAP_PERIOD)
+            .clamp(MIN_REAP_PERIOD, MAX_REAP_PERIOD)
+    }
+
+    fn pools(&self) -> impl Iterator<Item = &Pool> {
+        self.targets.values().filter_map(|t| match t {
+            Target::Smtp(pool) => Some(pool.as_ref()),
+            Target::Directory(_) => None,
+        })
     }
 }
+
+/// Lower bound of [`Upstreams::reap_period`].
+const MIN_REAP_PERIOD: Duration = Duration::from_secs(1);
+/// Upper bound of [`Upstreams::reap_period`].
+pub const MAX_REAP_PERIOD: Duration = Duration::from_secs(30);
 
 fn build_target(u: &UpstreamConfig, hostname: &str, base: &Path) -> Result<Target, BuildError> {
     match (&u.address, &u.directory) {
@@ -375,7 +394,8 @@ pub(crate) mod sink {
     #[derive(Clone, Debug)]
     pub(crate) struct Script {
         pub pipelining: bool,
-        pub size: bool,
+        /// Offer SIZE with this limit.
+        pub size: Option<u64>,
         pub eightbitmime: bool,
         pub smtputf8: bool,
         /// Offer STARTTLS with this config.
@@ -398,13 +418,16 @@ pub(crate) mod sink {
         pub inject_after_starttls: bool,
         /// Accept connections and never say anything.
         pub silent: bool,
+        /// After answering a message's final dot, send this line (if not empty) and close,
+        /// as a server whose idle timer fired.
+        pub hang_up_after_message: Option<&'static str>,
     }
 
     impl Default for Script {
         fn default() -> Self {
             Script {
                 pipelining: false,
-                size: false,
+                size: None,
                 eightbitmime: false,
                 smtputf8: false,
                 starttls: None,
@@ -418,6 +441,7 @@ pub(crate) mod sink {
                 ehlo_502: false,
                 inject_after_starttls: false,
                 silent: false,
+                hang_up_after_message: None,
             }
         }
     }
@@ -487,17 +511,21 @@ pub(crate) mod sink {
     }
 
     fn ehlo(script: &Script, tls: bool) -> String {
+        let size = script.size.map(|limit| format!("SIZE {limit}"));
+        let offered = [
+            (script.pipelining, "PIPELINING"),
+            (size.is_some(), size.as_deref().unwrap_or_default()),
+            (script.eightbitmime, "8BITMIME"),
+            (script.smtputf8, "SMTPUTF8"),
+            (script.starttls.is_some() && !tls, "STARTTLS"),
+        ];
         let mut lines = vec!["sink.test greets you".to_string()];
-        let mut add = |on: bool, kw: &str| {
-            if on {
-                lines.push(kw.to_string());
-            }
-        };
-        add(script.pipelining, "PIPELINING");
-        add(script.size, "SIZE 1000000");
-        add(script.eightbitmime, "8BITMIME");
-        add(script.smtputf8, "SMTPUTF8");
-        add(script.starttls.is_some() && !tls, "STARTTLS");
+        lines.extend(
+            offered
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, kw)| kw.to_string()),
+        );
         if !script.auth.is_empty() {
             lines.push(format!("AUTH {}", script.auth.join(" ")));
         }
@@ -585,7 +613,19 @@ pub(crate) mod sink {
                     format!("{}\r\n", script.mail_reply)
                 }
                 u if u.starts_with("RCPT TO:<") => rcpt(text.get(9..)?, script, &mut tx),
-                "DATA" => data(&mut io, script, rec, &mut tx).await?,
+                "DATA" => {
+                    let reply = data(&mut io, script, rec, &mut tx).await?;
+                    match script.hang_up_after_message {
+                        Some(last) if reply.starts_with("250") => {
+                            send(&mut io, &reply).await?;
+                            if !last.is_empty() {
+                                send(&mut io, &format!("{last}\r\n")).await?;
+                            }
+                            return None;
+                        }
+                        _ => reply,
+                    }
+                }
                 "RSET" => {
                     tx = Message {
                         mail: String::new(),
@@ -737,7 +777,8 @@ mod tests {
     use std::net::SocketAddr;
     use std::time::Duration;
 
-    use super::client::{Client, RcptResult};
+    use super::client::{Client, RcptResult, transmitted_size};
+    use super::error::Capability;
     use super::sink::{self, Line, Message, Script};
     use super::*;
     use crate::smtp::reply_parser::UpstreamReply;
@@ -806,8 +847,12 @@ mod tests {
             recipients: to,
             prefix,
             body: &mut source,
-            body_len: (prefix.len() + body.len()) as u64,
-            body_8bit: true,
+            size: transmitted_size(
+                prefix,
+                body.len() as u64,
+                &body[body.len().saturating_sub(2)..],
+            ),
+            body_8bit: prefix.iter().chain(body).any(|b| *b >= 0x80),
             smtputf8: false,
         };
         client.send(&mut msg).await
@@ -863,6 +908,7 @@ mod tests {
         for pipelining in [true, false] {
             let (addr, rec) = sink::start(Script {
                 pipelining,
+                eightbitmime: true,
                 ..Default::default()
             })
             .await;
@@ -889,23 +935,28 @@ mod tests {
         for pipelining in [true, false] {
             let script = Script {
                 pipelining,
-                size: true,
+                size: Some(1_000_000),
                 eightbitmime: true,
                 rcpt_replies: vec![("bad@x.example", "550 5.1.1 <bad@x.example>: User unknown")],
                 ..Default::default()
             };
             let (addr, rec) = sink::start(script).await;
             let to = rcpts(&["a@x.example", "bad@x.example", "c@y.example"]);
-            let out = send(&settings(addr, Security::Plain), &to, b"", b"hi\r\n")
-                .await
-                .unwrap();
+            let out = send(
+                &settings(addr, Security::Plain),
+                &to,
+                b"",
+                "hé\r\n".as_bytes(),
+            )
+            .await
+            .unwrap();
             let refused = rejected(1, 550, (5, 1, 1), "<bad@x.example>: User unknown");
             assert_eq!(out, vec![accepted(0), refused, accepted(2)]);
             let msgs = messages(&rec);
             assert_eq!(msgs.len(), 1);
             assert_eq!(
                 msgs[0].mail,
-                "MAIL FROM:<app@corp.example> SIZE=4 BODY=8BITMIME"
+                "MAIL FROM:<app@corp.example> SIZE=5 BODY=8BITMIME"
             );
             assert_eq!(msgs[0].rcpts, ["a@x.example", "c@y.example"]);
             let seen = lines(&rec);
@@ -918,7 +969,7 @@ mod tests {
             assert_eq!(
                 envelope,
                 [
-                    ("MAIL FROM:<app@corp.example> SIZE=4 BODY=8BITMIME", p),
+                    ("MAIL FROM:<app@corp.example> SIZE=5 BODY=8BITMIME", p),
                     ("RCPT TO:<a@x.example>", p),
                     ("RCPT TO:<bad@x.example>", p),
                     ("RCPT TO:<c@y.example>", p),
@@ -1081,61 +1132,129 @@ mod tests {
         assert!(texts(&rec).contains(&"DATA".to_string()));
     }
 
-    /// Local refusals: SMTPUTF8 needed but not offered, or over the advertised SIZE, or an
-    /// address that would break the command line; nothing reaches the upstream.
+    /// Local refusals, before anything is written: SMTPUTF8 or 8BITMIME needed but not
+    /// offered, or over the advertised SIZE, are [`Error::Unsupported`] (not permanent, the
+    /// connection stays usable); an address that would break the command line is a
+    /// permanent 501. Nothing reaches the upstream.
     #[tokio::test]
     async fn local_refusals() {
         let (addr, rec) = sink::start(Script {
-            size: true,
+            size: Some(1_000_000),
             ..Default::default()
         })
         .await;
         let s = settings(addr, Security::Plain);
         let mut client = Client::connect(&s).await.unwrap();
         let to = rcpts(&["a@x"]);
-        let rows: Vec<(bool, u64, &str, &str)> = vec![
-            (
-                true,
-                10,
-                "app@x",
-                "upstream sink: mail refused: 553 5.6.7 upstream does not support SMTPUTF8",
-            ),
-            (
-                false,
-                1_000_001,
-                "app@x",
-                "upstream sink: mail refused: 552 5.3.4 message exceeds the upstream's size limit",
-            ),
-            (
-                false,
-                10,
-                "a\r\nRSET@x",
-                "upstream sink: mail refused: 501 5.1.7 sender address has characters SMTP cannot carry",
-            ),
+        struct Row {
+            prefix: &'static [u8],
+            smtputf8: bool,
+            body_8bit: bool,
+            size: u64,
+            sender: &'static str,
+            missing: Option<Capability>,
+            shown: &'static str,
+        }
+        let ok = Row {
+            prefix: b"",
+            smtputf8: false,
+            body_8bit: false,
+            size: 10,
+            sender: "app@x",
+            missing: None,
+            shown: "",
+        };
+        let rows = [
+            Row {
+                smtputf8: true,
+                missing: Some(Capability::SmtpUtf8),
+                shown: "upstream sink: cannot take this message: SMTPUTF8 needed but not offered",
+                ..ok
+            },
+            Row {
+                body_8bit: true,
+                missing: Some(Capability::EightBitMime),
+                shown: "upstream sink: cannot take this message: 8BITMIME needed but not offered",
+                ..ok
+            },
+            // postern's own prefix counts as content too (a UTF-8 recipient in Received).
+            Row {
+                prefix: "Received: for <\u{fc}@x>\r\n".as_bytes(),
+                missing: Some(Capability::EightBitMime),
+                shown: "upstream sink: cannot take this message: 8BITMIME needed but not offered",
+                ..ok
+            },
+            Row {
+                size: 1_000_001,
+                missing: Some(Capability::Size {
+                    size: 1_000_001,
+                    limit: 1_000_000,
+                }),
+                shown: "upstream sink: cannot take this message: message of 1000001 octets exceeds SIZE 1000000",
+                ..ok
+            },
+            Row {
+                sender: "a\r\nRSET@x",
+                shown: "upstream sink: mail refused: 501 5.1.7 sender address has characters SMTP cannot carry",
+                ..ok
+            },
         ];
-        for (smtputf8, body_len, sender, shown) in rows {
+        for row in rows {
+            let Row {
+                prefix,
+                smtputf8,
+                body_8bit,
+                size,
+                sender,
+                missing,
+                shown,
+            } = row;
             let mut source: &[u8] = b"x";
             let mut msg = Outgoing {
                 sender,
                 recipients: &to,
-                prefix: b"",
+                prefix,
                 body: &mut source,
-                body_len,
-                body_8bit: false,
+                size,
+                body_8bit,
                 smtputf8,
             };
             let err = client.send(&mut msg).await.unwrap_err();
-            assert!(err.is_permanent());
+            assert_eq!(err.is_permanent(), missing.is_none(), "{err}");
+            assert_eq!(err.unsupported(), missing.as_ref());
             assert_eq!(err.to_string(), shown);
+            assert!(client.is_reusable(), "{err}");
         }
+        assert_eq!(texts(&rec), ["EHLO relay.test"]);
+        // At exactly the limit the message goes, declaring its size.
+        let mut source: &[u8] = b"x";
+        let mut msg = Outgoing {
+            sender: "app@x",
+            recipients: &to,
+            prefix: b"",
+            body: &mut source,
+            size: 1_000_000,
+            body_8bit: false,
+            smtputf8: false,
+        };
+        assert_eq!(client.send(&mut msg).await.unwrap(), vec![accepted(0)]);
+        assert_eq!(texts(&rec)[1], "MAIL FROM:<app@x> SIZE=1000000");
         // A recipient with CRLF is refused alone; the other is delivered.
-        let to = rcpts(&["x@y>\r\nDATA", "ok@y"]);
+        // A quoted local part with a space and brackets is carried as it is.
+        let to = rcpts(&["x@y>\r\nDATA", "\"john <doe>\"@y", "ok@y"]);
         let out = send(&s, &to, b"", b"x\r\n").await.unwrap();
         let text = "recipient address has characters SMTP cannot carry";
-        assert_eq!(out, vec![rejected(0, 501, (5, 1, 3), text), accepted(1)]);
+        assert_eq!(
+            out,
+            vec![rejected(0, 501, (5, 1, 3), text), accepted(1), accepted(2)]
+        );
         let t = texts(&rec);
         assert!(
             !t.iter().any(|l| l.contains("RSET") || l.contains("x@y")),
+            "{t:?}"
+        );
+        assert!(
+            t.contains(&"RCPT TO:<\"john <doe>\"@y>".to_string()),
             "{t:?}"
         );
     }
@@ -1333,7 +1452,7 @@ mod tests {
             recipients: to,
             prefix: b"",
             body: &mut source,
-            body_len: 8,
+            size: 8,
             body_8bit: false,
             smtputf8: false,
         };
@@ -1390,6 +1509,116 @@ mod tests {
         assert_eq!(pool.idle_count(), 0);
         assert!(pool_send(&pool, &rcpts(&["a@x"])).await.is_err());
         assert_eq!(rec.lock().unwrap().connections, 2);
+    }
+
+    /// An upstream that lacks an extension keeps its connection: nothing was sent on it,
+    /// and the next message that does not need the extension reuses it.
+    #[tokio::test]
+    async fn pool_keeps_connection_after_unsupported() {
+        let (addr, rec) = sink::start(Script::default()).await;
+        let pool = Pool::new(settings(addr, Security::Plain), 1, Duration::from_secs(30));
+        let to = rcpts(&["a@x"]);
+        let mut source: &[u8] = b"x\r\n";
+        let mut msg = Outgoing {
+            sender: "app@corp.example",
+            recipients: &to,
+            prefix: b"",
+            body: &mut source,
+            size: 3,
+            body_8bit: false,
+            smtputf8: true,
+        };
+        let err = pool.deliver(&mut msg).await.unwrap_err();
+        assert_eq!(err.unsupported(), Some(&Capability::SmtpUtf8));
+        assert_eq!(pool.idle_count(), 1);
+        assert_eq!(pool_send(&pool, &to).await.unwrap(), vec![accepted(0)]);
+        assert_eq!(rec.lock().unwrap().connections, 1);
+        assert_eq!(
+            texts(&rec)[..3],
+            ["EHLO relay.test", "RSET", "MAIL FROM:<app@corp.example>"]
+        );
+    }
+
+    /// The upstream closes a pooled connection while it is idle (with a 421 first, or
+    /// just EOF): the next delivery notices at the RSET and uses a new connection, and
+    /// succeeds the first time.
+    #[tokio::test]
+    async fn pool_replaces_connection_closed_while_idle() {
+        for last_words in ["421 4.4.2 sink.test idle timeout, closing", ""] {
+            let (addr, rec) = sink::start(Script {
+                hang_up_after_message: Some(last_words),
+                ..Default::default()
+            })
+            .await;
+            let pool = Pool::new(settings(addr, Security::Plain), 1, Duration::from_secs(30));
+            let to = rcpts(&["a@x"]);
+            for _ in 0..3 {
+                assert_eq!(
+                    pool_send(&pool, &to).await.unwrap(),
+                    vec![accepted(0)],
+                    "{last_words:?}"
+                );
+            }
+            assert_eq!(messages(&rec).len(), 3);
+            assert_eq!(rec.lock().unwrap().connections, 3);
+            assert_eq!(pool.connections_opened(), 3);
+        }
+    }
+
+    /// `reap_idle` says QUIT to connections idle past `idle_timeout` and keeps the others;
+    /// `close_idle` says QUIT to all.
+    #[tokio::test]
+    async fn reap_and_close_idle_say_quit() {
+        // (idle_timeout, QUITs after reap_idle, QUITs after close_idle)
+        let rows = [(Duration::ZERO, 1, 1), (Duration::from_secs(30), 0, 1)];
+        for (idle_timeout, after_reap, after_close) in rows {
+            let (addr, rec) = sink::start(Script::default()).await;
+            let pool = Pool::new(settings(addr, Security::Plain), 1, idle_timeout);
+            pool_send(&pool, &rcpts(&["a@x"])).await.unwrap();
+            assert_eq!(pool.idle_count(), 1);
+            let quits = || texts(&rec).iter().filter(|l| *l == "QUIT").count();
+            pool.reap_idle().await;
+            assert_eq!(quits(), after_reap, "{idle_timeout:?}");
+            pool.close_idle().await;
+            assert_eq!(quits(), after_close, "{idle_timeout:?}");
+            assert_eq!(pool.idle_count(), 0);
+        }
+    }
+
+    /// Half the shortest idle_timeout, within [1s, 30s]; directory upstreams do not count.
+    #[test]
+    fn reap_period() {
+        let dir = tempfile::tempdir().unwrap();
+        // (idle timeouts, period in milliseconds)
+        let rows: &[(&[&str], u64)] = &[
+            (&["30s"], 15_000),
+            (&["1s"], 1_000),
+            (&["3s"], 1_500),
+            (&["10m"], 30_000),
+            (&["90s", "4s"], 2_000),
+            (&[], 30_000),
+        ];
+        for (timeouts, millis) in rows {
+            let mut upstreams: Vec<String> = timeouts
+                .iter()
+                .enumerate()
+                .map(|(i, t)| {
+                    format!("{{name: u{i}, address: \"h:25\", tls: none, idle_timeout: {t}}}")
+                })
+                .collect();
+            upstreams.push("{name: files, directory: out}".into());
+            let yaml = format!(
+                "listeners: [{{name: s, address: \"127.0.0.1:25\"}}]\nqueue: {{directory: q}}\nupstreams: [{}]\n",
+                upstreams.join(", ")
+            );
+            let cfg: Config = serde_yaml::from_str(&yaml).unwrap();
+            let ups = Upstreams::with_base_dir(&cfg, dir.path()).unwrap();
+            assert_eq!(
+                ups.reap_period(),
+                Duration::from_millis(*millis),
+                "{timeouts:?}"
+            );
+        }
     }
 
     /// At most `max_connections` at once, however many deliveries run concurrently.
@@ -1488,7 +1717,7 @@ routes:
                 recipients: &to,
                 prefix: b"H: v\r\n",
                 body: &mut source,
-                body_len: 12,
+                size: 12,
                 body_8bit: false,
                 smtputf8: false,
             };
@@ -1512,7 +1741,7 @@ routes:
             recipients: &to,
             prefix: b"",
             body: &mut source,
-            body_len: 0,
+            size: 0,
             body_8bit: false,
             smtputf8: false,
         };

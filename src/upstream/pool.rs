@@ -7,13 +7,22 @@
 //! found the idle stack empty. Idle connections live in a stack, so the most recently used
 //! (the least likely to have been closed by the upstream) is taken first, and old ones sink
 //! to the bottom and expire after `idle_timeout`.
+//!
+//! An idle connection the upstream closed meanwhile (a `421` and EOF after its own idle
+//! timer, RFC 5321 4.5.3.2.7, leaving ours in CLOSE_WAIT) is found at checkout: the RSET
+//! that opens every reuse fails, the connection is dropped and the next one (or a new one)
+//! is used. That costs a round trip, never a delivery attempt. Expired connections are
+//! closed with QUIT by [`Pool::reap_idle`], which the delivery runner calls periodically,
+//! and all of them by [`Pool::close_idle`] at shutdown.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::debug;
 
 use crate::upstream::client::{Client, Outgoing, RcptOutcome, Settings};
 use crate::upstream::error::{Error, Stage};
@@ -55,13 +64,19 @@ impl Pool {
         &self.settings.name
     }
 
+    /// How long a connection may stay idle before it is closed.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout
+    }
+
     /// How many connections this pool has opened since it was made.
     pub fn connections_opened(&self) -> u64 {
         self.opened.load(Ordering::Relaxed)
     }
 
     /// Sends one message over a pooled or new connection. Waits while `max_connections`
-    /// deliveries are in progress. A connection that failed is dropped, never reused;
+    /// deliveries are in progress. A connection that failed is dropped, never reused (one
+    /// that merely lacked an extension the message needs stays: nothing was sent on it);
     /// retrying (here or on another upstream) is the caller's decision.
     pub async fn deliver(&self, msg: &mut Outgoing<'_>) -> Result<Vec<RcptOutcome>, Error> {
         // The semaphore is never closed, so this only fails if that invariant breaks.
@@ -75,7 +90,7 @@ impl Pool {
         };
         let mut client = self.checkout().await?;
         let result = client.send(msg).await;
-        if result.is_ok() && client.is_reusable() {
+        if client.is_reusable() {
             // Pushed back before the permit is released (end of scope): keeps the cap exact.
             self.lock().push(Idle {
                 client,
@@ -89,10 +104,12 @@ impl Pool {
     /// left open by a message whose recipients were all refused), or a new one.
     async fn checkout(&self) -> Result<Client, Error> {
         while let Some(mut client) = self.pop_idle() {
-            if client.reset().await.is_ok() {
-                return Ok(client);
+            match client.reset().await {
+                Ok(()) => return Ok(client),
+                // Closed by the upstream while idle (421, EOF, reset): not a delivery
+                // failure; forget it and try the next.
+                Err(e) => debug!(error = %e, "pooled connection gone; dropping it"),
             }
-            // Closed by the upstream while idle: forget it and try the next.
         }
         self.opened.fetch_add(1, Ordering::Relaxed);
         Client::connect(&self.settings).await
@@ -107,29 +124,31 @@ impl Pool {
     }
 
     /// Closes idle connections older than `idle_timeout` with QUIT. Call it periodically
-    /// (the delivery loop does) so idle connections do not outlive their welcome; expired
+    /// (the delivery runner does) so idle connections do not outlive their welcome; expired
     /// ones are also dropped at the next checkout.
     pub async fn reap_idle(&self) {
-        let now = Instant::now();
-        let expired: Vec<Idle> = {
-            let mut idle = self.lock();
-            let (old, fresh) = idle
-                .drain(..)
-                .partition(|i| now.duration_since(i.since) >= self.idle_timeout);
-            *idle = fresh;
-            old
-        };
-        for i in expired {
-            i.client.quit().await;
-        }
+        quit_all(self.take_expired()).await;
     }
 
     /// Closes every idle connection with QUIT (shutdown).
     pub async fn close_idle(&self) {
-        let all: Vec<Idle> = self.lock().drain(..).collect();
-        for i in all {
-            i.client.quit().await;
-        }
+        quit_all(self.take_all()).await;
+    }
+
+    /// Removes and returns the idle connections past `idle_timeout`.
+    pub(crate) fn take_expired(&self) -> Vec<Client> {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        let (old, fresh): (Vec<Idle>, Vec<Idle>) = idle
+            .drain(..)
+            .partition(|i| now.duration_since(i.since) >= self.idle_timeout);
+        *idle = fresh;
+        old.into_iter().map(|i| i.client).collect()
+    }
+
+    /// Removes and returns every idle connection.
+    pub(crate) fn take_all(&self) -> Vec<Client> {
+        self.lock().drain(..).map(|i| i.client).collect()
     }
 
     /// Number of idle connections.
@@ -141,4 +160,15 @@ impl Pool {
         // A panic while holding the lock cannot leave the Vec inconsistent: keep going.
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Says QUIT on every connection at once (each bounded by [`Client::quit`]'s own limit), so
+/// closing many connections takes one round trip, not one each. Dropping the future
+/// aborts the rest; their connections are then closed without QUIT.
+pub(crate) async fn quit_all(clients: Vec<Client>) {
+    let mut set = JoinSet::new();
+    for client in clients {
+        set.spawn(client.quit());
+    }
+    while set.join_next().await.is_some() {}
 }

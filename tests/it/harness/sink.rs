@@ -4,7 +4,9 @@
 //!
 //! It is deliberately strict where postern's upstream client must be correct: commands must
 //! end in CRLF, nothing may follow STARTTLS/DATA/EHLO in the same write, and nothing may be
-//! pipelined unless PIPELINING was offered. Breaches are answered normally where possible
+//! pipelined unless PIPELINING was offered; MAIL parameters must have been offered
+//! ([`Extensions`]); 8-bit content needs `BODY=8BITMIME` (RFC 6152 3) and non-ASCII
+//! addresses `SMTPUTF8` (RFC 6531 3.4). Breaches are answered normally where possible
 //! but recorded in [`Sink::violations`] so tests can assert there are none.
 
 use std::collections::VecDeque;
@@ -53,6 +55,28 @@ impl Default for SinkOptions {
     }
 }
 
+/// The MAIL extensions the sink advertises, all on by default; see [`Sink::start_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extensions {
+    /// Advertise 8BITMIME (RFC 6152).
+    pub eightbitmime: bool,
+    /// Advertise SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
+    /// Advertise SIZE with this fixed maximum (RFC 1870; 0: no fixed maximum). A message
+    /// declared or received larger is refused with `552 5.3.4`.
+    pub size: Option<u64>,
+}
+
+impl Default for Extensions {
+    fn default() -> Self {
+        Extensions {
+            eightbitmime: true,
+            smtputf8: true,
+            size: Some(104_857_600),
+        }
+    }
+}
+
 /// A scripted misbehaviour; see [`Sink::fault`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
@@ -64,6 +88,10 @@ pub enum Fault {
     DataEnd(String),
     /// Read the whole message, then close the connection without answering the final dot.
     DropAfterDot,
+    /// Accept the next message, then send this line (if any, e.g. `421 4.4.2 idle
+    /// timeout`) and close the connection, as a server whose idle timer fired while the
+    /// client kept the connection for later.
+    HangUpAfterMessage(Option<String>),
 }
 
 /// One accepted transaction.
@@ -97,12 +125,14 @@ impl Received {
 #[derive(Debug)]
 struct State {
     opts: SinkOptions,
+    extensions: Extensions,
     faults: Mutex<Vec<(Fault, Option<u32>)>>,
     messages: Mutex<Vec<Received>>,
     count: watch::Sender<usize>,
     expected: AtomicUsize,
     taken: AtomicUsize,
     connections: AtomicUsize,
+    quits: AtomicUsize,
     violations: Mutex<Vec<String>>,
     transcript: Mutex<VecDeque<String>>,
 }
@@ -181,6 +211,12 @@ impl Sink {
     /// Starts a sink on `port` (e.g. one from [`reserve_port`] that postern is already
     /// failing to reach).
     pub async fn start_on(port: u16, opts: SinkOptions) -> Sink {
+        Sink::start_with(port, opts, Extensions::default()).await
+    }
+
+    /// Starts a sink on `port` (0: ephemeral) that offers `extensions` from its first
+    /// connection on.
+    pub async fn start_with(port: u16, opts: SinkOptions, extensions: Extensions) -> Sink {
         let socket = TcpSocket::new_v4().unwrap();
         socket.set_reuseaddr(true).unwrap();
         socket
@@ -190,12 +226,14 @@ impl Sink {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
             opts,
+            extensions,
             faults: Mutex::new(Vec::new()),
             messages: Mutex::new(Vec::new()),
             count: watch::Sender::new(0),
             expected: AtomicUsize::new(0),
             taken: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
+            quits: AtomicUsize::new(0),
             violations: Mutex::new(Vec::new()),
             transcript: Mutex::new(VecDeque::new()),
         });
@@ -211,6 +249,11 @@ impl Sink {
     /// The listening port.
     pub fn port(&self) -> u16 {
         self.addr.port()
+    }
+
+    /// How many QUIT commands arrived (postern closing pooled connections politely).
+    pub fn quits(&self) -> usize {
+        self.state.quits.load(Ordering::SeqCst)
     }
 
     /// Scripts `fault` for its next `times` occurrences (`None`: every time). Faults are
@@ -495,7 +538,8 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(mut c: Conn<S>) -> std::io::
                     helo: Some(arg),
                     ..Session::default()
                 };
-                let ehlo = ehlo_lines(&c.state.opts, c.tls, verb == "EHLO");
+                let ext = c.state.extensions;
+                let ehlo = ehlo_lines(&c.state.opts, ext, c.tls, verb == "EHLO");
                 for l in ehlo {
                     c.reply(&l).await?;
                 }
@@ -522,6 +566,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(mut c: Conn<S>) -> std::io::
             }
             "NOOP" => c.reply("250 2.0.0 Ok").await?,
             "QUIT" => {
+                c.state.quits.fetch_add(1, Ordering::SeqCst);
                 c.reply("221 2.0.0 Bye").await?;
                 return Ok(None);
             }
@@ -530,7 +575,7 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(mut c: Conn<S>) -> std::io::
     }
 }
 
-fn ehlo_lines(opts: &SinkOptions, tls: bool, extended: bool) -> Vec<String> {
+fn ehlo_lines(opts: &SinkOptions, ext: Extensions, tls: bool, extended: bool) -> Vec<String> {
     if !extended {
         return vec!["250 sink.test".into()];
     }
@@ -538,11 +583,15 @@ fn ehlo_lines(opts: &SinkOptions, tls: bool, extended: bool) -> Vec<String> {
     if opts.pipelining {
         caps.push("PIPELINING".into());
     }
-    caps.extend([
-        "8BITMIME".into(),
-        "SMTPUTF8".into(),
-        "SIZE 104857600".into(),
-    ]);
+    if ext.eightbitmime {
+        caps.push("8BITMIME".into());
+    }
+    if ext.smtputf8 {
+        caps.push("SMTPUTF8".into());
+    }
+    if let Some(limit) = ext.size {
+        caps.push(format!("SIZE {limit}"));
+    }
     if opts.starttls.is_some() && !tls {
         caps.push("STARTTLS".into());
     }
@@ -643,6 +692,49 @@ async fn challenge<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Whether `params` has `name` (as `name` or `name=value`), ignoring case.
+fn has_param(params: &[String], name: &str) -> bool {
+    params.iter().any(|p| {
+        let key = p.split_once('=').map_or(p.as_str(), |(k, _)| k);
+        key.eq_ignore_ascii_case(name)
+    })
+}
+
+/// MAIL parameters against what was offered: an unoffered extension or a non-ASCII sender
+/// without SMTPUTF8 is a violation; a declared SIZE over the maximum is refused as RFC 1870
+/// 6 says. Returns the refusal, if any.
+fn check_mail_params<S>(c: &Conn<S>, from: &str, params: &[String]) -> Option<&'static str> {
+    let ext = c.state.extensions;
+    let mut refusal = None;
+    for p in params {
+        let (key, value) = p.split_once('=').unwrap_or((p.as_str(), ""));
+        let offered = match key.to_ascii_uppercase().as_str() {
+            "BODY" => value.eq_ignore_ascii_case("7BIT") || ext.eightbitmime,
+            "SMTPUTF8" => ext.smtputf8,
+            "SIZE" => {
+                let limit = ext.size.unwrap_or(0);
+                let declared: u64 = value.parse().unwrap_or(u64::MAX);
+                if limit > 0 && declared > limit {
+                    refusal = Some("552 5.3.4 Message size exceeds fixed maximum message size");
+                }
+                ext.size.is_some()
+            }
+            _ => false,
+        };
+        if !offered {
+            c.state
+                .violation(c.id, format!("MAIL parameter {p} was not offered"));
+            refusal = Some("555 5.5.4 Unsupported option");
+        }
+    }
+    if !from.is_ascii() && !has_param(params, "SMTPUTF8") {
+        c.state
+            .violation(c.id, format!("non-ASCII sender {from:?} without SMTPUTF8"));
+        refusal = Some("553 5.6.7 SMTPUTF8 required");
+    }
+    refusal
+}
+
 /// Splits `FROM:<path> params` / `TO:<path> params` into the path and parameters.
 fn path_and_params(arg: &str, keyword: &str) -> Option<(String, Vec<String>)> {
     let head = arg.get(..keyword.len())?;
@@ -651,7 +743,20 @@ fn path_and_params(arg: &str, keyword: &str) -> Option<(String, Vec<String>)> {
     }
     let rest = arg[keyword.len()..].trim_start();
     let rest = rest.strip_prefix('<')?;
-    let (path, params) = rest.split_once('>')?;
+    // The path ends at the first `>` outside a quoted local part (RFC 5321 4.1.2:
+    // `"x<y>z"@example.org` is one mailbox).
+    let (mut quoted, mut escaped) = (false, false);
+    let end = rest.char_indices().find_map(|(i, ch)| {
+        match ch {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '>' if !quoted => return Some(i),
+            _ => {}
+        }
+        None
+    })?;
+    let (path, params) = (&rest[..end], &rest[end + 1..]);
     Some((
         path.to_owned(),
         params.split_whitespace().map(str::to_owned).collect(),
@@ -680,6 +785,9 @@ async fn mail<S: AsyncRead + AsyncWrite + Unpin>(
     let Some((from, params)) = path_and_params(arg, "FROM:") else {
         return c.reply("501 5.5.4 Syntax: MAIL FROM:<address>").await;
     };
+    if let Some(refusal) = check_mail_params(c, &from, &params) {
+        return c.reply(refusal).await;
+    }
     s.tx = Some(Received {
         conn: c.id,
         helo,
@@ -704,6 +812,11 @@ async fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
     let Some((to, _)) = path_and_params(arg, "TO:") else {
         return c.reply("501 5.5.4 Syntax: RCPT TO:<address>").await;
     };
+    if !to.is_ascii() && !has_param(&tx.mail_params, "SMTPUTF8") {
+        c.state
+            .violation(c.id, format!("non-ASCII recipient {to:?} without SMTPUTF8"));
+        return c.reply("553 5.6.7 SMTPUTF8 required").await;
+    }
     let scripted = c
         .state
         .take_fault(|f| matches!(f, Fault::Rcpt(a, _) if a.eq_ignore_ascii_case(&to)));
@@ -737,6 +850,21 @@ async fn data<S: AsyncRead + AsyncWrite + Unpin>(
     let Some(mut tx) = s.tx.take() else {
         return Ok(true);
     };
+    // RFC 6152 3: octets over 127 only in a transaction declared BODY=8BITMIME.
+    let declared_8bit = tx
+        .mail_params
+        .iter()
+        .any(|p| p.eq_ignore_ascii_case("BODY=8BITMIME"));
+    if body.iter().any(|b| *b >= 0x80) && !declared_8bit {
+        c.state
+            .violation(c.id, "8-bit content without BODY=8BITMIME");
+    }
+    let limit = c.state.extensions.size.unwrap_or(0);
+    if limit > 0 && body.len() as u64 > limit {
+        c.reply("552 5.3.4 Message size exceeds fixed maximum message size")
+            .await?;
+        return Ok(true);
+    }
     let fault = c
         .state
         .take_fault(|f| matches!(f, Fault::DataEnd(_) | Fault::DropAfterDot));
@@ -757,5 +885,15 @@ async fn data<S: AsyncRead + AsyncWrite + Unpin>(
     let n = c.state.messages.lock().unwrap().len();
     c.reply(&format!("250 2.0.0 Ok: queued as sink-{n}"))
         .await?;
+    let hang_up = c
+        .state
+        .take_fault(|f| matches!(f, Fault::HangUpAfterMessage(_)));
+    if let Some(Fault::HangUpAfterMessage(last_words)) = hang_up {
+        if let Some(line) = last_words {
+            c.reply(&line).await?;
+        }
+        c.state.note(c.id, "!!", b"hanging up after the message");
+        return Ok(false);
+    }
     Ok(true)
 }
