@@ -128,14 +128,14 @@ fn with_protocol(t: &Trace<'_>) -> &'static str {
 /// The Received field, folded over lines of reasonable length.
 fn received(t: &Trace<'_>) -> String {
     let with = with_protocol(t);
-    let helo = sanitize(t.helo);
+    let helo = sanitize(t.helo, t.utf8);
     let ip = match t.client_ip {
         IpAddr::V4(v4) => v4.to_string(),
         IpAddr::V6(v6) => format!("IPv6:{v6}"),
     };
     let rcpt = t
         .single_rcpt
-        .map(|r| format!("\r\n\tfor <{}>", sanitize(r)))
+        .map(|r| format!("\r\n\tfor <{}>", sanitize(r, t.utf8)))
         .unwrap_or_default();
     format!(
         "Received: from {helo} ([{ip}])\r\n\tby {} (postern) with {with} id {}{rcpt};\r\n\t{}\r\n",
@@ -146,9 +146,18 @@ fn received(t: &Trace<'_>) -> String {
 }
 
 /// Keeps client-supplied text from breaking the header: no control characters.
-fn sanitize(s: &str) -> String {
+/// Makes client-supplied text safe for a header: no control characters (no header
+/// injection), and outside SMTPUTF8 transactions ASCII only (RFC 5322 2.2; UTF-8 in headers
+/// needs RFC 6532, which only SMTPUTF8 may carry).
+fn sanitize(s: &str, utf8: bool) -> String {
     s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
+        .map(|c| {
+            if c.is_control() || (!utf8 && !c.is_ascii()) {
+                '?'
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -257,6 +266,22 @@ mod tests {
                 now: SystemTime::UNIX_EPOCH,
             };
             assert_eq!(with_protocol(&t), want);
+        }
+    }
+
+    /// Client text in the Received field: control characters never pass; UTF-8 only in
+    /// SMTPUTF8 transactions.
+    #[test]
+    fn sanitize_rows() {
+        let rows = [
+            ("client.example", false, "client.example"),
+            ("a\r\nX-Evil: 1", true, "a??X-Evil: 1"),
+            ("b\u{e4}cker.example", false, "b?cker.example"),
+            ("b\u{e4}cker.example", true, "b\u{e4}cker.example"),
+            ("tab\there\u{7f}", true, "tab?here?"),
+        ];
+        for (input, utf8, want) in rows {
+            assert_eq!(sanitize(input, utf8), want, "{input:?} utf8={utf8}");
         }
     }
 }

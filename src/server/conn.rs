@@ -257,12 +257,12 @@ async fn handshake(
 impl Conn {
     async fn run(&mut self, refusal: Option<Reply>, shutdown: Shutdown) -> Result<(), End> {
         if let Some(reply) = refusal {
-            let _ = self.session.refuse(reply);
-            return self.flush().await;
+            let step = self.session.refuse(reply);
+            return self.perform(step).await.map(|_| ());
         }
         self.session.greet();
         loop {
-            if self.process_input().await? {
+            if self.process_input(&shutdown).await? {
                 return Ok(());
             }
             self.flush().await?;
@@ -277,20 +277,20 @@ impl Conn {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => return Err(End::Io(e)),
                     Err(_) => {
-                        let _ = self.session.timed_out();
                         info!(timeout = ?wait, "session timed out");
-                        return self.flush().await;
+                        let step = self.session.timed_out();
+                        return self.perform(step).await.map(|_| ());
                     }
                 },
                 // Draining: a session between transactions is told 421 now; one inside a
                 // transaction may finish it within the grace period (Postfix does the same).
                 () = shutdown.stop.cancelled(), if !self.session.in_transaction() => {
-                    let _ = self.session.shutting_down();
-                    return self.flush().await;
+                    let step = self.session.shutting_down();
+                    return self.perform(step).await.map(|_| ());
                 }
                 () = shutdown.force.cancelled() => {
-                    let _ = self.session.shutting_down();
-                    return self.flush().await;
+                    let step = self.session.shutting_down();
+                    return self.perform(step).await.map(|_| ());
                 }
             }
         }
@@ -339,9 +339,14 @@ impl Conn {
 
     /// Feeds buffered input to the engine until it needs more; returns true when the
     /// session is over.
-    async fn process_input(&mut self) -> Result<bool, End> {
+    async fn process_input(&mut self, shutdown: &Shutdown) -> Result<bool, End> {
         let mut pos = 0;
         let result = loop {
+            // Draining: once a transaction is over, commands pipelined behind it are left
+            // unread, and the caller answers 421 instead of opening another transaction.
+            if shutdown.stop.is_cancelled() && !self.session.in_transaction() {
+                break Ok(false);
+            }
             let (used, step) = self.session.advance(&self.buf[pos..]);
             pos += used;
             self.spool_body();

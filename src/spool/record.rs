@@ -183,9 +183,11 @@ pub struct Envelope {
     pub client_ip: IpAddr,
     /// Authenticated user or device identity, if any.
     pub identity: Option<String>,
-    /// The client asked for SMTPUTF8 (RFC 6531 3.4).
+    /// The message needs SMTPUTF8 upstream (RFC 6531 3.4): the client asked for it, or the
+    /// envelope (after sender rewrite) has a UTF-8 address.
     pub smtputf8: bool,
-    /// The client declared BODY=8BITMIME (RFC 6152 2).
+    /// The content is 8-bit (RFC 6152 2): the client declared BODY=8BITMIME, or an octet
+    /// above 127 was seen in it.
     pub body_8bit: bool,
     /// Delivery attempts made so far.
     pub attempts: u32,

@@ -211,12 +211,10 @@ async fn sigterm_grace_expiry_drops_unfinished_message() {
 /// While draining, a client that pipelines its next MAIL behind the final dot (RFC 2920) is
 /// between transactions once the dot is answered, so that MAIL must get `421 4.3.2` and the
 /// session must close (RFC 5321 4.2.3: 421 may answer any command when the service must shut
-/// down), as `conn.rs` intends for sessions between transactions. Today the buffered MAIL is
-/// fed to the engine before the shutdown signal is looked at: it gets `250 2.1.0` and a new
-/// transaction starts, so such a client keeps its session until the grace period ends.
+/// down), as `conn.rs` intends for sessions between transactions. (It once got `250 2.1.0`: the
+/// buffered MAIL was fed to the engine before the shutdown signal was looked at.)
 /// In-process: `TestServer::stop` is the `Running::shutdown` the SIGTERM handler calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: src/server/conn.rs Conn::run/process_input start a new transaction from a MAIL pipelined after the final dot while draining (250 2.1.0 instead of 421 4.3.2)"]
 async fn drain_refuses_mail_pipelined_after_the_dot() {
     let mut server = TestServer::start(Opts::with("shutdown_grace: 2s\n")).await;
     let mut idle = server.legacy_session().await;

@@ -151,10 +151,8 @@ async fn tls_session_close_sends_close_notify() {
 
 /// The server's other `421` closes on a TLS session must end the same way: the command
 /// timeout, the over-cap refusal on the implicit-TLS listener (sent after the handshake) and
-/// the drain at shutdown. Today each sends its 421, then closes TCP without `close_notify`
-/// (rustls: "peer closed connection without sending TLS close_notify").
+/// the drain at shutdown (each once closed TCP without `close_notify`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: src/server/conn.rs Conn::run drops the Step::Close of refuse/timed_out/shutting_down and only flushes, so TLS sessions get no close_notify (RFC 8446 6.1)"]
 async fn tls_421_closes_send_close_notify() {
     // Command timeout.
     let server = TestServer::start(Opts::with(
