@@ -21,3 +21,4 @@ mod external;
 mod protocol;
 mod selftest;
 mod sessions;
+mod shipped;
