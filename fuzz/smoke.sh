@@ -31,7 +31,11 @@ export RUSTFLAGS="-Cpasses=sancov-module \
  --cfg fuzzing"
 
 echo "== fuzz: build ($host)"
-cargo build --locked --release --target "$host" --target-dir target --bins
+if ! cargo build --locked --release --target "$host" --target-dir target --bins; then
+    echo "fuzz build failed; if fuzz/Cargo.lock is out of date after a dependency"
+    echo "change in postern, run 'cargo update -p postern' in fuzz/ and commit it"
+    exit 1
+fi
 bin=target/$host/release
 
 failed=()
@@ -78,8 +82,9 @@ for t in $targets; do
     fi
 done
 
+ran=$(echo $targets | wc -w)
+echo "fuzz: $((ran - ${#failed[@]})) passed, ${#failed[@]} failed"
 if [ ${#failed[@]} -gt 0 ]; then
-    echo "fuzz smoke FAILED: ${failed[*]} (logs in fuzz/artifacts/<target>/smoke.log)"
+    echo "failed: ${failed[*]} (logs in fuzz/artifacts/<target>/smoke.log)"
     exit 1
 fi
-echo "fuzz smoke ok"

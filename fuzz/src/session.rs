@@ -11,6 +11,10 @@
 //! - A password is only asked about over TLS, MAIL only reaches policy after
 //!   AUTH where AUTH is required, a message has 1..=max_recipients
 //!   recipients, and `Question` Debug never shows a password.
+//! - Replies that grant something (235, 354, `250 2.1.0`, `250 2.1.5`,
+//!   queued) only follow the matching verdict, each answer starts with the
+//!   reply its verdict calls for, AUTH is only offered over TLS and STARTTLS
+//!   only outside it.
 //! - Everything written parses as whole replies with the upstream reply
 //!   parser; `421 4.3.0` (the engine's "impossible state") never appears
 //!   unless the shell itself broke the protocol (answered with the wrong kind
@@ -182,9 +186,11 @@ impl Shell {
             self.buf.drain(..n);
             let written = self.collect(n);
             assert!(
-                written <= 2 * REPLY_MAX * n,
-                "{written} bytes of replies for {n} bytes of input"
+                written.len() <= 2 * REPLY_MAX * n,
+                "{} bytes of replies for {n} bytes of input",
+                written.len()
             );
+            self.check_unprompted(&written);
             // After an answer the engine goes on with the buffered input,
             // so `NeedInput` only ends the loop when `advance` said it.
             let mut answered = false;
@@ -227,7 +233,7 @@ impl Shell {
 
     /// Moves the session's output and body into the transcript and spool;
     /// returns the reply bytes written. `consumed` bounds the body growth.
-    fn collect(&mut self, consumed: usize) -> usize {
+    fn collect(&mut self, consumed: usize) -> Vec<u8> {
         let out = std::mem::take(self.s.output());
         self.t.out.extend_from_slice(&out);
         let body = std::mem::take(self.s.take_body());
@@ -246,7 +252,35 @@ impl Shell {
             self.spool.len(),
             self.cfg.max_message_size
         );
-        out.len()
+        out
+    }
+
+    /// Replies the engine wrote on its own, without a verdict: never one
+    /// that only a positive verdict may produce, and never an AUTH offer in
+    /// clear text (RFC 4954 4, RFC 8314) or a STARTTLS offer inside TLS.
+    fn check_unprompted(&self, out: &[u8]) {
+        for line in out.split(|&b| b == b'\n') {
+            for granted in [
+                &b"235 "[..],
+                b"354 ",
+                b"250 2.1.0",
+                b"250 2.1.5",
+                b"250 2.0.0 Ok: queued",
+            ] {
+                assert!(
+                    !line.starts_with(granted),
+                    "{:?} without a verdict",
+                    String::from_utf8_lossy(line)
+                );
+            }
+            let keyword = line.get(4..).unwrap_or_default();
+            if line.starts_with(b"250") && keyword.starts_with(b"AUTH") {
+                assert!(self.s.is_tls(), "AUTH offered without TLS");
+            }
+            if line.starts_with(b"250") && keyword.starts_with(b"STARTTLS") {
+                assert!(!self.s.is_tls(), "STARTTLS offered inside TLS");
+            }
+        }
     }
 
     /// Checks a question, answers it and returns the session's next step.
@@ -287,11 +321,27 @@ impl Shell {
                 self.t.messages.push((envelope.clone(), body));
             }
         }
+        // The reply the verdict calls for comes first.
+        let want = match (&verdict, &question) {
+            (Verdict::Reject(r) | Verdict::RejectAndClose(r), _) => r.code(),
+            _ if verdict != matching => 421,
+            (_, Question::Data) => 354,
+            (_, Question::Auth { .. }) => 235,
+            _ => 250,
+        };
         let is_data = question == Question::Data;
         self.t.questions.push(question);
         let step = self.s.answer(verdict.clone());
         let written = self.collect(0);
-        assert!(written <= 2 * REPLY_MAX, "{written} bytes for one answer");
+        assert!(written.len() <= 2 * REPLY_MAX, "{written:?} for one answer");
+        let code = written
+            .get(..3)
+            .map(|c| String::from_utf8_lossy(c).into_owned());
+        assert_eq!(
+            code,
+            Some(want.to_string()),
+            "{verdict:?} answered with {written:?}"
+        );
         if is_data && verdict == Verdict::Accept {
             assert!(self.s.in_data(), "accepted DATA but not receiving");
             self.spool_open = true;
