@@ -19,6 +19,11 @@
 
 use std::collections::VecDeque;
 
+/// The escape syntax of `C:`/`R:` lines, shared with the TCP runner in `tests/it/dialogs.rs`.
+#[path = "../../tests/dialogs/unescape.rs"]
+mod script;
+pub(super) use script::unescape;
+
 use crate::smtp::data::BareLf;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{
@@ -164,42 +169,6 @@ pub(super) fn config(header: &str) -> (SessionConfig, bool) {
     }
     let active = tls_active.unwrap_or(cfg.tls == TlsOffer::Implicit);
     (cfg, active)
-}
-
-/// Expands `\r \n \t \\` and `${N*c}`.
-pub(super) fn unescape(s: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut rest = s;
-    while let Some(c) = rest.chars().next() {
-        if let Some(body) = rest.strip_prefix("${") {
-            let end = body
-                .find('}')
-                .unwrap_or_else(|| panic!("unclosed ${{ in {s}"));
-            let (n, ch) = body[..end]
-                .split_once('*')
-                .unwrap_or_else(|| panic!("bad repeat {s}"));
-            let n: usize = n.parse().unwrap_or_else(|_| panic!("bad count in {s}"));
-            out.extend(ch.as_bytes().repeat(n));
-            rest = &body[end + 1..];
-            continue;
-        }
-        if c == '\\' {
-            let e = rest[1..].chars().next().unwrap_or('\\');
-            out.extend_from_slice(match e {
-                'r' => b"\r",
-                'n' => b"\n",
-                't' => b"\t",
-                '0' => b"\0",
-                _ => b"\\",
-            });
-            rest = &rest[1 + e.len_utf8()..];
-            continue;
-        }
-        let mut tmp = [0u8; 4];
-        out.extend_from_slice(c.encode_utf8(&mut tmp).as_bytes());
-        rest = &rest[c.len_utf8()..];
-    }
-    out
 }
 
 /// Parses `<code> <x.y.z> text` into a reply.

@@ -145,7 +145,9 @@ async fn burst_session(
     Ok(())
 }
 
-fn kill9_config(dir: &Path, port: u16, sink: u16) -> PathBuf {
+/// Writes `DIR/postern.yaml`: one plain listener on `port` (no AUTH, 127.0.0.1 only) relaying
+/// to the sink on `sink`, retrying within seconds, with `extra` top-level YAML appended.
+pub fn legacy_config(dir: &Path, port: u16, sink: u16, extra: &str) -> PathBuf {
     let yaml = format!(
         r#"hostname: relay.test
 listeners:
@@ -154,7 +156,7 @@ queue: {{directory: {d}/spool, min_backoff: 1s, max_backoff: 2s}}
 upstreams:
   - {{name: sink, address: "127.0.0.1:{sink}", tls: none, connect_timeout: 2s}}
 log: {{level: warn}}
-"#,
+{extra}"#,
         d = dir.display()
     );
     let path = dir.join("postern.yaml");
@@ -170,7 +172,7 @@ async fn kill_9_mid_burst_loses_no_acknowledged_message() {
     let sink = Sink::start(SinkOptions::default()).await;
     let port = reserve_port();
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let config = kill9_config(dir.path(), port, sink.port());
+    let config = legacy_config(dir.path(), port, sink.port(), "");
     let mut postern = Postern::run(&config, &dir.path().join("postern-1.log"));
     wait_listening(addr, &mut postern).await;
 

@@ -34,6 +34,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+#[path = "../dialogs/unescape.rs"]
+mod script;
+use script::unescape;
+
 use crate::harness::ca::TestCa;
 use crate::harness::client::{Dialog, step};
 use crate::harness::sink::{Received, Sink, SinkOptions};
@@ -137,37 +141,6 @@ impl Script {
         }
         None
     }
-}
-
-/// Expands `\r \n \t \0 \\` and `${N*c}` (the in-process runner's `unescape`).
-fn unescape(s: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut rest = s;
-    while let Some(c) = rest.chars().next() {
-        if let Some(body) = rest.strip_prefix("${") {
-            let end = body.find('}').unwrap();
-            let (n, ch) = body[..end].split_once('*').unwrap();
-            out.extend(ch.as_bytes().repeat(n.parse().unwrap()));
-            rest = &body[end + 1..];
-            continue;
-        }
-        if c == '\\' {
-            let e = rest[1..].chars().next().unwrap_or('\\');
-            out.extend_from_slice(match e {
-                'r' => b"\r",
-                'n' => b"\n",
-                't' => b"\t",
-                '0' => b"\0",
-                _ => b"\\",
-            });
-            rest = &rest[1 + e.len_utf8()..];
-            continue;
-        }
-        let mut tmp = [0u8; 4];
-        out.extend_from_slice(c.encode_utf8(&mut tmp).as_bytes());
-        rest = &rest[c.len_utf8()..];
-    }
-    out
 }
 
 /// A postern with one listener shaped by a script's header, and its sink.

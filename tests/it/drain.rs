@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use crate::binary::{Postern, wait_listening};
+use crate::binary::{Postern, legacy_config, wait_listening};
 use crate::harness::client::{Dialog, STEP};
 use crate::harness::sink::{Received, Sink, SinkOptions, reserve_port};
 use crate::harness::{DELIVERY, Opts, TestServer, message, send_mail, split_prefix};
@@ -26,20 +26,8 @@ const EXIT: Duration = Duration::from_secs(10);
 /// port; returns the file and the listener's address.
 fn drain_config(dir: &Path, sink: u16, grace: &str) -> (PathBuf, SocketAddr) {
     let port = reserve_port();
-    let yaml = format!(
-        r#"hostname: relay.test
-listeners:
-  - {{name: legacy, address: "127.0.0.1:{port}", tls: none, auth: none, allow_networks: [127.0.0.1/32]}}
-queue: {{directory: {d}/spool, min_backoff: 1s, max_backoff: 2s}}
-upstreams:
-  - {{name: sink, address: "127.0.0.1:{sink}", tls: none, connect_timeout: 2s}}
-shutdown_grace: {grace}
-log: {{level: warn}}
-"#,
-        d = dir.display()
-    );
-    let path = dir.join("postern.yaml");
-    std::fs::write(&path, yaml).unwrap();
+    let extra = format!("shutdown_grace: {grace}\n");
+    let path = legacy_config(dir, port, sink, &extra);
     (path, SocketAddr::from(([127, 0, 0, 1], port)))
 }
 
