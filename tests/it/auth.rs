@@ -47,6 +47,12 @@ async fn auth_dialogues() {
             ],
         ),
         (
+            // RFC 4616 2: alice may not authorize as bob.
+            "PLAIN with another authorization identity",
+            Stage::AfterTls,
+            vec![("AUTH PLAIN Ym9iAGFsaWNlAGFsaWNlLXB3", "535 5.7.8")],
+        ),
+        (
             "PLAIN bad password",
             Stage::AfterTls,
             vec![("AUTH PLAIN AGFsaWNlAHdyb25n", "535 5.7.8")],

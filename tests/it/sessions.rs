@@ -131,6 +131,54 @@ async fn silent_client_times_out() {
     tokio::join!(greeted, after_ehlo, in_data);
 }
 
+/// A client that pipelines commands and never reads the replies cannot hold its slot: once
+/// the socket buffers are full the server's write times out (the command timeout covers
+/// writes too) and the session ends. With the legacy listener capped at one session, a new
+/// client is admitted again only if the stalled one was let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_that_never_reads_is_let_go() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(Opts {
+        extra: "timeouts: {command: 1s}\n".into(),
+        legacy: "max_connections: 1".into(),
+        ..Opts::default()
+    })
+    .await;
+    let mut tcp = tokio::net::TcpStream::connect(server.legacy).await.unwrap();
+    let mut greeting = [0u8; 3];
+    tcp.read_exact(&mut greeting).await.unwrap();
+    assert_eq!(&greeting, b"220");
+    // Each NOOP (6 octets) is answered with 14: write until the server stops reading
+    // (bounded: at most 64 MiB, each write given 3 s).
+    let chunk = b"NOOP\r\n".repeat(10_000);
+    let mut stalled = false;
+    for _ in 0..(64 << 20) / chunk.len() {
+        let write = tokio::time::timeout(Duration::from_secs(3), tcp.write_all(&chunk));
+        // A write that hangs (the server stopped reading) or fails (it already closed).
+        if !matches!(write.await, Ok(Ok(()))) {
+            stalled = true;
+            break;
+        }
+    }
+    assert!(
+        stalled,
+        "the server kept reading: its replies never filled the buffers"
+    );
+    // Wait (bounded) for the stalled session's slot to be freed; before writes had a
+    // timeout it never was.
+    for _ in 0..500 {
+        let mut next = connect(None, server.legacy).await;
+        let reply = next.try_reply().await.expect("closed without a reply");
+        if reply.code == 220 {
+            drop(tcp);
+            return;
+        }
+        next.expect_closed().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the session of a client that never reads was never ended");
+}
+
 /// A TLS session the server ends after QUIT, or after `limits.max_errors`, ends with a TLS
 /// `close_notify` before the TCP close (RFC 8446 6.1), so the client can tell the end from a
 /// truncation. (The control for the test below.)
