@@ -179,6 +179,59 @@ async fn client_that_never_reads_is_let_go() {
     panic!("the session of a client that never reads was never ended");
 }
 
+/// Refusals hold no connection slot, so they have their own cap (64 in flight): on the
+/// implicit-TLS listener each is owed a handshake, and a flood of silent refused clients
+/// must not cost unbounded descriptors. Past the cap a refused client is closed without a
+/// handshake; once the silent ones leave, refusals get their handshake and `421` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_in_flight_are_capped() {
+    let server = TestServer::start(Opts::with("limits: {max_connections: 1}\n")).await;
+    let _holder = assert_admitted(None, server.legacy).await;
+    let tls = tokio_rustls::TlsConnector::from(server.ca.client_config());
+    let try_tls = async || {
+        let tcp = tokio::net::TcpStream::connect(server.submissions)
+            .await
+            .unwrap();
+        let handshake = tls.connect(crate::harness::ca::server_name(), tcp);
+        tokio::time::timeout(Duration::from_secs(10), handshake)
+            .await
+            .expect("handshake hung")
+    };
+    // 64 refused clients that never send a ClientHello: each holds a refusal for the
+    // server's short handshake timeout.
+    let mut silent = Vec::new();
+    for _ in 0..64 {
+        silent.push(
+            tokio::net::TcpStream::connect(server.submissions)
+                .await
+                .unwrap(),
+        );
+    }
+    // The server takes them in order; once it has, the next one gets no handshake at all.
+    let mut closed_unheard = false;
+    for _ in 0..100 {
+        if try_tls().await.is_err() {
+            closed_unheard = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        closed_unheard,
+        "a 65th refusal in flight still got a TLS handshake"
+    );
+    drop(silent);
+    for _ in 0..500 {
+        if let Ok(stream) = try_tls().await {
+            let mut d = Dialog::from_tls(stream);
+            d.expect(TOO_MANY).await;
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("refusals never got their handshake back after the silent clients left");
+}
+
 /// A TLS session the server ends after QUIT, or after `limits.max_errors`, ends with a TLS
 /// `close_notify` before the TCP close (RFC 8446 6.1), so the client can tell the end from a
 /// truncation. (The control for the test below.)

@@ -107,7 +107,11 @@ impl Dialog {
     pub async fn connect_tls_silent(addr: SocketAddr, ca: &TestCa) -> Dialog {
         let tcp = step("connect", TcpStream::connect(addr)).await.unwrap();
         tcp.set_nodelay(true).unwrap();
-        let tls = handshake(tcp, ca).await;
+        Dialog::from_tls(handshake(tcp, ca).await)
+    }
+
+    /// A dialog over a TLS stream the caller set up.
+    pub fn from_tls(tls: TlsStream<TcpStream>) -> Dialog {
         Dialog {
             stream: Stream::Tls(Box::new(tls)),
             buf: Vec::new(),
