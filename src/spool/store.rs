@@ -819,6 +819,21 @@ mod tests {
         );
     }
 
+    /// `queue.sync: syncfs`: a spool opened with it commits and recovers like the default.
+    #[tokio::test]
+    async fn syncfs_spool_commits_and_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open_with(dir.path(), SyncMode::Syncfs).unwrap();
+        let env = put(&spool, b"P\r\n", b"body\r\n", 2).await;
+        drop(spool);
+        let (spool, found) = Spool::open_with(dir.path(), SyncMode::Syncfs).unwrap();
+        assert_eq!(found, vec![env.clone()]);
+        assert_eq!(
+            read_body(&spool, &env.id),
+            (b"P\r\n".to_vec(), b"body\r\n".to_vec())
+        );
+    }
+
     #[test]
     fn second_open_is_refused_until_the_first_is_dropped() {
         let dir = tempfile::tempdir().unwrap();

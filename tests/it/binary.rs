@@ -40,8 +40,13 @@ impl Postern {
 
     /// SIGTERM, by the child's PID: what an init system sends to stop postern.
     pub fn sigterm(&self) {
-        use rustix::process::{Pid, Signal, kill_process};
-        kill_process(Pid::from_child(&self.0), Signal::TERM).unwrap();
+        self.signal(rustix::process::Signal::TERM);
+    }
+
+    /// Sends `signal` to the child, by its PID.
+    pub fn signal(&self, signal: rustix::process::Signal) {
+        use rustix::process::{Pid, kill_process};
+        kill_process(Pid::from_child(&self.0), signal).unwrap();
     }
 
     /// The exit status if the child has exited (reaping it), `None` while it runs.
