@@ -31,6 +31,7 @@ pub mod server;
 pub mod shutdown;
 pub mod smtp;
 pub mod spool;
+pub mod stream;
 pub mod telemetry;
 pub mod upstream;
 pub mod users;

@@ -6,12 +6,10 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, info, warn};
@@ -28,6 +26,7 @@ use crate::smtp::session::{
     AuthPolicy, Envelope, Question, Session, SessionConfig, Step, TlsOffer, Verdict,
 };
 use crate::spool::{self, SpoolWriter};
+use crate::stream::Stream;
 use crate::telemetry::events::{self, MessageSummary};
 use crate::users::AuthCheck;
 
@@ -37,63 +36,6 @@ const READ_CHUNK: usize = 16 * 1024;
 /// The longest TLS handshake a refused client on an implicit-TLS listener gets before its
 /// `421`/`554` (the configured `timeouts.tls_handshake` if shorter).
 const REFUSAL_HANDSHAKE: Duration = Duration::from_secs(5);
-
-/// A client stream, before or after TLS.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-    /// Only while the TCP stream is inside the TLS acceptor during STARTTLS.
-    Detached,
-}
-
-fn detached() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::NotConnected,
-        "stream is being upgraded to TLS",
-    )
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Stream::Detached => Poll::Ready(Err(detached())),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Stream::Detached => Poll::Ready(Err(detached())),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Stream::Detached => Poll::Ready(Err(detached())),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Stream::Detached => Poll::Ready(Err(detached())),
-        }
-    }
-}
 
 /// Why a session ended early; logged at debug, never sent to anyone.
 #[derive(Debug)]
@@ -179,7 +121,7 @@ pub async fn serve(
     };
     let stream = if implicit {
         match handshake(tcp, &shared, limit).await {
-            Ok(tls) => Stream::Tls(Box::new(tls)),
+            Ok(tls) => Stream::from(tls),
             Err(e) => {
                 debug!(error = %e, "TLS handshake failed");
                 return;
@@ -392,16 +334,13 @@ impl Conn {
 
     async fn start_tls(&mut self) -> Result<(), End> {
         self.flush().await?;
-        let tcp = match std::mem::replace(&mut self.stream, Stream::Detached) {
-            Stream::Plain(tcp) => tcp,
-            _ => {
-                return Err(End::Tls(
-                    "STARTTLS on a stream that is not plain TCP".into(),
-                ));
-            }
+        let Some(tcp) = self.stream.take_plain() else {
+            return Err(End::Tls(
+                "STARTTLS on a stream that is not plain TCP".into(),
+            ));
         };
         let tls = handshake(tcp, &self.shared, self.shared.timeouts.tls_handshake.get()).await?;
-        self.stream = Stream::Tls(Box::new(tls));
+        self.stream = Stream::from(tls);
         self.session.tls_established();
         Ok(())
     }

@@ -6,11 +6,8 @@
 //! apart from "refused" (BRIEF: no blind duplicates).
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::ClientConfig;
-use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -18,6 +15,7 @@ use tokio::time::timeout;
 use crate::smtp::reply_parser::{Capabilities, UpstreamReply};
 use crate::upstream::conn::Conn;
 use crate::upstream::error::{Capability, Error, Stage};
+pub use crate::upstream::settings::{Credentials, Security, Settings, Timeouts, TlsTarget};
 
 /// Bytes read from the body source and written to the upstream per step. The message is
 /// streamed; it is never held whole in memory.
@@ -26,81 +24,6 @@ const CHUNK: usize = 64 * 1024;
 /// Most commands written in one pipelined group before reading their replies (RFC 2920 3.1:
 /// the client must not deadlock on a full window; replies of 100 commands fit any buffer).
 const PIPELINE_GROUP: usize = 100;
-
-/// RFC 5321 4.5.3.2.6: the client waits at least 10 minutes for the reply to the final dot.
-const FINAL_DOT_MIN: Duration = Duration::from_secs(600);
-
-/// How the connection is secured.
-#[derive(Debug, Clone)]
-pub enum Security {
-    /// Plain text (loopback sinks, internal MTAs).
-    Plain,
-    /// STARTTLS, required (RFC 3207): no STARTTLS offered is [`Error::NoStartTls`].
-    StartTls(TlsTarget),
-    /// TLS from the first byte (RFC 8314).
-    Implicit(TlsTarget),
-}
-
-/// What TLS needs: the client configuration and the name to verify (RFC 7817).
-#[derive(Debug, Clone)]
-pub struct TlsTarget {
-    /// From [`crate::upstream::tls::client_config`].
-    pub config: Arc<ClientConfig>,
-    /// Verified against the certificate and sent as SNI when a DNS name.
-    pub server_name: ServerName<'static>,
-}
-
-/// Upstream AUTH credentials. `Debug` hides the password.
-#[derive(Clone)]
-pub struct Credentials {
-    /// Login name.
-    pub username: String,
-    /// Password (from `password` or `password_file`).
-    pub password: String,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Credentials")
-            .field("username", &self.username)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Client timeouts (RFC 5321 4.5.3.2).
-#[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
-    /// TCP connect.
-    pub connect: Duration,
-    /// Each command's reply, each write, and the TLS handshake (RFC: 5 minutes for most).
-    pub command: Duration,
-}
-
-impl Timeouts {
-    /// Wait for the reply to the final dot: at least 10 minutes (RFC 5321 4.5.3.2.6).
-    pub fn final_dot(&self) -> Duration {
-        self.command.max(FINAL_DOT_MIN)
-    }
-}
-
-/// Everything needed to open a connection to one upstream.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// The upstream's configured name (for errors and logs).
-    pub name: String,
-    /// Host name or IP address to connect to.
-    pub host: String,
-    /// TCP port.
-    pub port: u16,
-    /// TLS mode and parameters.
-    pub security: Security,
-    /// Name sent in EHLO/HELO.
-    pub helo_name: String,
-    /// AUTH credentials, when configured.
-    pub credentials: Option<Credentials>,
-    /// Timeouts.
-    pub timeouts: Timeouts,
-}
 
 /// One message to send.
 pub struct Outgoing<'a> {

@@ -4,21 +4,19 @@
 //! Split from `client.rs` so that file holds the transaction logic only.
 
 use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
 
 use crate::smtp::reply_parser::{Capabilities, UpstreamReply, parse_reply};
-use crate::upstream::client::{Credentials, Timeouts, TlsTarget};
+use crate::stream::Stream;
 use crate::upstream::error::{Error, Stage};
+use crate::upstream::settings::{Credentials, Timeouts, TlsTarget};
 
 /// The connection below the SMTP dialogue: a stream, a read buffer, and timeouts.
 #[derive(Debug)]
@@ -212,7 +210,7 @@ impl Conn {
             Ok(Ok(tls)) => tls,
         };
         Ok(Conn {
-            stream: Stream::Tls(Box::new(tls)),
+            stream: Stream::from(tls),
             rbuf,
             name,
             timeouts,
@@ -268,52 +266,5 @@ impl Conn {
             reply = self.command(&BASE64.encode(secret), Stage::Auth).await?;
         }
         Ok(reply)
-    }
-}
-
-/// Plain TCP or TLS over TCP; both `Unpin`, so the impls just forward.
-#[derive(Debug)]
-pub(crate) enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
     }
 }

@@ -23,6 +23,7 @@ pub mod directory;
 pub mod error;
 pub mod pool;
 pub mod route;
+pub mod settings;
 pub mod tls;
 
 use std::collections::HashMap;
