@@ -8,19 +8,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
+use crate::clock::Clock;
 use crate::config::schema::{Config, ListenerTls, QueueSync};
-use crate::delivery::{self, Timing};
-use crate::policy::Policy;
+use crate::delivery;
+use crate::rules::{ListenerInfo, Rules};
 use crate::server::listener::{self, Caps, Listener, PerIp};
-use crate::server::{ListenerInfo, Shared, tls};
+use crate::server::{Runtime, tls};
 use crate::shutdown::Shutdown;
 use crate::spool::{Spool, SyncMode};
 use crate::upstream::Upstreams;
-use crate::users::Users;
+use crate::users::Verifier;
 
 /// Why postern could not start.
 #[derive(Debug)]
@@ -109,6 +111,11 @@ impl Running {
 
 /// Starts everything the config describes and returns once listeners are bound.
 pub async fn start(cfg: Config) -> Result<Running, AppError> {
+    start_with(cfg, Clock::new()).await
+}
+
+/// [`start`] with a given clock: tests pass one they move on with [`Clock::advance`].
+pub async fn start_with(cfg: Config, clock: Clock) -> Result<Running, AppError> {
     let server_tls = if cfg.listeners.iter().any(|l| l.tls != ListenerTls::None) {
         Some(load_tls(&cfg)?)
     } else {
@@ -129,33 +136,23 @@ pub async fn start(cfg: Config) -> Result<Running, AppError> {
         );
     }
     let upstreams = Arc::new(Upstreams::new(&cfg).map_err(|e| AppError::Upstream(e.to_string()))?);
+    let rules = Arc::new(ArcSwap::from_pointee(Rules::new(
+        &cfg, server_tls, upstreams,
+    )));
     let shutdown = Shutdown::default();
-    let timing = Timing {
-        min_backoff: cfg.queue.min_backoff.get(),
-        max_backoff: cfg.queue.max_backoff.get(),
-        max_age: cfg.queue.max_age.get(),
-    };
     let delivery = delivery::start(
         spool.clone(),
-        upstreams.clone(),
-        timing,
+        rules.clone(),
+        clock.clone(),
         recovered,
         shutdown.clone(),
     );
-    let shared = Arc::new(Shared {
-        hostname: cfg.hostname.clone(),
-        tls: server_tls,
-        users: Arc::new(Users::new(&cfg.users, &cfg.auth_cache)),
-        policy: Policy::new(&cfg),
-        router: upstreams.router().clone(),
+    let rt = Arc::new(Runtime {
+        rules,
         spool,
         delivery,
-        max_message_size: cfg.limits.max_message_size.get(),
-        max_recipients: cfg.limits.max_recipients,
-        max_errors: cfg.limits.max_errors,
-        bare_line_endings: cfg.smtp.bare_line_endings,
-        timeouts: cfg.timeouts.clone(),
-        headers: cfg.headers.clone(),
+        verifier: Verifier::new(&cfg.auth_cache),
+        clock,
     });
     let caps = Caps {
         global: Arc::new(Semaphore::new(cfg.limits.max_connections)),
@@ -181,7 +178,7 @@ pub async fn start(cfg: Config) -> Result<Running, AppError> {
         };
         shutdown.tracker.spawn(listener::run(
             listener,
-            shared.clone(),
+            rt.clone(),
             caps.clone(),
             shutdown.clone(),
         ));

@@ -19,12 +19,15 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{MissedTickBehavior, timeout};
 use tracing::{info, warn};
 
+use crate::clock::Clock;
+use crate::rules::LiveRules;
+pub use crate::rules::Timing;
 use crate::shutdown::Shutdown;
 use crate::spool::{Envelope, RcptStatus, Spool, schedule};
 use crate::telemetry::events;
@@ -40,17 +43,6 @@ const MAX_IN_FLIGHT: usize = 1024;
 /// the close at shutdown). The QUITs run concurrently, so one slow upstream cannot hold up
 /// the others; connections still open after this are closed without QUIT.
 const QUIT_LIMIT: Duration = Duration::from_secs(5);
-
-/// Retry timing, from `queue:` in the config.
-#[derive(Debug, Clone, Copy)]
-pub struct Timing {
-    /// First retry delay.
-    pub min_backoff: Duration,
-    /// Longest retry delay.
-    pub max_backoff: Duration,
-    /// Give up after this long in the queue.
-    pub max_age: Duration,
-}
 
 /// Hands committed messages to the runner.
 #[derive(Debug, Clone)]
@@ -69,8 +61,8 @@ impl DeliveryHandle {
 /// Starts the runner with what the spool recovered.
 pub fn start(
     spool: Spool,
-    upstreams: Arc<Upstreams>,
-    timing: Timing,
+    rules: LiveRules,
+    clock: Clock,
     recovered: Vec<Envelope>,
     shutdown: Shutdown,
 ) -> DeliveryHandle {
@@ -78,8 +70,8 @@ pub fn start(
     let handle = DeliveryHandle { tx };
     let runner = Runner {
         spool,
-        upstreams,
-        timing,
+        rules,
+        clock,
         back: handle.clone(),
         shutdown: shutdown.clone(),
     };
@@ -92,44 +84,51 @@ pub fn start(
 
 struct Runner {
     spool: Spool,
-    upstreams: Arc<Upstreams>,
-    timing: Timing,
+    /// Loaded afresh for each attempt, so a reload reaches the next attempts.
+    rules: LiveRules,
+    clock: Clock,
     back: DeliveryHandle,
     shutdown: Shutdown,
 }
 
-fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs()
-}
-
 impl Runner {
+    /// The upstreams of the current rules.
+    fn upstreams(&self) -> Arc<Upstreams> {
+        self.rules.load().upstreams.clone()
+    }
+
+    fn now_millis(&self) -> u64 {
+        self.clock
+            .wall()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO)
+            .as_millis() as u64
+    }
+
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Envelope>) {
         let this = Arc::new(self);
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         // Deferred messages by due time; the envelope is small, the body stays on disk.
         let mut waiting: BinaryHeap<Reverse<(u64, String, EnvelopeBox)>> = BinaryHeap::new();
-        let period = this.upstreams.reap_period();
+        let period = this.upstreams().reap_period();
         let mut reap = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         reap.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             let next_due = waiting.peek().map(|Reverse((due, _, _))| *due);
             let sleep = next_due.map_or(Duration::from_secs(3600), |due| {
-                Duration::from_millis(due.saturating_mul(1000).saturating_sub(now_millis()))
+                Duration::from_millis(due.saturating_mul(1000).saturating_sub(this.now_millis()))
             });
             tokio::select! {
                 () = this.shutdown.stop.cancelled() => break,
                 received = rx.recv() => match received {
-                    Some(env) if env.next_attempt_unix > now_unix() => {
+                    Some(env) if env.next_attempt_unix > this.clock.unix() => {
                         waiting.push(Reverse((env.next_attempt_unix, env.id.to_string(), EnvelopeBox(env))));
                     }
                     Some(env) => this.clone().spawn_attempt(env, &in_flight).await,
                     None => break,
                 },
                 () = tokio::time::sleep(sleep) => {
-                    let now = now_unix();
+                    let now = this.clock.unix();
                     while waiting.peek().is_some_and(|Reverse((due, _, _))| *due <= now) {
                         if let Some(Reverse((_, _, EnvelopeBox(env)))) = waiting.pop() {
                             this.clone().spawn_attempt(env, &in_flight).await;
@@ -150,7 +149,7 @@ impl Runner {
     /// the loop keeps dispatching; bounded, and abandoned at shutdown (the drain closes
     /// whatever is left).
     fn spawn_reap(&self) {
-        let upstreams = self.upstreams.clone();
+        let upstreams = self.upstreams();
         let stop = self.shutdown.stop.clone();
         self.shutdown.tracker.spawn(async move {
             tokio::select! {
@@ -169,7 +168,7 @@ impl Runner {
             _ = in_flight.acquire_many(all) => {}
             () = self.shutdown.force.cancelled() => {}
         }
-        if timeout(QUIT_LIMIT, self.upstreams.close_idle())
+        if timeout(QUIT_LIMIT, self.upstreams().close_idle())
             .await
             .is_err()
         {
@@ -196,8 +195,8 @@ impl Runner {
 
     /// One delivery attempt over the route, then the bookkeeping.
     async fn attempt(&self, mut env: Envelope) {
-        let Some(route) = self
-            .upstreams
+        let upstreams = self.upstreams();
+        let Some(route) = upstreams
             .router()
             .route(&env.sender)
             .map(<[String]>::to_vec)
@@ -208,7 +207,7 @@ impl Runner {
         };
         let mut tried = Vec::with_capacity(route.len());
         for upstream in &route {
-            let result = self.try_upstream(upstream, &mut env).await;
+            let result = self.try_upstream(&upstreams, upstream, &mut env).await;
             match &result {
                 Tried::Done => {}
                 Tried::Failover(why) => {
@@ -233,7 +232,12 @@ impl Runner {
         self.finish(env);
     }
 
-    async fn try_upstream(&self, upstream: &str, env: &mut Envelope) -> Tried {
+    async fn try_upstream(
+        &self,
+        upstreams: &Upstreams,
+        upstream: &str,
+        env: &mut Envelope,
+    ) -> Tried {
         let pending: Vec<usize> = (0..env.recipients.len())
             .filter(|&i| env.recipients[i].status == RcptStatus::Pending)
             .collect();
@@ -269,7 +273,7 @@ impl Runner {
             smtputf8: env.smtputf8,
         };
         let id = env.id.to_string();
-        match self.upstreams.deliver(upstream, &id, &mut out).await {
+        match upstreams.deliver(upstream, &id, &mut out).await {
             Ok(outcomes) => {
                 for outcome in outcomes {
                     let Some(&i) = pending.get(outcome.index) else {
@@ -333,7 +337,9 @@ impl Runner {
             .recipients
             .iter()
             .any(|r| r.status == RcptStatus::Pending);
-        let expired = now_unix().saturating_sub(env.received_unix) >= self.timing.max_age.as_secs();
+        let timing = self.rules.load().timing;
+        let expired =
+            self.clock.unix().saturating_sub(env.received_unix) >= timing.max_age.as_secs();
         if pending && expired {
             fail_pending(
                 &mut env,
@@ -349,13 +355,9 @@ impl Runner {
         {
             env.attempts += 1;
             let seed = env.received_unix ^ u64::from(env.attempts);
-            let delay = schedule::next_delay(
-                env.attempts,
-                self.timing.min_backoff,
-                self.timing.max_backoff,
-                seed,
-            );
-            env.next_attempt_unix = now_unix() + delay.as_secs().max(1);
+            let delay =
+                schedule::next_delay(env.attempts, timing.min_backoff, timing.max_backoff, seed);
+            env.next_attempt_unix = self.clock.unix() + delay.as_secs().max(1);
             if let Err(e) = self.spool.update(&env) {
                 warn!(queue_id = %id, error = %e, "cannot record delivery state");
             }
@@ -428,13 +430,6 @@ fn body_tail(file: &std::fs::File, body_len: u64) -> std::io::Result<Vec<u8>> {
     let mut tail = vec![0; usize::try_from(n).unwrap_or(0)];
     file.read_exact_at(&mut tail, start + body_len - n)?;
     Ok(tail)
-}
-
-fn now_millis() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_millis() as u64
 }
 
 /// Reads a spool body for the upstream client, straight from the file.

@@ -31,13 +31,44 @@ pub enum AuthCheck {
     Busy,
 }
 
-/// Accounts from the config, and the verification cache.
-#[derive(Debug)]
-pub struct Users {
+/// The accounts of one config: username to PHC hash. Part of the rules snapshot, so a
+/// reload swaps it whole.
+#[derive(Debug, Clone)]
+pub struct Accounts {
     hashes: HashMap<String, String>,
     /// A PHC hash of a random password, verified for unknown users so that their failures
     /// take as long as a known user's (no username oracle by timing).
     decoy: String,
+}
+
+impl Accounts {
+    /// Builds the table from validated config.
+    pub fn new(users: &[UserConfig]) -> Accounts {
+        let hashes = users
+            .iter()
+            .map(|u| (u.username.clone(), u.password_hash.clone()))
+            .collect();
+        // The decoy takes as long as the users' hashes when it has the same parameters:
+        // borrow the first user's, with a salt and output nobody's password produces.
+        let decoy = users
+            .first()
+            .map_or(DECOY.to_owned(), |u| decoy_like(&u.password_hash));
+        Accounts { hashes, decoy }
+    }
+
+    /// Whether `username` is an account.
+    pub fn exists(&self, username: &str) -> bool {
+        self.hashes.contains_key(username)
+    }
+}
+
+/// Verification: the argon2 workers and the cache of recent successes. Lives as long as the
+/// process; the accounts it checks against come from the current rules.
+///
+/// The cache key covers the stored PHC string, so a user whose hash changed on reload no
+/// longer matches their old entries; [`Verifier::clear_cache`] drops them at once.
+#[derive(Debug)]
+pub struct Verifier {
     cache: Mutex<HashMap<CacheKey, Instant>>,
     cache_secret: [u8; 32],
     cache_ttl: Duration,
@@ -46,26 +77,15 @@ pub struct Users {
     hashing: HashPool,
 }
 
-impl Users {
-    /// Builds the store from validated config.
-    pub fn new(users: &[UserConfig], cache: &AuthCacheConfig) -> Users {
-        let hashes = users
-            .iter()
-            .map(|u| (u.username.clone(), u.password_hash.clone()))
-            .collect();
+impl Verifier {
+    /// Starts the argon2 workers with this cache configuration.
+    pub fn new(cache: &AuthCacheConfig) -> Verifier {
         let mut cache_secret = [0u8; 32];
         rand::fill(&mut cache_secret);
-        // The decoy takes as long as the users' hashes when it has the same parameters:
-        // borrow the first user's, with a salt and output nobody's password produces.
-        let decoy = users
-            .first()
-            .map_or(DECOY.to_owned(), |u| decoy_like(&u.password_hash));
         let parallel = std::thread::available_parallelism()
             .map_or(2, |n| n.get())
             .min(4);
-        Users {
-            hashes,
-            decoy,
+        Verifier {
             cache: Mutex::new(HashMap::new()),
             cache_secret,
             cache_ttl: cache.ttl.get(),
@@ -74,10 +94,10 @@ impl Users {
         }
     }
 
-    /// Checks `password` for `username`.
-    pub async fn verify(self: &Arc<Self>, username: &str, password: &str) -> AuthCheck {
-        let known = self.hashes.get(username);
-        let phc = known.unwrap_or(&self.decoy).clone();
+    /// Checks `password` for `username` among `accounts`.
+    pub async fn verify(&self, accounts: &Accounts, username: &str, password: &str) -> AuthCheck {
+        let known = accounts.hashes.get(username);
+        let phc = known.unwrap_or(&accounts.decoy).clone();
         let key = self.cache_key(username, password, &phc);
         if known.is_some() && self.cache_hit(&key) {
             return AuthCheck::Valid;
@@ -89,6 +109,13 @@ impl Users {
                 AuthCheck::Valid
             }
             Some(_) => AuthCheck::Invalid,
+        }
+    }
+
+    /// Forgets every cached success (a reload changed some user's hash).
+    pub fn clear_cache(&self) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.clear();
         }
     }
 
@@ -272,7 +299,7 @@ pub fn hash_password(password: &str) -> Result<String, argon2::password_hash::Er
 mod tests {
     use super::*;
 
-    fn store(ttl: u64) -> Arc<Users> {
+    fn store(ttl: u64) -> (Accounts, Verifier) {
         let users = vec![UserConfig {
             username: "app1".into(),
             password_hash: hash_password("s3cret").unwrap(),
@@ -282,19 +309,34 @@ mod tests {
             ttl: crate::config::units::Duration::secs(ttl),
             size: 4,
         };
-        Arc::new(Users::new(&users, &cache))
+        (Accounts::new(&users), Verifier::new(&cache))
     }
 
     #[tokio::test]
     async fn verifies_and_caches() {
-        let users = store(60);
-        assert_eq!(users.verify("app1", "s3cret").await, AuthCheck::Valid);
-        assert_eq!(users.verify("app1", "wrong").await, AuthCheck::Invalid);
-        assert_eq!(users.verify("nobody", "s3cret").await, AuthCheck::Invalid);
+        let (accounts, users) = store(60);
+        assert_eq!(
+            users.verify(&accounts, "app1", "s3cret").await,
+            AuthCheck::Valid
+        );
+        assert_eq!(
+            users.verify(&accounts, "app1", "wrong").await,
+            AuthCheck::Invalid
+        );
+        assert_eq!(
+            users.verify(&accounts, "nobody", "s3cret").await,
+            AuthCheck::Invalid
+        );
         // the success is cached under a keyed hash, never the password
         assert_eq!(users.cache.lock().unwrap().len(), 1);
-        assert_eq!(users.verify("app1", "s3cret").await, AuthCheck::Valid);
-        assert_eq!(users.verify("app1", "s3cret ").await, AuthCheck::Invalid);
+        assert_eq!(
+            users.verify(&accounts, "app1", "s3cret").await,
+            AuthCheck::Valid
+        );
+        assert_eq!(
+            users.verify(&accounts, "app1", "s3cret ").await,
+            AuthCheck::Invalid
+        );
     }
 
     #[test]
@@ -315,8 +357,11 @@ mod tests {
 
     #[tokio::test]
     async fn zero_ttl_disables_cache() {
-        let users = store(0);
-        assert_eq!(users.verify("app1", "s3cret").await, AuthCheck::Valid);
+        let (accounts, users) = store(0);
+        assert_eq!(
+            users.verify(&accounts, "app1", "s3cret").await,
+            AuthCheck::Valid
+        );
         assert!(users.cache.lock().unwrap().is_empty());
     }
 }

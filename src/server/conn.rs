@@ -7,28 +7,22 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::config::schema::{AuthMode, BareLineEndings, ListenerTls};
-use crate::message::{self, HeaderScan, Trace};
-use crate::policy::{Identity, MailRefusal, networks};
-use crate::server::{ListenerInfo, Shared};
+use crate::rules::{ListenerInfo, Rules};
+use crate::server::Runtime;
+use crate::server::backend::{Backend, SessionFacts};
 use crate::shutdown::Shutdown;
-use crate::smtp::command::BodyType;
 use crate::smtp::data::BareLf;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{
-    AuthPolicy, Envelope, Question, Session, SessionConfig, Step, TlsOffer, Verdict,
-};
-use crate::spool::{self, SpoolWriter};
+use crate::smtp::session::{AuthPolicy, Question, Session, SessionConfig, Step, TlsOffer};
 use crate::stream::Stream;
-use crate::telemetry::events::{self, MessageSummary};
-use crate::users::AuthCheck;
 
 /// How many bytes one read may add to the buffer.
 const READ_CHUNK: usize = 16 * 1024;
@@ -63,40 +57,21 @@ impl From<io::Error> for End {
     }
 }
 
-/// The transaction-scoped state the shell keeps beside the engine's.
-#[derive(Debug, Default)]
-struct Tx {
-    /// The envelope sender after policy (and rewrite).
-    sender: String,
-    /// The spool file being written, during DATA.
-    writer: Option<SpoolWriter>,
-    /// A spool write failed: the message will be refused with 451 at the end.
-    write_failed: bool,
-    /// Watches the header section for Date / Message-ID.
-    scan: HeaderScan,
-    /// The body has an octet above 127, declared or not (RFC 6152: the upstream must then
-    /// be told `BODY=8BITMIME`, or not be given the message).
-    eight_bit: bool,
-}
-
-/// One client connection.
+/// One client connection: the engine, the stream, and the back end that answers for it.
 pub struct Conn {
     session: Session,
     stream: Stream,
     buf: Vec<u8>,
-    shared: Arc<Shared>,
-    listener: Arc<ListenerInfo>,
+    /// The rules snapshot this session started with (also the backend's).
+    rules: Arc<Rules>,
+    backend: Backend,
     peer: SocketAddr,
-    identity: Identity,
-    /// The listener's allowlist vouches for this client (non-empty list containing it).
-    allowlisted: bool,
-    tx: Tx,
 }
 
 impl std::fmt::Debug for Conn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Conn")
-            .field("listener", &self.listener.name)
+            .field("listener", &self.backend.listener.name)
             .field("peer", &self.peer)
             .finish()
     }
@@ -107,7 +82,8 @@ impl std::fmt::Debug for Conn {
 pub async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
-    shared: Arc<Shared>,
+    rt: Arc<Runtime>,
+    rules: Arc<Rules>,
     listener: Arc<ListenerInfo>,
     refusal: Option<Reply>,
     shutdown: Shutdown,
@@ -116,11 +92,11 @@ pub async fn serve(
     let implicit = listener.tls == ListenerTls::Implicit;
     // A refused client is owed one reply, not a patient handshake: it gets a short one.
     let limit = match refusal {
-        Some(_) => REFUSAL_HANDSHAKE.min(shared.timeouts.tls_handshake.get()),
-        None => shared.timeouts.tls_handshake.get(),
+        Some(_) => REFUSAL_HANDSHAKE.min(rules.timeouts.tls_handshake.get()),
+        None => rules.timeouts.tls_handshake.get(),
     };
     let stream = if implicit {
-        match handshake(tcp, &shared, limit).await {
+        match handshake(tcp, &rules, limit).await {
             Ok(tls) => Stream::from(tls),
             Err(e) => {
                 debug!(error = %e, "TLS handshake failed");
@@ -130,36 +106,28 @@ pub async fn serve(
     } else {
         Stream::Plain(tcp)
     };
-    let ip = networks::canonical(peer.ip());
-    let identity = shared.policy.connect_identity(ip);
-    let allowlisted = !listener.allow_networks.is_empty()
-        && networks::allowed(&listener.allow_networks, ip)
-        || matches!(identity, Identity::Device(_));
-    let session = Session::new(session_config(&shared, &listener), implicit);
+    let session = Session::new(session_config(&rules, &listener), implicit);
+    let backend = Backend::new(rt, rules.clone(), listener, peer);
     let mut conn = Conn {
         session,
         stream,
         buf: Vec::new(),
-        shared,
-        listener,
+        rules,
+        backend,
         peer,
-        identity,
-        allowlisted,
-        tx: Tx::default(),
     };
     let end = conn.run(refusal, shutdown).await;
-    if let Some(writer) = conn.tx.writer.take() {
-        writer.abort();
-    }
+    conn.backend.abort();
     match end {
         Ok(()) => debug!("session closed"),
         Err(e) => debug!(reason = %e, "session ended"),
     }
 }
 
-fn session_config(shared: &Shared, listener: &ListenerInfo) -> SessionConfig {
+fn session_config(rules: &Rules, listener: &ListenerInfo) -> SessionConfig {
+    let limits = &rules.limits;
     SessionConfig {
-        hostname: shared.hostname.clone(),
+        hostname: rules.hostname.clone(),
         tls: match listener.tls {
             ListenerTls::None => TlsOffer::None,
             ListenerTls::Starttls => TlsOffer::StartTls,
@@ -170,10 +138,10 @@ fn session_config(shared: &Shared, listener: &ListenerInfo) -> SessionConfig {
             AuthMode::Optional => AuthPolicy::Optional,
             AuthMode::None => AuthPolicy::None,
         },
-        max_message_size: shared.max_message_size,
-        max_recipients: shared.max_recipients,
-        max_errors: shared.max_errors,
-        bare_line_endings: match shared.bare_line_endings {
+        max_message_size: limits.max_message_size,
+        max_recipients: limits.max_recipients,
+        max_errors: limits.max_errors,
+        bare_line_endings: match limits.bare_line_endings {
             BareLineEndings::Reject => BareLf::Reject,
             BareLineEndings::Normalise => BareLf::Normalise,
         },
@@ -182,10 +150,10 @@ fn session_config(shared: &Shared, listener: &ListenerInfo) -> SessionConfig {
 
 async fn handshake(
     tcp: TcpStream,
-    shared: &Shared,
+    rules: &Rules,
     limit: Duration,
 ) -> Result<TlsStream<TcpStream>, End> {
-    let Some(cfg) = shared.tls.clone() else {
+    let Some(cfg) = rules.tls.clone() else {
         return Err(End::Tls("no TLS configuration".into()));
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
@@ -209,9 +177,9 @@ impl Conn {
             }
             self.flush().await?;
             let wait = if self.session.in_data() {
-                self.shared.timeouts.data.get()
+                self.rules.timeouts.data.get()
             } else {
-                self.shared.timeouts.command.get()
+                self.rules.timeouts.command.get()
             };
             tokio::select! {
                 read = tokio::time::timeout(wait, self.read_more()) => match read {
@@ -265,7 +233,7 @@ impl Conn {
             stream.write_all(&bytes).await?;
             stream.flush().await
         };
-        match tokio::time::timeout(self.shared.timeouts.command.get(), write).await {
+        match tokio::time::timeout(self.rules.timeouts.command.get(), write).await {
             Ok(written) => written?,
             Err(_) => return Err(End::WriteTimeout),
         }
@@ -291,7 +259,11 @@ impl Conn {
             }
             let (used, step) = self.session.advance(&self.buf[pos..]);
             pos += used;
-            self.spool_body();
+            let body = self.session.take_body();
+            if !body.is_empty() {
+                self.backend.body(body);
+                body.clear();
+            }
             match self.perform(step).await {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::NeedInput) => break Ok(false),
@@ -313,25 +285,6 @@ impl Conn {
         result
     }
 
-    /// Appends body bytes the engine decoded to the spool file.
-    fn spool_body(&mut self) {
-        let body = self.session.take_body();
-        if body.is_empty() {
-            return;
-        }
-        if let Some(writer) = self.tx.writer.as_mut() {
-            self.tx.scan.feed(body);
-            self.tx.eight_bit = self.tx.eight_bit || !body.is_ascii();
-            if !self.tx.write_failed
-                && let Err(e) = writer.write(body)
-            {
-                warn!(error = %e, "spool write failed");
-                self.tx.write_failed = true;
-            }
-        }
-        body.clear();
-    }
-
     async fn start_tls(&mut self) -> Result<(), End> {
         self.flush().await?;
         let Some(tcp) = self.stream.take_plain() else {
@@ -339,7 +292,7 @@ impl Conn {
                 "STARTTLS on a stream that is not plain TCP".into(),
             ));
         };
-        let tls = handshake(tcp, &self.shared, self.shared.timeouts.tls_handshake.get()).await?;
+        let tls = handshake(tcp, &self.rules, self.rules.timeouts.tls_handshake.get()).await?;
         self.stream = Stream::from(tls);
         self.session.tls_established();
         Ok(())
@@ -352,33 +305,27 @@ impl Conn {
                 self.flush().await?;
                 // A TLS close_notify is a write too: bounded like the replies.
                 let close = self.stream.shutdown();
-                let _ = tokio::time::timeout(self.shared.timeouts.command.get(), close).await;
+                let _ = tokio::time::timeout(self.rules.timeouts.command.get(), close).await;
                 Ok(Flow::Closed)
             }
             Step::StartTls => Ok(Flow::StartTls),
             Step::DiscardMessage(refusal) => {
-                let tx = std::mem::take(&mut self.tx);
-                let size = tx.writer.as_ref().map_or(0, SpoolWriter::written);
-                if let Some(writer) = tx.writer {
-                    writer.abort();
-                }
-                // The one summary line per message covers refusals too, so an admin can
-                // see why a device's mail never arrived.
-                let outcome = format!("refused: {} {}", refusal.code(), refusal.text());
-                events::message(&MessageSummary {
-                    queue_id: "-",
-                    listener: &self.listener.name,
-                    client_ip: networks::canonical(self.peer.ip()),
-                    identity: self.identity.label().as_deref(),
-                    sender: &tx.sender,
-                    recipients: 0,
-                    size,
-                    outcome: &outcome,
-                });
+                self.backend.discard(&refusal);
                 Ok(Flow::Continue)
             }
             Step::Decide(question) => {
-                let verdict = self.decide(question).await?;
+                // AUTH may run argon2 and the message waits for the spool's fsync: send
+                // what is pending first.
+                if matches!(question, Question::Auth { .. } | Question::Message { .. }) {
+                    self.flush().await?;
+                }
+                let facts = SessionFacts {
+                    helo: self.session.helo(),
+                    esmtp: self.session.esmtp(),
+                    tls: self.session.is_tls(),
+                    authenticated: self.session.identity().is_some(),
+                };
+                let verdict = self.backend.decide(question, facts).await;
                 let next = self.session.answer(verdict);
                 // RFC 2920: the engine stopped for the decision, not for lack of input, so
                 // commands the client pipelined behind this one are still in the buffer and
@@ -387,181 +334,6 @@ impl Conn {
                     return Ok(Flow::Continue);
                 }
                 Box::pin(self.perform(next)).await
-            }
-        }
-    }
-
-    async fn decide(&mut self, question: Question) -> Result<Verdict, End> {
-        Ok(match question {
-            Question::Auth {
-                authzid,
-                username,
-                password,
-                ..
-            } => {
-                // RFC 4616 2: an authorization identity other than the authentication
-                // identity asks to act as someone else; no account here may do that.
-                if !authzid.is_empty() && authzid != username {
-                    warn!(user = %username, authzid = %authzid, "AUTH asked for another authorization identity");
-                    return Ok(Verdict::Reject(Reply::auth_failed()));
-                }
-                // argon2 may take tens of milliseconds: send what is pending first.
-                self.flush().await?;
-                self.auth(&username, &password).await
-            }
-            Question::Mail { from, .. } => self.mail(&from.to_string()),
-            Question::Rcpt { .. } => Verdict::Accept,
-            Question::Data => self.data(),
-            Question::Message { envelope } => {
-                self.flush().await?;
-                self.message(envelope).await
-            }
-        })
-    }
-
-    async fn auth(&mut self, username: &str, password: &str) -> Verdict {
-        match self.shared.users.verify(username, password).await {
-            AuthCheck::Valid => {
-                info!(user = username, "authenticated");
-                self.identity = Identity::User(username.to_owned());
-                Verdict::Authenticated
-            }
-            AuthCheck::Invalid => {
-                // The password is never logged, only that this user failed.
-                warn!(user = username, "authentication failed");
-                Verdict::Reject(Reply::auth_failed())
-            }
-            AuthCheck::Busy => {
-                // RFC 4954 6: 454 when the check cannot be done now; not counted as a
-                // failure, the client retries.
-                warn!(
-                    user = username,
-                    "authentication deferred: verifier queue full"
-                );
-                Verdict::Defer(Reply::temp_auth_failure())
-            }
-        }
-    }
-
-    fn mail(&mut self, from: &str) -> Verdict {
-        let sender = match self
-            .shared
-            .policy
-            .mail(&self.identity, self.allowlisted, from)
-        {
-            Ok(sender) => sender,
-            Err(MailRefusal::SenderNotOwned) => {
-                info!(sender = from, identity = ?self.identity.label(), "sender not allowed");
-                return Verdict::Reject(Reply::sender_not_allowed());
-            }
-            Err(_) => return Verdict::Reject(Reply::auth_required()),
-        };
-        if self.shared.router.route(&sender).is_none() {
-            return Verdict::Reject(Reply::no_route());
-        }
-        self.tx = Tx {
-            sender,
-            ..Tx::default()
-        };
-        Verdict::Accept
-    }
-
-    fn data(&mut self) -> Verdict {
-        match self.shared.spool.begin() {
-            Ok(writer) => {
-                self.tx.writer = Some(writer);
-                self.tx.write_failed = false;
-                self.tx.scan = HeaderScan::default();
-                self.tx.eight_bit = false;
-                Verdict::Accept
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot create a spool file");
-                Verdict::Defer(Reply::queue_error())
-            }
-        }
-    }
-
-    async fn message(&mut self, envelope: Envelope) -> Verdict {
-        let tx = std::mem::take(&mut self.tx);
-        let Some(writer) = tx.writer else {
-            return Verdict::Defer(Reply::queue_error());
-        };
-        if tx.write_failed {
-            writer.abort();
-            return Verdict::Defer(Reply::queue_error());
-        }
-        let id = writer.id().to_string();
-        let recipients: Vec<String> = envelope.rcpts.iter().map(|r| r.to_string()).collect();
-        let now = SystemTime::now();
-        // RFC 6531 3.4: a sender rewritten to a UTF-8 address needs SMTPUTF8 upstream even
-        // when the client's own envelope was ASCII.
-        let smtputf8 = envelope.params.smtputf8
-            || !tx.sender.is_ascii()
-            || recipients.iter().any(|r| !r.is_ascii());
-        let trace = Trace {
-            helo: self.session.helo().unwrap_or("unknown"),
-            client_ip: networks::canonical(self.peer.ip()),
-            hostname: &self.shared.hostname,
-            esmtp: self.session.esmtp(),
-            tls: self.session.is_tls(),
-            authenticated: self.session.identity().is_some(),
-            utf8: smtputf8,
-            queue_id: &id,
-            single_rcpt: (recipients.len() == 1).then(|| recipients[0].as_str()),
-            now,
-        };
-        let headers = &self.shared.headers;
-        let prefix = message::prefix(
-            &trace,
-            headers.add_date && !tx.scan.has_date,
-            headers.add_message_id && !tx.scan.has_message_id,
-        );
-        let env = spool::Envelope {
-            id: writer.id().clone(),
-            received_unix: now
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or(Duration::ZERO)
-                .as_secs(),
-            sender: tx.sender,
-            recipients: recipients
-                .iter()
-                .map(|a| spool::Recipient {
-                    address: a.clone(),
-                    status: spool::RcptStatus::Pending,
-                })
-                .collect(),
-            listener: self.listener.name.clone(),
-            client_ip: networks::canonical(self.peer.ip()),
-            identity: self.identity.label(),
-            smtputf8,
-            body_8bit: envelope.params.body == Some(BodyType::EightBitMime) || tx.eight_bit,
-            attempts: 0,
-            next_attempt_unix: 0,
-            size: prefix.len() as u64 + writer.written(),
-        };
-        let summary = |outcome: &str| {
-            events::message(&MessageSummary {
-                queue_id: &id,
-                listener: &self.listener.name,
-                client_ip: env.client_ip,
-                identity: env.identity.as_deref(),
-                sender: &env.sender,
-                recipients: env.recipients.len(),
-                size: env.size,
-                outcome,
-            })
-        };
-        match writer.commit(env.clone(), prefix).await {
-            Ok(()) => {
-                summary("queued");
-                self.shared.delivery.submit(env);
-                Verdict::Queued(id)
-            }
-            Err(e) => {
-                summary("refused: queue write error");
-                warn!(error = %e, "spool commit failed");
-                Verdict::Defer(Reply::queue_error())
             }
         }
     }

@@ -11,8 +11,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::policy::networks;
+use crate::rules::ListenerInfo;
+use crate::server::Runtime;
 use crate::server::conn;
-use crate::server::{ListenerInfo, Shared};
 use crate::shutdown::Shutdown;
 use crate::smtp::reply::Reply;
 
@@ -75,7 +76,8 @@ impl Drop for IpSlot {
 pub struct Listener {
     /// The socket.
     pub socket: TcpListener,
-    /// Its settings.
+    /// Its settings at start; each connection takes them from the current rules, which
+    /// only lack them when a reload removed this listener (that needs a restart).
     pub info: Arc<ListenerInfo>,
     /// Its own cap, if configured.
     pub own_cap: Option<Arc<Semaphore>>,
@@ -101,7 +103,7 @@ impl Caps {
 }
 
 /// Accepts until shutdown; each connection runs in its own tracked task.
-pub async fn run(listener: Listener, shared: Arc<Shared>, caps: Caps, shutdown: Shutdown) {
+pub async fn run(listener: Listener, rt: Arc<Runtime>, caps: Caps, shutdown: Shutdown) {
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -125,7 +127,12 @@ pub async fn run(listener: Listener, shared: Arc<Shared>, caps: Caps, shutdown: 
                 continue;
             }
         };
-        let (refusal, permits) = admit(&listener, &caps, peer);
+        let rules = rt.rules();
+        let info = rules
+            .listener(&listener.info.name)
+            .unwrap_or(&listener.info)
+            .clone();
+        let (refusal, permits) = admit(&listener, &info, &caps, peer);
         let refusing = match refusal {
             None => None,
             Some(_) => match caps.refusals.clone().try_acquire_owned() {
@@ -141,8 +148,9 @@ pub async fn run(listener: Listener, shared: Arc<Shared>, caps: Caps, shutdown: 
         let task = conn::serve(
             tcp,
             peer,
-            shared.clone(),
-            listener.info.clone(),
+            rt.clone(),
+            rules,
+            info,
             refusal,
             shutdown.clone(),
         );
@@ -165,9 +173,14 @@ type Permits = (
 );
 
 /// Decides whether a new connection may be served, and takes its slots.
-fn admit(listener: &Listener, caps: &Caps, peer: SocketAddr) -> (Option<Reply>, Permits) {
+fn admit(
+    listener: &Listener,
+    info: &ListenerInfo,
+    caps: &Caps,
+    peer: SocketAddr,
+) -> (Option<Reply>, Permits) {
     let ip = networks::canonical(peer.ip());
-    if !networks::allowed(&listener.info.allow_networks, ip) {
+    if !networks::allowed(&info.allow_networks, ip) {
         info!(listener = %listener.info.name, client = %peer, "client not in allow_networks");
         return (Some(Reply::not_allowed_client()), (None, None, None));
     }

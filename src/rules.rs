@@ -1,0 +1,143 @@
+//! The rules snapshot: everything a session or a delivery attempt decides by, built from one
+//! [`Config`] and never changed after. A reload builds a new snapshot and swaps it into the
+//! [`LiveRules`] cell; a session keeps the snapshot it started with, the delivery runner
+//! loads the current one for each attempt. What lives as long as the process (spool,
+//! argon2 workers, limiter state) is the runtime's, not here.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use ipnet::IpNet;
+
+use crate::config::schema::{
+    AuthMode, BareLineEndings, Config, HeadersConfig, ListenerConfig, ListenerTls, TimeoutsConfig,
+};
+use crate::policy::Policy;
+use crate::upstream::{BuildError, Upstreams};
+use crate::users::Accounts;
+
+/// The current rules, swapped whole on reload.
+pub type LiveRules = Arc<ArcSwap<Rules>>;
+
+/// One listener's reloadable settings (its address and TLS mode need a restart).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerInfo {
+    /// Its name.
+    pub name: String,
+    /// TLS mode.
+    pub tls: ListenerTls,
+    /// AUTH mode.
+    pub auth: AuthMode,
+    /// Client allowlist (empty = any).
+    pub allow_networks: Vec<IpNet>,
+}
+
+impl From<&ListenerConfig> for ListenerInfo {
+    fn from(l: &ListenerConfig) -> Self {
+        ListenerInfo {
+            name: l.name.clone(),
+            tls: l.tls,
+            auth: l.auth,
+            allow_networks: l.allow_networks.clone(),
+        }
+    }
+}
+
+/// Per-session caps from `limits:` and `smtp:`.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// Largest message (RFC 1870 SIZE).
+    pub max_message_size: u64,
+    /// Recipients per transaction.
+    pub max_recipients: usize,
+    /// Error replies before 421.
+    pub max_errors: u32,
+    /// Bare CR/LF handling in DATA.
+    pub bare_line_endings: BareLineEndings,
+}
+
+/// Retry timing, from `queue:`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// First retry delay.
+    pub min_backoff: std::time::Duration,
+    /// Longest retry delay.
+    pub max_backoff: std::time::Duration,
+    /// Give up after this long in the queue.
+    pub max_age: std::time::Duration,
+}
+
+/// Everything sessions and deliveries decide by, from one config.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// Our hostname (banner, Received).
+    pub hostname: String,
+    /// The listeners' TLS configuration, when any listener uses TLS.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Credentials.
+    pub accounts: Arc<Accounts>,
+    /// Sender rules and device identities.
+    pub policy: Arc<Policy>,
+    /// Upstreams and the one router.
+    pub upstreams: Arc<Upstreams>,
+    /// Listener settings, in config order.
+    pub listeners: Vec<Arc<ListenerInfo>>,
+    /// Size/recipient/error caps.
+    pub limits: SessionLimits,
+    /// Session timeouts.
+    pub timeouts: TimeoutsConfig,
+    /// Header fix-ups.
+    pub headers: HeadersConfig,
+    /// Delivery retry timing.
+    pub timing: Timing,
+}
+
+impl Rules {
+    /// Builds a snapshot from a validated config, with the server TLS configuration already
+    /// loaded (`None` when no listener uses TLS) and the upstreams already built.
+    pub fn new(
+        cfg: &Config,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        upstreams: Arc<Upstreams>,
+    ) -> Rules {
+        Rules {
+            hostname: cfg.hostname.clone(),
+            tls,
+            accounts: Arc::new(Accounts::new(&cfg.users)),
+            policy: Arc::new(Policy::new(cfg)),
+            upstreams,
+            listeners: cfg
+                .listeners
+                .iter()
+                .map(|l| Arc::new(ListenerInfo::from(l)))
+                .collect(),
+            limits: SessionLimits {
+                max_message_size: cfg.limits.max_message_size.get(),
+                max_recipients: cfg.limits.max_recipients,
+                max_errors: cfg.limits.max_errors,
+                bare_line_endings: cfg.smtp.bare_line_endings,
+            },
+            timeouts: cfg.timeouts.clone(),
+            headers: cfg.headers.clone(),
+            timing: Timing {
+                min_backoff: cfg.queue.min_backoff.get(),
+                max_backoff: cfg.queue.max_backoff.get(),
+                max_age: cfg.queue.max_age.get(),
+            },
+        }
+    }
+
+    /// Builds a snapshot and its upstreams from a validated config.
+    pub fn build(
+        cfg: &Config,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Result<Rules, BuildError> {
+        let upstreams = Arc::new(Upstreams::new(cfg)?);
+        Ok(Rules::new(cfg, tls, upstreams))
+    }
+
+    /// The named listener's settings.
+    pub fn listener(&self, name: &str) -> Option<&Arc<ListenerInfo>> {
+        self.listeners.iter().find(|l| l.name == name)
+    }
+}

@@ -1,0 +1,327 @@
+//! The back end of one session: answers the engine's questions (AUTH, MAIL, RCPT, DATA,
+//! the finished message), streams the body to the spool, and builds the envelope and trace
+//! headers. No sockets here: `conn.rs` owns the I/O loop and asks (go-smtp's backend seam).
+//!
+//! A session decides by the rules snapshot it started with, even when a reload swaps in
+//! new rules meanwhile.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use tracing::{info, warn};
+
+use crate::message::{self, HeaderScan, Trace};
+use crate::policy::{Identity, MailRefusal, networks};
+use crate::rules::{ListenerInfo, Rules};
+use crate::server::Runtime;
+use crate::smtp::command::BodyType;
+use crate::smtp::reply::Reply;
+use crate::smtp::session::{Envelope, Question, Verdict};
+use crate::spool::{self, SpoolWriter};
+use crate::telemetry::events::{self, MessageSummary};
+use crate::users::AuthCheck;
+
+/// The transaction-scoped state kept beside the engine's.
+#[derive(Debug, Default)]
+struct Tx {
+    /// The envelope sender after policy (and rewrite).
+    sender: String,
+    /// The spool file being written, during DATA.
+    writer: Option<SpoolWriter>,
+    /// A spool write failed: the message will be refused with 451 at the end.
+    write_failed: bool,
+    /// Watches the header section for Date / Message-ID.
+    scan: HeaderScan,
+    /// The body has an octet above 127, declared or not (RFC 6152: the upstream must then
+    /// be told `BODY=8BITMIME`, or not be given the message).
+    eight_bit: bool,
+}
+
+/// What the session knows about its client, and what it is sending.
+#[derive(Debug)]
+pub struct Backend {
+    rt: Arc<Runtime>,
+    /// The snapshot this session started with, kept to its end.
+    pub rules: Arc<Rules>,
+    /// The listener's settings from that snapshot.
+    pub listener: Arc<ListenerInfo>,
+    peer: SocketAddr,
+    identity: Identity,
+    /// A listener allowlist or a `networks` entry vouches for the client without AUTH.
+    allowlisted: bool,
+    tx: Tx,
+}
+
+/// The session details the trace header needs from the engine.
+#[derive(Debug, Clone, Copy)]
+pub struct SessionFacts<'a> {
+    /// The HELO/EHLO name.
+    pub helo: Option<&'a str>,
+    /// EHLO rather than HELO.
+    pub esmtp: bool,
+    /// TLS in use.
+    pub tls: bool,
+    /// AUTH succeeded.
+    pub authenticated: bool,
+}
+
+impl Backend {
+    /// The back end for a client at `peer` on `listener`, under `rules`.
+    pub fn new(
+        rt: Arc<Runtime>,
+        rules: Arc<Rules>,
+        listener: Arc<ListenerInfo>,
+        peer: SocketAddr,
+    ) -> Backend {
+        let ip = networks::canonical(peer.ip());
+        let identity = rules.policy.connect_identity(ip);
+        let allowlisted = !listener.allow_networks.is_empty()
+            && networks::allowed(&listener.allow_networks, ip)
+            || matches!(identity, Identity::Device(_));
+        Backend {
+            rt,
+            rules,
+            listener,
+            peer,
+            identity,
+            allowlisted,
+            tx: Tx::default(),
+        }
+    }
+
+    fn client_ip(&self) -> IpAddr {
+        networks::canonical(self.peer.ip())
+    }
+
+    /// Answers one question of the engine. The caller has flushed pending replies before
+    /// the slow ones (AUTH runs argon2, the message waits for the spool's fsync).
+    pub async fn decide(&mut self, question: Question, facts: SessionFacts<'_>) -> Verdict {
+        match question {
+            Question::Auth {
+                authzid,
+                username,
+                password,
+                ..
+            } => {
+                // RFC 4616 2: an authorization identity other than the authentication
+                // identity asks to act as someone else; no account here may do that.
+                if !authzid.is_empty() && authzid != username {
+                    warn!(user = %username, authzid = %authzid, "AUTH asked for another authorization identity");
+                    return Verdict::Reject(Reply::auth_failed());
+                }
+                self.auth(&username, &password).await
+            }
+            Question::Mail { from, .. } => self.mail(&from.to_string()),
+            Question::Rcpt { .. } => Verdict::Accept,
+            Question::Data => self.data(),
+            Question::Message { envelope } => self.message(envelope, facts).await,
+        }
+    }
+
+    async fn auth(&mut self, username: &str, password: &str) -> Verdict {
+        match self
+            .rt
+            .verifier
+            .verify(&self.rules.accounts, username, password)
+            .await
+        {
+            AuthCheck::Valid => {
+                info!(user = username, "authenticated");
+                self.identity = Identity::User(username.to_owned());
+                Verdict::Authenticated
+            }
+            AuthCheck::Invalid => {
+                // The password is never logged, only that this user failed.
+                warn!(user = username, "authentication failed");
+                Verdict::Reject(Reply::auth_failed())
+            }
+            AuthCheck::Busy => {
+                // RFC 4954 6: 454 when the check cannot be done now; not counted as a
+                // failure, the client retries.
+                warn!(
+                    user = username,
+                    "authentication deferred: verifier queue full"
+                );
+                Verdict::Defer(Reply::temp_auth_failure())
+            }
+        }
+    }
+
+    fn mail(&mut self, from: &str) -> Verdict {
+        let sender = match self
+            .rules
+            .policy
+            .mail(&self.identity, self.allowlisted, from)
+        {
+            Ok(sender) => sender,
+            Err(MailRefusal::SenderNotOwned) => {
+                info!(sender = from, identity = ?self.identity.label(), "sender not allowed");
+                return Verdict::Reject(Reply::sender_not_allowed());
+            }
+            Err(_) => return Verdict::Reject(Reply::auth_required()),
+        };
+        if self.rules.upstreams.router().route(&sender).is_none() {
+            return Verdict::Reject(Reply::no_route());
+        }
+        self.tx = Tx {
+            sender,
+            ..Tx::default()
+        };
+        Verdict::Accept
+    }
+
+    fn data(&mut self) -> Verdict {
+        match self.rt.spool.begin() {
+            Ok(writer) => {
+                self.tx.writer = Some(writer);
+                self.tx.write_failed = false;
+                self.tx.scan = HeaderScan::default();
+                self.tx.eight_bit = false;
+                Verdict::Accept
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot create a spool file");
+                Verdict::Defer(Reply::queue_error())
+            }
+        }
+    }
+
+    /// Appends body bytes the engine decoded to the spool file.
+    pub fn body(&mut self, body: &[u8]) {
+        if let Some(writer) = self.tx.writer.as_mut() {
+            self.tx.scan.feed(body);
+            self.tx.eight_bit = self.tx.eight_bit || !body.is_ascii();
+            if !self.tx.write_failed
+                && let Err(e) = writer.write(body)
+            {
+                warn!(error = %e, "spool write failed");
+                self.tx.write_failed = true;
+            }
+        }
+    }
+
+    /// The engine refused the message it was receiving: drop the spool file and log the
+    /// summary line (it covers refusals too, so an admin can see why a device's mail never
+    /// arrived).
+    pub fn discard(&mut self, refusal: &Reply) {
+        let tx = std::mem::take(&mut self.tx);
+        let size = tx.writer.as_ref().map_or(0, SpoolWriter::written);
+        if let Some(writer) = tx.writer {
+            writer.abort();
+        }
+        let outcome = format!("refused: {} {}", refusal.code(), refusal.text());
+        events::message(&MessageSummary {
+            queue_id: "-",
+            listener: &self.listener.name,
+            client_ip: self.client_ip(),
+            identity: self.identity.label().as_deref(),
+            sender: &tx.sender,
+            recipients: 0,
+            size,
+            outcome: &outcome,
+        });
+    }
+
+    /// The session is over: a spool file still open is removed.
+    pub fn abort(&mut self) {
+        if let Some(writer) = self.tx.writer.take() {
+            writer.abort();
+        }
+    }
+
+    async fn message(&mut self, envelope: Envelope, facts: SessionFacts<'_>) -> Verdict {
+        let mut tx = std::mem::take(&mut self.tx);
+        let Some(writer) = tx.writer.take() else {
+            return Verdict::Defer(Reply::queue_error());
+        };
+        if tx.write_failed {
+            writer.abort();
+            return Verdict::Defer(Reply::queue_error());
+        }
+        let id = writer.id().to_string();
+        let (env, prefix) = self.envelope(&tx, &writer, &envelope, facts);
+        let summary = |outcome: &str| {
+            events::message(&MessageSummary {
+                queue_id: &id,
+                listener: &self.listener.name,
+                client_ip: env.client_ip,
+                identity: env.identity.as_deref(),
+                sender: &env.sender,
+                recipients: env.recipients.len(),
+                size: env.size,
+                outcome,
+            })
+        };
+        match writer.commit(env.clone(), prefix).await {
+            Ok(()) => {
+                summary("queued");
+                self.rt.delivery.submit(env);
+                Verdict::Queued(id)
+            }
+            Err(e) => {
+                summary("refused: queue write error");
+                warn!(error = %e, "spool commit failed");
+                Verdict::Defer(Reply::queue_error())
+            }
+        }
+    }
+
+    /// The spool envelope and the header prefix (Received, and Date / Message-ID where
+    /// missing) for a message about to be committed.
+    fn envelope(
+        &self,
+        tx: &Tx,
+        writer: &SpoolWriter,
+        envelope: &Envelope,
+        facts: SessionFacts<'_>,
+    ) -> (spool::Envelope, Vec<u8>) {
+        let recipients: Vec<String> = envelope.rcpts.iter().map(|r| r.to_string()).collect();
+        let now = self.rt.clock.wall();
+        // RFC 6531 3.4: a sender rewritten to a UTF-8 address needs SMTPUTF8 upstream even
+        // when the client's own envelope was ASCII.
+        let smtputf8 = envelope.params.smtputf8
+            || !tx.sender.is_ascii()
+            || recipients.iter().any(|r| !r.is_ascii());
+        let id = writer.id().to_string();
+        let trace = Trace {
+            helo: facts.helo.unwrap_or("unknown"),
+            client_ip: self.client_ip(),
+            hostname: &self.rules.hostname,
+            esmtp: facts.esmtp,
+            tls: facts.tls,
+            authenticated: facts.authenticated,
+            utf8: smtputf8,
+            queue_id: &id,
+            single_rcpt: (recipients.len() == 1).then(|| recipients[0].as_str()),
+            now,
+        };
+        let headers = &self.rules.headers;
+        let prefix = message::prefix(
+            &trace,
+            headers.add_date && !tx.scan.has_date,
+            headers.add_message_id && !tx.scan.has_message_id,
+        );
+        let env = spool::Envelope {
+            id: writer.id().clone(),
+            received_unix: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            sender: tx.sender.clone(),
+            recipients: recipients
+                .into_iter()
+                .map(|address| spool::Recipient {
+                    address,
+                    status: spool::RcptStatus::Pending,
+                })
+                .collect(),
+            listener: self.listener.name.clone(),
+            client_ip: self.client_ip(),
+            identity: self.identity.label(),
+            smtputf8,
+            body_8bit: envelope.params.body == Some(BodyType::EightBitMime) || tx.eight_bit,
+            attempts: 0,
+            next_attempt_unix: 0,
+            size: prefix.len() as u64 + writer.written(),
+        };
+        (env, prefix)
+    }
+}
