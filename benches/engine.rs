@@ -20,6 +20,7 @@ fn config() -> SessionConfig {
         max_recipients: 100,
         max_errors: 10,
         bare_line_endings: BareLf::Reject,
+        max_junk_commands: 100,
     }
 }
 

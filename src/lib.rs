@@ -27,6 +27,7 @@ pub mod config;
 pub mod delivery;
 pub mod message;
 pub mod policy;
+pub mod reason;
 pub mod rules;
 pub mod server;
 pub mod shutdown;

@@ -54,6 +54,12 @@ pub struct SessionLimits {
     pub max_errors: u32,
     /// Bare CR/LF handling in DATA.
     pub bare_line_endings: BareLineEndings,
+    /// Slowest DATA, bytes per second (0: off).
+    pub min_data_rate: u64,
+    /// Messages per session (0: no cap).
+    pub max_messages_per_session: u32,
+    /// Commands without progress between messages (0: no cap).
+    pub max_junk_commands: u32,
 }
 
 /// Retry timing, from `queue:`.
@@ -116,6 +122,9 @@ impl Rules {
                 max_recipients: cfg.limits.max_recipients,
                 max_errors: cfg.limits.max_errors,
                 bare_line_endings: cfg.smtp.bare_line_endings,
+                min_data_rate: cfg.limits.min_data_rate,
+                max_messages_per_session: cfg.limits.max_messages_per_session,
+                max_junk_commands: cfg.limits.max_junk_commands,
             },
             timeouts: cfg.timeouts.clone(),
             headers: cfg.headers.clone(),

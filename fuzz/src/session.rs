@@ -89,6 +89,7 @@ pub fn session_config(input: &mut Input<'_>) -> (SessionConfig, bool) {
         max_recipients,
         max_errors,
         bare_line_endings,
+        max_junk_commands: [100, 0, 1, 3][usize::from(input.byte() % 4)],
     };
     let tls_active = tls == TlsOffer::Implicit || (tls == TlsOffer::StartTls && started);
     (cfg, tls_active)
@@ -212,7 +213,7 @@ impl Shell {
                     assert!(self.s.is_tls() && self.s.helo().is_none());
                     self.t.starttls = true;
                 }
-                Step::DiscardMessage(reply) => {
+                Step::DiscardMessage(reply, _) => {
                     assert!(reply.is_error(), "discarded with {reply:?}");
                     self.spool.clear();
                     self.spool_open = false;

@@ -176,9 +176,26 @@ pub struct LimitsConfig {
     /// After this many error replies in a session, it is closed with `421 4.7.0`. Default: `10`.
     #[serde(default = "default_max_errors")]
     pub max_errors: u32,
+    /// Slowest DATA accepted, in bytes per second: after `timeouts.data`, each byte received
+    /// earns `1/min_data_rate` s more, and a client slower than that is closed with
+    /// `421 4.4.2` (Postfix's `smtpd_min_data_rate`). `0` turns it off. Default: `500`.
+    #[serde(default = "default_min_data_rate")]
+    pub min_data_rate: u64,
+    /// Most messages queued in one session; the next MAIL gets `421 4.7.0` and the session
+    /// closes (the client reconnects). `0`: no cap. Default: `1000`.
+    #[serde(default = "default_max_messages_per_session")]
+    pub max_messages_per_session: u32,
+    /// Most commands without progress (NOOP, RSET, VRFY, HELP) between queued messages;
+    /// one more gets `421 4.7.0` and close (Postfix's `smtpd_junk_command_limit`). `0`: no
+    /// cap. Default: `100`.
+    #[serde(default = "default_max_junk_commands")]
+    pub max_junk_commands: u32,
 }
 
 /// Server-side timeouts; a session that exceeds one gets `421 4.4.2` and is closed.
+///
+/// `command` bounds the time to receive a whole command line, not the gap between bytes, so
+/// a client trickling a byte at a time cannot stretch it.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsConfig {
@@ -191,6 +208,10 @@ pub struct TimeoutsConfig {
     /// Completing a TLS handshake. Default: `30s`.
     #[serde(default = "default_tls_timeout")]
     pub tls_handshake: Duration,
+    /// Longest session, however busy: past it the session is closed with `421 4.4.2` at
+    /// the next wait for input (a message being received may finish). Default: `1h`.
+    #[serde(default = "default_session_timeout")]
+    pub session: Duration,
 }
 
 /// What to do with a bare CR or bare LF inside DATA.
@@ -391,6 +412,9 @@ impl Default for LimitsConfig {
             max_connections: default_max_connections(),
             max_connections_per_ip: 0,
             max_errors: default_max_errors(),
+            min_data_rate: default_min_data_rate(),
+            max_messages_per_session: default_max_messages_per_session(),
+            max_junk_commands: default_max_junk_commands(),
         }
     }
 }
@@ -401,6 +425,7 @@ impl Default for TimeoutsConfig {
             command: default_command_timeout(),
             data: default_data_timeout(),
             tls_handshake: default_tls_timeout(),
+            session: default_session_timeout(),
         }
     }
 }
@@ -452,6 +477,18 @@ fn default_max_connections() -> usize {
 }
 fn default_max_errors() -> u32 {
     10
+}
+fn default_min_data_rate() -> u64 {
+    500
+}
+fn default_max_messages_per_session() -> u32 {
+    1000
+}
+fn default_max_junk_commands() -> u32 {
+    100
+}
+fn default_session_timeout() -> Duration {
+    Duration::secs(3600)
 }
 fn default_command_timeout() -> Duration {
     Duration::secs(300)

@@ -275,7 +275,8 @@ impl Checker<'_> {
     fn timeouts(&self, t: &TimeoutsConfig) -> Checked {
         self.at_least_a_second("timeouts.command", t.command)?;
         self.at_least_a_second("timeouts.data", t.data)?;
-        self.at_least_a_second("timeouts.tls_handshake", t.tls_handshake)
+        self.at_least_a_second("timeouts.tls_handshake", t.tls_handshake)?;
+        self.at_least_a_second("timeouts.session", t.session)
     }
 
     /// A timeout of at least one second at `key`.

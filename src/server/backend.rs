@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::message::{self, HeaderScan, Trace};
 use crate::policy::{Identity, MailRefusal, networks};
+use crate::reason::Reason;
 use crate::rules::{ListenerInfo, Rules};
 use crate::server::Runtime;
 use crate::smtp::command::BodyType;
@@ -51,6 +52,10 @@ pub struct Backend {
     /// A listener allowlist or a `networks` entry vouches for the client without AUTH.
     allowlisted: bool,
     tx: Tx,
+    /// Messages queued in this session.
+    messages: u32,
+    /// Why the back end closed the session, when it did.
+    closed_for: Option<Reason>,
 }
 
 /// The session details the trace header needs from the engine.
@@ -87,6 +92,8 @@ impl Backend {
             identity,
             allowlisted,
             tx: Tx::default(),
+            messages: 0,
+            closed_for: None,
         }
     }
 
@@ -148,7 +155,30 @@ impl Backend {
         }
     }
 
+    /// Why the back end closed the session, when it did.
+    pub fn closed_for(&self) -> Option<Reason> {
+        self.closed_for
+    }
+
+    /// Refuses with `reply` for `reason`, logging the reason.
+    fn refuse(&self, reply: Reply, reason: Reason) -> Verdict {
+        info!(%reason, reply = %reply, "refused");
+        Verdict::Reject(reply)
+    }
+
+    /// Ends the session with `reply` for `reason`.
+    fn close(&mut self, reply: Reply, reason: Reason) -> Verdict {
+        info!(%reason, reply = %reply, "refused; closing the session");
+        self.closed_for = Some(reason);
+        Verdict::RejectAndClose(reply)
+    }
+
     fn mail(&mut self, from: &str) -> Verdict {
+        let cap = self.rules.limits.max_messages_per_session;
+        if cap > 0 && self.messages >= cap {
+            let reply = Reply::too_many_messages(&self.rules.hostname);
+            return self.close(reply, Reason::TooManyMessages);
+        }
         let sender = match self
             .rules
             .policy
@@ -157,12 +187,12 @@ impl Backend {
             Ok(sender) => sender,
             Err(MailRefusal::SenderNotOwned) => {
                 info!(sender = from, identity = ?self.identity.label(), "sender not allowed");
-                return Verdict::Reject(Reply::sender_not_allowed());
+                return self.refuse(Reply::sender_not_allowed(), Reason::SenderNotOwned);
             }
-            Err(_) => return Verdict::Reject(Reply::auth_required()),
+            Err(_) => return self.refuse(Reply::auth_required(), Reason::AuthRequired),
         };
         if self.rules.upstreams.router().route(&sender).is_none() {
-            return Verdict::Reject(Reply::no_route());
+            return self.refuse(Reply::no_route(), Reason::NoRoute);
         }
         self.tx = Tx {
             sender,
@@ -204,7 +234,7 @@ impl Backend {
     /// The engine refused the message it was receiving: drop the spool file and log the
     /// summary line (it covers refusals too, so an admin can see why a device's mail never
     /// arrived).
-    pub fn discard(&mut self, refusal: &Reply) {
+    pub fn discard(&mut self, refusal: &Reply, reason: Reason) {
         let tx = std::mem::take(&mut self.tx);
         let size = tx.writer.as_ref().map_or(0, SpoolWriter::written);
         if let Some(writer) = tx.writer {
@@ -220,6 +250,7 @@ impl Backend {
             recipients: 0,
             size,
             outcome: &outcome,
+            reason: Some(reason),
         });
     }
 
@@ -241,7 +272,7 @@ impl Backend {
         }
         let id = writer.id().to_string();
         let (env, prefix) = self.envelope(&tx, &writer, &envelope, facts);
-        let summary = |outcome: &str| {
+        let summary = |outcome: &str, reason: Option<Reason>| {
             events::message(&MessageSummary {
                 queue_id: &id,
                 listener: &self.listener.name,
@@ -251,16 +282,18 @@ impl Backend {
                 recipients: env.recipients.len(),
                 size: env.size,
                 outcome,
+                reason,
             })
         };
         match writer.commit(env.clone(), prefix).await {
             Ok(()) => {
-                summary("queued");
+                summary("queued", None);
+                self.messages = self.messages.saturating_add(1);
                 self.rt.delivery.submit(env);
                 Verdict::Queued(id)
             }
             Err(e) => {
-                summary("refused: queue write error");
+                summary("refused: queue write error", Some(Reason::QueueError));
                 warn!(error = %e, "spool commit failed");
                 Verdict::Defer(Reply::queue_error())
             }

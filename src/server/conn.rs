@@ -14,10 +14,14 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, info};
 
+use tokio::time::Instant;
+
 use crate::config::schema::{AuthMode, BareLineEndings, ListenerTls};
+use crate::reason::Reason;
 use crate::rules::{ListenerInfo, Rules};
 use crate::server::Runtime;
 use crate::server::backend::{Backend, SessionFacts};
+use crate::server::deadline::{Deadlines, SlowClientLimits};
 use crate::shutdown::Shutdown;
 use crate::smtp::data::BareLf;
 use crate::smtp::reply::Reply;
@@ -66,6 +70,10 @@ pub struct Conn {
     rules: Arc<Rules>,
     backend: Backend,
     peer: SocketAddr,
+    /// The slow-client deadlines.
+    deadlines: Deadlines,
+    /// Every byte read from the client, for the DATA rate.
+    bytes_read: u64,
 }
 
 impl std::fmt::Debug for Conn {
@@ -108,6 +116,12 @@ pub async fn serve(
     };
     let session = Session::new(session_config(&rules, &listener), implicit);
     let backend = Backend::new(rt, rules.clone(), listener, peer);
+    let limits = SlowClientLimits {
+        command: rules.timeouts.command.get(),
+        data: rules.timeouts.data.get(),
+        session: rules.timeouts.session.get(),
+        min_data_rate: rules.limits.min_data_rate,
+    };
     let mut conn = Conn {
         session,
         stream,
@@ -115,9 +129,14 @@ pub async fn serve(
         rules,
         backend,
         peer,
+        deadlines: Deadlines::new(limits, Instant::now()),
+        bytes_read: 0,
     };
     let end = conn.run(refusal, shutdown).await;
     conn.backend.abort();
+    if let Some(reason) = conn.session.closed_for().or(conn.backend.closed_for()) {
+        info!(%reason, "session closed by the server");
+    }
     match end {
         Ok(()) => debug!("session closed"),
         Err(e) => debug!(reason = %e, "session ended"),
@@ -145,6 +164,7 @@ fn session_config(rules: &Rules, listener: &ListenerInfo) -> SessionConfig {
             BareLineEndings::Reject => BareLf::Reject,
             BareLineEndings::Normalise => BareLf::Normalise,
         },
+        max_junk_commands: limits.max_junk_commands,
     }
 }
 
@@ -176,21 +196,18 @@ impl Conn {
                 return Ok(());
             }
             self.flush().await?;
-            let wait = if self.session.in_data() {
-                self.rules.timeouts.data.get()
-            } else {
-                self.rules.timeouts.command.get()
-            };
+            let (deadline, why) = self.deadlines.next(
+                Instant::now(),
+                self.session.lines(),
+                self.session.in_data(),
+                self.bytes_read,
+            );
             tokio::select! {
-                read = tokio::time::timeout(wait, self.read_more()) => match read {
+                read = tokio::time::timeout_at(deadline, self.read_more()) => match read {
                     Ok(Ok(0)) => return Err(End::Eof),
-                    Ok(Ok(_)) => {}
+                    Ok(Ok(n)) => self.bytes_read += n as u64,
                     Ok(Err(e)) => return Err(End::Io(e)),
-                    Err(_) => {
-                        info!(timeout = ?wait, "session timed out");
-                        let step = self.session.timed_out();
-                        return self.perform(step).await.map(|_| ());
-                    }
+                    Err(_) => return self.expire(why).await,
                 },
                 // Draining: a session between transactions is told 421 now; one inside a
                 // transaction may finish it within the grace period (Postfix does the same).
@@ -204,6 +221,17 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// A deadline passed: `421` for `why`, and close.
+    async fn expire(&mut self, why: Reason) -> Result<(), End> {
+        let host = self.session.hostname().to_owned();
+        let step = match why {
+            Reason::DataRate => self.session.close_for(Reply::data_too_slow(&host), why),
+            Reason::SessionDuration => self.session.close_for(Reply::session_too_long(&host), why),
+            _ => self.session.timed_out(),
+        };
+        self.perform(step).await.map(|_| ())
     }
 
     /// Reads once into the buffer; returns the byte count (0 = EOF).
@@ -309,8 +337,8 @@ impl Conn {
                 Ok(Flow::Closed)
             }
             Step::StartTls => Ok(Flow::StartTls),
-            Step::DiscardMessage(refusal) => {
-                self.backend.discard(&refusal);
+            Step::DiscardMessage(refusal, reason) => {
+                self.backend.discard(&refusal, reason);
                 Ok(Flow::Continue)
             }
             Step::Decide(question) => {

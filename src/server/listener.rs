@@ -11,6 +11,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::policy::networks;
+use crate::reason::Reason;
 use crate::rules::ListenerInfo;
 use crate::server::Runtime;
 use crate::server::conn;
@@ -181,25 +182,25 @@ fn admit(
 ) -> (Option<Reply>, Permits) {
     let ip = networks::canonical(peer.ip());
     if !networks::allowed(&info.allow_networks, ip) {
-        info!(listener = %listener.info.name, client = %peer, "client not in allow_networks");
+        info!(listener = %listener.info.name, client = %peer, reason = %Reason::Allowlist, "client not in allow_networks");
         return (Some(Reply::not_allowed_client()), (None, None, None));
     }
     let Ok(global) = caps.global.clone().try_acquire_owned() else {
-        warn!(listener = %listener.info.name, client = %peer, "global connection limit reached");
+        warn!(listener = %listener.info.name, client = %peer, reason = %Reason::ConnectionCap, "global connection limit reached");
         return (Some(Reply::too_many_connections()), (None, None, None));
     };
     let own = match &listener.own_cap {
         Some(sem) => match sem.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
-                warn!(listener = %listener.info.name, client = %peer, "listener connection limit reached");
+                warn!(listener = %listener.info.name, client = %peer, reason = %Reason::ConnectionCap, "listener connection limit reached");
                 return (Some(Reply::too_many_connections()), (None, None, None));
             }
         },
         None => None,
     };
     let Some(slot) = caps.per_ip.acquire(ip) else {
-        warn!(listener = %listener.info.name, client = %peer, "per-IP connection limit reached");
+        warn!(listener = %listener.info.name, client = %peer, reason = %Reason::ConnectionCap, "per-IP connection limit reached");
         return (Some(Reply::too_many_connections()), (None, None, None));
     };
     (None, (Some(global), own, slot))

@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod conn;
+pub mod deadline;
 pub mod listener;
 pub mod tls;
 

@@ -112,7 +112,7 @@ impl Harness {
                     self.s.tls_established();
                     self.events.push("starttls");
                 }
-                Step::DiscardMessage(_) => {
+                Step::DiscardMessage(..) => {
                     self.spool.clear();
                     self.events.push("discard");
                 }
@@ -147,6 +147,7 @@ pub(super) fn config(header: &str) -> (SessionConfig, bool) {
         max_recipients: 100,
         max_errors: 10,
         bare_line_endings: BareLf::Reject,
+        max_junk_commands: 100,
     };
     let mut tls_active = None;
     for kv in header.split_whitespace() {

@@ -12,6 +12,7 @@ pub mod command;
 pub mod data;
 pub mod ehlo;
 pub mod line;
+pub mod refusals;
 pub mod reply;
 pub mod reply_parser;
 pub mod sasl;

@@ -10,6 +10,7 @@
 
 use std::fmt;
 
+use crate::reason::Reason;
 use crate::smtp::address::{ForwardPath, ReversePath};
 use crate::smtp::command::{self, CommandError, MailParams};
 use crate::smtp::data::{BareLf, DataDecoder, DataEnd};
@@ -57,6 +58,9 @@ pub struct SessionConfig {
     pub max_errors: u32,
     /// Policy for bare CR / LF in DATA.
     pub bare_line_endings: BareLf,
+    /// Commands without progress (NOOP, RSET, VRFY, HELP) before `421 4.7.0` and close;
+    /// the count restarts with each queued message. 0: no cap.
+    pub max_junk_commands: u32,
 }
 
 /// What the shell must do after [`Session::advance`] or [`Session::answer`].
@@ -69,9 +73,9 @@ pub enum Step {
     /// `220 2.0.0 Ready to start TLS` is in `output()`: write it, DROP the
     /// unread input (CVE-2011-0411), handshake, call `tls_established()`.
     StartTls,
-    /// The DATA just ended but was refused (reply queued): drop the partial
-    /// spool file, then call `advance` again with the remaining input.
-    DiscardMessage(Reply),
+    /// The DATA just ended but was refused (reply queued) for this reason: drop the
+    /// partial spool file, then call `advance` again with the remaining input.
+    DiscardMessage(Reply, Reason),
     /// Write `output()` and close the connection; drop any open spool file
     /// (a message only counts once it got its 250).
     Close,
@@ -258,6 +262,10 @@ pub(super) struct Ctx {
     pub(super) tls: bool,
     pub(super) identity: Option<String>,
     pub(super) errors: u32,
+    /// Commands without progress since the last queued message.
+    pub(super) junk: u32,
+    /// Why the server is closing the session, once it decided to.
+    pub(super) closed_for: Option<Reason>,
     pub(super) out: Vec<u8>,
 }
 
@@ -277,10 +285,16 @@ impl Ctx {
         self.errors = self.errors.saturating_add(1);
         if self.errors >= self.cfg.max_errors.max(1) {
             let bye = Reply::too_many_errors(&self.cfg.hostname);
-            self.close_with(&bye)
+            self.close_for(&bye, Reason::TooManyErrors)
         } else {
             (phase, None)
         }
+    }
+
+    /// Queues `reply` and ends the session for `reason`.
+    pub(super) fn close_for(&mut self, reply: &Reply, reason: Reason) -> Next {
+        self.closed_for = Some(reason);
+        self.close_with(reply)
     }
 
     /// Queues `reply` and ends the session.
@@ -303,6 +317,8 @@ pub struct Session {
     ctx: Ctx,
     framer: LineFramer,
     body: Vec<u8>,
+    /// Command and SASL lines completed so far (over-long ones included).
+    lines: u64,
 }
 
 impl Session {
@@ -315,10 +331,13 @@ impl Session {
                 tls: tls_active,
                 identity: None,
                 errors: 0,
+                junk: 0,
+                closed_for: None,
                 out: Vec::new(),
             },
             framer: LineFramer::new(),
             body: Vec::new(),
+            lines: 0,
         }
     }
 
@@ -379,8 +398,14 @@ impl Session {
         let (n, frame) = self.framer.next(rest, cap);
         let stop = match frame {
             Frame::Incomplete => None,
-            Frame::TooLong => self.transition(verbs::line_too_long),
-            Frame::Line(line) => self.line(line),
+            Frame::TooLong => {
+                self.lines += 1;
+                self.transition(verbs::line_too_long)
+            }
+            Frame::Line(line) => {
+                self.lines += 1;
+                self.line(line)
+            }
         };
         (n, stop)
     }
@@ -409,7 +434,7 @@ impl Session {
             let next = self.ctx.logic_error();
             return self.set(next);
         };
-        let refusal = match end {
+        let (refusal, reason) = match end {
             DataEnd::Complete => {
                 let envelope = Envelope {
                     from: tx.from,
@@ -420,13 +445,16 @@ impl Session {
                 self.phase = Phase::Deciding { helo, pending };
                 return Some(Step::Decide(Question::Message { envelope }));
             }
-            DataEnd::TooBig => Reply::message_too_big(),
-            DataEnd::BareLineEnding => Reply::bare_line_ending(),
+            DataEnd::TooBig => (Reply::message_too_big(), Reason::Size),
+            DataEnd::BareLineEnding => (Reply::bare_line_ending(), Reason::BareLineEnding),
         };
         // RFC 5321 4.1.1.4: a failed DATA clears the transaction.
         self.body.clear();
         let next = self.ctx.reject(refusal.clone(), Phase::Ready { helo });
-        Some(self.set(next).unwrap_or(Step::DiscardMessage(refusal)))
+        Some(
+            self.set(next)
+                .unwrap_or(Step::DiscardMessage(refusal, reason)),
+        )
     }
 
     /// Runs a transition over the phase taken by value.
@@ -474,13 +502,36 @@ impl Session {
     /// The command or DATA timeout fired (RFC 5321 4.5.3.2).
     pub fn timed_out(&mut self) -> Step {
         let reply = Reply::timeout(&self.ctx.cfg.hostname);
-        self.close(&reply)
+        self.close_for(reply, Reason::Timeout)
     }
 
     /// The server is draining.
     pub fn shutting_down(&mut self) -> Step {
         let reply = Reply::shutting_down(&self.ctx.cfg.hostname);
-        self.close(&reply)
+        self.close_for(reply, Reason::ShuttingDown)
+    }
+
+    /// The shell ends the session with `reply` for `reason` (a slow client, a session
+    /// over its time, a lockout).
+    pub fn close_for(&mut self, reply: Reply, reason: Reason) -> Step {
+        let next = self.ctx.close_for(&reply, reason);
+        self.set(next).unwrap_or(Step::Close)
+    }
+
+    /// Why the server closed the session, when it did (not for QUIT or a client gone).
+    pub fn closed_for(&self) -> Option<Reason> {
+        self.ctx.closed_for
+    }
+
+    /// Command and SASL lines completed so far: the shell restarts its command deadline
+    /// when this moves (a command line must arrive whole within the command timeout).
+    pub fn lines(&self) -> u64 {
+        self.lines
+    }
+
+    /// Our hostname, for the shell's own 421 texts.
+    pub fn hostname(&self) -> &str {
+        &self.ctx.cfg.hostname
     }
 
     /// True while reading a message (the shell uses the DATA timeout).

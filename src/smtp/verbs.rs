@@ -2,6 +2,7 @@
 //! (rustls style), queueing replies through [`Ctx`]. Order and policy-gate
 //! checks live here; syntax is already checked by `command.rs`.
 
+use crate::reason::Reason;
 use crate::smtp::address::{ForwardPath, ReversePath};
 use crate::smtp::command::{Command, MailParams};
 use crate::smtp::data::DataDecoder;
@@ -24,22 +25,30 @@ pub(super) fn command(ctx: &mut Ctx, phase: Phase, cmd: Command) -> Next {
         Command::StartTls => starttls(ctx, phase),
         // RFC 5321 4.1.1.5: RSET clears the transaction, keeps the EHLO.
         Command::Rset => {
-            ctx.send(&Reply::ok());
             let phase = match phase {
                 Phase::Transaction { helo, .. } => Phase::Ready { helo },
                 other => other,
             };
-            (phase, None)
+            junk(ctx, phase, Reply::ok())
         }
-        Command::Noop => reply(ctx, phase, Reply::ok()),
-        Command::Help => reply(ctx, phase, Reply::help()),
-        Command::Vrfy => reply(ctx, phase, Reply::vrfy()),
+        Command::Noop => junk(ctx, phase, Reply::ok()),
+        Command::Help => junk(ctx, phase, Reply::help()),
+        Command::Vrfy => junk(ctx, phase, Reply::vrfy()),
         Command::Expn => ctx.reject(Reply::not_implemented(), phase),
         Command::Quit => ctx.close_with(&Reply::bye()),
     }
 }
 
-fn reply(ctx: &mut Ctx, phase: Phase, reply: Reply) -> Next {
+/// A command that moves no mail (Postfix's `smtpd_junk_command_limit`): answered, and
+/// counted; past `max_junk_commands` since the last queued message, `421 4.7.0` and close,
+/// so a NOOP/RSET/VRFY loop cannot hold a session forever.
+fn junk(ctx: &mut Ctx, phase: Phase, reply: Reply) -> Next {
+    ctx.junk = ctx.junk.saturating_add(1);
+    let cap = ctx.cfg.max_junk_commands;
+    if cap > 0 && ctx.junk > cap {
+        let bye = Reply::junk_commands(&ctx.cfg.hostname);
+        return ctx.close_for(&bye, Reason::JunkCommands);
+    }
     ctx.send(&reply);
     (phase, None)
 }
@@ -310,7 +319,10 @@ fn accept(ctx: &mut Ctx, helo: Helo, pending: Pending, verdict: Verdict) -> Next
             ctx.identity = Some(username);
             (Reply::auth_ok(), Phase::Ready { helo })
         }
-        (Pending::Message, Verdict::Queued(id)) => (Reply::queued(&id), Phase::Ready { helo }),
+        (Pending::Message, Verdict::Queued(id)) => {
+            ctx.junk = 0;
+            (Reply::queued(&id), Phase::Ready { helo })
+        }
         _ => return ctx.logic_error(),
     };
     ctx.send(&reply);

@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use crate::reason::Reason;
+
 /// The one summary line per accepted or refused message (BRIEF: "one line per message").
 #[derive(Debug)]
 pub struct MessageSummary<'a> {
@@ -20,8 +22,10 @@ pub struct MessageSummary<'a> {
     pub recipients: usize,
     /// Bytes stored (prefix + body).
     pub size: u64,
-    /// `queued`, or why the message was refused.
+    /// `queued`, or the refusal's reply.
     pub outcome: &'a str,
+    /// Why it was refused (`None` when queued).
+    pub reason: Option<Reason>,
 }
 
 /// Logs a message summary at info level.
@@ -36,6 +40,7 @@ pub fn message(m: &MessageSummary<'_>) {
         recipients = m.recipients,
         size = m.size,
         outcome = m.outcome,
+        reason = m.reason.map_or("-", Reason::as_str),
         "message {}: {}",
         m.queue_id,
         m.outcome

@@ -22,3 +22,4 @@ mod protocol;
 mod selftest;
 mod sessions;
 mod shipped;
+mod slow;

@@ -240,6 +240,32 @@ impl Dialog {
         }
     }
 
+    /// Writes `bytes` one octet at a time, `gap` apart, until the server replies; returns
+    /// the reply (`None`: closed without one). Bounded by `bytes`; a write that fails (the
+    /// server closed) ends the trickle and the reply is then read.
+    pub async fn trickle(&mut self, bytes: &[u8], gap: Duration) -> Option<Reply> {
+        for &b in bytes {
+            let io = self.io();
+            if io.write_all(&[b]).await.is_err() || io.flush().await.is_err() {
+                break;
+            }
+            if !self.buf.is_empty() {
+                break;
+            }
+            let mut chunk = [0u8; 512];
+            let io = self.io();
+            match tokio::time::timeout(gap, io.read(&mut chunk)).await {
+                Err(_) => continue,
+                Ok(Ok(n)) if n > 0 => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    break;
+                }
+                Ok(_) => break,
+            }
+        }
+        self.try_reply().await
+    }
+
     /// The bytes received but not yet consumed as a reply.
     pub fn buffered(&self) -> &[u8] {
         &self.buf
