@@ -105,6 +105,9 @@ pub struct TestServer {
     pub submissions: SocketAddr,
     /// Plain, no AUTH, 127.0.0.1 only.
     pub legacy: SocketAddr,
+    /// postern's clock: tests move policy time on with `clock.advance` (rate limits,
+    /// lockouts) instead of waiting.
+    pub clock: postern::clock::Clock,
     sink: Option<Sink>,
     sink_opts: SinkOptions,
     running: Option<Running>,
@@ -142,6 +145,7 @@ impl TestServer {
             submission: unbound,
             submissions: unbound,
             legacy: unbound,
+            clock: postern::clock::Clock::new(),
             sink,
             sink_opts,
             running: None,
@@ -155,7 +159,7 @@ impl TestServer {
         assert!(self.running.is_none(), "postern is already running");
         let yaml = std::fs::read_to_string(&self.config).unwrap();
         let cfg = postern::config::load::load_str(&yaml, &self.config).unwrap();
-        let running = client::step("postern start", postern::app::start(cfg))
+        let running = client::step("postern start", postern::app::start_with(cfg, self.clock.clone()))
             .await
             .unwrap();
         self.submission = running.addr("submission").unwrap();
