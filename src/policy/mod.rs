@@ -6,7 +6,9 @@
 //! it may send as anyone).
 
 pub mod identity;
+pub mod lockout;
 pub mod networks;
+pub mod ratelimit;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -120,11 +122,17 @@ mod tests {
             username: "app1".into(),
             password_hash: String::new(),
             senders: vec!["app1@corp.example".into(), "@alerts.corp.example".into()],
+            rate_limits: vec![],
+            max_message_size: None,
+            max_recipients: None,
         }];
         let networks = [NetworkConfig {
             network: "10.20.30.0/24".parse().unwrap(),
             senders: vec!["@localhost".into(), "@corp.example".into()],
             rewrite_sender: Some("scans@corp.example".into()),
+            rate_limits: vec![],
+            max_message_size: None,
+            max_recipients: None,
         }];
         let users = users
             .iter()
