@@ -207,6 +207,12 @@ mod tests {
         assert_eq!(c.limits.max_connections, 1000);
         assert_eq!(c.limits.max_connections_per_ip, 0);
         assert_eq!(c.limits.max_errors, 10);
+        assert!(c.rate_limits.is_empty());
+        let lockout = &c.auth_lockout;
+        assert_eq!(lockout.attempts, 10);
+        assert_eq!(lockout.window.get(), secs(600));
+        assert_eq!(lockout.duration.get(), secs(900));
+        assert!(!lockout.per_username);
         assert_eq!(c.timeouts.command.get(), secs(300));
         assert_eq!(c.timeouts.data.get(), secs(180));
         assert_eq!(c.timeouts.tls_handshake.get(), secs(30));
@@ -246,6 +252,15 @@ mod tests {
         assert_eq!(c.upstreams[0].ca_file, Some(fixtures.join("cert.pem")));
         assert_eq!(c.limits.max_message_size.get(), 25 << 20);
         assert_eq!(c.queue.max_age.get(), StdDuration::from_secs(3 * 86_400));
+        let app1 = &c.users[0];
+        assert_eq!(app1.rate_limits[0].burst, Some(500));
+        assert_eq!(app1.max_recipients, Some(500));
+        assert_eq!(c.rate_limits[0].interval.get(), StdDuration::from_secs(60));
+        assert_eq!(
+            c.rate_limits[1].interval.get(),
+            StdDuration::from_secs(3600)
+        );
+        assert!(c.auth_lockout.per_username);
     }
 
     #[test]

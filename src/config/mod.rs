@@ -3,6 +3,7 @@
 //!
 //! # Layout
 //! - [`schema`]: the file's shape (serde, `deny_unknown_fields`), every key with its default.
+//! - [`policy`]: the policy sections: caps, rate limits, AUTH lockout.
 //! - [`units`]: durations (`30s`, `3d`) and sizes (`25MiB`).
 //! - [`load`]: read, parse, validate, then resolve relative paths.
 //! - [`syntax`]: sender patterns, domains, `host:port`.
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 pub mod error;
 pub mod load;
+pub mod policy;
 pub mod schema;
 pub mod syntax;
 pub mod units;

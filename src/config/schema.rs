@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::units::{ByteSize, Duration};
 
+// Moved to `policy.rs` with the other policy sections; re-exported so paths stay the same.
+pub use crate::config::policy::LimitsConfig;
+use crate::config::policy::{AuthLockoutConfig, RateLimitRule};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +37,12 @@ pub struct Config {
     /// Size, recipient and connection caps.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Rate limits for every client (see [`RateLimitRule`]). Default: none.
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitRule>,
+    /// AUTH-failure lockout. Default: on, 10 failures in `10m` lock an address for `15m`.
+    #[serde(default)]
+    pub auth_lockout: AuthLockoutConfig,
     /// Server-side timeouts (RFC 5321 section 4.5.3.2).
     #[serde(default)]
     pub timeouts: TimeoutsConfig,
@@ -140,6 +150,16 @@ pub struct UserConfig {
     /// Envelope senders this account may use: `user@domain`, `@domain` (any address at
     /// that domain) or `*` (any). Required, non-empty.
     pub senders: Vec<String>,
+    /// Rate limits for this identity: each replaces the global rules with the same `per` and
+    /// quantity; one with no such global rule is added. Default: none (the global rules).
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitRule>,
+    /// Overrides `limits.max_message_size` for this identity. Default: the global one.
+    #[serde(default)]
+    pub max_message_size: Option<ByteSize>,
+    /// Overrides `limits.max_recipients` for this identity. Default: the global one.
+    #[serde(default)]
+    pub max_recipients: Option<usize>,
 }
 
 /// A device identity: clients from `network` get these sender rules without AUTH.
@@ -154,42 +174,16 @@ pub struct NetworkConfig {
     /// Replace the envelope sender (and nothing else) with this address. Default: keep it.
     #[serde(default)]
     pub rewrite_sender: Option<String>,
-}
-
-/// Caps on what a client may send.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Largest message accepted (RFC 1870 SIZE). Default: `25MiB`.
-    #[serde(default = "default_max_message_size")]
-    pub max_message_size: ByteSize,
-    /// Most recipients per transaction; more get `452 4.5.3`. Default: `100`.
-    #[serde(default = "default_max_recipients")]
-    pub max_recipients: usize,
-    /// Most concurrent sessions over all listeners; more get `421 4.7.0`. Default: `1000`.
-    #[serde(default = "default_max_connections")]
-    pub max_connections: usize,
-    /// Most concurrent sessions from one client IP address; more get `421 4.7.0`.
-    /// Default: `0` (no per-IP cap).
+    /// Rate limits for this identity: each replaces the global rules with the same `per` and
+    /// quantity; one with no such global rule is added. Default: none (the global rules).
     #[serde(default)]
-    pub max_connections_per_ip: usize,
-    /// After this many error replies in a session, it is closed with `421 4.7.0`. Default: `10`.
-    #[serde(default = "default_max_errors")]
-    pub max_errors: u32,
-    /// Slowest DATA accepted, in bytes per second: after `timeouts.data`, each byte received
-    /// earns `1/min_data_rate` s more, and a client slower than that is closed with
-    /// `421 4.4.2` (Postfix's `smtpd_min_data_rate`). `0` turns it off. Default: `500`.
-    #[serde(default = "default_min_data_rate")]
-    pub min_data_rate: u64,
-    /// Most messages queued in one session; the next MAIL gets `421 4.7.0` and the session
-    /// closes (the client reconnects). `0`: no cap. Default: `1000`.
-    #[serde(default = "default_max_messages_per_session")]
-    pub max_messages_per_session: u32,
-    /// Most commands without progress (NOOP, RSET, VRFY, HELP) between queued messages;
-    /// one more gets `421 4.7.0` and close (Postfix's `smtpd_junk_command_limit`). `0`: no
-    /// cap. Default: `100`.
-    #[serde(default = "default_max_junk_commands")]
-    pub max_junk_commands: u32,
+    pub rate_limits: Vec<RateLimitRule>,
+    /// Overrides `limits.max_message_size` for this identity. Default: the global one.
+    #[serde(default)]
+    pub max_message_size: Option<ByteSize>,
+    /// Overrides `limits.max_recipients` for this identity. Default: the global one.
+    #[serde(default)]
+    pub max_recipients: Option<usize>,
 }
 
 /// Server-side timeouts; a session that exceeds one gets `421 4.4.2` and is closed.
@@ -404,21 +398,6 @@ pub enum LogFormat {
     Json,
 }
 
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            max_message_size: default_max_message_size(),
-            max_recipients: default_max_recipients(),
-            max_connections: default_max_connections(),
-            max_connections_per_ip: 0,
-            max_errors: default_max_errors(),
-            min_data_rate: default_min_data_rate(),
-            max_messages_per_session: default_max_messages_per_session(),
-            max_junk_commands: default_max_junk_commands(),
-        }
-    }
-}
-
 impl Default for TimeoutsConfig {
     fn default() -> Self {
         TimeoutsConfig {
@@ -465,27 +444,6 @@ fn default_shutdown_grace() -> Duration {
 }
 fn any_sender() -> Vec<String> {
     vec!["*".into()]
-}
-fn default_max_message_size() -> ByteSize {
-    ByteSize::mib(25)
-}
-fn default_max_recipients() -> usize {
-    100
-}
-fn default_max_connections() -> usize {
-    1000
-}
-fn default_max_errors() -> u32 {
-    10
-}
-fn default_min_data_rate() -> u64 {
-    500
-}
-fn default_max_messages_per_session() -> u32 {
-    1000
-}
-fn default_max_junk_commands() -> u32 {
-    100
 }
 fn default_session_timeout() -> Duration {
     Duration::secs(3600)

@@ -3,7 +3,7 @@
 //!
 //! # Order
 //! Sections are checked in the order of [`Config`]'s fields (hostname, listeners, tls, users,
-//! networks, limits, timeouts, queue, upstreams, routes, log), each list top to bottom, and the
+//! networks, limits, rate_limits, auth_lockout, timeouts, queue, upstreams, routes, log), each list top to bottom, and the
 //! first failure is returned. One error at a time keeps the message short and the golden tests
 //! exact (chasquid does the same); the order makes the answer the same on every run.
 //!
@@ -30,6 +30,9 @@ use crate::config::syntax::{Pattern, check_host_port, sender_pattern};
 use crate::config::units::Duration;
 use crate::config::{MAX_ARGON2_M_COST, config_dir, resolve};
 
+mod policy;
+use policy::Owner;
+
 /// The result of one rule or section.
 type Checked = Result<(), ConfigError>;
 
@@ -45,9 +48,12 @@ pub fn validate(config: &Config, file: &Path) -> Checked {
     c.hostname(&config.hostname)?;
     c.listeners(&config.listeners)?;
     c.tls(config.tls.as_ref(), &config.listeners)?;
-    c.users(&config.users)?;
-    c.networks(&config.networks)?;
+    c.users(&config.users, &config.listeners)?;
+    c.networks(&config.networks, &config.listeners)?;
     c.limits(&config.limits)?;
+    let listeners = &config.listeners;
+    c.rate_limits("rate_limits", &config.rate_limits, listeners, Owner::Global)?;
+    c.auth_lockout(&config.auth_lockout)?;
     c.timeouts(&config.timeouts)?;
     c.queue(&config.queue)?;
     c.upstreams(&config.upstreams)?;
@@ -194,7 +200,7 @@ impl Checker<'_> {
     }
 
     /// Unique, non-empty usernames with argon2 hashes and sender patterns.
-    fn users(&self, users: &[UserConfig]) -> Checked {
+    fn users(&self, users: &[UserConfig], listeners: &[ListenerConfig]) -> Checked {
         let mut names = HashMap::new();
         for (i, u) in users.iter().enumerate() {
             let key = format!("users[{i}]");
@@ -217,23 +223,33 @@ impl Checker<'_> {
                 return self.fail(format!("{key}.password_hash"), problem);
             }
             self.senders(&format!("{key}.senders"), &u.senders)?;
+            let limits = format!("{key}.rate_limits");
+            self.rate_limits(&limits, &u.rate_limits, listeners, Owner::User)?;
+            self.identity_caps(&key, u.max_message_size, u.max_recipients)?;
         }
         Ok(())
     }
 
-    /// Device identities: sender patterns and a single rewrite address.
-    fn networks(&self, networks: &[NetworkConfig]) -> Checked {
+    /// Device identities: sender patterns, a single rewrite address, their own limits.
+    fn networks(&self, networks: &[NetworkConfig], listeners: &[ListenerConfig]) -> Checked {
         for (i, n) in networks.iter().enumerate() {
             let key = format!("networks[{i}]");
             self.senders(&format!("{key}.senders"), &n.senders)?;
             if let Some(rewrite) = &n.rewrite_sender {
                 let problem = match sender_pattern(rewrite) {
-                    Ok(Pattern::Mailbox) => continue,
-                    Ok(_) => format!("{rewrite:?} is a pattern: write one address, local@domain"),
-                    Err(why) => why,
+                    Ok(Pattern::Mailbox) => None,
+                    Ok(_) => Some(format!(
+                        "{rewrite:?} is a pattern: write one address, local@domain"
+                    )),
+                    Err(why) => Some(why),
                 };
-                return self.fail(format!("{key}.rewrite_sender"), problem);
+                if let Some(problem) = problem {
+                    return self.fail(format!("{key}.rewrite_sender"), problem);
+                }
             }
+            let limits = format!("{key}.rate_limits");
+            self.rate_limits(&limits, &n.rate_limits, listeners, Owner::Network)?;
+            self.identity_caps(&key, n.max_message_size, n.max_recipients)?;
         }
         Ok(())
     }

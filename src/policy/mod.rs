@@ -6,12 +6,15 @@
 //! it may send as anyone).
 
 pub mod identity;
+pub mod lockout;
 pub mod networks;
+pub mod ratelimit;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use crate::config::schema::Config;
+use crate::config::units::ByteSize;
 use crate::policy::identity::SenderRules;
 use crate::policy::networks::{Device, Devices};
 
@@ -47,11 +50,36 @@ pub enum MailRefusal {
     AuthRequired,
 }
 
-/// Sender rules for users and devices.
+/// The size and recipient caps that apply to one client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Caps {
+    /// Largest message accepted, in bytes.
+    pub max_message_size: u64,
+    /// Most recipients per transaction.
+    pub max_recipients: usize,
+}
+
+impl Caps {
+    /// These caps with an identity's own overrides, where set.
+    fn with(self, size: Option<ByteSize>, recipients: Option<usize>) -> Caps {
+        Caps {
+            max_message_size: size.map_or(self.max_message_size, ByteSize::get),
+            max_recipients: recipients.unwrap_or(self.max_recipients),
+        }
+    }
+}
+
+/// Sender rules and caps for users and devices.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
     users: HashMap<String, SenderRules>,
     devices: Devices,
+    /// The `limits` caps, for clients without their own.
+    caps: Caps,
+    /// Caps of users with a `max_message_size` or `max_recipients` of their own.
+    user_caps: HashMap<String, Caps>,
+    /// Caps of networks with their own.
+    device_caps: HashMap<ipnet::IpNet, Caps>,
 }
 
 impl Policy {
@@ -62,10 +90,44 @@ impl Policy {
             .iter()
             .map(|u| (u.username.clone(), SenderRules::new(&u.senders)))
             .collect();
+        let caps = Caps {
+            max_message_size: cfg.limits.max_message_size.get(),
+            max_recipients: cfg.limits.max_recipients,
+        };
+        let user_caps = cfg
+            .users
+            .iter()
+            .filter(|u| u.max_message_size.is_some() || u.max_recipients.is_some())
+            .map(|u| {
+                let own = caps.with(u.max_message_size, u.max_recipients);
+                (u.username.clone(), own)
+            })
+            .collect();
+        let device_caps = cfg
+            .networks
+            .iter()
+            .filter(|n| n.max_message_size.is_some() || n.max_recipients.is_some())
+            .map(|n| (n.network, caps.with(n.max_message_size, n.max_recipients)))
+            .collect();
         Policy {
             users,
             devices: Devices::new(&cfg.networks),
+            caps,
+            user_caps,
+            device_caps,
         }
+    }
+
+    /// The size and recipient caps for `who`: its own where its `users` or `networks` entry
+    /// sets them, else `limits`. (EHLO advertises the global SIZE before AUTH; the server
+    /// enforces these at MAIL SIZE=, RCPT and DATA.)
+    pub fn caps(&self, who: &Identity) -> Caps {
+        let own = match who {
+            Identity::User(user) => self.user_caps.get(user),
+            Identity::Device(net) => self.device_caps.get(net),
+            Identity::Anonymous => None,
+        };
+        own.copied().unwrap_or(self.caps)
     }
 
     /// The device identity for a client address, if a `networks` entry contains it.
@@ -120,11 +182,17 @@ mod tests {
             username: "app1".into(),
             password_hash: String::new(),
             senders: vec!["app1@corp.example".into(), "@alerts.corp.example".into()],
+            rate_limits: vec![],
+            max_message_size: None,
+            max_recipients: None,
         }];
         let networks = [NetworkConfig {
             network: "10.20.30.0/24".parse().unwrap(),
             senders: vec!["@localhost".into(), "@corp.example".into()],
             rewrite_sender: Some("scans@corp.example".into()),
+            rate_limits: vec![],
+            max_message_size: None,
+            max_recipients: None,
         }];
         let users = users
             .iter()
@@ -133,6 +201,7 @@ mod tests {
         Policy {
             users,
             devices: Devices::new(&networks),
+            ..Policy::default()
         }
     }
 
@@ -187,5 +256,52 @@ mod tests {
             assert_eq!(got.as_deref().map_err(|e| *e), want, "{who:?} {sender}");
         }
         assert_eq!(Identity::User("u".into()).label().as_deref(), Some("u"));
+    }
+
+    #[test]
+    fn caps_per_identity() {
+        let mut cfg = crate::config::load_str(
+            "listeners: [{name: l, address: \"127.0.0.1:0\", tls: none, auth: none, \
+             allow_networks: [127.0.0.0/8]}]\nqueue: {directory: q}\n\
+             upstreams: [{name: u, directory: o}]\n\
+             networks: [{network: 10.0.0.0/8, max_recipients: 5}]\n",
+            std::path::Path::new("t.yaml"),
+        )
+        .unwrap();
+        cfg.users = vec![UserConfig {
+            username: "big".into(),
+            password_hash: String::new(),
+            senders: vec!["*".into()],
+            rate_limits: vec![],
+            max_message_size: Some(ByteSize::mib(50)),
+            max_recipients: None,
+        }];
+        let p = Policy::new(&cfg);
+        let global = Caps {
+            max_message_size: 25 << 20,
+            max_recipients: 100,
+        };
+        let net = "10.0.0.0/8".parse().unwrap();
+        let rows = [
+            (Identity::Anonymous, global),
+            (Identity::User("other".into()), global),
+            (
+                Identity::User("big".into()),
+                Caps {
+                    max_message_size: 50 << 20,
+                    ..global
+                },
+            ),
+            (
+                Identity::Device(net),
+                Caps {
+                    max_recipients: 5,
+                    ..global
+                },
+            ),
+        ];
+        for (who, want) in rows {
+            assert_eq!(p.caps(&who), want, "{who:?}");
+        }
     }
 }

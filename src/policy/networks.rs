@@ -23,6 +23,19 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// The address a client is counted under by rate limits and the AUTH lockout: IPv4 as is,
+/// IPv6 by its /64 (the smallest block a site is assigned, RFC 6177), so that a client
+/// cannot escape a limit, or fill the tables, by hopping between addresses of its own /64.
+pub fn client_prefix(ip: IpAddr) -> IpAddr {
+    match canonical(ip) {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
 /// A device identity: what clients from a network may send as, and the sender rewrite.
 #[derive(Debug, Clone)]
 pub struct Device {
@@ -91,11 +104,27 @@ mod tests {
     }
 
     #[test]
+    fn client_prefixes() {
+        let rows = [
+            ("192.0.2.7", "192.0.2.7"),
+            ("::ffff:192.0.2.7", "192.0.2.7"),
+            ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::"),
+        ];
+        for (ip, want) in rows {
+            let got = client_prefix(ip.parse().unwrap());
+            assert_eq!(got, want.parse::<IpAddr>().unwrap(), "{ip}");
+        }
+    }
+
+    #[test]
     fn most_specific_device_wins() {
         let cfg = |n: &str, rewrite: &str| NetworkConfig {
             network: net(n),
             senders: vec!["*".into()],
             rewrite_sender: Some(rewrite.into()),
+            rate_limits: vec![],
+            max_message_size: None,
+            max_recipients: None,
         };
         let devices = Devices::new(&[cfg("10.0.0.0/8", "wide@x"), cfg("10.20.30.0/24", "scans@x")]);
         let hit = |ip: &str| {

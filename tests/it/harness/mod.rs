@@ -159,9 +159,12 @@ impl TestServer {
         assert!(self.running.is_none(), "postern is already running");
         let yaml = std::fs::read_to_string(&self.config).unwrap();
         let cfg = postern::config::load::load_str(&yaml, &self.config).unwrap();
-        let running = client::step("postern start", postern::app::start_with(cfg, self.clock.clone()))
-            .await
-            .unwrap();
+        let running = client::step(
+            "postern start",
+            postern::app::start_with(cfg, self.clock.clone()),
+        )
+        .await
+        .unwrap();
         self.submission = running.addr("submission").unwrap();
         self.submissions = running.addr("submissions").unwrap();
         self.legacy = running.addr("legacy").unwrap();
