@@ -19,7 +19,12 @@
 
 pub mod block;
 mod fields;
+mod phrase;
+pub mod rewrite;
 pub mod senders;
+
+#[cfg(test)]
+mod fuzz_tests;
 
 use std::net::IpAddr;
 use std::time::SystemTime;
