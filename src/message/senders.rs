@@ -3,7 +3,7 @@
 //!
 //! Field values go through mail-parser's RFC 5322 address parser (folding, RFC 2047
 //! encoded words, quoted display names, groups and comments are its job); postern splits
-//! the fields itself ([`super::fields`]) so that the fields checked are exactly the fields
+//! the fields itself (the private `fields` module) so that the fields checked are exactly the fields
 //! [`super::rewrite`] replaces, duplicates included: a message with two From fields has
 //! both checked, the classic spoof being a second From that some MUAs show instead.
 //!
@@ -306,6 +306,15 @@ mod tests {
             ("From: <@relay.example:a@x.example>\r\n", From, BadAddress),
             ("From: <a@x_y>\r\n", From, BadAddress),
             ("From: ok@x.example\r\nFrom: garbage\r\n", From, NotAMailbox),
+            // An encoded word is a display name, never an address (RFC 2047 5).
+            (
+                "From: =?UTF-8?Q?ceo=40corp.example?=\r\n",
+                From,
+                NotAMailbox,
+            ),
+            ("From: <a@x.example> <b@y.example>\r\n", From, BadAddress),
+            ("From: <>\r\n", From, NoAddress),
+            ("From: a@x.example\r\n\tb@y.example\r\n", From, BadAddress),
             (
                 "From: a@x.example\r\nSender: a@x.example, b@y.example\r\n",
                 Sender,
