@@ -3,9 +3,10 @@
 //!
 //! Field values go through mail-parser's RFC 5322 address parser (folding, RFC 2047
 //! encoded words, quoted display names, groups and comments are its job); postern splits
-//! the fields itself (the private `fields` module) so that the fields checked are exactly the fields
-//! [`super::rewrite`] replaces, duplicates included: a message with two From fields has
-//! both checked, the classic spoof being a second From that some MUAs show instead.
+//! the fields itself (the private `fields` module) so that the fields checked are exactly
+//! the fields [`super::rewrite`] replaces, duplicates included: a message with two From
+//! fields has both checked, the classic spoof being a second From that some MUAs show
+//! instead.
 //!
 //! The parser is lenient and the check must not be, so each address it returns must also be
 //! an RFC 5321 4.1.2 mailbox as MAIL FROM would take it ([`crate::smtp::address`]), and
