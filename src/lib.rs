@@ -8,7 +8,8 @@
 //! - [`config`]: the YAML schema, units and validation. A leaf, like `smtp`.
 //! - [`policy`]: pure decisions: allowlists, device identities, who may send as whom.
 //! - [`users`]: credentials, argon2 verification off the reactor, the success cache.
-//! - [`message`]: the headers postern adds (Received, Date, Message-ID).
+//! - [`message`]: the headers postern adds (Received, Date, Message-ID); the bounded
+//!   header-section collector, From/Sender extraction and From rewriting.
 //! - [`spool`]: the durable queue (group-committed fsync) and retry schedule.
 //! - [`upstream`]: routes, the SMTP client, connection pools, the directory upstream.
 //! - [`delivery`]: the queue runner: retries, failover, per-recipient bookkeeping.

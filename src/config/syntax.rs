@@ -1,7 +1,8 @@
 //! The syntax of the small strings in the config: sender patterns, domains and `host:port`.
 //!
 //! Pure functions that return a problem text an admin can act on; `validate.rs` puts the key
-//! in front. `policy/` matches envelope senders against patterns that passed [`sender_pattern`].
+//! in front. `policy/` and `upstream/` match envelope senders against patterns that passed
+//! [`sender_pattern`], with [`is_strict_subdomain`] for `@*.domain`.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -12,11 +13,14 @@ pub enum Pattern {
     Any,
     /// `@domain`: any address at that domain.
     Domain,
+    /// `@*.domain`: any address at a subdomain of that domain (not the domain itself).
+    Subdomain,
     /// `local@domain`: that one address.
     Mailbox,
 }
 
-/// Parses a sender pattern: `*`, `@domain` or `local@domain`, written bare (no `<>`).
+/// Parses a sender pattern: `*`, `@domain`, `@*.domain` or `local@domain`, written bare
+/// (no `<>`).
 pub fn sender_pattern(p: &str) -> Result<Pattern, String> {
     if p == "*" {
         return Ok(Pattern::Any);
@@ -32,13 +36,17 @@ pub fn sender_pattern(p: &str) -> Result<Pattern, String> {
     let Some((local, domain)) = p.rsplit_once('@') else {
         return Err(format!("{p:?} is not a sender pattern: {shapes}"));
     };
+    if domain.contains('*') {
+        return subdomain_pattern(p, local, domain);
+    }
     check_domain(domain).map_err(|why| format!("{p:?}: {why}"))?;
     if local.is_empty() {
         return Ok(Pattern::Domain);
     }
     if local.contains('*') {
         return Err(format!(
-            "{p:?}: wildcards are not supported; \"@{domain}\" matches any address at {domain}"
+            "{p:?}: wildcards in the local part are not supported; \"@{domain}\" matches any \
+             address at {domain}"
         ));
     }
     // RFC 5321 4.5.3.1.1: a local part is at most 64 octets.
@@ -48,6 +56,29 @@ pub fn sender_pattern(p: &str) -> Result<Pattern, String> {
         ));
     }
     Ok(Pattern::Mailbox)
+}
+
+/// A domain with a `*`: only `@*.domain`, a whole leading label, without a local part.
+fn subdomain_pattern(p: &str, local: &str, domain: &str) -> Result<Pattern, String> {
+    let shape = "a subdomain wildcard is written \"@*.domain\" (as in \"@*.corp.example\"), \
+                 with no local part and a valid domain after \"*.\"";
+    let parent = domain.strip_prefix("*.").filter(|_| local.is_empty());
+    match parent.map(check_domain) {
+        Some(Ok(())) => Ok(Pattern::Subdomain),
+        _ => Err(format!("{p:?}: {shape}")),
+    }
+}
+
+/// True when `domain` ends in `.parent` with at least one label before it (so `parent`
+/// itself is not its own subdomain); ASCII case-insensitive (RFC 5321 2.4). Compares
+/// octets, so UTF-8 domains (RFC 6531) never split a character.
+pub fn is_strict_subdomain(domain: &str, parent: &str) -> bool {
+    let (d, p) = (domain.as_bytes(), parent.as_bytes());
+    if p.is_empty() || d.len() < p.len() + 2 {
+        return false;
+    }
+    let (head, tail) = d.split_at(d.len() - p.len());
+    head.ends_with(b".") && tail.eq_ignore_ascii_case(p)
 }
 
 /// RFC 5321 4.1.2 and 4.5.3.1.2 (with RFC 6531 for UTF-8 labels): dot-separated labels of
@@ -111,6 +142,18 @@ mod tests {
         let table: &[(&str, Option<Pattern>)] = &[
             ("*", Some(Any)),
             ("@corp.example", Some(Domain)),
+            ("@*.corp.example", Some(Subdomain)),
+            ("@*.example", Some(Subdomain)),
+            ("@*.b\u{fc}ro.example", Some(Subdomain)),
+            ("@*", None),
+            ("@*.", None),
+            ("@*foo.example", None),
+            ("@*.*.example", None),
+            ("@a.*.example", None),
+            ("@*..example", None),
+            ("@**.example", None),
+            ("a@*.corp.example", None),
+            ("*@*.corp.example", None),
             ("app1@corp.example", Some(Mailbox)),
             ("scans@büro.example", Some(Mailbox)),
             ("a.b+tag@x-y.example", Some(Mailbox)),
@@ -130,6 +173,13 @@ mod tests {
         for (input, want) in table {
             assert_eq!(sender_pattern(input).ok(), *want, "{input:?}");
         }
+        assert_eq!(
+            sender_pattern("@*foo.example").err().as_deref(),
+            Some(
+                "\"@*foo.example\": a subdomain wildcard is written \"@*.domain\" (as in \
+                 \"@*.corp.example\"), with no local part and a valid domain after \"*.\""
+            )
+        );
         let long_local = format!("{}@corp.example", "x".repeat(65));
         assert_eq!(sender_pattern(&long_local).ok(), None);
     }

@@ -1,13 +1,22 @@
 //! Who may send as which address: sender patterns shared by users, device networks and
 //! routes.
 
-/// One sender pattern from the config: `*`, `@domain` or `local@domain`.
+use crate::config::syntax::is_strict_subdomain;
+
+/// One sender pattern from the config: `*`, `@domain`, `@*.domain` or `local@domain`.
+///
+/// Domains compare ASCII case-insensitively (RFC 5321 2.4: domain names are not case
+/// sensitive). `@*.corp.example` matches the subdomains of corp.example at any depth
+/// (`a.corp.example`, `b.a.corp.example`) but not corp.example itself: list `@corp.example`
+/// beside it to allow both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SenderPattern {
     /// Any sender, including the null reverse path.
     Any,
     /// Any address at this domain (stored lowercase).
     Domain(String),
+    /// Any address at a strict subdomain of this domain (stored lowercase, without `*.`).
+    Subdomain(String),
     /// Exactly this address (domain stored lowercase; the local part compares
     /// case-insensitively too, as every provider we relay to treats it).
     Address(String),
@@ -20,6 +29,8 @@ impl SenderPattern {
         let s = s.trim();
         if s == "*" {
             SenderPattern::Any
+        } else if let Some(parent) = s.strip_prefix("@*.") {
+            SenderPattern::Subdomain(parent.to_ascii_lowercase())
         } else if let Some(domain) = s.strip_prefix('@') {
             SenderPattern::Domain(domain.to_ascii_lowercase())
         } else {
@@ -33,6 +44,9 @@ impl SenderPattern {
             SenderPattern::Any => true,
             SenderPattern::Domain(domain) => {
                 split_domain(sender).is_some_and(|d| d.eq_ignore_ascii_case(domain))
+            }
+            SenderPattern::Subdomain(parent) => {
+                split_domain(sender).is_some_and(|d| is_strict_subdomain(d, parent))
             }
             SenderPattern::Address(addr) => !sender.is_empty() && sender.to_lowercase() == *addr,
         }
@@ -82,6 +96,19 @@ mod tests {
             ("@corp.example", "x@sub.corp.example", false),
             ("@corp.example", "corp.example", false),
             ("@corp.example", "", false),
+            ("@*.corp.example", "x@a.corp.example", true),
+            ("@*.corp.example", "x@b.a.corp.example", true),
+            ("@*.corp.example", "x@A.CORP.Example", true),
+            ("@*.CORP.example", "x@a.corp.example", true),
+            ("@*.corp.example", "x@corp.example", false),
+            ("@*.corp.example", "x@.corp.example", false),
+            ("@*.corp.example", "x@acorp.example", false),
+            ("@*.corp.example", "x@a.corp.example.evil", false),
+            ("@*.corp.example", "a.corp.example", false),
+            ("@*.corp.example", "", false),
+            ("@*.b\u{fc}ro.example", "x@a.b\u{fc}ro.example", true),
+            ("@*.example", "x@\u{e4}.example", true),
+            ("@*.corp.example", "x@\u{e4}rp.example", false),
             ("app1@corp.example", "App1@corp.example", true),
             ("app1@corp.example", "app2@corp.example", false),
             ("app1@corp.example", "", false),
@@ -93,6 +120,17 @@ mod tests {
                 "{pattern} vs {sender}"
             );
         }
+    }
+
+    /// `@*.domain` beside `@domain` allows the domain and all its subdomains.
+    #[test]
+    fn subdomain_and_domain_together() {
+        let rules = SenderRules::new(&["@corp.example", "@*.corp.example"]);
+        assert!(rules.allows("a@corp.example"));
+        assert!(rules.allows("a@x.y.corp.example"));
+        assert!(!rules.allows("a@othercorp.example"));
+        let only_subs = SenderRules::new(&["@*.corp.example"]);
+        assert!(!only_subs.allows("a@corp.example"));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! port-25 printer case when no `networks` entry describes it; like Postfix's `mynetworks`,
 //! it may send as anyone).
 
+pub mod headers;
 pub mod identity;
 pub mod lockout;
 pub mod networks;

@@ -1,12 +1,13 @@
 //! Sender-based routing: envelope sender → ordered list of upstream names (failover order).
 //!
 //! Patterns are the same as for users' sender rules: `user@domain` (exact), `@domain` (any
-//! address at that domain, not its subdomains) and `*` (anything, including the null
-//! sender). Comparison ignores ASCII case in both parts: RFC 5321 2.4 lets a server treat the
+//! address at that domain, not its subdomains), `@*.domain` (any address at a subdomain, not
+//! the domain itself) and `*` (anything, including the null sender). Comparison ignores ASCII case in both parts: RFC 5321 2.4 lets a server treat the
 //! local part as case-sensitive, but no mail system postern relays to does, and an admin who
 //! writes `Alerts@corp.example` means the same mailbox.
 
 use crate::config::schema::RouteConfig;
+use crate::config::syntax::is_strict_subdomain;
 
 /// One parsed sender pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +16,8 @@ enum Pattern {
     Any,
     /// `@domain`, stored without the `@`.
     Domain(String),
+    /// `@*.domain`, stored without the `@*.`.
+    Subdomain(String),
     /// `user@domain`.
     Address(String),
 }
@@ -24,6 +27,8 @@ impl Pattern {
         let text = text.trim();
         if text == "*" {
             Pattern::Any
+        } else if let Some(parent) = text.strip_prefix("@*.") {
+            Pattern::Subdomain(parent.to_owned())
         } else if let Some(domain) = text.strip_prefix('@') {
             Pattern::Domain(domain.to_owned())
         } else {
@@ -40,6 +45,9 @@ impl Pattern {
             Pattern::Domain(domain) => sender
                 .rsplit_once('@')
                 .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain)),
+            Pattern::Subdomain(parent) => sender
+                .rsplit_once('@')
+                .is_some_and(|(_, d)| is_strict_subdomain(d, parent)),
             Pattern::Address(addr) => sender.eq_ignore_ascii_case(addr),
         }
     }
@@ -122,6 +130,7 @@ mod tests {
         let routes = vec![
             route(&["ceo@corp.example"], &["vip"]),
             route(&["@corp.example", "@Alerts.Example"], &["m365", "backup"]),
+            route(&["@*.Corp.example"], &["subs"]),
             route(&["*"], &["backup"]),
         ];
         let router = Router::new(&routes, &[]);
@@ -131,7 +140,9 @@ mod tests {
             ("app@corp.example", Some(&["m365", "backup"])),
             ("app@CORP.EXAMPLE", Some(&["m365", "backup"])),
             ("x@alerts.example", Some(&["m365", "backup"])),
-            ("x@sub.corp.example", Some(&["backup"])),
+            ("x@sub.corp.example", Some(&["subs"])),
+            ("x@a.SUB.corp.example", Some(&["subs"])),
+            ("x@subcorp.example", Some(&["backup"])),
             ("corp.example", Some(&["backup"])),
             ("", Some(&["backup"])),
         ];
@@ -141,7 +152,10 @@ mod tests {
                 .map(|u| u.iter().map(String::as_str).collect());
             assert_eq!(got.as_deref(), *expected, "sender {sender:?}");
         }
-        assert_eq!(router.used_upstreams(), vec!["vip", "m365", "backup"]);
+        assert_eq!(
+            router.used_upstreams(),
+            vec!["vip", "m365", "backup", "subs"]
+        );
     }
 
     #[test]

@@ -5,6 +5,26 @@
 //! bytes: [`HeaderScan`] watches the header section go by, and the fields postern adds are
 //! kept as a *prefix* that delivery sends before the body. Field order does not matter
 //! for Date and Message-ID (RFC 5322 3.6), and trace fields belong at the top anyway.
+//!
+//! Sender checks and rewrites do need the client's header section: [`block::HeaderBlock`]
+//! buffers it (bounded) as it streams in, [`senders`] reads the From and Sender addresses
+//! out of it, and [`rewrite`] replaces From (and adds Reply-To) byte-exactly.
+//!
+//! # Layout
+//! - [`block`]: the bounded header-section collector.
+//! - `fields`: splits a header section into fields (private; shared by the others).
+//! - [`senders`]: From/Sender addresses, through mail-parser.
+//! - [`rewrite`]: From rewriting and the single-mailbox collapse.
+//! - `phrase`: display names rendered as RFC 5322 phrases or RFC 2047 encoded words.
+
+pub mod block;
+mod fields;
+mod phrase;
+pub mod rewrite;
+pub mod senders;
+
+#[cfg(test)]
+mod fuzz_tests;
 
 use std::net::IpAddr;
 use std::time::SystemTime;
