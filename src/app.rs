@@ -16,12 +16,13 @@ use tracing::{info, warn};
 use crate::clock::Clock;
 use crate::config::schema::{Config, ListenerTls, QueueSync};
 use crate::delivery;
+use crate::policy::lockout::{self, Lockout};
+use crate::policy::ratelimit;
 use crate::rules::{ListenerInfo, Rules};
 use crate::server::listener::{self, Caps, Listener, PerIp};
 use crate::server::{Runtime, tls};
 use crate::shutdown::Shutdown;
 use crate::spool::{Spool, SyncMode};
-use crate::upstream::Upstreams;
 use crate::users::Verifier;
 
 /// Why postern could not start.
@@ -135,10 +136,9 @@ pub async fn start_with(cfg: Config, clock: Clock) -> Result<Running, AppError> 
             "picked up queued messages from the spool"
         );
     }
-    let upstreams = Arc::new(Upstreams::new(&cfg).map_err(|e| AppError::Upstream(e.to_string()))?);
-    let rules = Arc::new(ArcSwap::from_pointee(Rules::new(
-        &cfg, server_tls, upstreams,
-    )));
+    let rules =
+        Rules::build(&cfg, server_tls, &clock).map_err(|e| AppError::Upstream(e.to_string()))?;
+    let rules = Arc::new(ArcSwap::from_pointee(rules));
     let shutdown = Shutdown::default();
     let delivery = delivery::start(
         spool.clone(),
@@ -152,8 +152,12 @@ pub async fn start_with(cfg: Config, clock: Clock) -> Result<Running, AppError> 
         spool,
         delivery,
         verifier: Verifier::new(&cfg.auth_cache),
+        lockout: Lockout::new(&cfg.auth_lockout, &clock),
         clock,
     });
+    shutdown
+        .tracker
+        .spawn(evict_policy_state(rt.clone(), shutdown.clone()));
     let caps = Caps {
         global: Arc::new(Semaphore::new(cfg.limits.max_connections)),
         per_ip: PerIp::new(cfg.limits.max_connections_per_ip),
@@ -203,6 +207,23 @@ fn load_tls(cfg: &Config) -> Result<Arc<rustls::ServerConfig>, AppError> {
         warn!(certificate = %t.certificate.display(), "generated a self-signed certificate; replace it for production");
     }
     tls::server_config(&t.certificate, &t.private_key).map_err(AppError::Tls)
+}
+
+/// Drops idle rate-limit keys and expired lockout entries periodically, so their memory
+/// stays bounded by the clients seen within an interval.
+async fn evict_policy_state(rt: Arc<Runtime>, shutdown: Shutdown) {
+    let period = ratelimit::EVICT_PERIOD.min(lockout::EVICT_PERIOD);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.stop.cancelled() => return,
+            _ = tick.tick() => {
+                rt.rules().rate_limits.evict();
+                rt.lockout.evict();
+            }
+        }
+    }
 }
 
 /// Runs until SIGTERM or SIGINT, then drains.

@@ -9,10 +9,12 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
+use crate::clock::Clock;
 use crate::config::schema::{
     AuthMode, BareLineEndings, Config, HeadersConfig, ListenerConfig, ListenerTls, TimeoutsConfig,
 };
 use crate::policy::Policy;
+use crate::policy::ratelimit::RateLimits;
 use crate::upstream::{BuildError, Upstreams};
 use crate::users::Accounts;
 
@@ -96,6 +98,8 @@ pub struct Rules {
     pub headers: HeadersConfig,
     /// Delivery retry timing.
     pub timing: Timing,
+    /// Rate-limit rules with their buckets (unchanged rules keep theirs across reloads).
+    pub rate_limits: Arc<RateLimits>,
 }
 
 impl Rules {
@@ -105,6 +109,7 @@ impl Rules {
         cfg: &Config,
         tls: Option<Arc<rustls::ServerConfig>>,
         upstreams: Arc<Upstreams>,
+        rate_limits: Arc<RateLimits>,
     ) -> Rules {
         Rules {
             hostname: cfg.hostname.clone(),
@@ -133,16 +138,20 @@ impl Rules {
                 max_backoff: cfg.queue.max_backoff.get(),
                 max_age: cfg.queue.max_age.get(),
             },
+            rate_limits,
         }
     }
 
-    /// Builds a snapshot and its upstreams from a validated config.
+    /// Builds a first snapshot, its upstreams and empty rate-limit buckets from a
+    /// validated config.
     pub fn build(
         cfg: &Config,
         tls: Option<Arc<rustls::ServerConfig>>,
+        clock: &Clock,
     ) -> Result<Rules, BuildError> {
         let upstreams = Arc::new(Upstreams::new(cfg)?);
-        Ok(Rules::new(cfg, tls, upstreams))
+        let rate_limits = Arc::new(RateLimits::new(cfg, clock));
+        Ok(Rules::new(cfg, tls, upstreams, rate_limits))
     }
 
     /// The named listener's settings.

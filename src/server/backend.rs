@@ -12,7 +12,8 @@ use std::time::UNIX_EPOCH;
 use tracing::{info, warn};
 
 use crate::message::{self, HeaderScan, Trace};
-use crate::policy::{Identity, MailRefusal, networks};
+use crate::policy::ratelimit::{Counted, Hit, Keys};
+use crate::policy::{Caps, Identity, MailRefusal, networks};
 use crate::reason::Reason;
 use crate::rules::{ListenerInfo, Rules};
 use crate::server::Runtime;
@@ -56,6 +57,8 @@ pub struct Backend {
     messages: u32,
     /// Why the back end closed the session, when it did.
     closed_for: Option<Reason>,
+    /// AUTH set an identity whose caps the engine has not been given yet.
+    caps_changed: bool,
 }
 
 /// The session details the trace header needs from the engine.
@@ -94,6 +97,7 @@ impl Backend {
             tx: Tx::default(),
             messages: 0,
             closed_for: None,
+            caps_changed: false,
         }
     }
 
@@ -120,13 +124,20 @@ impl Backend {
                 self.auth(&username, &password).await
             }
             Question::Mail { from, .. } => self.mail(&from.to_string()),
-            Question::Rcpt { .. } => Verdict::Accept,
+            Question::Rcpt { .. } => self.rcpt(),
             Question::Data => self.data(),
             Question::Message { envelope } => self.message(envelope, facts).await,
         }
     }
 
     async fn auth(&mut self, username: &str, password: &str) -> Verdict {
+        let ip = self.client_ip();
+        if let Err(locked) = self.rt.lockout.check(ip, username) {
+            // Refused before argon2 runs: a locked-out client learns nothing, even with the
+            // right password.
+            info!(reason = %Reason::Lockout, user = username, by = ?locked.by, remaining = ?locked.remaining, "AUTH refused: locked out");
+            return Verdict::Reject(Reply::locked_out(locked.remaining));
+        }
         match self
             .rt
             .verifier
@@ -136,12 +147,21 @@ impl Backend {
             AuthCheck::Valid => {
                 info!(user = username, "authenticated");
                 self.identity = Identity::User(username.to_owned());
+                // The caps the engine enforces may change with the identity.
+                self.caps_changed = true;
                 Verdict::Authenticated
             }
             AuthCheck::Invalid => {
                 // The password is never logged, only that this user failed.
-                warn!(user = username, "authentication failed");
-                Verdict::Reject(Reply::auth_failed())
+                warn!(reason = %Reason::AuthFailed, user = username, "authentication failed");
+                let known = self.rules.accounts.exists(username);
+                match self.rt.lockout.record_failure(ip, username, known) {
+                    Some(locked) => {
+                        warn!(reason = %Reason::Lockout, user = username, by = ?locked.by, duration = ?locked.remaining, "AUTH lockout started: too many failures");
+                        self.close(Reply::lockout(), Reason::Lockout)
+                    }
+                    None => Verdict::Reject(Reply::auth_failed()),
+                }
             }
             AuthCheck::Busy => {
                 // RFC 4954 6: 454 when the check cannot be done now; not counted as a
@@ -194,11 +214,57 @@ impl Backend {
         if self.rules.upstreams.router().route(&sender).is_none() {
             return self.refuse(Reply::no_route(), Reason::NoRoute);
         }
+        if let Err(hit) = self.rate(Counted::Message, &sender) {
+            return self.rate_limited(&hit);
+        }
         self.tx = Tx {
             sender,
             ..Tx::default()
         };
         Verdict::Accept
+    }
+
+    fn rcpt(&self) -> Verdict {
+        match self.rate(Counted::Recipient, &self.tx.sender) {
+            Ok(()) => Verdict::Accept,
+            Err(hit) => self.rate_limited(&hit),
+        }
+    }
+
+    /// Counts one message or recipient against the rate rules for this client.
+    fn rate(&self, what: Counted, sender: &str) -> Result<(), Hit> {
+        let label = self.identity.label();
+        let user = match &self.identity {
+            Identity::User(u) => Some(u.as_str()),
+            _ => None,
+        };
+        let keys = Keys {
+            ip: self.client_ip(),
+            listener: &self.listener.name,
+            identity: label.as_deref(),
+            user,
+            sender_domain: None,
+        }
+        .with_sender(sender);
+        let limits = &self.rules.rate_limits;
+        limits.check(what, &keys, limits.overrides_for(&self.identity))
+    }
+
+    /// `450 4.7.1` naming the rule and when to retry.
+    fn rate_limited(&self, hit: &Hit) -> Verdict {
+        info!(reason = %Reason::RateLimit, rule = %hit.rule, limit = %hit.description, retry_after = ?hit.retry_after, "over a rate limit");
+        Verdict::Reject(Reply::rate_limit(&hit.rule, hit.retry_after))
+    }
+
+    /// The size and recipient caps for the current identity.
+    pub fn caps(&self) -> Caps {
+        self.rules.policy.caps(&self.identity)
+    }
+
+    /// Whether the identity's caps changed since the last call (the shell then updates
+    /// the engine).
+    pub fn take_caps_changed(&mut self) -> bool {
+        std::mem::take(&mut self.caps_changed)
     }
 
     fn data(&mut self) -> Verdict {

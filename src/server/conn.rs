@@ -17,6 +17,7 @@ use tracing::{debug, info};
 use tokio::time::Instant;
 
 use crate::config::schema::{AuthMode, BareLineEndings, ListenerTls};
+use crate::policy::Caps;
 use crate::reason::Reason;
 use crate::rules::{ListenerInfo, Rules};
 use crate::server::Runtime;
@@ -114,8 +115,8 @@ pub async fn serve(
     } else {
         Stream::Plain(tcp)
     };
-    let session = Session::new(session_config(&rules, &listener), implicit);
-    let backend = Backend::new(rt, rules.clone(), listener, peer);
+    let backend = Backend::new(rt, rules.clone(), listener.clone(), peer);
+    let session = Session::new(session_config(&rules, &listener, backend.caps()), implicit);
     let limits = SlowClientLimits {
         command: rules.timeouts.command.get(),
         data: rules.timeouts.data.get(),
@@ -143,7 +144,7 @@ pub async fn serve(
     }
 }
 
-fn session_config(rules: &Rules, listener: &ListenerInfo) -> SessionConfig {
+fn session_config(rules: &Rules, listener: &ListenerInfo, caps: Caps) -> SessionConfig {
     let limits = &rules.limits;
     SessionConfig {
         hostname: rules.hostname.clone(),
@@ -157,8 +158,8 @@ fn session_config(rules: &Rules, listener: &ListenerInfo) -> SessionConfig {
             AuthMode::Optional => AuthPolicy::Optional,
             AuthMode::None => AuthPolicy::None,
         },
-        max_message_size: limits.max_message_size,
-        max_recipients: limits.max_recipients,
+        max_message_size: caps.max_message_size,
+        max_recipients: caps.max_recipients,
         max_errors: limits.max_errors,
         bare_line_endings: match limits.bare_line_endings {
             BareLineEndings::Reject => BareLf::Reject,
@@ -354,6 +355,11 @@ impl Conn {
                     authenticated: self.session.identity().is_some(),
                 };
                 let verdict = self.backend.decide(question, facts).await;
+                if self.backend.take_caps_changed() {
+                    let caps = self.backend.caps();
+                    self.session
+                        .set_caps(caps.max_message_size, caps.max_recipients);
+                }
                 let next = self.session.answer(verdict);
                 // RFC 2920: the engine stopped for the decision, not for lack of input, so
                 // commands the client pipelined behind this one are still in the buffer and

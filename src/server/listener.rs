@@ -11,8 +11,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, info, warn};
 
 use crate::policy::networks;
+use crate::policy::ratelimit::{Counted, Hit, Keys};
 use crate::reason::Reason;
-use crate::rules::ListenerInfo;
+use crate::rules::{ListenerInfo, Rules};
 use crate::server::Runtime;
 use crate::server::conn;
 use crate::shutdown::Shutdown;
@@ -133,7 +134,7 @@ pub async fn run(listener: Listener, rt: Arc<Runtime>, caps: Caps, shutdown: Shu
             .listener(&listener.info.name)
             .unwrap_or(&listener.info)
             .clone();
-        let (refusal, permits) = admit(&listener, &info, &caps, peer);
+        let (refusal, permits) = admit(&listener, &info, &rules, &caps, peer);
         let refusing = match refusal {
             None => None,
             Some(_) => match caps.refusals.clone().try_acquire_owned() {
@@ -177,6 +178,7 @@ type Permits = (
 fn admit(
     listener: &Listener,
     info: &ListenerInfo,
+    rules: &Rules,
     caps: &Caps,
     peer: SocketAddr,
 ) -> (Option<Reply>, Permits) {
@@ -184,6 +186,11 @@ fn admit(
     if !networks::allowed(&info.allow_networks, ip) {
         info!(listener = %listener.info.name, client = %peer, reason = %Reason::Allowlist, "client not in allow_networks");
         return (Some(Reply::not_allowed_client()), (None, None, None));
+    }
+    if let Err(hit) = connection_rate(rules, &info.name, ip) {
+        warn!(listener = %listener.info.name, client = %peer, reason = %Reason::ConnectionRate, rule = %hit.rule, limit = %hit.description, "connection rate limit reached");
+        let reply = Reply::connection_rate(&hit.rule, hit.retry_after);
+        return (Some(reply), (None, None, None));
     }
     let Ok(global) = caps.global.clone().try_acquire_owned() else {
         warn!(listener = %listener.info.name, client = %peer, reason = %Reason::ConnectionCap, "global connection limit reached");
@@ -204,6 +211,16 @@ fn admit(
         return (Some(Reply::too_many_connections()), (None, None, None));
     };
     (None, (Some(global), own, slot))
+}
+
+/// Counts the connection against the `connections` rate rules (a device's own, if its
+/// `networks` entry has some).
+fn connection_rate(rules: &Rules, listener: &str, ip: IpAddr) -> Result<(), Hit> {
+    let identity = rules.policy.connect_identity(ip);
+    let label = identity.label();
+    let keys = Keys::connection(ip, listener, label.as_deref());
+    let limits = &rules.rate_limits;
+    limits.check(Counted::Connection, &keys, limits.overrides_for(&identity))
 }
 
 /// A short random id that names a session in every log line.

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use crate::clock::Clock;
 use crate::delivery::DeliveryHandle;
+use crate::policy::lockout::Lockout;
 pub use crate::rules::ListenerInfo;
 use crate::rules::{LiveRules, Rules};
 use crate::spool::Spool;
@@ -33,6 +34,8 @@ pub struct Runtime {
     pub verifier: Verifier,
     /// The time source for policy and delivery.
     pub clock: Clock,
+    /// AUTH failure counts and lockouts, across connections.
+    pub lockout: Lockout,
 }
 
 impl Runtime {

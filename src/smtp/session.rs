@@ -529,6 +529,13 @@ impl Session {
         self.lines
     }
 
+    /// Replaces the size and recipient caps (an identity with its own, known after AUTH).
+    /// EHLO keeps advertising what it did; the new caps apply from the next MAIL.
+    pub fn set_caps(&mut self, max_message_size: u64, max_recipients: usize) {
+        self.ctx.cfg.max_message_size = max_message_size;
+        self.ctx.cfg.max_recipients = max_recipients;
+    }
+
     /// Our hostname, for the shell's own 421 texts.
     pub fn hostname(&self) -> &str {
         &self.ctx.cfg.hostname
