@@ -153,11 +153,10 @@ pub async fn start_file(file: &Path, cfg: Config, clock: Clock) -> Result<Runnin
 }
 
 async fn launch(file: Option<PathBuf>, cfg: Config, clock: Clock) -> Result<Running, AppError> {
-    let stamp = cfg.tls.as_ref().map(PairStamp::of);
-    let tls = server_tls(&cfg).map_err(AppError::Tls)?;
+    let tls = stamped_server_tls(&cfg).map_err(AppError::Tls)?;
     let (spool, recovered) = open_spool(&cfg)?;
     let upstreams = Arc::new(Upstreams::new(&cfg).map_err(|e| AppError::Upstream(e.to_string()))?);
-    let rules = Arc::new(ArcSwap::from_pointee(Rules::new(&cfg, tls, upstreams)));
+    let rules = Arc::new(ArcSwap::from_pointee(Rules::new(&cfg, tls.0, upstreams)));
     let shutdown = Shutdown::default();
     let delivery = delivery::start(
         spool.clone(),
@@ -175,7 +174,7 @@ async fn launch(file: Option<PathBuf>, cfg: Config, clock: Clock) -> Result<Runn
     });
     let listeners = bind(&cfg, &rt, &shutdown).await?;
     let grace = cfg.shutdown_grace.get();
-    let reloader = Arc::new(Reloader::new(file, cfg, stamp, rt, shutdown.clone()));
+    let reloader = Arc::new(Reloader::new(file, cfg, tls.1, rt, shutdown.clone()));
     shutdown.tracker.spawn(reloader.clone().watch_certificate());
     Ok(Running {
         listeners,
@@ -240,9 +239,24 @@ async fn bind(
     Ok(bound)
 }
 
+/// [`server_tls`], with the stamp of the files it read: taken before reading them, so that a
+/// change made meanwhile shows at the next check (after generating them, when it did).
+fn stamped_server_tls(cfg: &Config) -> Result<(ServerTls, Option<PairStamp>), tls::TlsError> {
+    let stamp = cfg.tls.as_ref().map(PairStamp::of);
+    let server = server_tls(cfg)?;
+    let stamp = match stamp {
+        Some(s) if !s.complete() => cfg.tls.as_ref().map(PairStamp::of),
+        other => other,
+    };
+    Ok((server, stamp))
+}
+
+/// The listeners' TLS configuration, when any listener uses TLS.
+type ServerTls = Option<Arc<rustls::ServerConfig>>;
+
 /// The listeners' TLS configuration from the config's certificate and key (generated first
 /// when asked for and absent); `None` when no listener uses TLS. Start and reload share it.
-fn server_tls(cfg: &Config) -> Result<Option<Arc<rustls::ServerConfig>>, tls::TlsError> {
+fn server_tls(cfg: &Config) -> Result<ServerTls, tls::TlsError> {
     if cfg.listeners.iter().all(|l| l.tls == ListenerTls::None) {
         return Ok(None);
     }

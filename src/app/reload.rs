@@ -15,7 +15,7 @@ use tokio::sync::{Mutex, Notify};
 use tracing::{error, info, warn};
 
 use crate::app::certwatch::{CertState, IDLE_RECHECK, PairStamp, Seen};
-use crate::app::{restart, server_tls};
+use crate::app::{restart, stamped_server_tls};
 use crate::config::schema::{Config, UserConfig};
 use crate::config::{self, ConfigError};
 use crate::rules::Rules;
@@ -174,8 +174,7 @@ impl Reloader {
         let mut state = self.state.lock().await;
         let mut cfg = config::load(file).map_err(ReloadError::Config)?;
         let needs_restart = restart::pin(&mut cfg, &state.config);
-        let stamp = cfg.tls.as_ref().map(PairStamp::of);
-        let tls = server_tls(&cfg).map_err(|source| ReloadError::Tls {
+        let (tls, stamp) = stamped_server_tls(&cfg).map_err(|source| ReloadError::Tls {
             file: file.to_owned(),
             source,
         })?;
@@ -323,4 +322,71 @@ fn count_users(old: &[UserConfig], new: &[UserConfig], outcome: &mut ReloadOutco
         .filter(|o| !new.iter().any(|u| u.username == o.username))
         .count();
     outcome.auth_cache_cleared |= outcome.users_removed > 0;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, hash: &str, senders: &[&str]) -> UserConfig {
+        UserConfig {
+            username: name.into(),
+            password_hash: hash.into(),
+            senders: senders.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    /// (old, new) -> (added, removed, changed, cache cleared)
+    #[test]
+    fn user_changes_and_the_auth_cache() {
+        let a = user("a", "h1", &["*"]);
+        let b = user("b", "h2", &["*"]);
+        let rows = [
+            (vec![a.clone()], vec![a.clone()], (0, 0, 0, false)),
+            (
+                vec![a.clone()],
+                vec![a.clone(), b.clone()],
+                (1, 0, 0, false),
+            ),
+            (vec![a.clone(), b.clone()], vec![a.clone()], (0, 1, 0, true)),
+            (
+                vec![a.clone()],
+                vec![user("a", "h9", &["*"])],
+                (0, 0, 1, true),
+            ),
+            (
+                vec![a.clone()],
+                vec![user("a", "h1", &["@x"])],
+                (0, 0, 1, false),
+            ),
+            (vec![a.clone()], vec![b.clone()], (1, 1, 0, true)),
+        ];
+        for (old, new, want) in rows {
+            let mut o = ReloadOutcome::default();
+            count_users(&old, &new, &mut o);
+            let got = (
+                o.users_added,
+                o.users_removed,
+                o.users_changed,
+                o.auth_cache_cleared,
+            );
+            assert_eq!(got, want, "{old:?} -> {new:?}");
+        }
+    }
+
+    #[test]
+    fn outcome_summary() {
+        let o = ReloadOutcome {
+            changed: vec!["routes".into(), "users".into()],
+            users_added: 1,
+            upstreams_kept: vec!["a".into()],
+            needs_restart: vec!["log.level".into()],
+            ..ReloadOutcome::default()
+        };
+        assert_eq!(
+            o.to_string(),
+            "changed: routes, users; users: 1 added, 0 removed, 0 changed; upstream pools \
+             kept: a, retired: none; needs a restart: log.level"
+        );
+    }
 }
