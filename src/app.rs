@@ -1,10 +1,21 @@
-//! Wiring: config -> shared state -> listeners, delivery; owns shutdown.
+//! Wiring: config -> shared state -> listeners, delivery; owns reload and shutdown.
 //!
 //! [`start`] returns once every listener is bound, with their addresses, so tests can
 //! start postern on `127.0.0.1:0` and read back the ports (mini-redis `start_server`).
+//!
+//! # Layout
+//! - `reload.rs`: [`reload::Reloader`]: SIGHUP re-reads the config file into new rules, and
+//!   the certificate watcher swaps in renewed certificate files.
+//! - `restart.rs`: the settings a reload cannot apply, pinned to their running values.
+//! - `certwatch.rs`: when the certificate files changed.
+
+mod certwatch;
+pub mod reload;
+mod restart;
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +24,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
+use crate::app::certwatch::PairStamp;
+use crate::app::reload::{ReloadError, ReloadOutcome, Reloader};
 use crate::clock::Clock;
 use crate::config::schema::{Config, ListenerTls, QueueSync};
 use crate::delivery;
@@ -22,7 +35,7 @@ use crate::rules::{ListenerInfo, Rules};
 use crate::server::listener::{self, Caps, Listener, PerIp};
 use crate::server::{Runtime, tls};
 use crate::shutdown::Shutdown;
-use crate::spool::{Spool, SyncMode};
+use crate::spool::{Envelope, Spool, SyncMode};
 use crate::users::Verifier;
 
 /// Why postern could not start.
@@ -73,6 +86,7 @@ impl std::error::Error for AppError {}
 pub struct Running {
     /// Each listener's name and bound address, in config order.
     pub listeners: Vec<(String, SocketAddr)>,
+    reloader: Arc<Reloader>,
     shutdown: Shutdown,
     grace: Duration,
 }
@@ -84,6 +98,19 @@ impl Running {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, a)| *a)
+    }
+
+    /// Re-reads the config file (what SIGHUP does) and, when it is valid, swaps in its
+    /// rules for new sessions and the next delivery attempts. Logs the outcome either way;
+    /// on error the running configuration stays.
+    pub async fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
+        self.reloader.reload().await
+    }
+
+    /// Checks the certificate files now, as the watcher does every `tls.check_interval`;
+    /// returns whether a renewed pair was swapped in.
+    pub async fn check_certificate(&self) -> bool {
+        self.reloader.check_certificate().await
     }
 
     /// Graceful stop: stop accepting, let sessions finish within the grace period, then
@@ -110,34 +137,26 @@ impl Running {
     }
 }
 
-/// Starts everything the config describes and returns once listeners are bound.
+/// Starts everything the config describes and returns once listeners are bound. Without a
+/// file to re-read, [`Running::reload`] fails; see [`start_file`].
 pub async fn start(cfg: Config) -> Result<Running, AppError> {
     start_with(cfg, Clock::new()).await
 }
 
 /// [`start`] with a given clock: tests pass one they move on with [`Clock::advance`].
 pub async fn start_with(cfg: Config, clock: Clock) -> Result<Running, AppError> {
-    let server_tls = if cfg.listeners.iter().any(|l| l.tls != ListenerTls::None) {
-        Some(load_tls(&cfg)?)
-    } else {
-        None
-    };
-    let (spool, recovered) = Spool::open_with(
-        &cfg.queue.directory,
-        match cfg.queue.sync {
-            QueueSync::Fdatasync => SyncMode::Fdatasync,
-            QueueSync::Syncfs => SyncMode::Syncfs,
-        },
-    )
-    .map_err(|e| AppError::Spool(e.to_string()))?;
-    if !recovered.is_empty() {
-        info!(
-            messages = recovered.len(),
-            "picked up queued messages from the spool"
-        );
-    }
-    let rules =
-        Rules::build(&cfg, server_tls, &clock).map_err(|e| AppError::Upstream(e.to_string()))?;
+    launch(None, cfg, clock).await
+}
+
+/// [`start_with`] for a config loaded from `file`, which [`Running::reload`] re-reads.
+pub async fn start_file(file: &Path, cfg: Config, clock: Clock) -> Result<Running, AppError> {
+    launch(Some(file.to_owned()), cfg, clock).await
+}
+
+async fn launch(file: Option<PathBuf>, cfg: Config, clock: Clock) -> Result<Running, AppError> {
+    let tls = stamped_server_tls(&cfg).map_err(AppError::Tls)?;
+    let (spool, recovered) = open_spool(&cfg)?;
+    let rules = Rules::build(&cfg, tls.0, &clock).map_err(|e| AppError::Upstream(e.to_string()))?;
     let rules = Arc::new(ArcSwap::from_pointee(rules));
     let shutdown = Shutdown::default();
     let delivery = delivery::start(
@@ -158,6 +177,41 @@ pub async fn start_with(cfg: Config, clock: Clock) -> Result<Running, AppError> 
     shutdown
         .tracker
         .spawn(evict_policy_state(rt.clone(), shutdown.clone()));
+    let listeners = bind(&cfg, &rt, &shutdown).await?;
+    let grace = cfg.shutdown_grace.get();
+    let reloader = Arc::new(Reloader::new(file, cfg, tls.1, rt, shutdown.clone()));
+    shutdown.tracker.spawn(reloader.clone().watch_certificate());
+    Ok(Running {
+        listeners,
+        reloader,
+        shutdown,
+        grace,
+    })
+}
+
+/// Opens the spool and returns it with the messages found in it.
+fn open_spool(cfg: &Config) -> Result<(Spool, Vec<Envelope>), AppError> {
+    let sync = match cfg.queue.sync {
+        QueueSync::Fdatasync => SyncMode::Fdatasync,
+        QueueSync::Syncfs => SyncMode::Syncfs,
+    };
+    let (spool, recovered) =
+        Spool::open_with(&cfg.queue.directory, sync).map_err(|e| AppError::Spool(e.to_string()))?;
+    if !recovered.is_empty() {
+        info!(
+            messages = recovered.len(),
+            "picked up queued messages from the spool"
+        );
+    }
+    Ok((spool, recovered))
+}
+
+/// Binds every listener and spawns its accept loop; returns the bound addresses.
+async fn bind(
+    cfg: &Config,
+    rt: &Arc<Runtime>,
+    shutdown: &Shutdown,
+) -> Result<Vec<(String, SocketAddr)>, AppError> {
     let caps = Caps {
         global: Arc::new(Semaphore::new(cfg.limits.max_connections)),
         per_ip: PerIp::new(cfg.limits.max_connections_per_ip),
@@ -187,26 +241,41 @@ pub async fn start_with(cfg: Config, clock: Clock) -> Result<Running, AppError> 
             shutdown.clone(),
         ));
     }
-    Ok(Running {
-        listeners: bound,
-        shutdown,
-        grace: cfg.shutdown_grace.get(),
-    })
+    Ok(bound)
 }
 
-fn load_tls(cfg: &Config) -> Result<Arc<rustls::ServerConfig>, AppError> {
+/// [`server_tls`], with the stamp of the files it read: taken before reading them, so that a
+/// change made meanwhile shows at the next check (after generating them, when it did).
+fn stamped_server_tls(cfg: &Config) -> Result<(ServerTls, Option<PairStamp>), tls::TlsError> {
+    let stamp = cfg.tls.as_ref().map(PairStamp::of);
+    let server = server_tls(cfg)?;
+    let stamp = match stamp {
+        Some(s) if !s.complete() => cfg.tls.as_ref().map(PairStamp::of),
+        other => other,
+    };
+    Ok((server, stamp))
+}
+
+/// The listeners' TLS configuration, when any listener uses TLS.
+type ServerTls = Option<Arc<rustls::ServerConfig>>;
+
+/// The listeners' TLS configuration from the config's certificate and key (generated first
+/// when asked for and absent); `None` when no listener uses TLS. Start and reload share it.
+fn server_tls(cfg: &Config) -> Result<ServerTls, tls::TlsError> {
+    if cfg.listeners.iter().all(|l| l.tls == ListenerTls::None) {
+        return Ok(None);
+    }
     let Some(t) = &cfg.tls else {
-        return Err(AppError::Tls(tls::TlsError::Generate(
+        return Err(tls::TlsError::Generate(
             "a listener uses TLS but `tls:` is not configured".into(),
-        )));
+        ));
     };
     if t.generate_self_signed
-        && tls::ensure_self_signed(&t.certificate, &t.private_key, &cfg.hostname)
-            .map_err(AppError::Tls)?
+        && tls::ensure_self_signed(&t.certificate, &t.private_key, &cfg.hostname)?
     {
         warn!(certificate = %t.certificate.display(), "generated a self-signed certificate; replace it for production");
     }
-    tls::server_config(&t.certificate, &t.private_key).map_err(AppError::Tls)
+    tls::server_config(&t.certificate, &t.private_key).map(Some)
 }
 
 /// Drops idle rate-limit keys and expired lockout entries periodically, so their memory
@@ -226,16 +295,18 @@ async fn evict_policy_state(rt: Arc<Runtime>, shutdown: Shutdown) {
     }
 }
 
-/// Runs until SIGTERM or SIGINT, then drains.
-pub async fn run(cfg: Config) -> Result<(), AppError> {
-    let running = start(cfg).await?;
-    wait_for_signal().await;
+/// Runs the relay from `cfg` (loaded from `file`) until SIGTERM or SIGINT, then drains.
+/// SIGHUP reloads `file`.
+pub async fn run(file: &Path, cfg: Config) -> Result<(), AppError> {
+    let running = start_file(file, cfg, Clock::new()).await?;
+    serve_until_stopped(&running).await;
     info!("shutting down: no new connections; open sessions may finish");
     running.shutdown().await;
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Waits for SIGTERM or SIGINT; reloads on each SIGHUP meanwhile.
+async fn serve_until_stopped(running: &Running) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -250,12 +321,11 @@ async fn wait_for_signal() {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            // SIGHUP's default action would kill every session mid-DATA; an admin who sends
-            // it out of habit must not lose the relay. Reload itself is not built yet.
-            _ = hup.recv() => warn!(
-                "SIGHUP ignored: configuration reload is not supported yet; \
-                 restart postern (SIGTERM drains, queued mail is kept) to apply changes"
-            ),
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading the configuration");
+                // The outcome is logged by the reloader; a failed reload changes nothing.
+                let _ = running.reload().await;
+            }
         }
     }
 }

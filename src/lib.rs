@@ -15,7 +15,8 @@
 //! - [`delivery`]: the queue runner: retries, failover, per-recipient bookkeeping.
 //! - [`server`]: accept loops and the per-connection shell that drives the engine.
 //! - [`telemetry`]: logging set-up and the mail-log vocabulary.
-//! - [`app`]: wiring and shutdown; [`cli`]: the subcommands.
+//! - [`app`]: wiring, live reload (SIGHUP, certificate watcher) and shutdown; [`cli`]: the
+//!   subcommands.
 //!
 //! Dependencies point down only: `cli -> app -> {server, delivery} -> {policy, users,
 //! spool, upstream, message, telemetry} -> {smtp, config}`.

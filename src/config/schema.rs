@@ -137,6 +137,11 @@ pub struct TlsConfig {
     /// `hostname` and write them. For first runs and labs. Default: `false`.
     #[serde(default)]
     pub generate_self_signed: bool,
+    /// How often both files are checked for changes (certbot and cert-manager renew them in
+    /// place); a changed, matching pair is used for new handshakes. `0s` turns the check
+    /// off (SIGHUP still re-reads them). Default: `1m`.
+    #[serde(default = "default_tls_check_interval")]
+    pub check_interval: Duration,
 }
 
 /// An account that may authenticate.
@@ -453,6 +458,9 @@ fn default_command_timeout() -> Duration {
 }
 fn default_data_timeout() -> Duration {
     Duration::secs(180)
+}
+fn default_tls_check_interval() -> Duration {
+    Duration::secs(60)
 }
 fn default_tls_timeout() -> Duration {
     Duration::secs(30)

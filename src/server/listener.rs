@@ -78,8 +78,9 @@ impl Drop for IpSlot {
 pub struct Listener {
     /// The socket.
     pub socket: TcpListener,
-    /// Its settings at start; each connection takes them from the current rules, which
-    /// only lack them when a reload removed this listener (that needs a restart).
+    /// Its settings at start. Each connection takes them from the current rules instead
+    /// (a reload may change `auth` and `allow_networks`); the reloader keeps every bound
+    /// listener in them, so this is only a fallback.
     pub info: Arc<ListenerInfo>,
     /// Its own cap, if configured.
     pub own_cap: Option<Arc<Semaphore>>,

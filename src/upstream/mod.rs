@@ -29,7 +29,10 @@ pub mod tls;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use sha2::{Digest, Sha256};
 
 use crate::config::schema::{Config, UpstreamAuth, UpstreamConfig, UpstreamTls};
 use crate::upstream::client::{
@@ -142,9 +145,27 @@ impl std::error::Error for BuildError {}
 /// One configured upstream.
 #[derive(Debug)]
 enum Target {
-    /// Boxed: a pool is large and there are few upstreams, so the indirection is free.
-    Smtp(Box<Pool>),
+    /// Shared: a reload that leaves an upstream's settings alone hands its pool, warm
+    /// connections and all, to the next [`Upstreams`]. The fingerprint says what "alone"
+    /// means (see [`fingerprint`]).
+    Smtp {
+        pool: Arc<Pool>,
+        fingerprint: [u8; 32],
+    },
     Directory(Directory),
+}
+
+/// The result of [`Upstreams::rebuild`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Rebuilt {
+    /// The new upstreams.
+    pub upstreams: Upstreams,
+    /// Names of the SMTP upstreams whose pool was carried over unchanged.
+    pub kept: Vec<String>,
+    /// Pools of the previous upstreams that were removed or changed: nothing new is sent
+    /// through them, and their idle connections should get QUIT ([`Upstreams::close_pools`]).
+    pub retired: Vec<Arc<Pool>>,
 }
 
 /// All upstreams and the router: what the delivery layer talks to.
@@ -165,9 +186,44 @@ impl Upstreams {
     /// `directory`) are resolved against `base_dir`, the config file's directory. Password
     /// files are read here, once; a directory upstream's directory is created if absent.
     pub fn with_base_dir(cfg: &Config, base_dir: &Path) -> Result<Upstreams, BuildError> {
+        Upstreams::build(cfg, base_dir, None)
+    }
+
+    /// Builds the upstreams of a reloaded config, taking over from `previous` the pool of
+    /// each SMTP upstream whose settings (and the files they name) did not change, so that a
+    /// reload keeps warm connections. The other previous pools are returned as retired.
+    pub fn rebuild(cfg: &Config, previous: &Upstreams) -> Result<Rebuilt, BuildError> {
+        let upstreams = Upstreams::build(cfg, Path::new(""), Some(previous))?;
+        let mut kept = Vec::new();
+        let mut retired = Vec::new();
+        for (name, old) in &previous.targets {
+            let Target::Smtp { pool: old, .. } = old else {
+                continue;
+            };
+            match upstreams.targets.get(name) {
+                Some(Target::Smtp { pool, .. }) if Arc::ptr_eq(pool, old) => {
+                    kept.push(name.clone());
+                }
+                _ => retired.push(old.clone()),
+            }
+        }
+        kept.sort();
+        Ok(Rebuilt {
+            upstreams,
+            kept,
+            retired,
+        })
+    }
+
+    fn build(
+        cfg: &Config,
+        base_dir: &Path,
+        previous: Option<&Upstreams>,
+    ) -> Result<Upstreams, BuildError> {
         let mut targets = HashMap::new();
         for u in &cfg.upstreams {
-            let target = build_target(u, &cfg.hostname, base_dir)?;
+            let reuse = previous.and_then(|p| p.targets.get(&u.name));
+            let target = build_target(u, &cfg.hostname, base_dir, reuse)?;
             if targets.insert(u.name.clone(), target).is_some() {
                 return Err(BuildError::Duplicate {
                     upstream: u.name.clone(),
@@ -202,7 +258,7 @@ impl Upstreams {
         msg: &mut Outgoing<'_>,
     ) -> Result<Vec<RcptOutcome>, Error> {
         match self.targets.get(upstream) {
-            Some(Target::Smtp(pool)) => pool.deliver(msg).await,
+            Some(Target::Smtp { pool, .. }) => pool.deliver(msg).await,
             Some(Target::Directory(dir)) => dir.deliver(queue_id, msg).await,
             None => Err(Error::Protocol {
                 upstream: upstream.to_owned(),
@@ -215,7 +271,7 @@ impl Upstreams {
     /// The connection pool of an SMTP upstream (for metrics).
     pub fn pool(&self, upstream: &str) -> Option<&Pool> {
         match self.targets.get(upstream) {
-            Some(Target::Smtp(pool)) => Some(pool),
+            Some(Target::Smtp { pool, .. }) => Some(pool),
             _ => None,
         }
     }
@@ -233,6 +289,12 @@ impl Upstreams {
         pool::quit_all(all).await;
     }
 
+    /// Closes every idle connection of `pools` at once (the pools a reload retired).
+    pub async fn close_pools(pools: &[Arc<Pool>]) {
+        let all = pools.iter().flat_map(|p| p.take_all()).collect();
+        pool::quit_all(all).await;
+    }
+
     /// How often to call [`Upstreams::reap_idle`]: half the shortest `idle_timeout`, so no
     /// connection stays idle much beyond its limit (at most 1.5 times it), but no more
     /// often than every second and at least every [`MAX_REAP_PERIOD`].
@@ -246,7 +308,7 @@ impl Upstreams {
 
     fn pools(&self) -> impl Iterator<Item = &Pool> {
         self.targets.values().filter_map(|t| match t {
-            Target::Smtp(pool) => Some(pool.as_ref()),
+            Target::Smtp { pool, .. } => Some(pool.as_ref()),
             Target::Directory(_) => None,
         })
     }
@@ -257,12 +319,34 @@ const MIN_REAP_PERIOD: Duration = Duration::from_secs(1);
 /// Upper bound of [`Upstreams::reap_period`].
 pub const MAX_REAP_PERIOD: Duration = Duration::from_secs(30);
 
-fn build_target(u: &UpstreamConfig, hostname: &str, base: &Path) -> Result<Target, BuildError> {
+/// Builds one upstream; an SMTP upstream takes over `previous`'s pool when its fingerprint
+/// is the same.
+fn build_target(
+    u: &UpstreamConfig,
+    hostname: &str,
+    base: &Path,
+    previous: Option<&Target>,
+) -> Result<Target, BuildError> {
     match (&u.address, &u.directory) {
         (Some(address), None) => {
+            let fingerprint = fingerprint(u, hostname, base);
+            if let Some(Target::Smtp {
+                pool,
+                fingerprint: old,
+            }) = previous
+                && *old == fingerprint
+            {
+                return Ok(Target::Smtp {
+                    pool: pool.clone(),
+                    fingerprint,
+                });
+            }
             let settings = settings(u, address, hostname, base)?;
             let pool = Pool::new(settings, u.max_connections, u.idle_timeout.get());
-            Ok(Target::Smtp(Box::new(pool)))
+            Ok(Target::Smtp {
+                pool: Arc::new(pool),
+                fingerprint,
+            })
         }
         (None, Some(dir)) => {
             let path = base.join(dir);
@@ -278,6 +362,29 @@ fn build_target(u: &UpstreamConfig, hostname: &str, base: &Path) -> Result<Targe
             upstream: u.name.clone(),
         }),
     }
+}
+
+/// What an SMTP upstream's pool depends on: its config entry, the EHLO name (the hostname
+/// unless it names its own), and the contents of the files it names (CA file, password file), so that a
+/// renewed CA bundle or a rotated password counts as a change. A hash, so that the password
+/// is not kept a second time.
+fn fingerprint(u: &UpstreamConfig, hostname: &str, base: &Path) -> [u8; 32] {
+    let mut h = Sha256::new();
+    let mut part = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    part(serde_json::to_string(u).unwrap_or_default().as_bytes());
+    part(u.helo_name.as_deref().unwrap_or(hostname).as_bytes());
+    let files = [
+        u.ca_file.as_ref(),
+        u.auth.as_ref().and_then(|a| a.password_file.as_ref()),
+    ];
+    for file in files.into_iter().flatten() {
+        // An unreadable file fails the build itself; here it only has to differ.
+        part(&std::fs::read(base.join(file)).unwrap_or_default());
+    }
+    h.finalize().into()
 }
 
 /// Connection settings of an SMTP upstream.

@@ -1041,3 +1041,60 @@ fn addresses() {
         assert_eq!(split_address(input), *expected, "{input}");
     }
 }
+
+/// A reload keeps the pool of an upstream whose settings and files are unchanged, and
+/// retires the pools of upstreams that changed (a setting, the hostname they greet with,
+/// the contents of their password file) or are gone.
+#[test]
+fn rebuild_keeps_unchanged_pools() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("pw");
+    std::fs::write(&secret, "one\n").unwrap();
+    let config = |hostname: &str, b_port: u16, with_c: bool| -> Config {
+        let c = if with_c {
+            ", {name: c, address: \"h:27\", tls: none}"
+        } else {
+            ""
+        };
+        let yaml = format!(
+            "hostname: {hostname}\nlisteners: [{{name: s, address: \"127.0.0.1:25\"}}]\n\
+             queue: {{directory: q}}\nupstreams: [{{name: a, address: \"h:25\", tls: none, \
+             helo_name: me.test}}, {{name: b, address: \"h:{b_port}\", tls: none}}, \
+             {{name: p, address: \"h:28\", tls: none, auth: {{username: u, password_file: {}}}}}, \
+             {{name: files, directory: {}}}{c}]\n\
+             routes: [{{senders: [\"*\"], upstreams: [a, b, p, files{}]}}]\n",
+            secret.display(),
+            dir.path().join("out").display(),
+            if with_c { ", c" } else { "" },
+        );
+        serde_yaml::from_str(&yaml).unwrap()
+    };
+    let first = Upstreams::new(&config("one.test", 26, true)).unwrap();
+    let pool = |u: &Upstreams, name: &str| u.pool(name).unwrap() as *const Pool;
+
+    // The same config again: every SMTP pool is kept.
+    let same = Upstreams::rebuild(&config("one.test", 26, true), &first).unwrap();
+    assert_eq!(same.kept, ["a", "b", "c", "p"]);
+    assert!(same.retired.is_empty());
+    assert_eq!(pool(&same.upstreams, "a"), pool(&first, "a"));
+
+    // b's port changed, c is gone, the hostname (b's and p's EHLO name) changed, and p's
+    // password file was rewritten: only a, which names its own EHLO name, is kept.
+    std::fs::write(&secret, "two\n").unwrap();
+    let changed = Upstreams::rebuild(&config("two.test", 2526, false), &first).unwrap();
+    assert_eq!(changed.kept, ["a"]);
+    let mut retired: Vec<&str> = changed.retired.iter().map(|p| p.name()).collect();
+    retired.sort();
+    assert_eq!(retired, ["b", "c", "p"]);
+    assert_eq!(pool(&changed.upstreams, "a"), pool(&first, "a"));
+    assert_ne!(pool(&changed.upstreams, "b"), pool(&first, "b"));
+    assert!(changed.upstreams.pool("c").is_none());
+
+    // Only the password file changes: p alone is retired.
+    let before = Upstreams::new(&config("one.test", 26, true)).unwrap();
+    std::fs::write(&secret, "three\n").unwrap();
+    let rotated = Upstreams::rebuild(&config("one.test", 26, true), &before).unwrap();
+    assert_eq!(rotated.kept, ["a", "b", "c"]);
+    assert_eq!(rotated.retired.len(), 1);
+    assert_eq!(rotated.retired[0].name(), "p");
+}

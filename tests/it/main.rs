@@ -19,6 +19,7 @@ mod dialogs;
 mod drain;
 mod external;
 mod protocol;
+mod reload;
 mod selftest;
 mod sessions;
 mod shipped;

@@ -24,9 +24,22 @@ pub struct TestCa {
     pub cert_file: PathBuf,
     /// The leaf's PKCS#8 private key (PEM).
     pub key_file: PathBuf,
+    /// The DER of the leaf written at start (what postern presents until a reload).
+    pub leaf_der: CertificateDer<'static>,
     ca_der: CertificateDer<'static>,
-    leaf_der: CertificateDer<'static>,
     key_der: Vec<u8>,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// Another leaf for `localhost` from the same CA, with its own key: a renewed certificate.
+#[derive(Debug, Clone)]
+pub struct Leaf {
+    /// The certificate (PEM).
+    pub cert_pem: String,
+    /// Its private key (PKCS#8 PEM).
+    pub key_pem: String,
+    /// The certificate's DER, as a client sees it in the handshake.
+    pub der: CertificateDer<'static>,
 }
 
 impl TestCa {
@@ -45,31 +58,32 @@ impl TestCa {
         ];
         let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca_params, ca_key);
-
-        let leaf_key = KeyPair::generate().unwrap();
-        let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-        leaf.subject_alt_names
-            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        leaf.distinguished_name
-            .push(DnType::CommonName, "localhost");
-        leaf.use_authority_key_identifier_extension = true;
-        leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
+        let (leaf_cert, leaf_key) = leaf(&issuer);
 
         let ca = TestCa {
             ca_pem: ca_cert.pem(),
             ca_file: dir.join("ca.pem"),
             cert_file: dir.join("cert.pem"),
             key_file: dir.join("key.pem"),
-            ca_der: ca_cert.der().clone(),
             leaf_der: leaf_cert.der().clone(),
+            ca_der: ca_cert.der().clone(),
             key_der: leaf_key.serialize_der(),
+            issuer,
         };
         std::fs::write(&ca.ca_file, &ca.ca_pem).unwrap();
         std::fs::write(&ca.cert_file, leaf_cert.pem()).unwrap();
         std::fs::write(&ca.key_file, leaf_key.serialize_pem()).unwrap();
         ca
+    }
+
+    /// A new leaf for `localhost` with a new key, signed by this CA (not written anywhere).
+    pub fn renew(&self) -> Leaf {
+        let (cert, key) = leaf(&self.issuer);
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
     }
 
     /// A rustls client config that trusts only this CA (ring provider).
@@ -95,6 +109,20 @@ impl TestCa {
             .unwrap();
         Arc::new(config)
     }
+}
+
+/// A leaf for `localhost` and 127.0.0.1 with a fresh key, signed by `issuer`.
+fn leaf(issuer: &Issuer<'static, KeyPair>) -> (rcgen::Certificate, KeyPair) {
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    leaf.subject_alt_names
+        .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    leaf.distinguished_name
+        .push(DnType::CommonName, "localhost");
+    leaf.use_authority_key_identifier_extension = true;
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    (leaf.signed_by(&key, issuer).unwrap(), key)
 }
 
 /// The name every client verifies: the leaf is issued for it.

@@ -204,6 +204,15 @@ impl Dialog {
         self.stream = Stream::Tls(Box::new(handshake(tcp, ca).await));
     }
 
+    /// The certificate the server presented (leaf first), once TLS is up.
+    pub fn peer_certificate(&self) -> Option<Vec<u8>> {
+        let Stream::Tls(tls) = &self.stream else {
+            return None;
+        };
+        let leaf = tls.get_ref().1.peer_certificates()?.first()?;
+        Some(leaf.to_vec())
+    }
+
     /// Asserts the server closes the connection (EOF) without sending anything more.
     pub async fn expect_closed(&mut self) {
         if let Some(reply) = self.try_reply().await {

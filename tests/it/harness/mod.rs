@@ -18,6 +18,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use postern::app::Running;
+use postern::app::reload::{ReloadError, ReloadOutcome};
 use tempfile::TempDir;
 
 use self::ca::TestCa;
@@ -159,16 +160,29 @@ impl TestServer {
         assert!(self.running.is_none(), "postern is already running");
         let yaml = std::fs::read_to_string(&self.config).unwrap();
         let cfg = postern::config::load::load_str(&yaml, &self.config).unwrap();
-        let running = client::step(
-            "postern start",
-            postern::app::start_with(cfg, self.clock.clone()),
-        )
-        .await
-        .unwrap();
+        let start = postern::app::start_file(&self.config, cfg, self.clock.clone());
+        let running = client::step("postern start", start).await.unwrap();
         self.submission = running.addr("submission").unwrap();
         self.submissions = running.addr("submissions").unwrap();
         self.legacy = running.addr("legacy").unwrap();
         self.running = Some(running);
+    }
+
+    /// Re-reads the config file, as SIGHUP does.
+    pub async fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
+        let running = self.running.as_ref().expect("postern is not running");
+        client::step("postern reload", running.reload()).await
+    }
+
+    /// The running relay.
+    pub fn running(&self) -> &Running {
+        self.running.as_ref().expect("postern is not running")
+    }
+
+    /// Rewrites the config file with `edit` applied to its text (for a reload).
+    pub fn edit_config(&self, edit: impl FnOnce(String) -> String) {
+        let yaml = std::fs::read_to_string(&self.config).unwrap();
+        std::fs::write(&self.config, edit(yaml)).unwrap();
     }
 
     /// Graceful shutdown (sessions are closed; the spool keeps what is undelivered).
