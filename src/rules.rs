@@ -11,7 +11,8 @@ use ipnet::IpNet;
 
 use crate::clock::Clock;
 use crate::config::schema::{
-    AuthMode, BareLineEndings, Config, HeadersConfig, ListenerConfig, ListenerTls, TimeoutsConfig,
+    AuthMode, BareLineEndings, Config, HeadersConfig, ListenerConfig, ListenerTls, SenderCheck,
+    TimeoutsConfig,
 };
 use crate::policy::Policy;
 use crate::policy::ratelimit::RateLimits;
@@ -32,6 +33,8 @@ pub struct ListenerInfo {
     pub auth: AuthMode,
     /// Client allowlist (empty = any).
     pub allow_networks: Vec<IpNet>,
+    /// Its own `sender_check`, if set.
+    pub sender_check: Option<SenderCheck>,
 }
 
 impl From<&ListenerConfig> for ListenerInfo {
@@ -41,6 +44,7 @@ impl From<&ListenerConfig> for ListenerInfo {
             tls: l.tls,
             auth: l.auth,
             allow_networks: l.allow_networks.clone(),
+            sender_check: l.sender_check,
         }
     }
 }
@@ -62,6 +66,8 @@ pub struct SessionLimits {
     pub max_messages_per_session: u32,
     /// Commands without progress between messages (0: no cap).
     pub max_junk_commands: u32,
+    /// Largest header section held back for a header check or rewrite.
+    pub max_header_size: usize,
 }
 
 /// Retry timing, from `queue:`.
@@ -130,6 +136,8 @@ impl Rules {
                 min_data_rate: cfg.limits.min_data_rate,
                 max_messages_per_session: cfg.limits.max_messages_per_session,
                 max_junk_commands: cfg.limits.max_junk_commands,
+                max_header_size: usize::try_from(cfg.limits.max_header_size.get())
+                    .unwrap_or(usize::MAX),
             },
             timeouts: cfg.timeouts.clone(),
             headers: cfg.headers.clone(),

@@ -307,6 +307,7 @@ mod tests {
             rate_limits: vec![],
             max_message_size: None,
             max_recipients: None,
+            ..Default::default()
         }];
         let cache = AuthCacheConfig {
             ttl: crate::config::units::Duration::secs(ttl),

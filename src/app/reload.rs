@@ -339,6 +339,7 @@ mod tests {
             rate_limits: Vec::new(),
             max_message_size: None,
             max_recipients: None,
+            ..Default::default()
         }
     }
 

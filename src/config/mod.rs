@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 
 pub mod error;
+pub mod identity;
 pub mod load;
 pub mod policy;
 pub mod schema;

@@ -43,6 +43,11 @@ pub struct LimitsConfig {
     /// cap. Default: `100`.
     #[serde(default = "default_max_junk_commands")]
     pub max_junk_commands: u32,
+    /// Largest header section examined where a `From:` / `Sender:` check or a `From:`
+    /// rewrite needs it; a message whose header section is larger is refused with
+    /// `552 5.3.4`, not buffered. Default: `64KiB`.
+    #[serde(default = "default_max_header_size")]
+    pub max_header_size: ByteSize,
 }
 
 impl Default for LimitsConfig {
@@ -56,6 +61,7 @@ impl Default for LimitsConfig {
             min_data_rate: default_min_data_rate(),
             max_messages_per_session: default_max_messages_per_session(),
             max_junk_commands: default_max_junk_commands(),
+            max_header_size: default_max_header_size(),
         }
     }
 }
@@ -223,6 +229,9 @@ fn default_min_data_rate() -> u64 {
 }
 fn default_max_messages_per_session() -> u32 {
     1000
+}
+fn default_max_header_size() -> ByteSize {
+    ByteSize::kib(64)
 }
 fn default_max_junk_commands() -> u32 {
     100

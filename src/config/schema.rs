@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::config::units::{ByteSize, Duration};
+use crate::config::units::Duration;
 
 // Moved to `policy.rs` with the other policy sections; re-exported so paths stay the same.
+pub use crate::config::identity::{NetworkConfig, RewriteMode, SenderCheck, UserConfig};
 pub use crate::config::policy::LimitsConfig;
 use crate::config::policy::{AuthLockoutConfig, RateLimitRule};
 
@@ -34,6 +35,11 @@ pub struct Config {
     /// Identities for devices admitted by IP address (printers, scanners). Default: none.
     #[serde(default)]
     pub networks: Vec<NetworkConfig>,
+    /// What is checked against an identity's `senders`: `envelope`, `header` (the envelope
+    /// and the `From:` / `Sender:` addresses) or `off`; a listener, user or network may
+    /// override it. Default: `envelope`.
+    #[serde(default)]
+    pub sender_check: SenderCheck,
     /// Size, recipient and connection caps.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -95,6 +101,10 @@ pub struct ListenerConfig {
     /// Default: no per-listener cap (the global `limits.max_connections` still applies).
     #[serde(default)]
     pub max_connections: Option<usize>,
+    /// Overrides the top-level `sender_check` on this listener (a user's or network's own
+    /// setting overrides this one). Default: inherited.
+    #[serde(default)]
+    pub sender_check: Option<SenderCheck>,
 }
 
 /// TLS mode of a listener.
@@ -142,53 +152,6 @@ pub struct TlsConfig {
     /// off (SIGHUP still re-reads them). Default: `1m`.
     #[serde(default = "default_tls_check_interval")]
     pub check_interval: Duration,
-}
-
-/// An account that may authenticate.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserConfig {
-    /// The login name. Required, unique.
-    pub username: String,
-    /// An argon2id PHC string from `postern hash-password`. Required.
-    pub password_hash: String,
-    /// Envelope senders this account may use: `user@domain`, `@domain` (any address at
-    /// that domain) or `*` (any). Required, non-empty.
-    pub senders: Vec<String>,
-    /// Rate limits for this identity: each replaces the global rules with the same `per` and
-    /// quantity; one with no such global rule is added. Default: none (the global rules).
-    #[serde(default)]
-    pub rate_limits: Vec<RateLimitRule>,
-    /// Overrides `limits.max_message_size` for this identity. Default: the global one.
-    #[serde(default)]
-    pub max_message_size: Option<ByteSize>,
-    /// Overrides `limits.max_recipients` for this identity. Default: the global one.
-    #[serde(default)]
-    pub max_recipients: Option<usize>,
-}
-
-/// A device identity: clients from `network` get these sender rules without AUTH.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetworkConfig {
-    /// The client network (CIDR). Required.
-    pub network: IpNet,
-    /// Envelope senders these devices may use (same patterns as for users). Default: `["*"]`.
-    #[serde(default = "any_sender")]
-    pub senders: Vec<String>,
-    /// Replace the envelope sender (and nothing else) with this address. Default: keep it.
-    #[serde(default)]
-    pub rewrite_sender: Option<String>,
-    /// Rate limits for this identity: each replaces the global rules with the same `per` and
-    /// quantity; one with no such global rule is added. Default: none (the global rules).
-    #[serde(default)]
-    pub rate_limits: Vec<RateLimitRule>,
-    /// Overrides `limits.max_message_size` for this identity. Default: the global one.
-    #[serde(default)]
-    pub max_message_size: Option<ByteSize>,
-    /// Overrides `limits.max_recipients` for this identity. Default: the global one.
-    #[serde(default)]
-    pub max_recipients: Option<usize>,
 }
 
 /// Server-side timeouts; a session that exceeds one gets `421 4.4.2` and is closed.
@@ -446,9 +409,6 @@ fn default_hostname() -> String {
 }
 fn default_shutdown_grace() -> Duration {
     Duration::secs(30)
-}
-fn any_sender() -> Vec<String> {
-    vec!["*".into()]
 }
 fn default_session_timeout() -> Duration {
     Duration::secs(3600)

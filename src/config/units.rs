@@ -30,6 +30,11 @@ impl Duration {
 }
 
 impl ByteSize {
+    /// Builds a size from kibibytes.
+    pub const fn kib(n: u64) -> Self {
+        ByteSize(n * 1024)
+    }
+
     /// Builds a size from mebibytes.
     pub const fn mib(n: u64) -> Self {
         ByteSize(n * 1024 * 1024)

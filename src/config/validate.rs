@@ -24,7 +24,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::config::error::{ConfigError, describe_io};
 use crate::config::schema::{
     AuthMode, Config, LimitsConfig, ListenerConfig, ListenerTls, LogConfig, NetworkConfig,
-    QueueConfig, RouteConfig, TimeoutsConfig, TlsConfig, UpstreamConfig, UpstreamTls, UserConfig,
+    QueueConfig, RewriteMode, RouteConfig, TimeoutsConfig, TlsConfig, UpstreamConfig, UpstreamTls,
+    UserConfig,
 };
 use crate::config::syntax::{Pattern, check_host_port, sender_pattern};
 use crate::config::units::Duration;
@@ -223,6 +224,7 @@ impl Checker<'_> {
                 return self.fail(format!("{key}.password_hash"), problem);
             }
             self.senders(&format!("{key}.senders"), &u.senders)?;
+            self.rewrite(&key, u.rewrite_sender.as_deref(), u.rewrite_mode)?;
             let limits = format!("{key}.rate_limits");
             self.rate_limits(&limits, &u.rate_limits, listeners, Owner::User)?;
             self.identity_caps(&key, u.max_message_size, u.max_recipients)?;
@@ -230,23 +232,33 @@ impl Checker<'_> {
         Ok(())
     }
 
+    /// `rewrite_sender` is one address (not a pattern), and a `rewrite_mode` other than
+    /// `envelope` has one to rewrite to.
+    fn rewrite(&self, key: &str, rewrite: Option<&str>, mode: RewriteMode) -> Checked {
+        let Some(rewrite) = rewrite else {
+            let needs = mode != RewriteMode::Envelope;
+            let problem = "rewrites to `rewrite_sender`, which is not set";
+            return self.ensure(!needs, format!("{key}.rewrite_mode"), problem);
+        };
+        let problem = match sender_pattern(rewrite) {
+            Ok(Pattern::Mailbox) => None,
+            Ok(_) => Some(format!(
+                "{rewrite:?} is a pattern: write one address, local@domain"
+            )),
+            Err(why) => Some(why),
+        };
+        match problem {
+            Some(problem) => self.fail(format!("{key}.rewrite_sender"), problem),
+            None => Ok(()),
+        }
+    }
+
     /// Device identities: sender patterns, a single rewrite address, their own limits.
     fn networks(&self, networks: &[NetworkConfig], listeners: &[ListenerConfig]) -> Checked {
         for (i, n) in networks.iter().enumerate() {
             let key = format!("networks[{i}]");
             self.senders(&format!("{key}.senders"), &n.senders)?;
-            if let Some(rewrite) = &n.rewrite_sender {
-                let problem = match sender_pattern(rewrite) {
-                    Ok(Pattern::Mailbox) => None,
-                    Ok(_) => Some(format!(
-                        "{rewrite:?} is a pattern: write one address, local@domain"
-                    )),
-                    Err(why) => Some(why),
-                };
-                if let Some(problem) = problem {
-                    return self.fail(format!("{key}.rewrite_sender"), problem);
-                }
-            }
+            self.rewrite(&key, n.rewrite_sender.as_deref(), n.rewrite_mode)?;
             let limits = format!("{key}.rate_limits");
             self.rate_limits(&limits, &n.rate_limits, listeners, Owner::Network)?;
             self.identity_caps(&key, n.max_message_size, n.max_recipients)?;
@@ -284,7 +296,12 @@ impl Checker<'_> {
             "limits.max_connections",
             at_least_one,
         )?;
-        self.ensure(l.max_errors >= 1, "limits.max_errors", at_least_one)
+        self.ensure(l.max_errors >= 1, "limits.max_errors", at_least_one)?;
+        self.ensure(
+            l.max_header_size.get() >= 1024,
+            "limits.max_header_size",
+            format!("{} is too small: the minimum is 1KiB", l.max_header_size),
+        )
     }
 
     /// RFC 5321 4.5.3.2: timeouts are minutes long; under a second is a typo (`5` for `5m`).

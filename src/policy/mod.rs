@@ -14,7 +14,7 @@ pub mod ratelimit;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::config::schema::Config;
+use crate::config::schema::{Config, RewriteMode, SenderCheck};
 use crate::config::units::ByteSize;
 use crate::policy::identity::SenderRules;
 use crate::policy::networks::{Device, Devices};
@@ -70,10 +70,30 @@ impl Caps {
     }
 }
 
+/// What one account may send as, and how its sender is rewritten.
+#[derive(Debug, Clone, Default)]
+struct Account {
+    senders: SenderRules,
+    check: Option<SenderCheck>,
+    rewrite_sender: Option<String>,
+    rewrite_mode: RewriteMode,
+}
+
+/// A sender rewrite: the address, and what it replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rewrite<'a> {
+    /// The address envelope (and perhaps header) senders become.
+    pub address: &'a str,
+    /// What is rewritten.
+    pub mode: RewriteMode,
+}
+
 /// Sender rules and caps for users and devices.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
-    users: HashMap<String, SenderRules>,
+    users: HashMap<String, Account>,
+    /// The top-level `sender_check`.
+    check: SenderCheck,
     devices: Devices,
     /// The `limits` caps, for clients without their own.
     caps: Caps,
@@ -89,7 +109,15 @@ impl Policy {
         let users = cfg
             .users
             .iter()
-            .map(|u| (u.username.clone(), SenderRules::new(&u.senders)))
+            .map(|u| {
+                let account = Account {
+                    senders: SenderRules::new(&u.senders),
+                    check: u.sender_check,
+                    rewrite_sender: u.rewrite_sender.clone(),
+                    rewrite_mode: u.rewrite_mode,
+                };
+                (u.username.clone(), account)
+            })
             .collect();
         let caps = Caps {
             max_message_size: cfg.limits.max_message_size.get(),
@@ -112,6 +140,7 @@ impl Policy {
             .collect();
         Policy {
             users,
+            check: cfg.sender_check,
             devices: Devices::new(&cfg.networks),
             caps,
             user_caps,
@@ -142,34 +171,79 @@ impl Policy {
             .map_or(Identity::Anonymous, |d| Identity::Device(d.network))
     }
 
+    /// What is checked for `who` on a listener with its own `listener` setting: the
+    /// identity's own, else the listener's, else the top-level `sender_check`.
+    pub fn sender_check(&self, who: &Identity, listener: Option<SenderCheck>) -> SenderCheck {
+        let own = match who {
+            Identity::User(user) => self.users.get(user).and_then(|a| a.check),
+            Identity::Device(net) => self.devices.by_network(net).and_then(|d| d.sender_check),
+            Identity::Anonymous => None,
+        };
+        own.or(listener).unwrap_or(self.check)
+    }
+
+    /// The sender patterns of `who` (`None` for an anonymous client, who may send as
+    /// anyone).
+    pub fn sender_rules(&self, who: &Identity) -> Option<&SenderRules> {
+        match who {
+            Identity::User(user) => self.users.get(user).map(|a| &a.senders),
+            Identity::Device(net) => self.devices.by_network(net).map(|d| &d.senders),
+            Identity::Anonymous => None,
+        }
+    }
+
+    /// The sender rewrite configured for `who`, if any.
+    pub fn rewrite(&self, who: &Identity) -> Option<Rewrite<'_>> {
+        let (address, mode) = match who {
+            Identity::User(user) => {
+                let a = self.users.get(user)?;
+                (a.rewrite_sender.as_deref()?, a.rewrite_mode)
+            }
+            Identity::Device(net) => {
+                let d = self.devices.by_network(net)?;
+                (d.rewrite_sender.as_deref()?, d.rewrite_mode)
+            }
+            Identity::Anonymous => return None,
+        };
+        Some(Rewrite { address, mode })
+    }
+
     /// Decides a MAIL FROM: the effective envelope sender (after any rewrite) or a refusal.
     /// `allowlisted` says whether the listener's allowlist vouches for an unauthenticated
-    /// client (a listener with `auth: optional` and no allowlist does not).
+    /// client (a listener with `auth: optional` and no allowlist does not); `check` is
+    /// [`Policy::sender_check`] (`off` skips the ownership check).
     pub fn mail(
         &self,
         who: &Identity,
         allowlisted: bool,
         sender: &str,
+        check: SenderCheck,
     ) -> Result<String, MailRefusal> {
-        match who {
-            Identity::User(user) => match self.users.get(user) {
-                Some(rules) if rules.allows(sender) => Ok(sender.to_owned()),
-                _ => Err(MailRefusal::SenderNotOwned),
-            },
-            Identity::Device(net) => match self.devices.by_network(net) {
-                // The null path stays null: a device's bounce rewritten to a real
-                // address could start a bounce loop (RFC 5321 4.5.5).
-                Some(_) if sender.is_empty() => Ok(String::new()),
-                Some(d) if d.senders.allows(sender) => Ok(d
-                    .rewrite_sender
-                    .clone()
-                    .unwrap_or_else(|| sender.to_owned())),
-                Some(_) => Err(MailRefusal::SenderNotOwned),
-                None => Err(MailRefusal::AuthRequired),
-            },
-            Identity::Anonymous if allowlisted => Ok(sender.to_owned()),
-            Identity::Anonymous => Err(MailRefusal::AuthRequired),
+        let rules = match who {
+            Identity::User(user) => self
+                .users
+                .get(user)
+                .map(|a| &a.senders)
+                .ok_or(MailRefusal::SenderNotOwned)?,
+            Identity::Device(net) => self
+                .devices
+                .by_network(net)
+                .map(|d| &d.senders)
+                .ok_or(MailRefusal::AuthRequired)?,
+            Identity::Anonymous if allowlisted => return Ok(sender.to_owned()),
+            Identity::Anonymous => return Err(MailRefusal::AuthRequired),
+        };
+        if check != SenderCheck::Off && !rules.allows(sender) {
+            return Err(MailRefusal::SenderNotOwned);
         }
+        // The null path stays null: a bounce rewritten to a real address could start a
+        // bounce loop (RFC 5321 4.5.5).
+        if sender.is_empty() {
+            return Ok(String::new());
+        }
+        Ok(self
+            .rewrite(who)
+            .map_or_else(|| sender.to_owned(), |r| r.address.to_owned()))
     }
 }
 
@@ -186,6 +260,7 @@ mod tests {
             rate_limits: vec![],
             max_message_size: None,
             max_recipients: None,
+            ..Default::default()
         }];
         let networks = [NetworkConfig {
             network: "10.20.30.0/24".parse().unwrap(),
@@ -194,16 +269,72 @@ mod tests {
             rate_limits: vec![],
             max_message_size: None,
             max_recipients: None,
+            ..Default::default()
         }];
-        let users = users
+        let mut users: HashMap<String, Account> = users
             .iter()
-            .map(|u| (u.username.clone(), SenderRules::new(&u.senders)))
+            .map(|u| {
+                let account = Account {
+                    senders: SenderRules::new(&u.senders),
+                    ..Account::default()
+                };
+                (u.username.clone(), account)
+            })
             .collect();
+        users.insert(
+            "bulk".into(),
+            Account {
+                senders: SenderRules::new(&["@corp.example"]),
+                check: Some(SenderCheck::Header),
+                rewrite_sender: Some("bulk@corp.example".into()),
+                rewrite_mode: RewriteMode::Collapse,
+            },
+        );
         Policy {
             users,
             devices: Devices::new(&networks),
             ..Policy::default()
         }
+    }
+
+    #[test]
+    fn sender_check_precedence_and_user_rewrites() {
+        let p = policy();
+        let app = Identity::User("app1".into());
+        let bulk = Identity::User("bulk".into());
+        // identity's own, else the listener's, else the top level
+        assert_eq!(p.sender_check(&app, None), SenderCheck::Envelope);
+        assert_eq!(
+            p.sender_check(&app, Some(SenderCheck::Off)),
+            SenderCheck::Off
+        );
+        assert_eq!(
+            p.sender_check(&bulk, Some(SenderCheck::Off)),
+            SenderCheck::Header
+        );
+        // off: any sender, still rewritten for an identity with a rewrite
+        let off = SenderCheck::Off;
+        assert_eq!(
+            p.mail(&app, false, "ceo@corp.example", off).as_deref(),
+            Ok("ceo@corp.example")
+        );
+        assert_eq!(
+            p.mail(&bulk, false, "x@corp.example", SenderCheck::Header)
+                .as_deref(),
+            Ok("bulk@corp.example")
+        );
+        assert_eq!(
+            p.mail(&bulk, false, "", SenderCheck::Header).as_deref(),
+            Ok("")
+        );
+        assert_eq!(
+            p.mail(&bulk, false, "x@other.example", SenderCheck::Header),
+            Err(MailRefusal::SenderNotOwned)
+        );
+        let rewrite = p.rewrite(&bulk).map(|r| (r.address, r.mode));
+        assert_eq!(rewrite, Some(("bulk@corp.example", RewriteMode::Collapse)));
+        assert_eq!(p.rewrite(&app), None);
+        assert!(p.sender_rules(&Identity::Anonymous).is_none());
     }
 
     #[test]
@@ -253,7 +384,7 @@ mod tests {
             ),
         ];
         for (who, allowlisted, sender, want) in rows {
-            let got = p.mail(who, allowlisted, sender);
+            let got = p.mail(who, allowlisted, sender, SenderCheck::Envelope);
             assert_eq!(got.as_deref().map_err(|e| *e), want, "{who:?} {sender}");
         }
         assert_eq!(Identity::User("u".into()).label().as_deref(), Some("u"));
@@ -276,6 +407,7 @@ mod tests {
             rate_limits: vec![],
             max_message_size: Some(ByteSize::mib(50)),
             max_recipients: None,
+            ..Default::default()
         }];
         let p = Policy::new(&cfg);
         let global = Caps {

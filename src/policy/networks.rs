@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::config::schema::NetworkConfig;
+use crate::config::schema::{NetworkConfig, RewriteMode, SenderCheck};
 use crate::policy::identity::SenderRules;
 
 /// True when `ip` may connect to a listener with this allowlist (empty = everyone).
@@ -45,6 +45,10 @@ pub struct Device {
     pub senders: SenderRules,
     /// Replacement envelope sender, if any.
     pub rewrite_sender: Option<String>,
+    /// What `rewrite_sender` rewrites.
+    pub rewrite_mode: RewriteMode,
+    /// Its own `sender_check`, if set.
+    pub sender_check: Option<SenderCheck>,
 }
 
 /// Device identities, most specific network first.
@@ -60,6 +64,8 @@ impl Devices {
                 network: n.network,
                 senders: SenderRules::new(&n.senders),
                 rewrite_sender: n.rewrite_sender.clone(),
+                rewrite_mode: n.rewrite_mode,
+                sender_check: n.sender_check,
             })
             .collect();
         devices.sort_by_key(|d| std::cmp::Reverse(d.network.prefix_len()));
@@ -125,6 +131,7 @@ mod tests {
             rate_limits: vec![],
             max_message_size: None,
             max_recipients: None,
+            ..Default::default()
         };
         let devices = Devices::new(&[cfg("10.0.0.0/8", "wide@x"), cfg("10.20.30.0/24", "scans@x")]);
         let hit = |ip: &str| {

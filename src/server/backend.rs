@@ -11,12 +11,14 @@ use std::time::UNIX_EPOCH;
 
 use tracing::{info, warn};
 
+use crate::config::schema::SenderCheck;
 use crate::message::{self, HeaderScan, Trace};
 use crate::policy::ratelimit::{Counted, Hit, Keys};
 use crate::policy::{Caps, Identity, MailRefusal, networks};
 use crate::reason::Reason;
 use crate::rules::{ListenerInfo, Rules};
 use crate::server::Runtime;
+use crate::server::headers::{Fed, HeaderStage};
 use crate::smtp::command::BodyType;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Envelope, Question, Verdict};
@@ -38,6 +40,47 @@ struct Tx {
     /// The body has an octet above 127, declared or not (RFC 6152: the upstream must then
     /// be told `BODY=8BITMIME`, or not be given the message).
     eight_bit: bool,
+    /// The header section held back for a check or rewrite, while it is.
+    headers: Option<HeaderStage>,
+    /// The message will be refused at its end (header check, header too large).
+    refusal: Option<(Reply, Reason)>,
+}
+
+impl Tx {
+    /// Appends to the spool file unless a write failed or the message is being refused.
+    fn write(&mut self, bytes: &[u8]) {
+        if self.write_failed || self.refusal.is_some() || bytes.is_empty() {
+            return;
+        }
+        if let Some(writer) = self.writer.as_mut()
+            && let Err(e) = writer.write(bytes)
+        {
+            warn!(error = %e, "spool write failed");
+            self.write_failed = true;
+        }
+    }
+
+    /// Acts on what the header stage made of the latest bytes: nothing yet, the header
+    /// section (checked, perhaps rewritten) and the body bytes after it, or a refusal.
+    fn header_stage_done(&mut self, fed: Fed<'_>) {
+        match fed {
+            Fed::Held => {}
+            Fed::TooLarge => {
+                self.headers = None;
+                self.refusal = Some((Reply::header_too_large(), Reason::HeaderTooLarge));
+            }
+            Fed::Complete { head, rest } => {
+                self.headers = None;
+                match head {
+                    Ok(head) => {
+                        self.write(&head);
+                        self.write(rest);
+                    }
+                    Err(refusal) => self.refusal = Some(refusal),
+                }
+            }
+        }
+    }
 }
 
 /// What the session knows about its client, and what it is sending.
@@ -199,10 +242,11 @@ impl Backend {
             let reply = Reply::too_many_messages(&self.rules.hostname);
             return self.close(reply, Reason::TooManyMessages);
         }
+        let check = self.sender_check();
         let sender = match self
             .rules
             .policy
-            .mail(&self.identity, self.allowlisted, from)
+            .mail(&self.identity, self.allowlisted, from, check)
         {
             Ok(sender) => sender,
             Err(MailRefusal::SenderNotOwned) => {
@@ -267,11 +311,26 @@ impl Backend {
         std::mem::take(&mut self.caps_changed)
     }
 
+    /// The `sender_check` in force for this client on this listener.
+    fn sender_check(&self) -> SenderCheck {
+        let policy = &self.rules.policy;
+        policy.sender_check(&self.identity, self.listener.sender_check)
+    }
+
     fn data(&mut self) -> Verdict {
         match self.rt.spool.begin() {
             Ok(writer) => {
+                let policy = &self.rules.policy;
+                let check = match self.sender_check() {
+                    SenderCheck::Header => policy.sender_rules(&self.identity),
+                    SenderCheck::Envelope | SenderCheck::Off => None,
+                };
+                let rewrite = policy.rewrite(&self.identity);
+                let limit = self.rules.limits.max_header_size;
+                self.tx.headers = HeaderStage::plan(check, rewrite, limit);
                 self.tx.writer = Some(writer);
                 self.tx.write_failed = false;
+                self.tx.refusal = None;
                 self.tx.scan = HeaderScan::default();
                 self.tx.eight_bit = false;
                 Verdict::Accept
@@ -285,16 +344,17 @@ impl Backend {
 
     /// Appends body bytes the engine decoded to the spool file.
     pub fn body(&mut self, body: &[u8]) {
-        if let Some(writer) = self.tx.writer.as_mut() {
-            self.tx.scan.feed(body);
-            self.tx.eight_bit = self.tx.eight_bit || !body.is_ascii();
-            if !self.tx.write_failed
-                && let Err(e) = writer.write(body)
-            {
-                warn!(error = %e, "spool write failed");
-                self.tx.write_failed = true;
-            }
+        if self.tx.writer.is_none() {
+            return;
         }
+        self.tx.scan.feed(body);
+        self.tx.eight_bit = self.tx.eight_bit || !body.is_ascii();
+        let Some(stage) = self.tx.headers.as_mut() else {
+            self.tx.write(body);
+            return;
+        };
+        let fed = stage.feed(body);
+        self.tx.header_stage_done(fed);
     }
 
     /// The engine refused the message it was receiving: drop the spool file and log the
@@ -328,6 +388,14 @@ impl Backend {
     }
 
     async fn message(&mut self, envelope: Envelope, facts: SessionFacts<'_>) -> Verdict {
+        if let Some(stage) = self.tx.headers.as_mut() {
+            let fed = stage.finish();
+            self.tx.header_stage_done(fed);
+        }
+        if let Some((reply, reason)) = self.tx.refusal.take() {
+            self.discard(&reply, reason);
+            return Verdict::Reject(reply);
+        }
         let mut tx = std::mem::take(&mut self.tx);
         let Some(writer) = tx.writer.take() else {
             return Verdict::Defer(Reply::queue_error());

@@ -18,6 +18,7 @@ mod delivery;
 mod dialogs;
 mod drain;
 mod external;
+mod headers;
 mod protocol;
 mod reload;
 mod selftest;

@@ -66,6 +66,8 @@ pub struct Opts {
     pub extra: String,
     /// Extra keys for the `legacy` listener's flow mapping, e.g. `"max_connections: 1"`.
     pub legacy: String,
+    /// Extra keys for the `submission` listener's flow mapping.
+    pub submission: String,
 }
 
 impl Default for Opts {
@@ -76,6 +78,7 @@ impl Default for Opts {
             sink_down: false,
             extra: String::new(),
             legacy: String::new(),
+            submission: String::new(),
         }
     }
 }
@@ -259,7 +262,7 @@ fn config_yaml(dir: &Path, ca: &TestCa, sink_port: u16, opts: &Opts) -> String {
     format!(
         r#"hostname: relay.test
 listeners:
-  - {{name: submission, address: "127.0.0.1:0", tls: starttls, auth: required}}
+  - {{name: submission, address: "127.0.0.1:0", tls: starttls, auth: required{submission}}}
   - {{name: submissions, address: "127.0.0.1:0", tls: implicit, auth: required}}
   - {{name: legacy, address: "127.0.0.1:0", tls: none, auth: none, allow_networks: [127.0.0.1/32]{legacy}}}
 tls: {{certificate: {cert}, private_key: {key}}}
@@ -274,6 +277,11 @@ log: {{level: warn}}
         key = ca.key_file.display(),
         hash = password_hash(),
         extra = opts.extra,
+        submission = if opts.submission.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", opts.submission)
+        },
         legacy = if opts.legacy.is_empty() {
             String::new()
         } else {
