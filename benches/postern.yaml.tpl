@@ -21,6 +21,11 @@ users:
 limits:
   max_connections: 20000
   max_recipients: 100
+# One per-IP and one per-user rule, far above what the benchmark sends: they cost a bucket
+# check per MAIL and per RCPT without ever refusing.
+rate_limits:
+  - {per: ip, messages: 100000000, interval: 1h}
+  - {per: user, messages: 100000000, interval: 1h}
 queue:
   directory: $BENCH_WORKDIR/spool
   min_backoff: 1s

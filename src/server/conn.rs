@@ -288,6 +288,9 @@ impl Conn {
             }
             let (used, step) = self.session.advance(&self.buf[pos..]);
             pos += used;
+            if let Some(reason) = self.session.take_refusal() {
+                info!(%reason, "refused");
+            }
             let body = self.session.take_body();
             if !body.is_empty() {
                 self.backend.body(body);

@@ -266,6 +266,9 @@ pub(super) struct Ctx {
     pub(super) junk: u32,
     /// Why the server is closing the session, once it decided to.
     pub(super) closed_for: Option<Reason>,
+    /// The policy reason of the latest refusal the engine itself made (size, recipients,
+    /// AUTH required), until the shell takes it for its log line.
+    pub(super) refused: Option<Reason>,
     pub(super) out: Vec<u8>,
 }
 
@@ -333,6 +336,7 @@ impl Session {
                 errors: 0,
                 junk: 0,
                 closed_for: None,
+                refused: None,
                 out: Vec::new(),
             },
             framer: LineFramer::new(),
@@ -516,6 +520,12 @@ impl Session {
     pub fn close_for(&mut self, reply: Reply, reason: Reason) -> Step {
         let next = self.ctx.close_for(&reply, reason);
         self.set(next).unwrap_or(Step::Close)
+    }
+
+    /// The reason of a policy refusal the engine made since the last call (size,
+    /// recipients, AUTH required), for the shell's log line.
+    pub fn take_refusal(&mut self) -> Option<Reason> {
+        self.ctx.refused.take()
     }
 
     /// Why the server closed the session, when it did (not for QUIT or a client gone).
