@@ -397,3 +397,61 @@ async fn sighup_reloads_the_binary_and_survives_a_broken_file() {
     postern.sigterm();
     assert!(postern.wait_exit(Duration::from_secs(10)).await.success());
 }
+
+/// A reload that changes a rate rule while a session is open: the open session keeps the
+/// rule it started with (its snapshot), new sessions count against the new one; a rule the
+/// reload leaves unchanged keeps its counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_changes_a_rate_rule_for_new_sessions_only() {
+    let server = TestServer::start(Opts::with(
+        "rate_limits:\n  - {name: loose, per: ip, messages: 100, interval: 1h, listeners: [legacy]}\n  \
+         - {name: kept, per: listener, messages: 5, interval: 1h, listeners: [submission]}\n",
+    ))
+    .await;
+    let mut open = server.legacy_session().await;
+    let data = message("before", "", "body\r\n");
+    send_mail(&mut open, "dev@example.net", &["x@example.org"], &data).await;
+    let mut sub = server.submission_session().await;
+    for tag in ["k1", "k2", "k3"] {
+        let data = message(tag, "", "body\r\n");
+        send_mail(&mut sub, "alice@example.com", &["x@example.org"], &data).await;
+    }
+    server.edit_config(|yaml| {
+        yaml.replace(
+            "{name: loose, per: ip, messages: 100",
+            "{name: tight, per: ip, messages: 1",
+        )
+    });
+    let outcome = server.reload().await.unwrap();
+    assert!(outcome.to_string().contains("rate_limits"), "{outcome}");
+    // The open session still counts against `loose` only.
+    for tag in ["open-1", "open-2", "open-3"] {
+        let data = message(tag, "", "body\r\n");
+        send_mail(&mut open, "dev@example.net", &["x@example.org"], &data).await;
+    }
+    // A new session: one message under `tight`, then 450 naming it.
+    let mut new = server.legacy_session().await;
+    let data = message("new-1", "", "body\r\n");
+    send_mail(&mut new, "dev@example.net", &["x@example.org"], &data).await;
+    let refused = new.cmd("MAIL FROM:<dev@example.net>", "450 4.7.1").await;
+    assert!(
+        refused
+            .first()
+            .starts_with("450 4.7.1 Error: rate limit tight exceeded, try again in "),
+        "{:?}",
+        refused.lines
+    );
+    // `kept` did not change: its three counted messages stay counted (5 allowed in all).
+    let mut sub = server.submission_session().await;
+    for tag in ["k4", "k5"] {
+        let data = message(tag, "", "body\r\n");
+        send_mail(&mut sub, "alice@example.com", &["x@example.org"], &data).await;
+    }
+    sub.cmd(
+        "MAIL FROM:<alice@example.com>",
+        "450 4.7.1 Error: rate limit kept exceeded",
+    )
+    .await;
+    let got = server.sink().wait_for(DELIVERY, |m| m.len() == 10).await;
+    assert_eq!(got.len(), 10);
+}
