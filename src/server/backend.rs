@@ -158,6 +158,10 @@ impl Backend {
                 password,
                 ..
             } => {
+                // A locked-out client is told so whatever it sends (454, temporary).
+                if let Err(verdict) = self.lockout_check(&username) {
+                    return verdict;
+                }
                 // RFC 4616 2: an authorization identity other than the authentication
                 // identity asks to act as someone else; no account here may do that.
                 if !authzid.is_empty() && authzid != username {
@@ -173,14 +177,20 @@ impl Backend {
         }
     }
 
+    /// Refuses AUTH before argon2 runs while the address (or username) is locked out: a
+    /// locked-out client learns nothing, even with the right password.
+    fn lockout_check(&self, username: &str) -> Result<(), Verdict> {
+        match self.rt.lockout.check(self.client_ip(), username) {
+            Ok(()) => Ok(()),
+            Err(locked) => {
+                info!(reason = %Reason::Lockout, user = username, by = ?locked.by, remaining = ?locked.remaining, "AUTH refused: locked out");
+                Err(Verdict::Reject(Reply::locked_out(locked.remaining)))
+            }
+        }
+    }
+
     async fn auth(&mut self, username: &str, password: &str) -> Verdict {
         let ip = self.client_ip();
-        if let Err(locked) = self.rt.lockout.check(ip, username) {
-            // Refused before argon2 runs: a locked-out client learns nothing, even with the
-            // right password.
-            info!(reason = %Reason::Lockout, user = username, by = ?locked.by, remaining = ?locked.remaining, "AUTH refused: locked out");
-            return Verdict::Reject(Reply::locked_out(locked.remaining));
-        }
         match self
             .rt
             .verifier
