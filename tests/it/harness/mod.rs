@@ -65,6 +65,10 @@ pub struct Opts {
     pub extra: String,
     /// Extra keys for the `legacy` listener's flow mapping, e.g. `"max_connections: 1"`.
     pub legacy: String,
+    /// Extra keys for alice's `users` entry, e.g. `"max_recipients: 5"`.
+    pub alice: String,
+    /// More `users` entries, one YAML list item per line (see [`user_entry`]).
+    pub users: String,
 }
 
 impl Default for Opts {
@@ -75,6 +79,8 @@ impl Default for Opts {
             sink_down: false,
             extra: String::new(),
             legacy: String::new(),
+            alice: String::new(),
+            users: String::new(),
         }
     }
 }
@@ -250,8 +256,8 @@ listeners:
   - {{name: legacy, address: "127.0.0.1:0", tls: none, auth: none, allow_networks: [127.0.0.1/32]{legacy}}}
 tls: {{certificate: {cert}, private_key: {key}}}
 users:
-  - {{username: {USER}, password_hash: "{hash}", senders: ["{USER}@example.com", "@alice.example"]}}
-queue: {{directory: {d}/spool, min_backoff: 1s, max_backoff: 2s}}
+  - {{username: {USER}, password_hash: "{hash}", senders: ["{USER}@example.com", "@alice.example"]{alice}}}
+{users}queue: {{directory: {d}/spool, min_backoff: 1s, max_backoff: 2s}}
 upstreams:
   - {{name: sink, address: "127.0.0.1:{sink_port}", connect_timeout: 2s, {upstream_security}}}
 log: {{level: warn}}
@@ -260,11 +266,28 @@ log: {{level: warn}}
         key = ca.key_file.display(),
         hash = password_hash(),
         extra = opts.extra,
-        legacy = if opts.legacy.is_empty() {
-            String::new()
-        } else {
-            format!(", {}", opts.legacy)
-        },
+        legacy = more_keys(&opts.legacy),
+        alice = more_keys(&opts.alice),
+        users = opts.users,
+    )
+}
+
+/// `", keys"` to extend a flow mapping, or nothing.
+fn more_keys(keys: &str) -> String {
+    if keys.is_empty() {
+        String::new()
+    } else {
+        format!(", {keys}")
+    }
+}
+
+/// A `users` list item for [`Opts::users`]: `username` with alice's password ([`PASSWORD`]),
+/// sending as `username@example.com`, plus `keys` (flow-mapping keys, may be empty).
+pub fn user_entry(username: &str, keys: &str) -> String {
+    format!(
+        "  - {{username: {username}, password_hash: \"{hash}\", senders: [\"{username}@example.com\"]{more}}}\n",
+        hash = password_hash(),
+        more = more_keys(keys),
     )
 }
 
@@ -323,4 +346,22 @@ pub fn field_names(prefix: &str) -> Vec<String> {
         .filter(|l| !l.is_empty() && !l.starts_with([' ', '\t']))
         .map(|l| l.split_once(':').map_or(l, |(name, _)| name).to_owned())
         .collect()
+}
+
+/// Asserts `line` is exactly `head` + `N s` with `0 < N <= max_secs`, and returns `N`: the
+/// "try again in" of the rate-limit and lockout refusals, which depends on how long the test
+/// took to get there (rounded up to whole seconds, so never 0).
+pub fn retry_in(line: &str, head: &str, max_secs: u64) -> u64 {
+    let secs = line
+        .strip_prefix(head)
+        .and_then(|rest| rest.strip_suffix(" s"))
+        .and_then(|n| n.parse::<u64>().ok());
+    let Some(secs) = secs else {
+        panic!("expected {head:?} + \"N s\", got {line:?}")
+    };
+    assert!(
+        (1..=max_secs).contains(&secs),
+        "retry time out of (0, {max_secs}] s: {line:?}"
+    );
+    secs
 }
