@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::harness::client::Dialog;
 use crate::harness::{
-    DELIVERY, Opts, PLAIN_TOKEN, TestServer, message, retry_in, send_mail, split_prefix, user_entry,
+    Opts, PLAIN_TOKEN, TestServer, delivered, message, retry_in, rows, send_mail, user_entry,
 };
 
 /// Three failures within ten minutes lock the address for fifteen.
@@ -30,37 +30,19 @@ const HOME: Option<IpAddr> = None;
 const SECOND: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
 const THIRD: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
 
+/// The one recipient of every message here.
+const X: &[&str] = &["x@example.org"];
+
 /// `AUTH PLAIN` as alice with her password.
 fn right() -> String {
     format!("AUTH PLAIN {PLAIN_TOKEN}")
 }
 
-/// A submission session from `from` (`None`: 127.0.0.1) after STARTTLS and EHLO.
-async fn session(server: &TestServer, from: Option<IpAddr>) -> Dialog {
-    let mut d = match from {
-        Some(ip) => {
-            let mut d = Dialog::connect_from(ip, server.submission).await;
-            d.expect("220 ").await;
-            d
-        }
-        None => Dialog::connect(server.submission).await,
-    };
-    d.ehlo("client.test").await;
-    d.starttls(&server.ca).await;
-    d.ehlo("client.test").await;
-    d
-}
-
-/// Sends `cmd` and asserts the one-line reply is exactly `want`.
-async fn exact(d: &mut Dialog, cmd: &str, want: &str) {
-    let reply = d.cmd(cmd, "").await;
-    assert_eq!(reply.lines, [want], "to {cmd:?}");
-}
-
-/// A wrong password that starts the lockout: `421 4.7.0`, then the server closes.
+/// A wrong password that starts the lockout: `421 4.7.0`, then the server closes the TLS
+/// session cleanly (`close_notify`, RFC 8446 6.1).
 async fn fail_and_close(d: &mut Dialog) {
-    exact(d, WRONG, LOCKS).await;
-    d.expect_closed().await;
+    d.exact(WRONG, LOCKS).await;
+    d.expect_clean_close().await;
 }
 
 /// Sends `cmd` (an AUTH) and asserts the exact `454 4.7.0` of a lockout with at most
@@ -73,74 +55,51 @@ async fn locked(d: &mut Dialog, cmd: &str, max_secs: u64) -> u64 {
 
 /// Sends the message tagged `tag` from `from` on an authenticated session.
 async fn send(d: &mut Dialog, from: &str, tag: &str) {
-    let data = message(tag, "", "body\r\n");
-    send_mail(d, from, &["x@example.org"], &data).await;
+    send_mail(d, from, X, &sent(tag)).await;
 }
 
-/// Waits for `n` messages at the sink and returns their (tag, sender), sorted, after
-/// checking each carries the client's bytes intact.
-async fn delivered(server: &TestServer, n: usize) -> Vec<(String, String)> {
-    let got = server.sink().wait_for(DELIVERY, |m| m.len() >= n).await;
-    assert_eq!(got.len(), n, "{}", server.sink().debug_dump());
-    let mut rows: Vec<(String, String)> = got
-        .iter()
-        .map(|m| {
-            let text = m.text();
-            let tag = text
-                .split("\r\n")
-                .find_map(|l| l.strip_prefix("X-Test: "))
-                .expect("no X-Test header")
-                .to_owned();
-            split_prefix(&m.data, &message(&tag, "", "body\r\n"));
-            (tag, m.mail_from.clone())
-        })
-        .collect();
-    rows.sort();
-    rows
-}
-
-/// Sorted (tag, sender) rows for [`delivered`].
-fn rows(items: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut rows: Vec<_> = items
-        .iter()
-        .map(|(t, s)| ((*t).to_owned(), (*s).to_owned()))
-        .collect();
-    rows.sort();
-    rows
+/// What [`send`] wrote for `tag`.
+fn sent(tag: &str) -> Vec<u8> {
+    message(tag, "", "body\r\n")
 }
 
 /// `attempts: 3` over two connections from 127.0.0.1: two `535`s, then the third failure
 /// (in a new connection) gets `421 4.7.0` and the close. After that the right password from
-/// 127.0.0.1 gets `454 4.7.0` with at most 15 min left and the session stays
-/// unauthenticated (MAIL `530`); 127.0.0.2 logs in and sends. Ten seconds before the end
-/// the lockout still holds (at most 10 s left); at the end the right password passes.
+/// 127.0.0.1 gets `454 4.7.0` with at most 15 min left, on the implicit-TLS listener too,
+/// and the session stays unauthenticated (MAIL `530`); 127.0.0.2 logs in and sends. Ten seconds before the end
+/// the lockout still holds (at most 10 s left); at the end a failure starts a new count
+/// (`535`, not another lockout) and the right password passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lockout_across_connections_and_expiry() {
     let server = TestServer::start(Opts::with(LOCKOUT)).await;
-    let mut first = session(&server, HOME).await;
-    exact(&mut first, WRONG, FAILED).await;
-    exact(&mut first, WRONG, FAILED).await;
+    let mut first = server.starttls_session_from(HOME).await;
+    first.exact(WRONG, FAILED).await;
+    first.exact(WRONG, FAILED).await;
     first.cmd("QUIT", "221 2.0.0 ").await;
     first.expect_closed().await;
-    fail_and_close(&mut session(&server, HOME).await).await;
+    fail_and_close(&mut server.starttls_session_from(HOME).await).await;
 
-    let mut d = session(&server, HOME).await;
+    let mut d = server.starttls_session_from(HOME).await;
     locked(&mut d, &right(), 900).await;
     d.cmd("MAIL FROM:<alice@example.com>", "530 5.7.0 ").await;
+    let mut implicit = Dialog::connect_tls(server.submissions, &server.ca).await;
+    implicit.ehlo("client.test").await;
+    locked(&mut implicit, &right(), 900).await;
 
-    let mut other = session(&server, SECOND).await;
+    let mut other = server.starttls_session_from(SECOND).await;
     other.cmd(&right(), "235 2.7.0 ").await;
     send(&mut other, "alice@example.com", "other-address").await;
 
     server.clock.advance(DURATION - Duration::from_secs(10));
     locked(&mut d, &right(), 10).await;
     server.clock.advance(Duration::from_secs(10));
-    let mut after = session(&server, HOME).await;
+    let mut after = server.starttls_session_from(HOME).await;
+    after.exact(WRONG, FAILED).await;
     after.cmd(&right(), "235 2.7.0 ").await;
     send(&mut after, "alice@example.com", "expired").await;
     let alice = "alice@example.com";
-    let want = rows(&[("other-address", alice), ("expired", alice)]);
-    assert_eq!(delivered(&server, 2).await, want);
+    let want = rows(&[("other-address", alice, X), ("expired", alice, X)]);
+    assert_eq!(delivered(server.sink(), 2, sent).await, want);
 }
 
 /// `per_username: true`: failures for alice from different addresses add up (two from
@@ -156,23 +115,26 @@ async fn per_username_locks_the_user_everywhere() {
         ..Opts::default()
     })
     .await;
-    let mut first = session(&server, HOME).await;
-    exact(&mut first, WRONG, FAILED).await;
-    exact(&mut first, WRONG, FAILED).await;
-    fail_and_close(&mut session(&server, SECOND).await).await;
+    let mut first = server.starttls_session_from(HOME).await;
+    first.exact(WRONG, FAILED).await;
+    first.exact(WRONG, FAILED).await;
+    fail_and_close(&mut server.starttls_session_from(SECOND).await).await;
 
-    let mut d = session(&server, THIRD).await;
+    let mut d = server.starttls_session_from(THIRD).await;
     locked(&mut d, &right(), 900).await;
     locked(&mut first, &right(), 900).await;
     d.cmd(BOB, "235 2.7.0 ").await;
     send(&mut d, "bob@example.com", "bob").await;
 
     server.clock.advance(DURATION);
-    let mut after = session(&server, THIRD).await;
+    let mut after = server.starttls_session_from(THIRD).await;
     after.cmd(&right(), "235 2.7.0 ").await;
     send(&mut after, "alice@example.com", "alice").await;
-    let want = rows(&[("bob", "bob@example.com"), ("alice", "alice@example.com")]);
-    assert_eq!(delivered(&server, 2).await, want);
+    let want = rows(&[
+        ("bob", "bob@example.com", X),
+        ("alice", "alice@example.com", X),
+    ]);
+    assert_eq!(delivered(server.sink(), 2, sent).await, want);
 }
 
 /// With the default `per_username: false` a success does not clear an address's count
@@ -184,39 +146,41 @@ async fn per_username_locks_the_user_everywhere() {
 async fn success_does_not_reset_the_count() {
     let server = TestServer::start(Opts::with(LOCKOUT)).await;
     let alice = "alice@example.com";
-    let mut first = session(&server, HOME).await;
-    exact(&mut first, WRONG, FAILED).await;
-    exact(&mut first, WRONG, FAILED).await;
+    let mut first = server.starttls_session_from(HOME).await;
+    first.exact(WRONG, FAILED).await;
+    first.exact(WRONG, FAILED).await;
     first.cmd(&right(), "235 2.7.0 ").await;
     send(&mut first, alice, "between").await;
 
-    let mut other = session(&server, SECOND).await;
-    exact(&mut other, WRONG, FAILED).await;
-    exact(&mut other, WRONG, FAILED).await;
+    let mut other = server.starttls_session_from(SECOND).await;
+    other.exact(WRONG, FAILED).await;
+    other.exact(WRONG, FAILED).await;
     other.cmd(&right(), "235 2.7.0 ").await;
     send(&mut other, alice, "elsewhere").await;
 
-    fail_and_close(&mut session(&server, HOME).await).await;
-    locked(&mut session(&server, HOME).await, &right(), 900).await;
-    let mut again = session(&server, SECOND).await;
+    fail_and_close(&mut server.starttls_session_from(HOME).await).await;
+    locked(&mut server.starttls_session_from(HOME).await, &right(), 900).await;
+    let mut again = server.starttls_session_from(SECOND).await;
     again.cmd(&right(), "235 2.7.0 ").await;
-    let want = rows(&[("between", alice), ("elsewhere", alice)]);
-    assert_eq!(delivered(&server, 2).await, want);
+    let want = rows(&[("between", alice, X), ("elsewhere", alice, X)]);
+    assert_eq!(delivered(server.sink(), 2, sent).await, want);
 }
 
 /// Failures are counted over `window` from the first one: two failures, the window passes,
-/// and two more are still `535` (a new count); the third of the new count, in the same
-/// session, gets `421` and the close.
+/// and two more are still `535` (a new count; one of them by AUTH LOGIN, which counts the
+/// same); the third of the new count, in the same session, gets `421` and the close.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_age_out_of_the_window() {
     let server = TestServer::start(Opts::with(LOCKOUT)).await;
-    let mut d = session(&server, HOME).await;
-    exact(&mut d, WRONG, FAILED).await;
-    exact(&mut d, WRONG, FAILED).await;
+    let mut d = server.starttls_session_from(HOME).await;
+    d.exact(WRONG, FAILED).await;
+    d.exact(WRONG, FAILED).await;
     server.clock.advance(WINDOW);
-    exact(&mut d, WRONG, FAILED).await;
-    exact(&mut d, WRONG, FAILED).await;
+    d.exact(WRONG, FAILED).await;
+    d.exact("AUTH LOGIN", "334 VXNlcm5hbWU6").await;
+    d.exact("YWxpY2U=", "334 UGFzc3dvcmQ6").await;
+    d.exact("d3Jvbmc=", FAILED).await;
     fail_and_close(&mut d).await;
-    let mut after = session(&server, HOME).await;
+    let mut after = server.starttls_session_from(HOME).await;
     locked(&mut after, &right(), 900).await;
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::harness::client::Dialog;
 use crate::harness::{
-    DELIVERY, Opts, PLAIN_TOKEN, TestServer, message, retry_in, send_mail, split_prefix, user_entry,
+    Opts, PLAIN_TOKEN, TestServer, delivered, message, retry_in, rows, send_mail, user_entry,
 };
 
 const MINUTE: Duration = Duration::from_secs(60);
@@ -20,16 +20,20 @@ const HOUR: Duration = Duration::from_secs(3600);
 /// Another loopback address: the submission listener has no allowlist (the legacy one only
 /// admits 127.0.0.1).
 const OTHER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+/// The one recipient of most messages here.
+const X: &[&str] = &["x@example.org"];
 /// `\0bob\0alice-pw` in base64: bob (see [`user_entry`]) shares alice's password.
 const BOB_TOKEN: &str = "AGJvYgBhbGljZS1wdw==";
 
-/// What reached the sink: (X-Test tag, envelope sender, recipients).
-type Delivered = Vec<(String, String, Vec<String>)>;
-
-/// Sends `cmd` and asserts the exact refusal of rule `rule`, `450 4.7.1 ... try again in N s`
-/// with `0 < N <= max_secs`; returns `N`.
+/// Sends `cmd` and asserts the exact refusal of rule `rule` (see [`refused_by`]).
 async fn over_limit(d: &mut Dialog, cmd: &str, rule: &str, max_secs: u64) -> u64 {
     d.send(format!("{cmd}\r\n")).await;
+    refused_by(d, rule, max_secs).await
+}
+
+/// Reads the next reply and asserts it is exactly the refusal of rule `rule`,
+/// `450 4.7.1 ... try again in N s` with `0 < N <= max_secs`; returns `N`.
+async fn refused_by(d: &mut Dialog, rule: &str, max_secs: u64) -> u64 {
     let reply = d.try_reply().await.expect("closed instead of a refusal");
     assert_eq!(reply.lines.len(), 1, "{:?}", reply.lines);
     let head = format!("450 4.7.1 Error: rate limit {rule} exceeded, try again in ");
@@ -61,63 +65,12 @@ async fn data(d: &mut Dialog, tag: &str) -> String {
     reply.first().to_owned()
 }
 
-/// Sends `cmd` and asserts the one-line reply is exactly `want`.
-async fn exact(d: &mut Dialog, cmd: &str, want: &str) {
-    let reply = d.cmd(cmd, "").await;
-    assert_eq!(reply.lines, [want], "to {cmd:?}");
-}
-
 /// A submission session from `from` (`None`: 127.0.0.1) after STARTTLS, EHLO and
 /// `AUTH PLAIN token`.
 async fn login(server: &TestServer, from: Option<IpAddr>, token: &str) -> Dialog {
-    let mut d = match from {
-        Some(ip) => {
-            let mut d = Dialog::connect_from(ip, server.submission).await;
-            d.expect("220 ").await;
-            d
-        }
-        None => Dialog::connect(server.submission).await,
-    };
-    d.ehlo("client.test").await;
-    d.starttls(&server.ca).await;
-    d.ehlo("client.test").await;
+    let mut d = server.starttls_session_from(from).await;
     d.cmd(&format!("AUTH PLAIN {token}"), "235 2.7.0 ").await;
     d
-}
-
-/// Waits until `n` messages reached the sink and returns them sorted by tag, after checking
-/// that each carries the client's bytes intact (those [`send`] wrote for its tag).
-async fn delivered(server: &TestServer, n: usize) -> Delivered {
-    let got = server.sink().wait_for(DELIVERY, |m| m.len() >= n).await;
-    assert_eq!(got.len(), n, "{}", server.sink().debug_dump());
-    let mut rows: Delivered = got
-        .iter()
-        .map(|m| {
-            let text = m.text();
-            let tag = text
-                .split("\r\n")
-                .find_map(|l| l.strip_prefix("X-Test: "))
-                .expect("no X-Test header")
-                .to_owned();
-            split_prefix(&m.data, &tagged(&tag));
-            (tag, m.mail_from.clone(), m.rcpt_to.clone())
-        })
-        .collect();
-    rows.sort();
-    rows
-}
-
-/// The expected [`delivered`] rows, sorted by tag.
-fn rows(items: &[(&str, &str, &[&str])]) -> Delivered {
-    let mut rows: Delivered = items
-        .iter()
-        .map(|(tag, from, to)| {
-            let to = to.iter().map(|s| (*s).to_owned()).collect();
-            ((*tag).to_owned(), (*from).to_owned(), to)
-        })
-        .collect();
-    rows.sort();
-    rows
 }
 
 /// `{per: ip, messages: 3, interval: 1h}`: 127.0.0.1 gets three messages over any listener
@@ -130,10 +83,10 @@ async fn messages_per_ip() {
     let server = TestServer::start(Opts::with(rule)).await;
     let dev = "dev@example.net";
     let mut d = server.legacy_session().await;
-    send(&mut d, dev, &["x@example.org"], "ip-1").await;
-    send(&mut d, dev, &["x@example.org"], "ip-2").await;
+    send(&mut d, dev, X, "ip-1").await;
+    send(&mut d, dev, X, "ip-2").await;
     let mut sub = login(&server, None, PLAIN_TOKEN).await;
-    send(&mut sub, "alice@example.com", &["x@example.org"], "ip-3").await;
+    send(&mut sub, "alice@example.com", X, "ip-3").await;
     let mail_alice = "MAIL FROM:<alice@example.com>";
     over_limit(&mut sub, mail_alice, "per-ip-messages", 1200).await;
     over_limit(
@@ -149,25 +102,24 @@ async fn messages_per_ip() {
 
     server.clock.advance(HOUR);
     for tag in ["later-1", "later-2", "later-3"] {
-        send(&mut d, dev, &["x@example.org"], tag).await;
+        send(&mut d, dev, X, tag).await;
     }
     over_limit(&mut sub, mail_alice, "per-ip-messages", 1200).await;
-    let x: &[&str] = &["x@example.org"];
     let want = rows(&[
-        ("ip-1", dev, x),
-        ("ip-2", dev, x),
-        ("ip-3", "alice@example.com", x),
+        ("ip-1", dev, X),
+        ("ip-2", dev, X),
+        ("ip-3", "alice@example.com", X),
         ("other", "alice@example.com", &["y@example.org"]),
-        ("later-1", dev, x),
-        ("later-2", dev, x),
-        ("later-3", dev, x),
+        ("later-1", dev, X),
+        ("later-2", dev, X),
+        ("later-3", dev, X),
     ]);
-    assert_eq!(delivered(&server, 7).await, want);
+    assert_eq!(delivered(server.sink(), 7, tagged).await, want);
 }
 
 /// `{per: ip, recipients: 3, interval: 1h}`: the fourth RCPT of a transaction is refused
 /// and the transaction goes on with the three accepted ones, which are all the sink gets;
-/// MAIL is not limited, a further RCPT is; after the interval three recipients pass again.
+/// MAIL is not limited, a further RCPT is (pipelined: DATA then finds no recipient); after the interval three recipients pass again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recipients_per_ip() {
     let rule = "rate_limits: [{per: ip, recipients: 3, interval: 1h}]\n";
@@ -181,8 +133,12 @@ async fn recipients_per_ip() {
     over_limit(&mut d, "RCPT TO:<d@example.org>", "per-ip-recipients", 1200).await;
     assert!(data(&mut d, "rcpts").await.starts_with("250 2.0.0 "));
 
-    d.cmd("MAIL FROM:<dev@example.net>", "250 2.1.0 ").await;
-    over_limit(&mut d, "RCPT TO:<e@example.org>", "per-ip-recipients", 1200).await;
+    // Pipelined (RFC 2920): the refused RCPT leaves no recipient, so DATA gets 554.
+    d.send("MAIL FROM:<dev@example.net>\r\nRCPT TO:<e@example.org>\r\nDATA\r\n")
+        .await;
+    d.expect("250 2.1.0 ").await;
+    refused_by(&mut d, "per-ip-recipients", 1200).await;
+    d.expect("554 5.5.1 Error: no valid recipients").await;
     d.cmd("RSET", "250 2.0.0 ").await;
 
     server.clock.advance(HOUR);
@@ -205,7 +161,7 @@ async fn recipients_per_ip() {
             &["d@example.org", "e@example.org", "f@example.org"],
         ),
     ]);
-    assert_eq!(delivered(&server, 2).await, want);
+    assert_eq!(delivered(server.sink(), 2, tagged).await, want);
 }
 
 /// `{per: user, messages: 2, interval: 1h}`: alice's third MAIL is refused, also from
@@ -218,32 +174,31 @@ async fn messages_per_user() {
     let alice = "alice@example.com";
     let mail = "MAIL FROM:<alice@example.com>";
     let mut d = login(&server, None, PLAIN_TOKEN).await;
-    send(&mut d, alice, &["x@example.org"], "user-1").await;
-    send(&mut d, alice, &["x@example.org"], "user-2").await;
+    send(&mut d, alice, X, "user-1").await;
+    send(&mut d, alice, X, "user-2").await;
     over_limit(&mut d, mail, "per-user-messages", 1800).await;
     let mut other = login(&server, Some(OTHER), PLAIN_TOKEN).await;
     over_limit(&mut other, mail, "per-user-messages", 1800).await;
 
     let mut legacy = server.legacy_session().await;
     for tag in ["anon-1", "anon-2", "anon-3"] {
-        send(&mut legacy, "dev@example.net", &["x@example.org"], tag).await;
+        send(&mut legacy, "dev@example.net", X, tag).await;
     }
 
     server.clock.advance(HOUR);
-    send(&mut other, alice, &["x@example.org"], "later-1").await;
-    send(&mut d, alice, &["x@example.org"], "later-2").await;
+    send(&mut other, alice, X, "later-1").await;
+    send(&mut d, alice, X, "later-2").await;
     over_limit(&mut other, mail, "per-user-messages", 1800).await;
-    let x: &[&str] = &["x@example.org"];
     let want = rows(&[
-        ("user-1", alice, x),
-        ("user-2", alice, x),
-        ("anon-1", "dev@example.net", x),
-        ("anon-2", "dev@example.net", x),
-        ("anon-3", "dev@example.net", x),
-        ("later-1", alice, x),
-        ("later-2", alice, x),
+        ("user-1", alice, X),
+        ("user-2", alice, X),
+        ("anon-1", "dev@example.net", X),
+        ("anon-2", "dev@example.net", X),
+        ("anon-3", "dev@example.net", X),
+        ("later-1", alice, X),
+        ("later-2", alice, X),
     ]);
-    assert_eq!(delivered(&server, 7).await, want);
+    assert_eq!(delivered(server.sink(), 7, tagged).await, want);
 }
 
 /// `{per: sender_domain, messages: 2, interval: 1h}`: the third sender at one.example (in
@@ -254,26 +209,25 @@ async fn messages_per_sender_domain() {
     let rule = "rate_limits: [{per: sender_domain, messages: 2, interval: 1h}]\n";
     let server = TestServer::start(Opts::with(rule)).await;
     let mut d = server.legacy_session().await;
-    send(&mut d, "a@one.example", &["x@example.org"], "one-1").await;
-    send(&mut d, "b@One.Example", &["x@example.org"], "one-2").await;
+    send(&mut d, "a@one.example", X, "one-1").await;
+    send(&mut d, "b@One.Example", X, "one-2").await;
     let mail = "MAIL FROM:<c@ONE.EXAMPLE>";
     over_limit(&mut d, mail, "per-sender-domain-messages", 1800).await;
-    send(&mut d, "a@two.example", &["x@example.org"], "two-1").await;
+    send(&mut d, "a@two.example", X, "two-1").await;
     for _ in 0..3 {
         d.cmd("MAIL FROM:<>", "250 2.1.0 ").await;
         d.cmd("RSET", "250 2.0.0 ").await;
     }
 
     server.clock.advance(HOUR);
-    send(&mut d, "c@one.example", &["x@example.org"], "one-later").await;
-    let x: &[&str] = &["x@example.org"];
+    send(&mut d, "c@one.example", X, "one-later").await;
     let want = rows(&[
-        ("one-1", "a@one.example", x),
-        ("one-2", "b@One.Example", x),
-        ("two-1", "a@two.example", x),
-        ("one-later", "c@one.example", x),
+        ("one-1", "a@one.example", X),
+        ("one-2", "b@One.Example", X),
+        ("two-1", "a@two.example", X),
+        ("one-later", "c@one.example", X),
     ]);
-    assert_eq!(delivered(&server, 4).await, want);
+    assert_eq!(delivered(server.sink(), 4, tagged).await, want);
 }
 
 /// `{per: listener, messages: 2, interval: 1h}`: the legacy listener's third MAIL is
@@ -286,30 +240,29 @@ async fn messages_per_listener() {
     let dev = "dev@example.net";
     let mail = "MAIL FROM:<dev@example.net>";
     let mut d = server.legacy_session().await;
-    send(&mut d, dev, &["x@example.org"], "legacy-1").await;
-    send(&mut d, dev, &["x@example.org"], "legacy-2").await;
+    send(&mut d, dev, X, "legacy-1").await;
+    send(&mut d, dev, X, "legacy-2").await;
     over_limit(&mut d, mail, "per-listener-messages", 1800).await;
     let mut again = server.legacy_session().await;
     over_limit(&mut again, mail, "per-listener-messages", 1800).await;
 
     let alice = "alice@example.com";
     let mut sub = login(&server, None, PLAIN_TOKEN).await;
-    send(&mut sub, alice, &["x@example.org"], "sub-1").await;
-    send(&mut sub, alice, &["x@example.org"], "sub-2").await;
+    send(&mut sub, alice, X, "sub-1").await;
+    send(&mut sub, alice, X, "sub-2").await;
     let mail_alice = "MAIL FROM:<alice@example.com>";
     over_limit(&mut sub, mail_alice, "per-listener-messages", 1800).await;
 
     server.clock.advance(HOUR);
-    send(&mut again, dev, &["x@example.org"], "legacy-later").await;
-    let x: &[&str] = &["x@example.org"];
+    send(&mut again, dev, X, "legacy-later").await;
     let want = rows(&[
-        ("legacy-1", dev, x),
-        ("legacy-2", dev, x),
-        ("sub-1", alice, x),
-        ("sub-2", alice, x),
-        ("legacy-later", dev, x),
+        ("legacy-1", dev, X),
+        ("legacy-2", dev, X),
+        ("sub-1", alice, X),
+        ("sub-2", alice, X),
+        ("legacy-later", dev, X),
     ]);
-    assert_eq!(delivered(&server, 5).await, want);
+    assert_eq!(delivered(server.sink(), 5, tagged).await, want);
 }
 
 /// `{per: ip, messages: 4, interval: 1h, burst: 2}`: only two at once; one more comes back
@@ -321,27 +274,57 @@ async fn burst_smaller_than_limit() {
     let dev = "dev@example.net";
     let mail = "MAIL FROM:<dev@example.net>";
     let mut d = server.legacy_session().await;
-    send(&mut d, dev, &["x@example.org"], "burst-1").await;
-    send(&mut d, dev, &["x@example.org"], "burst-2").await;
+    send(&mut d, dev, X, "burst-1").await;
+    send(&mut d, dev, X, "burst-2").await;
     over_limit(&mut d, mail, "per-ip-messages", 900).await;
 
     server.clock.advance(15 * MINUTE);
-    send(&mut d, dev, &["x@example.org"], "quarter").await;
+    send(&mut d, dev, X, "quarter").await;
     over_limit(&mut d, mail, "per-ip-messages", 900).await;
 
     server.clock.advance(HOUR);
-    send(&mut d, dev, &["x@example.org"], "refill-1").await;
-    send(&mut d, dev, &["x@example.org"], "refill-2").await;
+    send(&mut d, dev, X, "refill-1").await;
+    send(&mut d, dev, X, "refill-2").await;
     over_limit(&mut d, mail, "per-ip-messages", 900).await;
-    let x: &[&str] = &["x@example.org"];
     let want = rows(&[
-        ("burst-1", dev, x),
-        ("burst-2", dev, x),
-        ("quarter", dev, x),
-        ("refill-1", dev, x),
-        ("refill-2", dev, x),
+        ("burst-1", dev, X),
+        ("burst-2", dev, X),
+        ("quarter", dev, X),
+        ("refill-1", dev, X),
+        ("refill-2", dev, X),
     ]);
-    assert_eq!(delivered(&server, 5).await, want);
+    assert_eq!(delivered(server.sink(), 5, tagged).await, want);
+}
+
+/// `{per: identity, messages: 1, interval: 1h}` with a `networks` entry for 127.0.0.1/32:
+/// from the same address the legacy device (`network:127.0.0.1/32`), alice and bob each
+/// have their own message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_per_identity() {
+    let server = TestServer::start(Opts {
+        extra: "networks: [{network: 127.0.0.1/32}]\n\
+                rate_limits: [{per: identity, messages: 1, interval: 1h}]\n"
+            .into(),
+        users: user_entry("bob", ""),
+        ..Opts::default()
+    })
+    .await;
+    let rule = "per-identity-messages";
+    let mut device = server.legacy_session().await;
+    send(&mut device, "dev@example.net", X, "device").await;
+    over_limit(&mut device, "MAIL FROM:<dev@example.net>", rule, 3600).await;
+    let mut alice = login(&server, None, PLAIN_TOKEN).await;
+    send(&mut alice, "alice@example.com", X, "alice").await;
+    over_limit(&mut alice, "MAIL FROM:<alice@example.com>", rule, 3600).await;
+    let mut bob = login(&server, None, BOB_TOKEN).await;
+    send(&mut bob, "bob@example.com", X, "bob").await;
+    over_limit(&mut bob, "MAIL FROM:<bob@example.com>", rule, 3600).await;
+    let want = rows(&[
+        ("device", "dev@example.net", X),
+        ("alice", "alice@example.com", X),
+        ("bob", "bob@example.com", X),
+    ]);
+    assert_eq!(delivered(server.sink(), 3, tagged).await, want);
 }
 
 /// A named rule with `listeners: [legacy]` limits the legacy listener only: the same
@@ -353,22 +336,21 @@ async fn rule_for_one_listener() {
     let server = TestServer::start(Opts::with(rule)).await;
     let dev = "dev@example.net";
     let mut d = server.legacy_session().await;
-    send(&mut d, dev, &["x@example.org"], "legacy").await;
+    send(&mut d, dev, X, "legacy").await;
     over_limit(&mut d, "MAIL FROM:<dev@example.net>", "printers", 3600).await;
 
     let alice = "alice@example.com";
     let mut sub = login(&server, None, PLAIN_TOKEN).await;
     for tag in ["sub-1", "sub-2", "sub-3"] {
-        send(&mut sub, alice, &["x@example.org"], tag).await;
+        send(&mut sub, alice, X, tag).await;
     }
-    let x: &[&str] = &["x@example.org"];
     let want = rows(&[
-        ("legacy", dev, x),
-        ("sub-1", alice, x),
-        ("sub-2", alice, x),
-        ("sub-3", alice, x),
+        ("legacy", dev, X),
+        ("sub-1", alice, X),
+        ("sub-2", alice, X),
+        ("sub-3", alice, X),
     ]);
-    assert_eq!(delivered(&server, 4).await, want);
+    assert_eq!(delivered(server.sink(), 4, tagged).await, want);
 }
 
 /// A user's own rule replaces the global one with the same `per` and quantity, and her own
@@ -393,7 +375,7 @@ async fn user_override_raises_limits() {
     bob.cmd("MAIL FROM:<bob@example.com>", "250 2.1.0 ").await;
     bob.cmd("RCPT TO:<a@example.org>", "250 2.1.5 ").await;
     bob.cmd("RCPT TO:<b@example.org>", "250 2.1.5 ").await;
-    exact(&mut bob, "RCPT TO:<c@example.org>", too_many).await;
+    bob.exact("RCPT TO:<c@example.org>", too_many).await;
     assert!(data(&mut bob, "bob").await.starts_with("250 2.0.0 "));
     let mail_bob = "MAIL FROM:<bob@example.com>";
     over_limit(&mut bob, mail_bob, "per-user-messages", 3600).await;
@@ -405,13 +387,12 @@ async fn user_override_raises_limits() {
         d.cmd(&format!("RCPT TO:<{rcpt}@example.org>"), "250 2.1.5 ")
             .await;
     }
-    exact(&mut d, "RCPT TO:<e@example.org>", too_many).await;
+    d.exact("RCPT TO:<e@example.org>", too_many).await;
     assert!(data(&mut d, "alice-1").await.starts_with("250 2.0.0 "));
-    send(&mut d, alice, &["x@example.org"], "alice-2").await;
-    send(&mut d, alice, &["x@example.org"], "alice-3").await;
+    send(&mut d, alice, X, "alice-2").await;
+    send(&mut d, alice, X, "alice-3").await;
     let mail_alice = "MAIL FROM:<alice@example.com>";
     over_limit(&mut d, mail_alice, "alice-messages", 1200).await;
-    let x: &[&str] = &["x@example.org"];
     let four: &[&str] = &[
         "a@example.org",
         "b@example.org",
@@ -425,10 +406,10 @@ async fn user_override_raises_limits() {
             &["a@example.org", "b@example.org"],
         ),
         ("alice-1", alice, four),
-        ("alice-2", alice, x),
-        ("alice-3", alice, x),
+        ("alice-2", alice, X),
+        ("alice-3", alice, X),
     ]);
-    assert_eq!(delivered(&server, 4).await, want);
+    assert_eq!(delivered(server.sink(), 4, tagged).await, want);
 }
 
 /// A `networks` entry for 127.0.0.1/32 makes the legacy client a device with lower caps
@@ -448,8 +429,7 @@ async fn network_entry_lowers_limits() {
     d.cmd("MAIL FROM:<dev@example.net>", "250 2.1.0 ").await;
     d.cmd("RCPT TO:<a@example.org>", "250 2.1.5 ").await;
     d.cmd("RCPT TO:<b@example.org>", "250 2.1.5 ").await;
-    exact(
-        &mut d,
+    d.exact(
         "RCPT TO:<c@example.org>",
         "452 4.5.3 Error: too many recipients",
     )
@@ -457,7 +437,8 @@ async fn network_entry_lowers_limits() {
     assert!(data(&mut d, "device").await.starts_with("250 2.0.0 "));
 
     let size = "MAIL FROM:<dev@example.net> SIZE=4096";
-    exact(&mut d, size, "552 5.3.4 Message size exceeds fixed limit").await;
+    d.exact(size, "552 5.3.4 Message size exceeds fixed limit")
+        .await;
     d.cmd("MAIL FROM:<dev@example.net>", "250 2.1.0 ").await;
     d.cmd("RCPT TO:<a@example.org>", "250 2.1.5 ").await;
     let too_big = data(&mut d, "big-device").await;
@@ -486,7 +467,7 @@ async fn network_entry_lowers_limits() {
             &["a@example.org", "b@example.org", "c@example.org"],
         ),
     ]);
-    assert_eq!(delivered(&server, 2).await, want);
+    assert_eq!(delivered(server.sink(), 2, tagged).await, want);
 }
 
 /// Connects from `from` (`None`: 127.0.0.1) and asserts the exact connection-rate refusal
@@ -498,14 +479,18 @@ async fn connection_refused(from: Option<IpAddr>, addr: std::net::SocketAddr, ma
     };
     let reply = d.try_reply().await.expect("closed without a reply");
     assert_eq!(reply.lines.len(), 1, "{:?}", reply.lines);
-    let head = "421 4.7.0 Error: connection rate limit per-ip-connections exceeded, try again in ";
-    retry_in(reply.first(), head, max_secs);
+    retry_in(reply.first(), CONNECTION_RATE, max_secs);
     d.expect_closed().await;
 }
 
+/// The connection-rate refusal of `per-ip-connections`, before its wait.
+const CONNECTION_RATE: &str =
+    "421 4.7.0 Error: connection rate limit per-ip-connections exceeded, try again in ";
+
 /// `{per: ip, connections: 2, interval: 1m}`: two connections from 127.0.0.1 are greeted
-/// (one already closed: the rule counts connections made, not open); the third, on either
-/// listener, gets `421 4.7.0` naming the rule and is closed; 127.0.0.2 is greeted; a
+/// (one already closed: the rule counts connections made, not open); the third, on any
+/// listener, gets `421 4.7.0` naming the rule in place of the greeting (after the handshake
+/// on the implicit-TLS one, then `close_notify`) and is closed; 127.0.0.2 is greeted; a
 /// minute later 127.0.0.1 is greeted again and can send.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_per_ip() {
@@ -517,13 +502,17 @@ async fn connections_per_ip() {
     closed.expect_closed().await;
     connection_refused(None, server.legacy, 30).await;
     connection_refused(None, server.submission, 30).await;
+    let mut implicit = Dialog::connect_tls_silent(server.submissions, &server.ca).await;
+    let reply = implicit.try_reply().await.expect("closed without a reply");
+    retry_in(reply.first(), CONNECTION_RATE, 30);
+    implicit.expect_clean_close().await;
     let mut other = Dialog::connect_from(OTHER, server.submission).await;
     other.expect("220 ").await;
     other.ehlo("client.test").await;
 
     server.clock.advance(MINUTE);
     let mut d = server.legacy_session().await;
-    send(&mut d, "dev@example.net", &["x@example.org"], "later").await;
-    let want = rows(&[("later", "dev@example.net", &["x@example.org"])]);
-    assert_eq!(delivered(&server, 1).await, want);
+    send(&mut d, "dev@example.net", X, "later").await;
+    let want = rows(&[("later", "dev@example.net", X)]);
+    assert_eq!(delivered(server.sink(), 1, tagged).await, want);
 }

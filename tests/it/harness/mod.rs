@@ -12,7 +12,7 @@ pub mod ca;
 pub mod client;
 pub mod sink;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -207,6 +207,23 @@ impl TestServer {
         d
     }
 
+    /// A session on the submission listener from `from` (`None`: 127.0.0.1) after EHLO,
+    /// STARTTLS and EHLO again, not authenticated.
+    pub async fn starttls_session_from(&self, from: Option<IpAddr>) -> Dialog {
+        let mut d = match from {
+            Some(ip) => {
+                let mut d = Dialog::connect_from(ip, self.submission).await;
+                d.expect("220 ").await;
+                d
+            }
+            None => Dialog::connect(self.submission).await,
+        };
+        d.ehlo("client.test").await;
+        d.starttls(&self.ca).await;
+        d.ehlo("client.test").await;
+        d
+    }
+
     /// A session on the submission listener after STARTTLS, EHLO and AUTH PLAIN as alice.
     pub async fn submission_session(&self) -> Dialog {
         let mut d = Dialog::connect(self.submission).await;
@@ -321,6 +338,42 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
         at_line_start = b == b'\n';
     }
     out
+}
+
+/// What reached the sink, one row per message: (`X-Test` tag, envelope sender, recipients).
+pub type Delivered = Vec<(String, String, Vec<String>)>;
+
+/// Waits until `n` messages reached `sink` and returns them as rows sorted by tag, after
+/// checking that each carries intact the bytes the client sent for its tag, `sent(tag)`
+/// (messages built by [`message`]).
+pub async fn delivered(sink: &Sink, n: usize, sent: impl Fn(&str) -> Vec<u8>) -> Delivered {
+    let got = sink.wait_for(DELIVERY, |m| m.len() >= n).await;
+    assert_eq!(got.len(), n, "{}", sink.debug_dump());
+    let mut rows: Delivered = got
+        .iter()
+        .map(|m| {
+            let text = m.text();
+            let tag = text.split("\r\n").find_map(|l| l.strip_prefix("X-Test: "));
+            let tag = tag.expect("no X-Test header").to_owned();
+            split_prefix(&m.data, &sent(&tag));
+            (tag, m.mail_from.clone(), m.rcpt_to.clone())
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Expected [`delivered`] rows, sorted by tag.
+pub fn rows(items: &[(&str, &str, &[&str])]) -> Delivered {
+    let mut rows: Delivered = items
+        .iter()
+        .map(|(tag, from, to)| {
+            let to = to.iter().map(|s| (*s).to_owned()).collect();
+            ((*tag).to_owned(), (*from).to_owned(), to)
+        })
+        .collect();
+    rows.sort();
+    rows
 }
 
 /// Splits what the sink got into postern's prefix (the header fields it added) and the
