@@ -184,3 +184,18 @@ async fn failures_age_out_of_the_window() {
     let mut after = server.starttls_session_from(HOME).await;
     locked(&mut after, &right(), 900).await;
 }
+
+/// Every AUTH from a locked-out address gets `454`, including one that asks for another
+/// authorization identity (RFC 4616 2; alice's right password, authzid `bob`), which would
+/// otherwise get `535` without any password check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "server bug: Backend::decide refuses a foreign authzid with 535 before the lockout check"]
+async fn locked_address_gets_454_for_any_auth() {
+    let server = TestServer::start(Opts::with(LOCKOUT)).await;
+    let mut d = server.starttls_session_from(HOME).await;
+    d.exact(WRONG, FAILED).await;
+    d.exact(WRONG, FAILED).await;
+    fail_and_close(&mut d).await;
+    let mut d = server.starttls_session_from(HOME).await;
+    locked(&mut d, "AUTH PLAIN Ym9iAGFsaWNlAGFsaWNlLXB3", 900).await;
+}
