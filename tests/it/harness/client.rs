@@ -177,6 +177,12 @@ impl Dialog {
         self.expect(prefix).await
     }
 
+    /// Sends `line` + CRLF and asserts the reply is exactly the one line `want`.
+    pub async fn exact(&mut self, line: &str, want: &str) {
+        let reply = self.cmd(line, "").await;
+        assert_eq!(reply.lines, [want], "reply to {line:?}");
+    }
+
     /// `EHLO name`; returns the keywords (lines after the first).
     pub async fn ehlo(&mut self, name: &str) -> Vec<String> {
         let reply = self.cmd(&format!("EHLO {name}"), "250").await;

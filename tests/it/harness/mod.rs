@@ -12,7 +12,7 @@ pub mod ca;
 pub mod client;
 pub mod sink;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -68,6 +68,10 @@ pub struct Opts {
     pub legacy: String,
     /// Extra keys for the `submission` listener's flow mapping.
     pub submission: String,
+    /// Extra keys for alice's `users` entry, e.g. `"max_recipients: 5"`.
+    pub alice: String,
+    /// More `users` entries, one YAML list item per line (see [`user_entry`]).
+    pub users: String,
 }
 
 impl Default for Opts {
@@ -79,6 +83,8 @@ impl Default for Opts {
             extra: String::new(),
             legacy: String::new(),
             submission: String::new(),
+            alice: String::new(),
+            users: String::new(),
         }
     }
 }
@@ -218,6 +224,23 @@ impl TestServer {
         d
     }
 
+    /// A session on the submission listener from `from` (`None`: 127.0.0.1) after EHLO,
+    /// STARTTLS and EHLO again, not authenticated.
+    pub async fn starttls_session_from(&self, from: Option<IpAddr>) -> Dialog {
+        let mut d = match from {
+            Some(ip) => {
+                let mut d = Dialog::connect_from(ip, self.submission).await;
+                d.expect("220 ").await;
+                d
+            }
+            None => Dialog::connect(self.submission).await,
+        };
+        d.ehlo("client.test").await;
+        d.starttls(&self.ca).await;
+        d.ehlo("client.test").await;
+        d
+    }
+
     /// A session on the submission listener after STARTTLS, EHLO and AUTH PLAIN as alice.
     pub async fn submission_session(&self) -> Dialog {
         let mut d = Dialog::connect(self.submission).await;
@@ -267,8 +290,8 @@ listeners:
   - {{name: legacy, address: "127.0.0.1:0", tls: none, auth: none, allow_networks: [127.0.0.1/32]{legacy}}}
 tls: {{certificate: {cert}, private_key: {key}}}
 users:
-  - {{username: {USER}, password_hash: "{hash}", senders: ["{USER}@example.com", "@alice.example"]}}
-queue: {{directory: {d}/spool, min_backoff: 1s, max_backoff: 2s}}
+  - {{username: {USER}, password_hash: "{hash}", senders: ["{USER}@example.com", "@alice.example"]{alice}}}
+{users}queue: {{directory: {d}/spool, min_backoff: 1s, max_backoff: 2s}}
 upstreams:
   - {{name: sink, address: "127.0.0.1:{sink_port}", connect_timeout: 2s, {upstream_security}}}
 log: {{level: warn}}
@@ -277,16 +300,29 @@ log: {{level: warn}}
         key = ca.key_file.display(),
         hash = password_hash(),
         extra = opts.extra,
-        submission = if opts.submission.is_empty() {
-            String::new()
-        } else {
-            format!(", {}", opts.submission)
-        },
-        legacy = if opts.legacy.is_empty() {
-            String::new()
-        } else {
-            format!(", {}", opts.legacy)
-        },
+        submission = more_keys(&opts.submission),
+        legacy = more_keys(&opts.legacy),
+        alice = more_keys(&opts.alice),
+        users = opts.users,
+    )
+}
+
+/// `", keys"` to extend a flow mapping, or nothing.
+fn more_keys(keys: &str) -> String {
+    if keys.is_empty() {
+        String::new()
+    } else {
+        format!(", {keys}")
+    }
+}
+
+/// A `users` list item for [`Opts::users`]: `username` with alice's password ([`PASSWORD`]),
+/// sending as `username@example.com`, plus `keys` (flow-mapping keys, may be empty).
+pub fn user_entry(username: &str, keys: &str) -> String {
+    format!(
+        "  - {{username: {username}, password_hash: \"{hash}\", senders: [\"{username}@example.com\"]{more}}}\n",
+        hash = password_hash(),
+        more = more_keys(keys),
     )
 }
 
@@ -322,6 +358,42 @@ pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// What reached the sink, one row per message: (`X-Test` tag, envelope sender, recipients).
+pub type Delivered = Vec<(String, String, Vec<String>)>;
+
+/// Waits until `n` messages reached `sink` and returns them as rows sorted by tag, after
+/// checking that each carries intact the bytes the client sent for its tag, `sent(tag)`
+/// (messages built by [`message`]).
+pub async fn delivered(sink: &Sink, n: usize, sent: impl Fn(&str) -> Vec<u8>) -> Delivered {
+    let got = sink.wait_for(DELIVERY, |m| m.len() >= n).await;
+    assert_eq!(got.len(), n, "{}", sink.debug_dump());
+    let mut rows: Delivered = got
+        .iter()
+        .map(|m| {
+            let text = m.text();
+            let tag = text.split("\r\n").find_map(|l| l.strip_prefix("X-Test: "));
+            let tag = tag.expect("no X-Test header").to_owned();
+            split_prefix(&m.data, &sent(&tag));
+            (tag, m.mail_from.clone(), m.rcpt_to.clone())
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// Expected [`delivered`] rows, sorted by tag.
+pub fn rows(items: &[(&str, &str, &[&str])]) -> Delivered {
+    let mut rows: Delivered = items
+        .iter()
+        .map(|(tag, from, to)| {
+            let to = to.iter().map(|s| (*s).to_owned()).collect();
+            ((*tag).to_owned(), (*from).to_owned(), to)
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
 /// Splits what the sink got into postern's prefix (the header fields it added) and the
 /// client's bytes, which must be exactly `sent`.
 pub fn split_prefix<'a>(got: &'a [u8], sent: &[u8]) -> &'a str {
@@ -345,4 +417,22 @@ pub fn field_names(prefix: &str) -> Vec<String> {
         .filter(|l| !l.is_empty() && !l.starts_with([' ', '\t']))
         .map(|l| l.split_once(':').map_or(l, |(name, _)| name).to_owned())
         .collect()
+}
+
+/// Asserts `line` is exactly `head` + `N s` with `0 < N <= max_secs`, and returns `N`: the
+/// "try again in" of the rate-limit and lockout refusals, which depends on how long the test
+/// took to get there (rounded up to whole seconds, so never 0).
+pub fn retry_in(line: &str, head: &str, max_secs: u64) -> u64 {
+    let secs = line
+        .strip_prefix(head)
+        .and_then(|rest| rest.strip_suffix(" s"))
+        .and_then(|n| n.parse::<u64>().ok());
+    let Some(secs) = secs else {
+        panic!("expected {head:?} + \"N s\", got {line:?}")
+    };
+    assert!(
+        (1..=max_secs).contains(&secs),
+        "retry time out of (0, {max_secs}] s: {line:?}"
+    );
+    secs
 }
