@@ -201,7 +201,10 @@ impl Runner {
             .route(&env.sender)
             .map(<[String]>::to_vec)
         else {
-            fail_pending(&mut env, "-", "no route for this sender");
+            // Accepted under rules that had a route (a reload may have changed them since):
+            // keep it and retry until queue.max_age, so a route dropped by a mistaken
+            // reload bounces nothing if it is put back.
+            warn!(sender = %env.sender, "no route for this sender in the current configuration; retrying later");
             self.finish(env);
             return;
         };

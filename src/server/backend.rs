@@ -189,14 +189,22 @@ impl Backend {
         }
     }
 
+    /// Verifies against the *current* accounts, not the session's snapshot: a password
+    /// changed or an account removed by a reload is refused at once, even in a session
+    /// opened before it (revocation must not wait for the client to reconnect).
     async fn auth(&mut self, username: &str, password: &str) -> Verdict {
         let ip = self.client_ip();
-        match self
-            .rt
-            .verifier
-            .verify(&self.rules.accounts, username, password)
-            .await
+        let accounts = self.rt.rules().accounts.clone();
+        let checked = self.rt.verifier.verify(&accounts, username, password).await;
+        // Attempts run in parallel (argon2 takes a while): a lockout that started while
+        // this one was verified answers it too, right password or not, so parallel guesses
+        // past the limit learn nothing.
+        if checked != AuthCheck::Busy
+            && let Err(verdict) = self.lockout_check(username)
         {
+            return verdict;
+        }
+        match checked {
             AuthCheck::Valid => {
                 info!(user = username, "authenticated");
                 self.identity = Identity::User(username.to_owned());
@@ -207,7 +215,7 @@ impl Backend {
             AuthCheck::Invalid => {
                 // The password is never logged, only that this user failed.
                 warn!(reason = %Reason::AuthFailed, user = username, "authentication failed");
-                let known = self.rules.accounts.exists(username);
+                let known = accounts.exists(username);
                 match self.rt.lockout.record_failure(ip, username, known) {
                     Some(locked) => {
                         warn!(reason = %Reason::Lockout, user = username, by = ?locked.by, duration = ?locked.remaining, "AUTH lockout started: too many failures");
@@ -304,10 +312,12 @@ impl Backend {
         limits.check(what, &keys, limits.overrides_for(&self.identity))
     }
 
-    /// `450 4.7.1` naming the rule and when to retry.
+    /// `450 4.7.1` naming the rule and when to retry. Not counted towards `max_errors`
+    /// (like the recipient cap): a client that pipelined past a limit must still reach DATA
+    /// with what was accepted, not be disconnected and charged again on its retry.
     fn rate_limited(&self, hit: &Hit) -> Verdict {
         info!(reason = %Reason::RateLimit, rule = %hit.rule, limit = %hit.description, retry_after = ?hit.retry_after, "over a rate limit");
-        Verdict::Reject(Reply::rate_limit(&hit.rule, hit.retry_after))
+        Verdict::Defer(Reply::rate_limit(&hit.rule, hit.retry_after))
     }
 
     /// The size and recipient caps for the current identity.

@@ -71,8 +71,12 @@ impl Deadlines {
         bytes_read: u64,
     ) -> (Instant, Reason) {
         if lines != self.lines {
+            // A line completed: the next command's time starts now, and a DATA phase after
+            // it is a new message with its own head start (a message pipelined right
+            // behind another must not inherit the previous one's start or credit).
             self.lines = lines;
             self.command_since = now;
+            self.data = None;
         }
         let (mut at, mut why) = if in_data {
             let start = *self.data.get_or_insert(DataStart {
@@ -91,7 +95,9 @@ impl Deadlines {
             }
             (self.command_since + self.limits.command, Reason::Timeout)
         };
-        if self.session_end < at {
+        // A message being received may finish (the DATA and rate deadlines still bound it);
+        // the session cap ends the session at its next wait for a command.
+        if !in_data && self.session_end < at {
             (at, why) = (self.session_end, Reason::SessionDuration);
         }
         (at, why)
@@ -147,6 +153,11 @@ mod tests {
             (at, why),
             (t0 + LIMITS.data + Duration::from_secs(10), Reason::DataRate)
         );
+        // A message pipelined right behind (its MAIL, RCPT and DATA lines completed in the
+        // same read) gets its own head start, not the slow one's deadline.
+        let mut next = d.clone();
+        let (at, why) = next.next(Instant::now(), 6, true, 5_100);
+        assert_eq!((at, why), (Instant::now() + LIMITS.data, Reason::Timeout));
         // A fast client's deadline is the gap timeout.
         let (at, why) = d.next(Instant::now(), 3, true, 1_000_100);
         assert_eq!((at, why), (Instant::now() + LIMITS.data, Reason::Timeout));
@@ -160,7 +171,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn no_rate_rule_when_zero_and_the_session_cap_wins_when_earlier() {
+    async fn no_rate_rule_when_zero_and_the_session_cap_waits_for_the_message() {
         let t0 = Instant::now();
         let limits = SlowClientLimits {
             min_data_rate: 0,
@@ -168,10 +179,8 @@ mod tests {
             ..LIMITS
         };
         let mut d = Deadlines::new(limits, t0);
-        assert_eq!(
-            d.next(t0, 0, true, 0),
-            (t0 + limits.session, Reason::SessionDuration)
-        );
+        // DATA is not cut by the session cap, and there is no rate rule.
+        assert_eq!(d.next(t0, 0, true, 0), (t0 + limits.data, Reason::Timeout));
         tokio::time::advance(Duration::from_secs(99)).await;
         assert_eq!(
             d.next(Instant::now(), 9, false, 0),

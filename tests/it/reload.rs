@@ -455,3 +455,50 @@ async fn reload_changes_a_rate_rule_for_new_sessions_only() {
     let got = server.sink().wait_for(DELIVERY, |m| m.len() == 10).await;
     assert_eq!(got.len(), 10);
 }
+
+/// Revocation does not wait for a reconnect: after a reload changes alice's password, a
+/// session opened before it (and not yet authenticated) is refused the old password and
+/// accepted with the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changed_password_applies_to_auth_in_open_sessions() {
+    let server = TestServer::start(Opts::default()).await;
+    let (mut open, _) = starttls_session(&server).await;
+    let new_hash = postern::users::hash_password(NEW_PASSWORD).unwrap();
+    server.edit_config(|yaml| yaml.replace(password_hash(), &new_hash));
+    server.reload().await.unwrap();
+    open.cmd(&format!("AUTH PLAIN {PLAIN_TOKEN}"), "535 5.7.8")
+        .await;
+    open.cmd(&format!("AUTH PLAIN {NEW_TOKEN}"), "235 2.7.0")
+        .await;
+}
+
+/// A queued message whose route a reload removes is kept and retried, not failed: once a
+/// later reload puts the route back (and the upstream is up), it is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_removed_by_reload_does_not_fail_queued_mail() {
+    let routes = "routes:\n  - {senders: [\"@example.net\"], upstreams: [sink]}\n";
+    let mut server = TestServer::start(Opts {
+        sink_down: true,
+        extra: routes.into(),
+        ..Opts::default()
+    })
+    .await;
+    let mut d = server.legacy_session().await;
+    let data = message("kept", "", "body\r\n");
+    send_mail(&mut d, "dev@example.net", &["x@example.org"], &data).await;
+    server.edit_config(|yaml| yaml.replace("[\"@example.net\"]", "[\"@other.example\"]"));
+    server.reload().await.unwrap();
+    // Retries run every 1-2 s here: give the runner a few attempts under the new routes.
+    for _ in 0..3 {
+        server.clock.advance(Duration::from_secs(2));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let failed = server.spool().join("failed");
+        let n = std::fs::read_dir(&failed).map_or(0, |d| d.count());
+        assert_eq!(n, 0, "the message was failed for want of a route");
+    }
+    server.edit_config(|yaml| yaml.replace("[\"@other.example\"]", "[\"@example.net\"]"));
+    server.reload().await.unwrap();
+    server.sink_up().await;
+    let got = server.sink().wait_for(DELIVERY, |m| !m.is_empty()).await;
+    assert_eq!(got[0].mail_from, "dev@example.net");
+}
