@@ -16,7 +16,8 @@
 //! - `rewrite_from` and `collapse` to [`ADDRESS`]: unchanged exactly when
 //!   there is no From or the only From is already just that mailbox;
 //!   otherwise one From, in the place of the first, whose addresses (through
-//!   `header_senders`) are exactly `[ADDRESS]`; the lines postern wrote end
+//!   `header_senders`) are exactly `[ADDRESS]`, with the display name of the
+//!   first old From mailbox (as mail-parser reads both); the lines postern wrote end
 //!   in CRLF and are at most 998 octets; every other field is byte-identical
 //!   and in order; `collapse` adds a Reply-To (right after From) exactly when
 //!   the section had none and the old From mailboxes were not just
@@ -317,6 +318,16 @@ fn check_rewrite(input: &[u8], output: &[u8], collapsing: bool) {
         show()
     );
     check_written_lines(from, &show);
+    let first_name = in_froms
+        .first()
+        .and_then(|f| header_senders(&input[f.span.clone()]).ok())
+        .and_then(|s| s.addresses.into_iter().next())
+        .and_then(|a| a.display_name);
+    let new_name = header_senders(from)
+        .ok()
+        .and_then(|s| s.addresses.into_iter().next())
+        .and_then(|a| a.display_name);
+    assert_eq!(new_name, first_name, "display name not kept; {}", show());
 
     // Where the first From stood.
     let first_in = fin.iter().position(|f| f.is("from")).unwrap_or(0);
