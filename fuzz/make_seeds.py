@@ -128,6 +128,31 @@ def main() -> None:
     }.items():
         write("sasl", name, data)
 
+    # headers: limit selector (7 = 64 KiB, 4 = 64, 5 = 256), split seed,
+    # flags (bit 0 collapse, bit 1 empty reads), then the message.
+    for name, (head, msg) in {
+        "folded-from": (b"\x07\x00\x00", b"Received: from a by b;\r\n\tMon, 1 Jan 2026 00:00:00 +0000\r\n"
+                        b"From: Scanner on the third floor\r\n <scanner@corp.example>\r\n"
+                        b"Subject: scan\r\nTo: x@y.example\r\n\r\nbody\r\n"),
+        "encoded-words": (b"\x07\x05\x01", b"From: =?UTF-8?Q?J=C3=BCrgen_M=C3=BCller?= <j@corp.example>\r\n"
+                          b"Subject: =?ISO-8859-1?B?SWYgeW91IGNhbiByZWFkIHRoaXM=?=\r\n\r\nhi\r\n"),
+        "group": (b"\x07\x01\x01", b"From: Team: a@corp.example, B <b@other.example>;\r\n"
+                  b"To: undisclosed-recipients:;\r\n\r\n"),
+        "quoted-name": (b"\x07\x22\x00", b"Date: Tue, 2 Jan 2026 10:00:00 +0100\r\n"
+                        b"From: \"ceo@corp.example, boss\" <me@mine.example>\r\n"
+                        b"Reply-To: r@corp.example\r\n\r\nx"),
+        "two-from": (b"\x07\x03\x03", b"From: a@corp.example\r\nSubject: s\r\nFROM : Evil <ceo@corp.example>\r\n"
+                     b" (second)\r\n\r\n"),
+        "sender": (b"\x07\x09\x01", b"From: Alerts <alerts@corp.example>\r\nSender: relay@corp.example\r\n"
+                   b"Message-ID: <1@corp.example>\r\n\r\n"),
+        "no-blank-line": (b"\x05\x02\x00", b"From: a@x.example\r\nSubject: headers only\r\n"),
+        "no-header": (b"\x07\x00\x00", b"\r\nFrom: in the body@x\r\n"),
+        "huge-line": (b"\x07\x0b\x01", b"From: " + b"\"" + b"N" * 1200 + b"\" <n@corp.example>\r\n"
+                      b"Subject: " + b"x" * 1500 + b"\r\n\r\n"),
+        "too-large": (b"\x04\x04\x00", b"From: a@corp.example\r\nX-Pad: " + b"p" * 80 + b"\r\n\r\nbody"),
+    }.items():
+        write("headers", name, head + msg)
+
     tok = tokens()
 
     def t(*parts: bytes) -> bytes:

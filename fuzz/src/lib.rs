@@ -15,6 +15,7 @@
 pub mod alphabet;
 pub mod command;
 pub mod data;
+pub mod headers;
 pub mod input;
 pub mod line;
 pub mod reply_parser;

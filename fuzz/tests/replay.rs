@@ -15,6 +15,7 @@ const TARGETS: &[(&str, Check)] = &[
     ("sasl", postern_fuzz::sasl::check),
     ("session_raw", postern_fuzz::session::check),
     ("session_alphabet", postern_fuzz::alphabet::check),
+    ("headers", postern_fuzz::headers::check),
 ];
 
 /// Runs every file under `<dir>/<target>/`; returns how many ran.
