@@ -9,7 +9,6 @@ in fuzz/src/*.rs. Re-run after changing a dialog or a header layout.
 import ast
 import pathlib
 import re
-import shutil
 
 FUZZ = pathlib.Path(__file__).resolve().parent
 ROOT = FUZZ.parent
@@ -77,9 +76,18 @@ def write(target: str, name: str, data: bytes) -> None:
     (d / name).write_bytes(data)
 
 
+def clear_generated() -> None:
+    """Removes the seeds this script writes, keeping inputs libFuzzer found and that were
+    committed by hand (named by their SHA-1, 40 hex digits)."""
+    if not SEEDS.exists():
+        return
+    for path in SEEDS.rglob("*"):
+        if path.is_file() and not re.fullmatch(r"[0-9a-f]{40}", path.name):
+            path.unlink()
+
+
 def main() -> None:
-    if SEEDS.exists():
-        shutil.rmtree(SEEDS)
+    clear_generated()
     dialogs = sorted((ROOT / "tests" / "dialogs").glob("*.dialog"))
     for i, path in enumerate(dialogs):
         header, stream = dialog_client_bytes(path.read_text())
