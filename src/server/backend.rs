@@ -168,12 +168,14 @@ impl Backend {
                     warn!(user = %username, authzid = %authzid, "AUTH asked for another authorization identity");
                     return Verdict::Reject(Reply::auth_failed());
                 }
-                self.auth(&username, &password).await
+                // Boxed, like the message commit below: these futures are large and rare,
+                // and inline they would sit in every idle session's task.
+                Box::pin(self.auth(&username, &password)).await
             }
             Question::Mail { from, .. } => self.mail(&from.to_string()),
             Question::Rcpt { .. } => self.rcpt(),
             Question::Data => self.data(),
-            Question::Message { envelope } => self.message(envelope, facts).await,
+            Question::Message { envelope } => Box::pin(self.message(envelope, facts)).await,
         }
     }
 
