@@ -13,7 +13,11 @@
 //! - [`spool`]: the durable queue (group-committed fsync) and retry schedule.
 //! - [`upstream`]: routes, the SMTP client, connection pools, the directory upstream.
 //! - [`delivery`]: the queue runner: retries, failover, per-recipient bookkeeping.
-//! - [`server`]: accept loops and the per-connection shell that drives the engine.
+//! - [`rules`]: the rules snapshot built from one config and swapped whole on reload.
+//! - [`server`]: accept loops, the per-connection shell that drives the engine (`conn`), and
+//!   the back end that answers its questions (`backend`); the process-lifetime `Runtime`.
+//! - [`reason`]: the one vocabulary of refusal reasons; [`clock`]: the injected clock;
+//!   [`stream`]: the TLS-or-plain stream both sides use.
 //! - [`telemetry`]: logging set-up and the mail-log vocabulary.
 //! - [`app`]: wiring, live reload (SIGHUP, certificate watcher) and shutdown; [`cli`]: the
 //!   subcommands.
