@@ -288,7 +288,7 @@ impl Conn {
             }
             let (used, step) = self.session.advance(&self.buf[pos..]);
             pos += used;
-            if let Some(reason) = self.session.take_refusal() {
+            for reason in self.session.take_refusals() {
                 info!(%reason, "refused");
             }
             let body = self.session.take_body();

@@ -266,9 +266,9 @@ pub(super) struct Ctx {
     pub(super) junk: u32,
     /// Why the server is closing the session, once it decided to.
     pub(super) closed_for: Option<Reason>,
-    /// The policy reason of the latest refusal the engine itself made (size, recipients,
-    /// AUTH required), until the shell takes it for its log line.
-    pub(super) refused: Option<Reason>,
+    /// The policy reasons of the refusals the engine itself made (size, recipients, AUTH
+    /// required), until the shell takes them for its log lines.
+    pub(super) refused: Vec<Reason>,
     pub(super) out: Vec<u8>,
 }
 
@@ -336,7 +336,7 @@ impl Session {
                 errors: 0,
                 junk: 0,
                 closed_for: None,
-                refused: None,
+                refused: Vec::new(),
                 out: Vec::new(),
             },
             framer: LineFramer::new(),
@@ -522,10 +522,11 @@ impl Session {
         self.set(next).unwrap_or(Step::Close)
     }
 
-    /// The reason of a policy refusal the engine made since the last call (size,
-    /// recipients, AUTH required), for the shell's log line.
-    pub fn take_refusal(&mut self) -> Option<Reason> {
-        self.ctx.refused.take()
+    /// The reasons of the policy refusals the engine made since the last call (size,
+    /// recipients, AUTH required), one per refused command, for the shell's log lines.
+    /// Bounded by the input consumed: one entry per command line.
+    pub fn take_refusals(&mut self) -> Vec<Reason> {
+        std::mem::take(&mut self.ctx.refused)
     }
 
     /// Why the server closed the session, when it did (not for QUIT or a client gone).

@@ -594,3 +594,29 @@ fn fuzz_smtp_alphabet_never_panics_and_output_is_bounded() {
         );
     }
 }
+
+/// Each policy refusal the engine makes itself is reported once, pipelined or not:
+/// recipients over the cap, a SIZE over the limit, MAIL before AUTH.
+#[test]
+fn engine_refusals_carry_their_reasons() {
+    use crate::reason::Reason;
+    let (mut cfg, _) = config("tls=none auth=none");
+    cfg.max_recipients = 1;
+    let mut s = Session::new(cfg, false);
+    s.greet();
+    let input = b"EHLO c\r\nMAIL FROM:<a@b.example> SIZE=999999\r\nMAIL FROM:<a@b.example>\r\n";
+    let (used, step) = s.advance(input);
+    assert_eq!(s.take_refusals(), [Reason::Size]);
+    assert!(matches!(step, Step::Decide(Question::Mail { .. })));
+    assert_eq!(s.answer(Verdict::Accept), Step::NeedInput);
+    let rest = &input[used..];
+    assert!(rest.is_empty());
+    let rcpts = b"RCPT TO:<x@y.example>\r\nRCPT TO:<z@y.example>\r\nRCPT TO:<w@y.example>\r\n";
+    let (used, step) = s.advance(rcpts);
+    assert!(matches!(step, Step::Decide(Question::Rcpt { .. })));
+    assert_eq!(s.answer(Verdict::Accept), Step::NeedInput);
+    let (_, step) = s.advance(&rcpts[used..]);
+    assert_eq!(step, Step::NeedInput);
+    assert_eq!(s.take_refusals(), [Reason::Recipients, Reason::Recipients]);
+    assert!(s.take_refusals().is_empty());
+}

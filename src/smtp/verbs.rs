@@ -93,11 +93,11 @@ fn mail(ctx: &mut Ctx, phase: Phase, from: ReversePath, params: MailParams) -> N
         _ => return ctx.logic_error(),
     };
     if let Some(refusal) = auth_gate(ctx) {
-        ctx.refused = Some(Reason::AuthRequired);
+        ctx.refused.push(Reason::AuthRequired);
         return ctx.reject(refusal, Phase::Ready { helo });
     }
     if params.size.is_some_and(|s| s > ctx.cfg.max_message_size) {
-        ctx.refused = Some(Reason::Size);
+        ctx.refused.push(Reason::Size);
         return ctx.reject(Reply::size_exceeded(), Phase::Ready { helo });
     }
     let question = Question::Mail {
@@ -122,7 +122,7 @@ fn rcpt(ctx: &mut Ctx, phase: Phase, to: ForwardPath) -> Next {
         // Not counted as a client error (Postfix does the same): a client that pipelines
         // more recipients than the cap must still reach DATA for the accepted ones and
         // send the rest in another transaction (RFC 5321 4.5.3.1.10).
-        ctx.refused = Some(Reason::Recipients);
+        ctx.refused.push(Reason::Recipients);
         ctx.send(&Reply::too_many_recipients());
         return (Phase::Transaction { helo, tx }, None);
     }
