@@ -55,6 +55,9 @@ pub enum Reason {
     QueueError,
     /// The server is draining: `421 4.3.2`.
     ShuttingDown,
+    /// AUTH as an account a reload added after the session began, whose rules the session
+    /// does not have: `421 4.7.0`, reconnect.
+    StaleRules,
 }
 
 impl Reason {
@@ -83,11 +86,12 @@ impl Reason {
             Reason::BareLineEnding => "bare_line_ending",
             Reason::QueueError => "queue_error",
             Reason::ShuttingDown => "shutting_down",
+            Reason::StaleRules => "stale_rules",
         }
     }
 
     /// Every reason, for exhaustive tables (metrics pre-registration, docs).
-    pub const ALL: [Reason; 22] = [
+    pub const ALL: [Reason; 23] = [
         Reason::RateLimit,
         Reason::ConnectionRate,
         Reason::Lockout,
@@ -110,6 +114,7 @@ impl Reason {
         Reason::BareLineEnding,
         Reason::QueueError,
         Reason::ShuttingDown,
+        Reason::StaleRules,
     ];
 }
 

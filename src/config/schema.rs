@@ -171,7 +171,8 @@ pub struct TimeoutsConfig {
     #[serde(default = "default_tls_timeout")]
     pub tls_handshake: Duration,
     /// Longest session, however busy: past it the session is closed with `421 4.4.2` at
-    /// the next wait for input (a message being received may finish). Default: `1h`.
+    /// the next wait for input (a message being received gets up to `timeouts.data` more
+    /// to finish). Default: `1h`.
     #[serde(default = "default_session_timeout")]
     pub session: Duration,
 }

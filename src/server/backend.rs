@@ -207,6 +207,12 @@ impl Backend {
             return verdict;
         }
         match checked {
+            AuthCheck::Valid if !self.rules.accounts.exists(username) => {
+                // Added by a reload after this session began: its sender rules, caps and
+                // limits are only in the new snapshot, which a new session gets.
+                let reply = Reply::reconnect_for_new_rules(&self.rules.hostname);
+                self.close(reply, Reason::StaleRules)
+            }
             AuthCheck::Valid => {
                 info!(user = username, "authenticated");
                 self.identity = Identity::User(username.to_owned());

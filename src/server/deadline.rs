@@ -6,7 +6,8 @@
 //! - In DATA, each read may wait `timeouts.data` (RFC 5321 4.5.3.2.6), and the whole
 //!   message must keep up `limits.min_data_rate`: after a head start of `timeouts.data`,
 //!   each byte received earns `1/min_data_rate` s more (Postfix's `smtpd_min_data_rate`).
-//! - The session as a whole ends at `timeouts.session`.
+//! - The session as a whole ends at `timeouts.session`; a message being received then gets
+//!   up to `timeouts.data` more to finish.
 //!
 //! Pure over `tokio::time::Instant`, so tests pause tokio's clock.
 
@@ -95,10 +96,15 @@ impl Deadlines {
             }
             (self.command_since + self.limits.command, Reason::Timeout)
         };
-        // A message being received may finish (the DATA and rate deadlines still bound it);
-        // the session cap ends the session at its next wait for a command.
-        if !in_data && self.session_end < at {
-            (at, why) = (self.session_end, Reason::SessionDuration);
+        // A message being received gets up to `timeouts.data` past the session cap to
+        // finish; no longer, so a message that never ends cannot outlive the cap.
+        let cap = if in_data {
+            self.session_end + self.limits.data
+        } else {
+            self.session_end
+        };
+        if cap < at {
+            (at, why) = (cap, Reason::SessionDuration);
         }
         (at, why)
     }
@@ -179,9 +185,15 @@ mod tests {
             ..LIMITS
         };
         let mut d = Deadlines::new(limits, t0);
-        // DATA is not cut by the session cap, and there is no rate rule.
+        // DATA is not cut at the session cap but `timeouts.data` after it; no rate rule.
         assert_eq!(d.next(t0, 0, true, 0), (t0 + limits.data, Reason::Timeout));
-        tokio::time::advance(Duration::from_secs(99)).await;
+        tokio::time::advance(Duration::from_secs(150)).await;
+        let (at, why) = d.next(Instant::now(), 0, true, 10);
+        assert_eq!(
+            (at, why),
+            (t0 + limits.session + limits.data, Reason::SessionDuration)
+        );
+        tokio::time::advance(Duration::from_secs(9)).await;
         assert_eq!(
             d.next(Instant::now(), 9, false, 0),
             (t0 + limits.session, Reason::SessionDuration)

@@ -90,6 +90,16 @@ impl Reply {
         )
     }
 
+    /// 421 4.7.0 the account was added by a reload after this session began: its rules are
+    /// in the new configuration, which a new session gets.
+    pub fn reconnect_for_new_rules(host: &str) -> Reply {
+        Reply::new(
+            421,
+            (4, 7, 0),
+            format!("{host} Error: account added since this session began, reconnect"),
+        )
+    }
+
     /// 421 4.7.0 too many commands without progress (NOOP, RSET, VRFY, HELP).
     pub fn junk_commands(host: &str) -> Reply {
         Reply::new(

@@ -502,3 +502,31 @@ async fn a_route_removed_by_reload_does_not_fail_queued_mail() {
     let got = server.sink().wait_for(DELIVERY, |m| !m.is_empty()).await;
     assert_eq!(got[0].mail_from, "dev@example.net");
 }
+
+/// An account a reload adds cannot be used in a session opened before the reload (the
+/// session's rules have no sender patterns for it): `421 4.7.0` asks the client to
+/// reconnect, and a new session sends as it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn account_added_by_reload_needs_a_new_session() {
+    let server = TestServer::start(Opts::default()).await;
+    let (mut open, _) = starttls_session(&server).await;
+    server.edit_config(|yaml| {
+        let bob = crate::harness::user_entry("bob", "");
+        yaml.replacen("queue:", &format!("{bob}queue:"), 1)
+    });
+    let yaml = std::fs::read_to_string(&server.config).unwrap();
+    assert!(yaml.contains("username: bob"), "{yaml}");
+    server.reload().await.unwrap();
+    // `\0bob\0alice-pw`
+    let bob = "AGJvYgBhbGljZS1wdw==";
+    open.cmd(
+        &format!("AUTH PLAIN {bob}"),
+        "421 4.7.0 relay.test Error: account added since this session began, reconnect",
+    )
+    .await;
+    open.expect_clean_close().await;
+    let (mut new, _) = starttls_session(&server).await;
+    new.cmd(&format!("AUTH PLAIN {bob}"), "235 2.7.0").await;
+    let data = message("bob", "", "body\r\n");
+    send_mail(&mut new, "bob@example.com", &["x@example.org"], &data).await;
+}
