@@ -62,7 +62,7 @@ pub struct Caps {
 
 impl Caps {
     /// These caps with an identity's own overrides, where set.
-    fn with(self, size: Option<ByteSize>, recipients: Option<usize>) -> Caps {
+    pub(crate) fn with(self, size: Option<ByteSize>, recipients: Option<usize>) -> Caps {
         Caps {
             max_message_size: size.map_or(self.max_message_size, ByteSize::get),
             max_recipients: recipients.unwrap_or(self.max_recipients),
@@ -70,13 +70,20 @@ impl Caps {
     }
 }
 
-/// What one account may send as, and how its sender is rewritten.
+/// What one identity (an account or a device network) may send as, how its sender is
+/// rewritten, and its size and recipient caps: everything policy keeps per identity.
 #[derive(Debug, Clone, Default)]
-struct Account {
-    senders: SenderRules,
-    check: Option<SenderCheck>,
-    rewrite_sender: Option<String>,
-    rewrite_mode: RewriteMode,
+pub struct Sending {
+    /// Allowed senders.
+    pub senders: SenderRules,
+    /// Its own `sender_check`, if set.
+    pub check: Option<SenderCheck>,
+    /// Replacement sender, if any.
+    pub rewrite_sender: Option<String>,
+    /// What `rewrite_sender` rewrites.
+    pub rewrite_mode: RewriteMode,
+    /// Its caps: its own where set, else the global ones.
+    pub caps: Caps,
 }
 
 /// A sender rewrite: the address, and what it replaces.
@@ -91,60 +98,50 @@ pub struct Rewrite<'a> {
 /// Sender rules and caps for users and devices.
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
-    users: HashMap<String, Account>,
+    users: HashMap<String, Sending>,
     /// The top-level `sender_check`.
     check: SenderCheck,
     devices: Devices,
     /// The `limits` caps, for clients without their own.
     caps: Caps,
-    /// Caps of users with a `max_message_size` or `max_recipients` of their own.
-    user_caps: HashMap<String, Caps>,
-    /// Caps of networks with their own.
-    device_caps: HashMap<ipnet::IpNet, Caps>,
 }
 
 impl Policy {
     /// Builds the policy tables from validated config.
     pub fn new(cfg: &Config) -> Policy {
-        let users = cfg
-            .users
-            .iter()
-            .map(|u| {
-                let account = Account {
-                    senders: SenderRules::new(&u.senders),
-                    check: u.sender_check,
-                    rewrite_sender: u.rewrite_sender.clone(),
-                    rewrite_mode: u.rewrite_mode,
-                };
-                (u.username.clone(), account)
-            })
-            .collect();
         let caps = Caps {
             max_message_size: cfg.limits.max_message_size.get(),
             max_recipients: cfg.limits.max_recipients,
         };
-        let user_caps = cfg
+        let users = cfg
             .users
             .iter()
-            .filter(|u| u.max_message_size.is_some() || u.max_recipients.is_some())
             .map(|u| {
-                let own = caps.with(u.max_message_size, u.max_recipients);
-                (u.username.clone(), own)
+                let sending = Sending {
+                    senders: SenderRules::new(&u.senders),
+                    check: u.sender_check,
+                    rewrite_sender: u.rewrite_sender.clone(),
+                    rewrite_mode: u.rewrite_mode,
+                    caps: caps.with(u.max_message_size, u.max_recipients),
+                };
+                (u.username.clone(), sending)
             })
-            .collect();
-        let device_caps = cfg
-            .networks
-            .iter()
-            .filter(|n| n.max_message_size.is_some() || n.max_recipients.is_some())
-            .map(|n| (n.network, caps.with(n.max_message_size, n.max_recipients)))
             .collect();
         Policy {
             users,
             check: cfg.sender_check,
-            devices: Devices::new(&cfg.networks),
+            devices: Devices::new(&cfg.networks, caps),
             caps,
-            user_caps,
-            device_caps,
+        }
+    }
+
+    /// The per-identity settings of `who` (`None` for an anonymous client, or an identity
+    /// the config no longer has).
+    fn sending(&self, who: &Identity) -> Option<&Sending> {
+        match who {
+            Identity::User(user) => self.users.get(user),
+            Identity::Device(net) => self.devices.by_network(net).map(|d| &d.sending),
+            Identity::Anonymous => None,
         }
     }
 
@@ -152,12 +149,7 @@ impl Policy {
     /// sets them, else `limits`. (EHLO advertises the global SIZE before AUTH; the server
     /// enforces these at MAIL SIZE=, RCPT and DATA.)
     pub fn caps(&self, who: &Identity) -> Caps {
-        let own = match who {
-            Identity::User(user) => self.user_caps.get(user),
-            Identity::Device(net) => self.device_caps.get(net),
-            Identity::Anonymous => None,
-        };
-        own.copied().unwrap_or(self.caps)
+        self.sending(who).map_or(self.caps, |s| s.caps)
     }
 
     /// The device identity for a client address, if a `networks` entry contains it.
@@ -174,38 +166,24 @@ impl Policy {
     /// What is checked for `who` on a listener with its own `listener` setting: the
     /// identity's own, else the listener's, else the top-level `sender_check`.
     pub fn sender_check(&self, who: &Identity, listener: Option<SenderCheck>) -> SenderCheck {
-        let own = match who {
-            Identity::User(user) => self.users.get(user).and_then(|a| a.check),
-            Identity::Device(net) => self.devices.by_network(net).and_then(|d| d.sender_check),
-            Identity::Anonymous => None,
-        };
+        let own = self.sending(who).and_then(|s| s.check);
         own.or(listener).unwrap_or(self.check)
     }
 
     /// The sender patterns of `who` (`None` for an anonymous client, who may send as
     /// anyone).
     pub fn sender_rules(&self, who: &Identity) -> Option<&SenderRules> {
-        match who {
-            Identity::User(user) => self.users.get(user).map(|a| &a.senders),
-            Identity::Device(net) => self.devices.by_network(net).map(|d| &d.senders),
-            Identity::Anonymous => None,
-        }
+        self.sending(who).map(|s| &s.senders)
     }
 
     /// The sender rewrite configured for `who`, if any.
     pub fn rewrite(&self, who: &Identity) -> Option<Rewrite<'_>> {
-        let (address, mode) = match who {
-            Identity::User(user) => {
-                let a = self.users.get(user)?;
-                (a.rewrite_sender.as_deref()?, a.rewrite_mode)
-            }
-            Identity::Device(net) => {
-                let d = self.devices.by_network(net)?;
-                (d.rewrite_sender.as_deref()?, d.rewrite_mode)
-            }
-            Identity::Anonymous => return None,
-        };
-        Some(Rewrite { address, mode })
+        let s = self.sending(who)?;
+        let address = s.rewrite_sender.as_deref()?;
+        Some(Rewrite {
+            address,
+            mode: s.rewrite_mode,
+        })
     }
 
     /// Decides a MAIL FROM: the effective envelope sender (after any rewrite) or a refusal.
@@ -219,19 +197,15 @@ impl Policy {
         sender: &str,
         check: SenderCheck,
     ) -> Result<String, MailRefusal> {
-        let rules = match who {
-            Identity::User(user) => self
-                .users
-                .get(user)
-                .map(|a| &a.senders)
-                .ok_or(MailRefusal::SenderNotOwned)?,
-            Identity::Device(net) => self
-                .devices
-                .by_network(net)
-                .map(|d| &d.senders)
-                .ok_or(MailRefusal::AuthRequired)?,
-            Identity::Anonymous if allowlisted => return Ok(sender.to_owned()),
-            Identity::Anonymous => return Err(MailRefusal::AuthRequired),
+        let rules = match (who, self.sender_rules(who)) {
+            (Identity::Anonymous, _) if allowlisted => return Ok(sender.to_owned()),
+            (_, Some(rules)) => rules,
+            // A user the config does not have may not send as anyone; an unknown device
+            // or an anonymous client needs AUTH.
+            (Identity::User(_), None) => return Err(MailRefusal::SenderNotOwned),
+            (Identity::Device(_) | Identity::Anonymous, None) => {
+                return Err(MailRefusal::AuthRequired);
+            }
         };
         if check != SenderCheck::Off && !rules.allows(sender) {
             return Err(MailRefusal::SenderNotOwned);
@@ -271,28 +245,29 @@ mod tests {
             max_recipients: None,
             ..Default::default()
         }];
-        let mut users: HashMap<String, Account> = users
+        let mut users: HashMap<String, Sending> = users
             .iter()
             .map(|u| {
-                let account = Account {
+                let account = Sending {
                     senders: SenderRules::new(&u.senders),
-                    ..Account::default()
+                    ..Sending::default()
                 };
                 (u.username.clone(), account)
             })
             .collect();
         users.insert(
             "bulk".into(),
-            Account {
+            Sending {
                 senders: SenderRules::new(&["@corp.example"]),
                 check: Some(SenderCheck::Header),
                 rewrite_sender: Some("bulk@corp.example".into()),
                 rewrite_mode: RewriteMode::Collapse,
+                caps: Caps::default(),
             },
         );
         Policy {
             users,
-            devices: Devices::new(&networks),
+            devices: Devices::new(&networks, Caps::default()),
             ..Policy::default()
         }
     }

@@ -4,8 +4,9 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::config::schema::{NetworkConfig, RewriteMode, SenderCheck};
+use crate::config::schema::NetworkConfig;
 use crate::policy::identity::SenderRules;
+use crate::policy::{Caps, Sending};
 
 /// True when `ip` may connect to a listener with this allowlist (empty = everyone).
 /// IPv4-mapped IPv6 clients (`::ffff:10.0.0.1`, seen on dual-stack `[::]` sockets) are
@@ -41,14 +42,8 @@ pub fn client_prefix(ip: IpAddr) -> IpAddr {
 pub struct Device {
     /// The network, as configured (also the identity's name in logs).
     pub network: IpNet,
-    /// Allowed envelope senders.
-    pub senders: SenderRules,
-    /// Replacement envelope sender, if any.
-    pub rewrite_sender: Option<String>,
-    /// What `rewrite_sender` rewrites.
-    pub rewrite_mode: RewriteMode,
-    /// Its own `sender_check`, if set.
-    pub sender_check: Option<SenderCheck>,
+    /// Its senders, sender check, rewrite and caps.
+    pub sending: Sending,
 }
 
 /// Device identities, most specific network first.
@@ -57,15 +52,19 @@ pub struct Devices(Vec<Device>);
 
 impl Devices {
     /// Builds the table; longer prefixes sort first so `10.20.30.0/24` wins over `10.0.0.0/8`.
-    pub fn new(networks: &[NetworkConfig]) -> Devices {
+    /// `caps` are the global ones, for networks without their own.
+    pub fn new(networks: &[NetworkConfig], caps: Caps) -> Devices {
         let mut devices: Vec<Device> = networks
             .iter()
             .map(|n| Device {
                 network: n.network,
-                senders: SenderRules::new(&n.senders),
-                rewrite_sender: n.rewrite_sender.clone(),
-                rewrite_mode: n.rewrite_mode,
-                sender_check: n.sender_check,
+                sending: Sending {
+                    senders: SenderRules::new(&n.senders),
+                    check: n.sender_check,
+                    rewrite_sender: n.rewrite_sender.clone(),
+                    rewrite_mode: n.rewrite_mode,
+                    caps: caps.with(n.max_message_size, n.max_recipients),
+                },
             })
             .collect();
         devices.sort_by_key(|d| std::cmp::Reverse(d.network.prefix_len()));
@@ -133,27 +132,34 @@ mod tests {
             max_recipients: None,
             ..Default::default()
         };
-        let devices = Devices::new(&[cfg("10.0.0.0/8", "wide@x"), cfg("10.20.30.0/24", "scans@x")]);
+        let caps = Caps::default();
+        let devices = Devices::new(
+            &[cfg("10.0.0.0/8", "wide@x"), cfg("10.20.30.0/24", "scans@x")],
+            caps,
+        );
         let hit = |ip: &str| {
             devices
                 .lookup(ip.parse().unwrap())
-                .and_then(|d| d.rewrite_sender.clone())
+                .and_then(|d| d.sending.rewrite_sender.clone())
         };
         assert_eq!(hit("10.20.30.9").as_deref(), Some("scans@x"));
         assert_eq!(hit("10.1.1.1").as_deref(), Some("wide@x"));
         assert_eq!(hit("192.0.2.1"), None);
         // a network nested in another is found by the identity the client got
-        let nested = Devices::new(&[
-            cfg("10.20.30.0/24", "wide@x"),
-            cfg("10.20.30.0/28", "narrow@x"),
-        ]);
+        let nested = Devices::new(
+            &[
+                cfg("10.20.30.0/24", "wide@x"),
+                cfg("10.20.30.0/28", "narrow@x"),
+            ],
+            caps,
+        );
         let wide = nested
             .lookup("10.20.30.100".parse().unwrap())
             .unwrap()
             .network;
         let found = nested
             .by_network(&wide)
-            .and_then(|d| d.rewrite_sender.clone());
+            .and_then(|d| d.sending.rewrite_sender.clone());
         assert_eq!(found.as_deref(), Some("wide@x"));
     }
 }

@@ -91,8 +91,11 @@ pub struct Backend {
     pub rules: Arc<Rules>,
     /// The listener's settings from that snapshot.
     pub listener: Arc<ListenerInfo>,
-    peer: SocketAddr,
+    /// The client's address, canonical (IPv4-mapped IPv6 as IPv4).
+    ip: IpAddr,
     identity: Identity,
+    /// `identity.label()`, made once per identity: logs, rate keys and the envelope use it.
+    label: Option<String>,
     /// A listener allowlist or a `networks` entry vouches for the client without AUTH.
     allowlisted: bool,
     tx: Tx,
@@ -100,8 +103,6 @@ pub struct Backend {
     messages: u32,
     /// Why the back end closed the session, when it did.
     closed_for: Option<Reason>,
-    /// AUTH set an identity whose caps the engine has not been given yet.
-    caps_changed: bool,
 }
 
 /// The session details the trace header needs from the engine.
@@ -134,18 +135,14 @@ impl Backend {
             rt,
             rules,
             listener,
-            peer,
+            ip,
+            label: identity.label(),
             identity,
             allowlisted,
             tx: Tx::default(),
             messages: 0,
             closed_for: None,
-            caps_changed: false,
         }
-    }
-
-    fn client_ip(&self) -> IpAddr {
-        networks::canonical(self.peer.ip())
     }
 
     /// Answers one question of the engine. The caller has flushed pending replies before
@@ -182,7 +179,7 @@ impl Backend {
     /// Refuses AUTH before argon2 runs while the address (or username) is locked out: a
     /// locked-out client learns nothing, even with the right password.
     fn lockout_check(&self, username: &str) -> Result<(), Verdict> {
-        match self.rt.lockout.check(self.client_ip(), username) {
+        match self.rt.lockout.check(self.ip, username) {
             Ok(()) => Ok(()),
             Err(locked) => {
                 info!(reason = %Reason::Lockout, user = username, by = ?locked.by, remaining = ?locked.remaining, "AUTH refused: locked out");
@@ -195,7 +192,6 @@ impl Backend {
     /// changed or an account removed by a reload is refused at once, even in a session
     /// opened before it (revocation must not wait for the client to reconnect).
     async fn auth(&mut self, username: &str, password: &str) -> Verdict {
-        let ip = self.client_ip();
         let accounts = self.rt.rules().accounts.clone();
         let checked = self.rt.verifier.verify(&accounts, username, password).await;
         // Attempts run in parallel (argon2 takes a while): a lockout that started while
@@ -216,15 +212,14 @@ impl Backend {
             AuthCheck::Valid => {
                 info!(user = username, "authenticated");
                 self.identity = Identity::User(username.to_owned());
-                // The caps the engine enforces may change with the identity.
-                self.caps_changed = true;
+                self.label = self.identity.label();
                 Verdict::Authenticated
             }
             AuthCheck::Invalid => {
                 // The password is never logged, only that this user failed.
                 warn!(reason = %Reason::AuthFailed, user = username, "authentication failed");
                 let known = accounts.exists(username);
-                match self.rt.lockout.record_failure(ip, username, known) {
+                match self.rt.lockout.record_failure(self.ip, username, known) {
                     Some(locked) => {
                         warn!(reason = %Reason::Lockout, user = username, by = ?locked.by, duration = ?locked.remaining, "AUTH lockout started: too many failures");
                         self.close(Reply::lockout(), Reason::Lockout)
@@ -276,7 +271,7 @@ impl Backend {
         {
             Ok(sender) => sender,
             Err(MailRefusal::SenderNotOwned) => {
-                info!(sender = from, identity = ?self.identity.label(), "sender not allowed");
+                info!(sender = from, identity = ?self.label, "sender not allowed");
                 return self.refuse(Reply::sender_not_allowed(), Reason::SenderNotOwned);
             }
             Err(_) => return self.refuse(Reply::auth_required(), Reason::AuthRequired),
@@ -303,15 +298,14 @@ impl Backend {
 
     /// Counts one message or recipient against the rate rules for this client.
     fn rate(&self, what: Counted, sender: &str) -> Result<(), Hit> {
-        let label = self.identity.label();
         let user = match &self.identity {
             Identity::User(u) => Some(u.as_str()),
             _ => None,
         };
         let keys = Keys {
-            ip: self.client_ip(),
+            ip: self.ip,
             listener: &self.listener.name,
-            identity: label.as_deref(),
+            identity: self.label.as_deref(),
             user,
             sender_domain: None,
         }
@@ -328,15 +322,10 @@ impl Backend {
         Verdict::Defer(Reply::rate_limit(&hit.rule, hit.retry_after))
     }
 
-    /// The size and recipient caps for the current identity.
+    /// The size and recipient caps for the current identity (they change with AUTH, after
+    /// which the shell gives them to the engine).
     pub fn caps(&self) -> Caps {
         self.rules.policy.caps(&self.identity)
-    }
-
-    /// Whether the identity's caps changed since the last call (the shell then updates
-    /// the engine).
-    pub fn take_caps_changed(&mut self) -> bool {
-        std::mem::take(&mut self.caps_changed)
     }
 
     /// The `sender_check` in force for this client on this listener.
@@ -398,8 +387,8 @@ impl Backend {
         events::message(&MessageSummary {
             queue_id: "-",
             listener: &self.listener.name,
-            client_ip: self.client_ip(),
-            identity: self.identity.label().as_deref(),
+            client_ip: self.ip,
+            identity: self.label.as_deref(),
             sender: &tx.sender,
             recipients: 0,
             size,
@@ -481,7 +470,7 @@ impl Backend {
         let id = writer.id().to_string();
         let trace = Trace {
             helo: facts.helo.unwrap_or("unknown"),
-            client_ip: self.client_ip(),
+            client_ip: self.ip,
             hostname: &self.rules.hostname,
             esmtp: facts.esmtp,
             tls: facts.tls,
@@ -509,8 +498,8 @@ impl Backend {
                 })
                 .collect(),
             listener: self.listener.name.clone(),
-            client_ip: self.client_ip(),
-            identity: self.identity.label(),
+            client_ip: self.ip,
+            identity: self.label.clone(),
             smtputf8,
             body_8bit: envelope.params.body == Some(BodyType::EightBitMime) || tx.eight_bit,
             attempts: 0,

@@ -26,7 +26,7 @@ use crate::server::deadline::{Deadlines, SlowClientLimits};
 use crate::shutdown::Shutdown;
 use crate::smtp::data::BareLf;
 use crate::smtp::reply::Reply;
-use crate::smtp::session::{AuthPolicy, Question, Session, SessionConfig, Step, TlsOffer};
+use crate::smtp::session::{AuthPolicy, Question, Session, SessionConfig, Step, TlsOffer, Verdict};
 use crate::stream::Stream;
 
 /// How many bytes one read may add to the buffer.
@@ -67,8 +67,6 @@ pub struct Conn {
     session: Session,
     stream: Stream,
     buf: Vec<u8>,
-    /// The rules snapshot this session started with (also the backend's).
-    rules: Arc<Rules>,
     backend: Backend,
     peer: SocketAddr,
     /// The slow-client deadlines.
@@ -127,7 +125,6 @@ pub async fn serve(
         session,
         stream,
         buf: Vec::new(),
-        rules,
         backend,
         peer,
         deadlines: Deadlines::new(limits, Instant::now()),
@@ -262,7 +259,7 @@ impl Conn {
             stream.write_all(&bytes).await?;
             stream.flush().await
         };
-        match tokio::time::timeout(self.rules.timeouts.command.get(), write).await {
+        match tokio::time::timeout(self.backend.rules.timeouts.command.get(), write).await {
             Ok(written) => written?,
             Err(_) => return Err(End::WriteTimeout),
         }
@@ -324,7 +321,12 @@ impl Conn {
                 "STARTTLS on a stream that is not plain TCP".into(),
             ));
         };
-        let tls = handshake(tcp, &self.rules, self.rules.timeouts.tls_handshake.get()).await?;
+        let tls = handshake(
+            tcp,
+            &self.backend.rules,
+            self.backend.rules.timeouts.tls_handshake.get(),
+        )
+        .await?;
         self.stream = Stream::from(tls);
         self.session.tls_established();
         Ok(())
@@ -337,7 +339,8 @@ impl Conn {
                 self.flush().await?;
                 // A TLS close_notify is a write too: bounded like the replies.
                 let close = self.stream.shutdown();
-                let _ = tokio::time::timeout(self.rules.timeouts.command.get(), close).await;
+                let _ =
+                    tokio::time::timeout(self.backend.rules.timeouts.command.get(), close).await;
                 Ok(Flow::Closed)
             }
             Step::StartTls => Ok(Flow::StartTls),
@@ -358,7 +361,8 @@ impl Conn {
                     authenticated: self.session.identity().is_some(),
                 };
                 let verdict = self.backend.decide(question, facts).await;
-                if self.backend.take_caps_changed() {
+                if verdict == Verdict::Authenticated {
+                    // The identity's own caps apply from now on.
                     let caps = self.backend.caps();
                     self.session
                         .set_caps(caps.max_message_size, caps.max_recipients);
