@@ -30,7 +30,6 @@
 //! new one and is dropped.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::ops::Add;
@@ -119,26 +118,8 @@ pub struct Hit {
     pub rule: String,
     /// The rule in words, e.g. `100 messages per 1h per user`, for logs.
     pub description: String,
-    /// What was refused.
-    pub counted: Counted,
     /// The earliest time the same check can succeed.
     pub retry_after: Duration,
-}
-
-impl Hit {
-    /// [`Hit::retry_after`] in whole seconds, rounded up (so "try again in 0s" never shows).
-    pub fn retry_secs(&self) -> u64 {
-        let d = self.retry_after;
-        d.as_secs() + u64::from(d.subsec_nanos() > 0)
-    }
-}
-
-/// The reply text: `per-user-messages rate limit exceeded, try again in 37s`.
-impl fmt::Display for Hit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (rule, secs) = (&self.rule, self.retry_secs());
-        write!(f, "{rule} rate limit exceeded, try again in {secs}s")
-    }
 }
 
 /// governor's time: a tokio instant taken from [`Clock::now`], so both tokio's paused clock
@@ -284,7 +265,6 @@ impl RateLimits {
                     return Err(Hit {
                         rule: lim.name.clone(),
                         description: lim.description.clone(),
-                        counted: what,
                         retry_after,
                     });
                 }

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use super::*;
 use crate::config::load::load_str;
+use crate::smtp::reply::Reply;
 
 const HASH: &str =
     "$argon2id$v=19$m=8,t=1,p=1$cG9zdGVybmZpeHR1cmU$WiHTSMJpezvihM+Zu2J3QgDBVs0LMf1Ru/2h60OsR9I";
@@ -69,8 +70,8 @@ async fn each_kind_admits_n_and_refuses_n_plus_one() {
     // One message comes back every 1h / 3.
     assert_eq!(hit.retry_after, Duration::from_secs(1200));
     assert_eq!(
-        hit.to_string(),
-        "per-user-messages rate limit exceeded, try again in 1200s"
+        Reply::rate_limit(&hit.rule, hit.retry_after).to_string(),
+        "450 4.7.1 Error: rate limit per-user-messages exceeded, try again in 1200 s"
     );
     let rcpt = user("app1", "a").with_sender("x@Corp.Example");
     let hit = admits_exactly(&l, Counted::Recipient, &rcpt, 4);
@@ -80,7 +81,10 @@ async fn each_kind_admits_n_and_refuses_n_plus_one() {
     assert!(l.check(Counted::Recipient, &other, None).is_err());
     let conn = Keys::connection(ip("192.0.2.9"), "a", None);
     let hit = admits_exactly(&l, Counted::Connection, &conn, 2);
-    assert_eq!((hit.counted, hit.retry_secs()), (Counted::Connection, 5));
+    assert_eq!(
+        Reply::connection_rate(&hit.rule, hit.retry_after).to_string(),
+        "421 4.7.0 Error: connection rate limit per-ip-connections exceeded, try again in 5 s"
+    );
 }
 
 #[tokio::test(start_paused = true)]
