@@ -23,7 +23,8 @@
 //!   subcommands.
 //!
 //! Dependencies point down only: `cli -> app -> {server, delivery} -> {policy, users,
-//! spool, upstream, message, telemetry} -> {smtp, config}`.
+//! spool, upstream, message, telemetry} -> {smtp, config}`; the one sideways edge is
+//! `upstream`'s routes using `policy::identity`'s sender patterns (pure, no I/O).
 #![forbid(unsafe_code)]
 
 pub mod app;

@@ -34,7 +34,7 @@ impl SenderPattern {
         } else if let Some(domain) = s.strip_prefix('@') {
             SenderPattern::Domain(domain.to_ascii_lowercase())
         } else {
-            SenderPattern::Address(s.to_lowercase())
+            SenderPattern::Address(s.chars().flat_map(char::to_lowercase).collect())
         }
     }
 
@@ -48,7 +48,10 @@ impl SenderPattern {
             SenderPattern::Subdomain(parent) => {
                 split_domain(sender).is_some_and(|d| is_strict_subdomain(d, parent))
             }
-            SenderPattern::Address(addr) => !sender.is_empty() && sender.to_lowercase() == *addr,
+            // `addr` is stored lowercase; compare without allocating a lowered copy.
+            SenderPattern::Address(addr) => {
+                !sender.is_empty() && sender.chars().flat_map(char::to_lowercase).eq(addr.chars())
+            }
         }
     }
 }
@@ -60,9 +63,10 @@ fn split_domain(addr: &str) -> Option<&str> {
         .filter(|d| !d.is_empty())
 }
 
-/// A list of patterns: a sender is allowed when any matches.
+/// A list of patterns: a sender is allowed when any matches. Shared, not copied: a message
+/// whose header is checked holds its identity's rules.
 #[derive(Debug, Clone, Default)]
-pub struct SenderRules(Vec<SenderPattern>);
+pub struct SenderRules(std::sync::Arc<[SenderPattern]>);
 
 impl SenderRules {
     /// Builds rules from config strings.

@@ -1,62 +1,16 @@
 //! Sender-based routing: envelope sender → ordered list of upstream names (failover order).
 //!
-//! Patterns are the same as for users' sender rules: `user@domain` (exact), `@domain` (any
-//! address at that domain, not its subdomains), `@*.domain` (any address at a subdomain, not
-//! the domain itself) and `*` (anything, including the null sender). Comparison ignores ASCII case in both parts: RFC 5321 2.4 lets a server treat the
-//! local part as case-sensitive, but no mail system postern relays to does, and an admin who
-//! writes `Alerts@corp.example` means the same mailbox.
+//! Patterns are users' sender patterns ([`SenderPattern`]): `user@domain` (exact, case
+//! ignored), `@domain`, `@*.domain` and `*`; the null sender matches only `*` (see
+//! [`Router::route`] for its fallback).
 
 use crate::config::schema::RouteConfig;
-use crate::config::syntax::is_strict_subdomain;
-
-/// One parsed sender pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Pattern {
-    /// `*`.
-    Any,
-    /// `@domain`, stored without the `@`.
-    Domain(String),
-    /// `@*.domain`, stored without the `@*.`.
-    Subdomain(String),
-    /// `user@domain`.
-    Address(String),
-}
-
-impl Pattern {
-    fn parse(text: &str) -> Pattern {
-        let text = text.trim();
-        if text == "*" {
-            Pattern::Any
-        } else if let Some(parent) = text.strip_prefix("@*.") {
-            Pattern::Subdomain(parent.to_owned())
-        } else if let Some(domain) = text.strip_prefix('@') {
-            Pattern::Domain(domain.to_owned())
-        } else {
-            Pattern::Address(text.to_owned())
-        }
-    }
-
-    /// RFC 5321 4.5.5: the null reverse-path `<>` has no domain; of the patterns only `*`
-    /// matches it (see [`Router::route`] for its fallback).
-    fn matches(&self, sender: &str) -> bool {
-        match self {
-            Pattern::Any => true,
-            _ if sender.is_empty() => false,
-            Pattern::Domain(domain) => sender
-                .rsplit_once('@')
-                .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain)),
-            Pattern::Subdomain(parent) => sender
-                .rsplit_once('@')
-                .is_some_and(|(_, d)| is_strict_subdomain(d, parent)),
-            Pattern::Address(addr) => sender.eq_ignore_ascii_case(addr),
-        }
-    }
-}
+use crate::policy::identity::SenderPattern;
 
 /// One route: patterns and the upstreams to try, in order.
 #[derive(Debug, Clone)]
 struct Route {
-    patterns: Vec<Pattern>,
+    patterns: Vec<SenderPattern>,
     upstreams: Vec<String>,
 }
 
@@ -74,13 +28,13 @@ impl Router {
         let mut parsed: Vec<Route> = routes
             .iter()
             .map(|r| Route {
-                patterns: r.senders.iter().map(|s| Pattern::parse(s)).collect(),
+                patterns: r.senders.iter().map(|s| SenderPattern::parse(s)).collect(),
                 upstreams: r.upstreams.clone(),
             })
             .collect();
         if parsed.is_empty() && upstream_names.len() == 1 {
             parsed.push(Route {
-                patterns: vec![Pattern::Any],
+                patterns: vec![SenderPattern::Any],
                 upstreams: upstream_names.to_vec(),
             });
         }
