@@ -52,6 +52,15 @@ impl Clock {
             .as_secs()
     }
 
+    /// Milliseconds since the Unix epoch, by [`Clock::wall`].
+    pub fn unix_millis(&self) -> u64 {
+        let since = self
+            .wall()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+    }
+
     /// Moves this clock (and every clone of it) `by` into the future. For tests.
     pub fn advance(&self, by: Duration) {
         let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);

@@ -19,15 +19,14 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{MissedTickBehavior, timeout};
 use tracing::{info, warn};
 
 use crate::clock::Clock;
-use crate::rules::LiveRules;
-pub use crate::rules::Timing;
+use crate::rules::{LiveRules, Timing};
 use crate::shutdown::Shutdown;
 use crate::spool::{Envelope, RcptStatus, Spool, schedule};
 use crate::telemetry::events;
@@ -97,14 +96,6 @@ impl Runner {
         self.rules.load().upstreams.clone()
     }
 
-    fn now_millis(&self) -> u64 {
-        self.clock
-            .wall()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or(Duration::ZERO)
-            .as_millis() as u64
-    }
-
     async fn run(self, mut rx: mpsc::UnboundedReceiver<Envelope>) {
         let this = Arc::new(self);
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
@@ -116,7 +107,10 @@ impl Runner {
         loop {
             let next_due = waiting.peek().map(|Reverse((due, _, _))| *due);
             let sleep = next_due.map_or(Duration::from_secs(3600), |due| {
-                Duration::from_millis(due.saturating_mul(1000).saturating_sub(this.now_millis()))
+                Duration::from_millis(
+                    due.saturating_mul(1000)
+                        .saturating_sub(this.clock.unix_millis()),
+                )
             });
             tokio::select! {
                 () = this.shutdown.stop.cancelled() => break,
@@ -195,22 +189,20 @@ impl Runner {
 
     /// One delivery attempt over the route, then the bookkeeping.
     async fn attempt(&self, mut env: Envelope) {
-        let upstreams = self.upstreams();
-        let Some(route) = upstreams
-            .router()
-            .route(&env.sender)
-            .map(<[String]>::to_vec)
-        else {
+        // One snapshot for the whole attempt: its upstreams, route and retry timing.
+        let rules = self.rules.load_full();
+        let upstreams = &rules.upstreams;
+        let Some(route) = upstreams.router().route(&env.sender) else {
             // Accepted under rules that had a route (a reload may have changed them since):
             // keep it and retry until queue.max_age, so a route dropped by a mistaken
             // reload bounces nothing if it is put back.
             warn!(sender = %env.sender, "no route for this sender in the current configuration; retrying later");
-            self.finish(env);
+            self.finish(env, rules.timing);
             return;
         };
         let mut tried = Vec::with_capacity(route.len());
-        for upstream in &route {
-            let result = self.try_upstream(&upstreams, upstream, &mut env).await;
+        for upstream in route {
+            let result = self.try_upstream(upstreams, upstream, &mut env).await;
             match &result {
                 Tried::Done => {}
                 Tried::Failover(why) => {
@@ -232,7 +224,7 @@ impl Runner {
         if let Some(why) = unsupported_everywhere(&tried) {
             fail_pending(&mut env, &route.join(","), &why);
         }
-        self.finish(env);
+        self.finish(env, rules.timing);
     }
 
     async fn try_upstream(
@@ -335,12 +327,11 @@ impl Runner {
     }
 
     /// Removes, dead-letters or reschedules the message after an attempt.
-    fn finish(&self, mut env: Envelope) {
+    fn finish(&self, mut env: Envelope, timing: Timing) {
         let pending = env
             .recipients
             .iter()
             .any(|r| r.status == RcptStatus::Pending);
-        let timing = self.rules.load().timing;
         let expired =
             self.clock.unix().saturating_sub(env.received_unix) >= timing.max_age.as_secs();
         if pending && expired {

@@ -42,5 +42,7 @@ pub mod smtp;
 pub mod spool;
 pub mod stream;
 pub mod telemetry;
+#[cfg(test)]
+mod test_rng;
 pub mod upstream;
 pub mod users;

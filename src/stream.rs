@@ -33,11 +33,6 @@ impl Stream {
             }
         }
     }
-
-    /// Whether TLS is in use.
-    pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
-    }
 }
 
 impl From<tokio_rustls::server::TlsStream<TcpStream>> for Stream {

@@ -304,9 +304,6 @@ mod tests {
             username: "app1".into(),
             password_hash: hash_password("s3cret").unwrap(),
             senders: vec!["*".into()],
-            rate_limits: vec![],
-            max_message_size: None,
-            max_recipients: None,
             ..Default::default()
         }];
         let cache = AuthCacheConfig {

@@ -203,7 +203,6 @@ impl Reloader {
             needs_restart,
             ..ReloadOutcome::default()
         };
-        outcome.upstreams_retired.sort();
         count_users(&state.config.users, &cfg.users, &mut outcome);
         if outcome.auth_cache_cleared {
             self.rt.verifier.clear_cache();
@@ -240,15 +239,15 @@ impl Reloader {
         let Some(paths) = state.config.tls.clone() else {
             return false;
         };
+        let rules = self.rt.rules();
+        if rules.tls.is_none() {
+            // No listener uses TLS: nothing to swap, nothing to look at.
+            return false;
+        }
         let now = PairStamp::of(&paths);
         let Seen::Changed { failed_before } = state.cert.see(now) else {
             return false;
         };
-        let rules = self.rt.rules();
-        if rules.tls.is_none() {
-            // No listener uses TLS: nothing to swap.
-            return false;
-        }
         match tls::server_config(&paths.certificate, &paths.private_key) {
             Ok(server) => {
                 let mut next = Rules::clone(&rules);
@@ -316,7 +315,10 @@ fn count_users(old: &[UserConfig], new: &[UserConfig], outcome: &mut ReloadOutco
                 outcome.users_changed += 1;
                 outcome.auth_cache_cleared = true;
             }
-            Some(o) if o.senders != u.senders => outcome.users_changed += 1,
+            // Anything else of the account (senders, rewrite, limits, ...).
+            Some(o) if serde_json::to_value(o).ok() != serde_json::to_value(u).ok() => {
+                outcome.users_changed += 1;
+            }
             Some(_) => {}
         }
     }
@@ -336,9 +338,6 @@ mod tests {
             username: name.into(),
             password_hash: hash.into(),
             senders: senders.iter().map(|s| (*s).to_owned()).collect(),
-            rate_limits: Vec::new(),
-            max_message_size: None,
-            max_recipients: None,
             ..Default::default()
         }
     }

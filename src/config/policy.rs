@@ -230,6 +230,8 @@ fn default_min_data_rate() -> u64 {
 fn default_max_messages_per_session() -> u32 {
     1000
 }
+/// 64 KiB holds the headers of any normal message, long Received chains and DKIM
+/// signatures included.
 fn default_max_header_size() -> ByteSize {
     ByteSize::kib(64)
 }

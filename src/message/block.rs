@@ -6,10 +6,6 @@
 //! "incomplete" is a value, not an error. Memory is bounded by the limit given to
 //! [`HeaderBlock::new`]: bytes past it are never buffered.
 
-/// The default bound on a header section: 64 KiB holds the headers of any normal message,
-/// long Received chains and DKIM signatures included.
-pub const DEFAULT_HEADER_LIMIT: usize = 64 * 1024;
-
 /// What the collector knows after a chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Collect {
@@ -57,7 +53,7 @@ pub struct HeaderBlock {
 
 impl HeaderBlock {
     /// A collector that refuses header sections longer than `limit` octets (fields and
-    /// the empty line); see [`DEFAULT_HEADER_LIMIT`].
+    /// the empty line): `limits.max_header_size`.
     pub fn new(limit: usize) -> HeaderBlock {
         HeaderBlock {
             buf: Vec::new(),
@@ -129,13 +125,6 @@ impl HeaderBlock {
     /// Takes the collected fields, leaving the collector empty.
     pub fn take_fields(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.buf)
-    }
-}
-
-impl Default for HeaderBlock {
-    /// A collector with [`DEFAULT_HEADER_LIMIT`].
-    fn default() -> HeaderBlock {
-        HeaderBlock::new(DEFAULT_HEADER_LIMIT)
     }
 }
 
@@ -269,7 +258,7 @@ mod tests {
         assert_eq!(b.feed(b"\r\n\r\n"), Collect::TooLarge);
         assert_eq!(b.finish(), Collect::TooLarge);
         assert!(b.fields().is_empty() && !b.is_complete());
-        let mut b = HeaderBlock::default();
+        let mut b = HeaderBlock::new(64 * 1024);
         assert_eq!(b.feed(b"A: 1\r\n\r"), Collect::Incomplete);
         assert_eq!(b.feed(b"\nxy"), Collect::Complete { body_start: 1 });
         assert_eq!(b.feed(b"more"), Collect::Complete { body_start: 0 });

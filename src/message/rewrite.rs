@@ -9,8 +9,7 @@
 //!
 //! A section without From is returned unchanged: RFC 6409 8 lists the fields an MSA may add
 //! (Sender, Date, Message-ID) and From is not among them, and postern adds fields through
-//! [`super::prefix`] rather than by editing the client's bytes. A caller that wants one can
-//! put [`from_field`] in the prefix.
+//! [`super::prefix`] rather than by editing the client's bytes.
 
 use crate::message::fields::{self, Field};
 use crate::message::phrase::mailbox_field;
@@ -30,11 +29,6 @@ pub fn rewrite_from(block: &[u8], new_address: &str) -> Vec<u8> {
 /// when the section has none and they are not just `mailbox` itself.
 pub fn collapse(block: &[u8], mailbox: &str) -> Vec<u8> {
     replace_from(block, mailbox, true)
-}
-
-/// A `From:` field with one mailbox, for a caller that adds it to a section without one.
-pub fn from_field(display_name: Option<&str>, address: &str) -> Vec<u8> {
-    mailbox_field("From", &[(display_name, address)])
 }
 
 /// Shared by [`rewrite_from`] and [`collapse`]; `reply_to` asks for the Reply-To field.
@@ -194,9 +188,5 @@ mod tests {
             .filter_map(|l| std::str::from_utf8(l).ok())
             .collect();
         assert!(reply_to.iter().any(|l| l.starts_with("Reply-To: ")));
-        assert_eq!(
-            text(from_field(None, "a@b.example")),
-            "From: a@b.example\r\n"
-        );
     }
 }

@@ -18,13 +18,6 @@ pub struct NotOwned {
     pub address: String,
 }
 
-impl NotOwned {
-    /// The header field name: `From` or `Sender`.
-    pub fn field_name(&self) -> &'static str {
-        self.field.name()
-    }
-}
-
 /// RFC 5322 3.6.2: checks every From mailbox and every Sender mailbox, in header order,
 /// against `rules`; the first one not allowed is the answer.
 ///
@@ -79,6 +72,6 @@ mod tests {
             field: SenderField::Sender,
             address: "x@y".into(),
         };
-        assert_eq!(n.field_name(), "Sender");
+        assert_eq!(n.field.name(), "Sender");
     }
 }

@@ -231,18 +231,12 @@ mod tests {
             username: "app1".into(),
             password_hash: String::new(),
             senders: vec!["app1@corp.example".into(), "@alerts.corp.example".into()],
-            rate_limits: vec![],
-            max_message_size: None,
-            max_recipients: None,
             ..Default::default()
         }];
         let networks = [NetworkConfig {
             network: "10.20.30.0/24".parse().unwrap(),
             senders: vec!["@localhost".into(), "@corp.example".into()],
             rewrite_sender: Some("scans@corp.example".into()),
-            rate_limits: vec![],
-            max_message_size: None,
-            max_recipients: None,
             ..Default::default()
         }];
         let mut users: HashMap<String, Sending> = users

@@ -127,9 +127,6 @@ mod tests {
             network: net(n),
             senders: vec!["*".into()],
             rewrite_sender: Some(rewrite.into()),
-            rate_limits: vec![],
-            max_message_size: None,
-            max_recipients: None,
             ..Default::default()
         };
         let caps = Caps::default();

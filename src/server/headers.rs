@@ -98,7 +98,7 @@ impl HeaderStage {
             };
             let senders = header_senders(fields).map_err(|e| refuse(e.field.name(), &e.text))?;
             check_header_senders(rules, &senders)
-                .map_err(|e| refuse(e.field_name(), &e.address))?;
+                .map_err(|e| refuse(e.field.name(), &e.address))?;
         }
         let mut head = match &self.rewrite {
             Some((address, RewriteMode::Collapse)) => rewrite::collapse(fields, address),

@@ -8,6 +8,7 @@ use crate::smtp::dialog_tests::{Harness, config};
 use crate::smtp::reply::Reply;
 use crate::smtp::sasl::Mechanism;
 use crate::smtp::session::{Envelope, Question, Session, Step, Verdict};
+use crate::test_rng::Rng;
 
 const EHLO_PLAIN: &str = "250-mx.test|250-PIPELINING|250-SIZE 10240|250-8BITMIME|250-SMTPUTF8|\
                           250-ENHANCEDSTATUSCODES|250 STARTTLS";
@@ -507,21 +508,6 @@ fn api_edges() {
         Reply::temp_auth_failure().to_string(),
         "454 4.7.0 Temporary authentication failure"
     );
-}
-
-/// xorshift64*, fixed seed: reproducible pseudo-random input.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
 }
 
 #[test]

@@ -208,6 +208,7 @@ impl Upstreams {
             }
         }
         kept.sort();
+        retired.sort_by(|a, b| a.name().cmp(b.name()));
         Ok(Rebuilt {
             upstreams,
             kept,
@@ -285,13 +286,16 @@ impl Upstreams {
 
     /// Closes every idle connection, all upstreams at once (shutdown).
     pub async fn close_idle(&self) {
-        let all = self.pools().flat_map(Pool::take_all).collect();
-        pool::quit_all(all).await;
+        Upstreams::quit_idle(self.pools()).await;
     }
 
     /// Closes every idle connection of `pools` at once (the pools a reload retired).
     pub async fn close_pools(pools: &[Arc<Pool>]) {
-        let all = pools.iter().flat_map(|p| p.take_all()).collect();
+        Upstreams::quit_idle(pools.iter().map(Arc::as_ref)).await;
+    }
+
+    async fn quit_idle<'a>(pools: impl Iterator<Item = &'a Pool>) {
+        let all = pools.flat_map(Pool::take_all).collect();
         pool::quit_all(all).await;
     }
 
