@@ -300,6 +300,21 @@ mod tests {
             p.mail(&bulk, false, "x@other.example", SenderCheck::Header),
             Err(MailRefusal::SenderNotOwned)
         );
+        // `off` skips the check, not the rewrite.
+        assert_eq!(
+            p.mail(&bulk, false, "ceo@other.example", off).as_deref(),
+            Ok("bulk@corp.example")
+        );
+        // The top level decides where neither the identity nor the listener does.
+        let strict = Policy {
+            check: SenderCheck::Header,
+            ..p.clone()
+        };
+        assert_eq!(strict.sender_check(&app, None), SenderCheck::Header);
+        assert_eq!(
+            strict.sender_check(&app, Some(SenderCheck::Envelope)),
+            SenderCheck::Envelope
+        );
         let rewrite = p.rewrite(&bulk).map(|r| (r.address, r.mode));
         assert_eq!(rewrite, Some(("bulk@corp.example", RewriteMode::Collapse)));
         assert_eq!(p.rewrite(&app), None);

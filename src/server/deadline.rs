@@ -151,7 +151,10 @@ mod tests {
     async fn data_keeps_up_the_minimum_rate_after_its_head_start() {
         let t0 = Instant::now();
         let mut d = Deadlines::new(LIMITS, t0);
-        assert_eq!(d.next(t0, 3, true, 100).0, t0 + LIMITS.data);
+        assert_eq!(
+            d.next(t0, 3, true, 100),
+            (t0 + LIMITS.data, Reason::Timeout)
+        );
         // 170 s later, 5,000 bytes have come: 10 s earned past the head start.
         tokio::time::advance(Duration::from_secs(170)).await;
         let (at, why) = d.next(Instant::now(), 3, true, 5_100);

@@ -149,6 +149,24 @@ mod tests {
         );
     }
 
+    /// The check reads the client's own From, before the rewrite replaces it: a device's
+    /// `scanner@localhost` passes `@localhost` and is then rewritten; a foreign From is
+    /// refused even though the rewrite would have replaced it.
+    #[test]
+    fn checked_before_rewriting() {
+        let rewrite = Some(("scans@corp.example", RewriteMode::Header));
+        let mut s = stage(Some(&["@localhost"]), rewrite);
+        let Fed::Complete { head, .. } = s.feed(b"From: scanner@localhost\r\n\r\n") else {
+            panic!("not complete");
+        };
+        assert_eq!(head.unwrap(), b"From: scans@corp.example\r\n\r\n".to_vec());
+        let mut s = stage(Some(&["@localhost"]), rewrite);
+        let Fed::Complete { head, .. } = s.feed(b"From: ceo@other.example\r\n\r\n") else {
+            panic!("not complete");
+        };
+        assert_eq!(head.unwrap_err().1, Reason::HeaderSenderNotOwned);
+    }
+
     #[test]
     fn refusals() {
         let mut s = stage(Some(&["@corp.example"]), None);

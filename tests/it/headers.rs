@@ -5,7 +5,8 @@
 //! alice may send as `alice@example.com` and `@alice.example`; the legacy client
 //! (127.0.0.1) is made a device identity where rewriting is tested.
 
-use crate::harness::{DELIVERY, Opts, TestServer, dot_stuff, split_prefix};
+use crate::harness::client::Dialog;
+use crate::harness::{DELIVERY, Opts, PLAIN_TOKEN, TestServer, dot_stuff, split_prefix};
 
 /// Header sections (fields only; the test adds the empty line and a body) that alice may
 /// send under `sender_check: header`.
@@ -85,12 +86,24 @@ async fn header_senders_accepted_and_refused() {
         // RFC 5321 4.1.1.4: the refusal clears the transaction; the session goes on.
         d.cmd("NOOP", "250 2.0.0").await;
     }
+    // A last accepted message, committed after every refused one: once it has arrived,
+    // a refused message that had been queued would have had its chance to arrive too.
+    let sentinel = b"From: alice@example.com\r\nX-Sentinel: last\r\n\r\nend\r\n";
+    let reply = submit(&mut d, "alice@example.com", sentinel).await;
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
     d.cmd("QUIT", "221").await;
     let got = server
         .sink()
-        .wait_for(DELIVERY, |m| m.len() >= ACCEPTED.len())
+        .wait_for(DELIVERY, |m| {
+            m.len() > ACCEPTED.len() && m.iter().any(|m| m.text().contains("X-Sentinel"))
+        })
         .await;
-    assert_eq!(got.len(), ACCEPTED.len(), "a refused message was delivered");
+    assert_eq!(
+        got.len(),
+        ACCEPTED.len() + 1,
+        "a refused message was delivered"
+    );
+    assert!(!got.iter().any(|m| m.text().contains("X-Refused")));
     for data in &sent {
         let m = got
             .iter()
@@ -117,9 +130,17 @@ async fn header_check_is_opt_in_per_listener() {
     let mut d = server.submission_session().await;
     let reply = submit(&mut d, "alice@example.com", data).await;
     assert!(reply.starts_with("550 5.7.1"), "{reply}");
+    // The other listeners keep the top-level envelope check.
+    let mut implicit = Dialog::connect_tls(server.submissions, &server.ca).await;
+    implicit.ehlo("client.test").await;
+    implicit
+        .cmd(&format!("AUTH PLAIN {PLAIN_TOKEN}"), "235 2.7.0")
+        .await;
+    let reply = submit(&mut implicit, "alice@example.com", data).await;
+    assert!(reply.starts_with("250 2.0.0"), "{reply}");
 }
 
-/// `limits.max_header_size` bounds the header section held back: one byte over is refused
+/// `limits.max_header_size` bounds the header section held back: a larger one is refused
 /// with `552 5.3.4`, the session goes on, and nothing is delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_header_section_is_refused() {

@@ -420,7 +420,8 @@ async fn user_override_raises_limits() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn network_entry_lowers_limits() {
     let extra = "networks:\n  - {network: 127.0.0.1/32, max_recipients: 2, \
-                 max_message_size: 2KiB, rate_limits: [{per: ip, messages: 2, interval: 1h}]}\n\
+                 max_message_size: 2KiB, \
+                 rate_limits: [{per: ip, messages: 2, interval: 1h, name: printer-messages}]}\n\
                  rate_limits: [{per: ip, messages: 10, interval: 1h}]\n";
     let server = TestServer::start(Opts::with(extra)).await;
     let mut d = Dialog::connect(server.legacy).await;
@@ -443,8 +444,9 @@ async fn network_entry_lowers_limits() {
     d.cmd("RCPT TO:<a@example.org>", "250 2.1.5 ").await;
     let too_big = data(&mut d, "big-device").await;
     assert_eq!(too_big, "552 5.3.4 Error: message file too big");
+    // The network's own rule replaced the global one with the same per and quantity.
     let mail = "MAIL FROM:<dev@example.net>";
-    over_limit(&mut d, mail, "per-ip-messages", 1800).await;
+    over_limit(&mut d, mail, "printer-messages", 1800).await;
 
     let alice = "alice@example.com";
     let mut sub = login(&server, None, PLAIN_TOKEN).await;

@@ -404,7 +404,7 @@ async fn sighup_reloads_the_binary_and_survives_a_broken_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reload_changes_a_rate_rule_for_new_sessions_only() {
     let server = TestServer::start(Opts::with(
-        "rate_limits:\n  - {name: loose, per: ip, messages: 100, interval: 1h, listeners: [legacy]}\n  \
+        "rate_limits:\n  - {name: loose, per: ip, messages: 4, interval: 1h, listeners: [legacy]}\n  \
          - {name: kept, per: listener, messages: 5, interval: 1h, listeners: [submission]}\n",
     ))
     .await;
@@ -418,7 +418,7 @@ async fn reload_changes_a_rate_rule_for_new_sessions_only() {
     }
     server.edit_config(|yaml| {
         yaml.replace(
-            "{name: loose, per: ip, messages: 100",
+            "{name: loose, per: ip, messages: 4",
             "{name: tight, per: ip, messages: 1",
         )
     });
@@ -429,6 +429,13 @@ async fn reload_changes_a_rate_rule_for_new_sessions_only() {
         let data = message(tag, "", "body\r\n");
         send_mail(&mut open, "dev@example.net", &["x@example.org"], &data).await;
     }
+    // ... and is held to it: its fifth message is over `loose` (not over `tight`, whose
+    // bucket it never touched).
+    open.cmd(
+        "MAIL FROM:<dev@example.net>",
+        "450 4.7.1 Error: rate limit loose exceeded",
+    )
+    .await;
     // A new session: one message under `tight`, then 450 naming it.
     let mut new = server.legacy_session().await;
     let data = message("new-1", "", "body\r\n");

@@ -50,6 +50,32 @@ async fn slow_data_is_cut_off() {
     assert!(server.sink().received().is_empty());
 }
 
+/// Each byte earns time: a client that keeps up `min_data_rate` (here 300 B/s against
+/// 100) sends for well past the one-second head start and is queued. Without the earning it
+/// would be cut at one second; with the default 500 B/s instead of the configured rate, at
+/// about 2.5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paced_data_earns_its_time() {
+    let server = TestServer::start(Opts::with(
+        "timeouts: {data: 1s}\nlimits: {min_data_rate: 100}\n",
+    ))
+    .await;
+    let mut d = server.legacy_session().await;
+    d.cmd("MAIL FROM:<dev@example.net>", "250 2.1.0").await;
+    d.cmd("RCPT TO:<x@example.org>", "250 2.1.5").await;
+    d.cmd("DATA", "354").await;
+    let started = std::time::Instant::now();
+    d.send("Subject: paced\r\n\r\n").await;
+    let line = format!("{}\r\n", "x".repeat(58));
+    for _ in 0..15 {
+        tokio::time::sleep(GAP).await;
+        d.send(&line).await;
+    }
+    d.send(".\r\n").await;
+    d.expect("250 2.0.0").await;
+    assert!(started.elapsed() >= Duration::from_millis(2800));
+}
+
 /// A client fast enough for `min_data_rate` is not cut off by it: the same message sent
 /// at once is queued.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,10 +95,13 @@ async fn fast_data_passes_the_rate_rule() {
 async fn session_time_limit() {
     let server = TestServer::start(Opts::with("timeouts: {session: 2s}\n")).await;
     let mut d = server.legacy_session().await;
+    let started = std::time::Instant::now();
     for _ in 0..50 {
         d.send("NOOP\r\n").await;
         let reply = d.try_reply().await.expect("closed without a reply");
         if reply.code == 421 {
+            // Not before its time.
+            assert!(started.elapsed() >= Duration::from_millis(1900));
             assert_eq!(
                 reply.first(),
                 "421 4.4.2 relay.test Error: session time limit exceeded"
@@ -100,6 +129,8 @@ async fn junk_commands_are_capped() {
     d.cmd("NOOP", "250 2.0.0").await;
     d.cmd("NOOP", "250 2.0.0").await;
     d.cmd("HELP", "214").await;
+    // A MAIL is no progress until a message is queued: the count does not restart.
+    d.cmd("MAIL FROM:<dev@example.net>", "250 2.1.0").await;
     d.cmd(
         "NOOP",
         "421 4.7.0 relay.test Error: too many commands without progress",

@@ -58,6 +58,27 @@ async fn the_nth_failure_locks_the_address_even_for_a_right_password() {
     assert_eq!(l.check(a, "app1"), Ok(()));
 }
 
+/// The restart after a lockout is the lockout's doing, not the window's: with a window
+/// longer than the lockout, the failures that locked are still inside it when the lockout
+/// ends, and one more failure must not lock again.
+#[tokio::test(start_paused = true)]
+async fn a_new_count_after_the_lockout_even_inside_the_window() {
+    let cfg = AuthLockoutConfig {
+        window: ConfigDuration::secs(1800),
+        ..settings(3, false)
+    };
+    let l = Lockout::new(&cfg, &Clock::new());
+    let a = ip("192.0.2.1");
+    for _ in 0..2 {
+        assert_eq!(l.record_failure(a, "app1", true), None);
+    }
+    assert!(l.record_failure(a, "app1", true).is_some());
+    tokio::time::advance(15 * MIN).await;
+    assert_eq!(l.check(a, "app1"), Ok(()));
+    assert_eq!(l.record_failure(a, "app1", true), None);
+    assert_eq!(l.check(a, "app1"), Ok(()));
+}
+
 #[tokio::test(start_paused = true)]
 async fn failures_age_out_of_the_window() {
     let clock = Clock::new();

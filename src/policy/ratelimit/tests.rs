@@ -185,6 +185,20 @@ async fn identity_overrides_replace_and_add() {
     assert!(l.check(Counted::Connection, &conn, printers).is_ok());
     let hit = l.check(Counted::Connection, &conn, printers).unwrap_err();
     assert_eq!(hit.description, "1 connections per 1h per identity");
+    // What each set holds: the replaced global rule is gone, the others are kept.
+    let names = |set: Option<&RuleSet>| -> Vec<String> {
+        set.map(|s| s.rules.iter().map(|r| r.name.clone()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(names(app1), ["per-ip-connections", "app1-quota"]);
+    assert_eq!(
+        names(printers),
+        [
+            "per-user-messages",
+            "per-ip-connections",
+            "per-identity-connections"
+        ]
+    );
 }
 
 #[tokio::test(start_paused = true)]
