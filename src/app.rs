@@ -27,7 +27,7 @@ use tracing::{info, warn};
 use crate::app::certwatch::PairStamp;
 use crate::app::reload::{ReloadError, ReloadOutcome, Reloader};
 use crate::clock::Clock;
-use crate::config::schema::{Config, ListenerTls, QueueSync};
+use crate::config::schema::{Config, ListenerTls, QueueSync, TlsConfig};
 use crate::delivery;
 use crate::policy::lockout::{self, Lockout};
 use crate::policy::ratelimit;
@@ -154,9 +154,10 @@ pub async fn start_file(file: &Path, cfg: Config, clock: Clock) -> Result<Runnin
 }
 
 async fn launch(file: Option<PathBuf>, cfg: Config, clock: Clock) -> Result<Running, AppError> {
-    let tls = stamped_server_tls(&cfg).map_err(AppError::Tls)?;
+    let (server_tls, cert_stamp) = stamped_server_tls(&cfg).map_err(AppError::Tls)?;
     let (spool, recovered) = open_spool(&cfg)?;
-    let rules = Rules::build(&cfg, tls.0, &clock).map_err(|e| AppError::Upstream(e.to_string()))?;
+    let rules =
+        Rules::build(&cfg, server_tls, &clock).map_err(|e| AppError::Upstream(e.to_string()))?;
     let rules = Arc::new(ArcSwap::from_pointee(rules));
     let shutdown = Shutdown::default();
     let delivery = delivery::start(
@@ -179,7 +180,7 @@ async fn launch(file: Option<PathBuf>, cfg: Config, clock: Clock) -> Result<Runn
         .spawn(evict_policy_state(rt.clone(), shutdown.clone()));
     let listeners = bind(&cfg, &rt, &shutdown).await?;
     let grace = cfg.shutdown_grace.get();
-    let reloader = Arc::new(Reloader::new(file, cfg, tls.1, rt, shutdown.clone()));
+    let reloader = Arc::new(Reloader::new(file, cfg, cert_stamp, rt, shutdown.clone()));
     shutdown.tracker.spawn(reloader.clone().watch_certificate());
     Ok(Running {
         listeners,
@@ -244,14 +245,16 @@ async fn bind(
     Ok(bound)
 }
 
-/// [`server_tls`], with the stamp of the files it read: taken before reading them, so that a
-/// change made meanwhile shows at the next check (after generating them, when it did).
+/// The listeners' TLS configuration (`None` when no listener uses TLS) from the config's
+/// certificate and key, generated first when asked for and absent, with the stamp of the
+/// files: taken after any generation and before reading them, so that a change made
+/// meanwhile shows at the watcher's next check. Start and reload share it.
 fn stamped_server_tls(cfg: &Config) -> Result<(ServerTls, Option<PairStamp>), tls::TlsError> {
+    let paths = tls_in_use(cfg)?;
     let stamp = cfg.tls.as_ref().map(PairStamp::of);
-    let server = server_tls(cfg)?;
-    let stamp = match stamp {
-        Some(s) if !s.complete() => cfg.tls.as_ref().map(PairStamp::of),
-        other => other,
+    let server = match paths {
+        Some(t) => Some(tls::server_config(&t.certificate, &t.private_key)?),
+        None => None,
     };
     Ok((server, stamp))
 }
@@ -259,9 +262,9 @@ fn stamped_server_tls(cfg: &Config) -> Result<(ServerTls, Option<PairStamp>), tl
 /// The listeners' TLS configuration, when any listener uses TLS.
 type ServerTls = Option<Arc<rustls::ServerConfig>>;
 
-/// The listeners' TLS configuration from the config's certificate and key (generated first
-/// when asked for and absent); `None` when no listener uses TLS. Start and reload share it.
-fn server_tls(cfg: &Config) -> Result<ServerTls, tls::TlsError> {
+/// The `tls:` section when a listener uses TLS (an error when it is missing), after
+/// generating a self-signed pair if asked for and absent.
+fn tls_in_use(cfg: &Config) -> Result<Option<&TlsConfig>, tls::TlsError> {
     if cfg.listeners.iter().all(|l| l.tls == ListenerTls::None) {
         return Ok(None);
     }
@@ -275,7 +278,7 @@ fn server_tls(cfg: &Config) -> Result<ServerTls, tls::TlsError> {
     {
         warn!(certificate = %t.certificate.display(), "generated a self-signed certificate; replace it for production");
     }
-    tls::server_config(&t.certificate, &t.private_key).map(Some)
+    Ok(Some(t))
 }
 
 /// Drops idle rate-limit keys and expired lockout entries periodically, so their memory

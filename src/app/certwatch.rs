@@ -54,12 +54,6 @@ impl PairStamp {
             key: FileStamp::of(&tls.private_key),
         }
     }
-
-    /// Whether both files were there. When they were not, the pair was about to be
-    /// generated (`generate_self_signed`), and the stamp must be taken again after.
-    pub(super) fn complete(&self) -> bool {
-        self.cert.is_some() && self.key.is_some()
-    }
 }
 
 /// What the watcher knows about the files behind the running certificate.
