@@ -96,7 +96,11 @@ impl HeaderStage {
                 let reply = Reply::header_sender_not_allowed(field, address);
                 (reply, Reason::HeaderSenderNotOwned)
             };
-            let senders = header_senders(fields).map_err(|e| refuse(e.field.name(), &e.text))?;
+            let senders = header_senders(fields).map_err(|e| {
+                // The reply names the field; the log says what is wrong with it.
+                tracing::info!(problem = %e, "header sender cannot be checked");
+                refuse(e.field.name(), &e.text)
+            })?;
             check_header_senders(rules, &senders)
                 .map_err(|e| refuse(e.field.name(), &e.address))?;
         }
