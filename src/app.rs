@@ -10,6 +10,7 @@
 //! - `certwatch.rs`: when the certificate files changed.
 
 mod certwatch;
+mod http;
 pub mod reload;
 mod restart;
 
@@ -19,12 +20,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
 use crate::app::certwatch::PairStamp;
+use crate::app::http::{Endpoint, Health};
 use crate::app::reload::{ReloadError, ReloadOutcome, Reloader};
 use crate::clock::Clock;
 use crate::config::schema::{Config, ListenerTls, QueueSync, TlsConfig};
@@ -36,6 +40,7 @@ use crate::server::listener::{self, Caps, Listener, PerIp};
 use crate::server::{Runtime, tls};
 use crate::shutdown::Shutdown;
 use crate::spool::{Envelope, Spool, SyncMode};
+use crate::telemetry::metrics::Metrics;
 use crate::users::Verifier;
 
 /// Why postern could not start.
@@ -48,6 +53,15 @@ pub enum AppError {
     Spool(String),
     /// An upstream could not be set up.
     Upstream(String),
+    /// The metrics could not be registered (a bug: names are fixed).
+    Metrics(prometheus::Error),
+    /// The HTTP endpoint could not bind.
+    Http {
+        /// Its address.
+        address: SocketAddr,
+        /// The OS error.
+        error: std::io::Error,
+    },
     /// A listener could not bind.
     Bind {
         /// The listener's name.
@@ -65,6 +79,10 @@ impl fmt::Display for AppError {
             AppError::Tls(e) => write!(f, "tls: {e}"),
             AppError::Spool(e) => write!(f, "queue.directory: {e}"),
             AppError::Upstream(e) => write!(f, "upstreams: {e}"),
+            AppError::Metrics(e) => write!(f, "metrics: {e}"),
+            AppError::Http { address, error } => {
+                write!(f, "http.address: cannot listen on {address}: {error}")
+            }
             AppError::Bind {
                 listener,
                 address,
@@ -89,6 +107,7 @@ pub struct Running {
     reloader: Arc<Reloader>,
     shutdown: Shutdown,
     grace: Duration,
+    http: Option<Endpoint>,
 }
 
 impl Running {
@@ -98,6 +117,11 @@ impl Running {
             .iter()
             .find(|(n, _)| n == name)
             .map(|(_, a)| *a)
+    }
+
+    /// Where the HTTP endpoint listens, when `http:` is configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|e| e.address)
     }
 
     /// Re-reads the config file (what SIGHUP does) and, when it is valid, swaps in its
@@ -118,7 +142,10 @@ impl Running {
     /// whatever is not delivered.
     pub async fn shutdown(self) {
         let Running {
-            shutdown, grace, ..
+            shutdown,
+            grace,
+            http,
+            ..
         } = self;
         shutdown.stop.cancel();
         shutdown.tracker.close();
@@ -132,6 +159,10 @@ impl Running {
             );
             shutdown.force.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(5), shutdown.tracker.wait()).await;
+        }
+        // Last: `/readyz` said "draining" while sessions finished.
+        if let Some(http) = http {
+            http.stop().await;
         }
         info!("stopped");
     }
@@ -156,8 +187,11 @@ pub async fn start_file(file: &Path, cfg: Config, clock: Clock) -> Result<Runnin
 async fn launch(file: Option<PathBuf>, cfg: Config, clock: Clock) -> Result<Running, AppError> {
     let (server_tls, cert_stamp) = stamped_server_tls(&cfg).map_err(AppError::Tls)?;
     let (spool, recovered) = open_spool(&cfg)?;
+    let metrics = start_metrics(&cfg, &clock)?;
+    spool.observe(Box::new(metrics.spool.clone()));
     let rules =
         Rules::build(&cfg, server_tls, &clock).map_err(|e| AppError::Upstream(e.to_string()))?;
+    metrics.register_rules(rules.rate_limits.rule_names());
     let rules = Arc::new(ArcSwap::from_pointee(rules));
     let shutdown = Shutdown::default();
     let delivery = delivery::start(
@@ -166,6 +200,7 @@ async fn launch(file: Option<PathBuf>, cfg: Config, clock: Clock) -> Result<Runn
         clock.clone(),
         recovered,
         shutdown.clone(),
+        metrics.clone(),
     );
     let rt = Arc::new(Runtime {
         rules,
@@ -174,11 +209,29 @@ async fn launch(file: Option<PathBuf>, cfg: Config, clock: Clock) -> Result<Runn
         verifier: Verifier::new(&cfg.auth_cache),
         lockout: Lockout::new(&cfg.auth_lockout, &clock),
         clock,
+        metrics,
     });
     shutdown
         .tracker
         .spawn(evict_policy_state(rt.clone(), shutdown.clone()));
-    let listeners = bind(&cfg, &rt, &shutdown).await?;
+    let bound = Arc::new(AtomicUsize::new(0));
+    let listeners = bind(&cfg, &rt, &shutdown, &bound).await?;
+    let http = match &cfg.http {
+        Some(h) => {
+            let health = Health {
+                rt: rt.clone(),
+                shutdown: shutdown.clone(),
+                listeners: cfg.listeners.len(),
+                bound,
+            };
+            let endpoint = Endpoint::start(h.address, health).await;
+            Some(endpoint.map_err(|error| AppError::Http {
+                address: h.address,
+                error,
+            })?)
+        }
+        None => None,
+    };
     let grace = cfg.shutdown_grace.get();
     let reloader = Arc::new(Reloader::new(file, cfg, cert_stamp, rt, shutdown.clone()));
     shutdown.tracker.spawn(reloader.clone().watch_certificate());
@@ -187,7 +240,29 @@ async fn launch(file: Option<PathBuf>, cfg: Config, clock: Clock) -> Result<Runn
         reloader,
         shutdown,
         grace,
+        http,
     })
+}
+
+/// The metrics of a starting instance: every listener and upstream of `cfg` registered,
+/// the start counted as a good load, the certificate's expiry read.
+fn start_metrics(cfg: &Config, clock: &Clock) -> Result<Arc<Metrics>, AppError> {
+    let metrics = Metrics::new().map_err(AppError::Metrics)?;
+    metrics.register_upstreams(cfg.upstreams.iter().map(|u| u.name.as_str()));
+    metrics.started(clock.unix());
+    certificate_expiry(&metrics, cfg);
+    Ok(Arc::new(metrics))
+}
+
+/// Sets the certificate-expiry gauge from the listeners' certificate file, when TLS is on.
+pub(crate) fn certificate_expiry(metrics: &Metrics, cfg: &Config) {
+    let Some(t) = &cfg.tls else {
+        return;
+    };
+    match tls::certificate_expiry(&t.certificate) {
+        Some(unix) => metrics.cert_expiry.set(unix as f64),
+        None => warn!(certificate = %t.certificate.display(), "cannot read the certificate's expiry"),
+    }
 }
 
 /// Opens the spool and returns it with the messages found in it.
@@ -212,6 +287,7 @@ async fn bind(
     cfg: &Config,
     rt: &Arc<Runtime>,
     shutdown: &Shutdown,
+    accepting_now: &Arc<AtomicUsize>,
 ) -> Result<Vec<(String, SocketAddr)>, AppError> {
     let caps = Caps {
         global: Arc::new(Semaphore::new(cfg.limits.max_connections)),
@@ -234,13 +310,15 @@ async fn bind(
             socket,
             info: Arc::new(ListenerInfo::from(l)),
             own_cap: l.max_connections.map(|n| Arc::new(Semaphore::new(n))),
+            metrics: Arc::new(rt.metrics.listener(&l.name)),
         };
-        shutdown.tracker.spawn(listener::run(
-            listener,
-            rt.clone(),
-            caps.clone(),
-            shutdown.clone(),
-        ));
+        let accepting = listener::run(listener, rt.clone(), caps.clone(), shutdown.clone());
+        let count = accepting_now.clone();
+        count.fetch_add(1, Ordering::Relaxed);
+        shutdown.tracker.spawn(async move {
+            accepting.await;
+            count.fetch_sub(1, Ordering::Relaxed);
+        });
     }
     Ok(bound)
 }

@@ -16,6 +16,10 @@
 //! The runner also closes pooled upstream connections: those idle past their
 //! `idle_timeout` periodically, and all idle ones when it stops.
 
+mod body;
+mod ledger;
+mod outcome;
+
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
@@ -26,12 +30,16 @@ use tokio::time::{MissedTickBehavior, timeout};
 use tracing::{info, warn};
 
 use crate::clock::Clock;
+use crate::delivery::body::{BodyReader, body_tail};
+use crate::delivery::ledger::Ledger;
+use crate::delivery::outcome::Report;
 use crate::rules::{LiveRules, Timing};
 use crate::shutdown::Shutdown;
 use crate::spool::{Envelope, RcptStatus, Spool, schedule};
-use crate::telemetry::events;
+use crate::telemetry::events::{self, Attempt};
+use crate::telemetry::metrics::{Completion, Metrics, RcptOutcome};
 use crate::upstream::Upstreams;
-use crate::upstream::client::{Outgoing, RcptResult, transmitted_size};
+use crate::upstream::client::{Outgoing, transmitted_size};
 use crate::upstream::error::Capability;
 
 /// Most delivery attempts in flight at once; the pools bound connections per upstream,
@@ -43,17 +51,39 @@ const MAX_IN_FLIGHT: usize = 1024;
 /// the others; connections still open after this are closed without QUIT.
 const QUIT_LIMIT: Duration = Duration::from_secs(5);
 
+/// What the runner's task is told.
+#[derive(Debug)]
+enum Job {
+    /// A message to deliver, now or when it is due.
+    Deliver(Envelope),
+    /// A message left the queue (for the queue gauges).
+    Left {
+        /// When it was received.
+        received_unix: u64,
+        /// Its queue id.
+        id: String,
+    },
+}
+
 /// Hands committed messages to the runner.
 #[derive(Debug, Clone)]
 pub struct DeliveryHandle {
-    tx: mpsc::UnboundedSender<Envelope>,
+    tx: mpsc::UnboundedSender<Job>,
 }
 
 impl DeliveryHandle {
     /// Queues a message for delivery now (it is already durable in the spool).
     pub fn submit(&self, env: Envelope) {
         // The runner only stops at shutdown; the message stays in the spool for the next start.
-        let _ = self.tx.send(env);
+        let _ = self.tx.send(Job::Deliver(env));
+    }
+
+    /// Tells the runner a message left the queue.
+    fn left(&self, env: &Envelope) {
+        let _ = self.tx.send(Job::Left {
+            received_unix: env.received_unix,
+            id: env.id.to_string(),
+        });
     }
 }
 
@@ -64,6 +94,7 @@ pub fn start(
     clock: Clock,
     recovered: Vec<Envelope>,
     shutdown: Shutdown,
+    metrics: Arc<Metrics>,
 ) -> DeliveryHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = DeliveryHandle { tx };
@@ -73,6 +104,7 @@ pub fn start(
         clock,
         back: handle.clone(),
         shutdown: shutdown.clone(),
+        metrics,
     };
     for env in recovered {
         handle.submit(env);
@@ -88,6 +120,7 @@ struct Runner {
     clock: Clock,
     back: DeliveryHandle,
     shutdown: Shutdown,
+    metrics: Arc<Metrics>,
 }
 
 impl Runner {
@@ -96,8 +129,9 @@ impl Runner {
         self.rules.load().upstreams.clone()
     }
 
-    async fn run(self, mut rx: mpsc::UnboundedReceiver<Envelope>) {
+    async fn run(self, mut rx: mpsc::UnboundedReceiver<Job>) {
         let this = Arc::new(self);
+        let mut ledger = Ledger::new(this.metrics.queue.clone());
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
         // Deferred messages by due time; the envelope is small, the body stays on disk.
         let mut waiting: BinaryHeap<Reverse<(u64, String, EnvelopeBox)>> = BinaryHeap::new();
@@ -115,10 +149,15 @@ impl Runner {
             tokio::select! {
                 () = this.shutdown.stop.cancelled() => break,
                 received = rx.recv() => match received {
-                    Some(env) if env.next_attempt_unix > this.clock.unix() => {
-                        waiting.push(Reverse((env.next_attempt_unix, env.id.to_string(), EnvelopeBox(env))));
+                    Some(Job::Left { received_unix, id }) => ledger.left(received_unix, id),
+                    Some(Job::Deliver(env)) => {
+                        ledger.arrived(&env);
+                        if env.next_attempt_unix > this.clock.unix() {
+                            waiting.push(Reverse((env.next_attempt_unix, env.id.to_string(), EnvelopeBox(env))));
+                        } else {
+                            this.clone().spawn_attempt(env, &in_flight).await;
+                        }
                     }
-                    Some(env) => this.clone().spawn_attempt(env, &in_flight).await,
                     None => break,
                 },
                 () = tokio::time::sleep(sleep) => {
@@ -227,6 +266,7 @@ impl Runner {
         self.finish(env, rules.timing);
     }
 
+    /// Tries the pending recipients at `upstream`; logs and counts the attempt.
     async fn try_upstream(
         &self,
         upstreams: &Upstreams,
@@ -239,13 +279,39 @@ impl Runner {
         if pending.is_empty() {
             return Tried::Done;
         }
+        let started = std::time::Instant::now();
+        let (tried, report) = self.send(upstreams, upstream, env, &pending).await;
+        self.metrics.upstream(upstream).attempt(report.result);
+        events::attempt(&Attempt {
+            queue_id: env.id.as_str(),
+            upstream,
+            attempt: env.attempts.saturating_add(1),
+            recipients: pending.len(),
+            reply: &report.reply,
+            code: report.code,
+            duration: started.elapsed(),
+            result: report.result,
+        });
+        tried
+    }
+
+    /// Sends the message to `upstream` for the `pending` recipients and records their
+    /// outcomes in `env`.
+    async fn send(
+        &self,
+        upstreams: &Upstreams,
+        upstream: &str,
+        env: &mut Envelope,
+        pending: &[usize],
+    ) -> (Tried, Report) {
+        let local = |why: String| (Tried::RetryLater(why.clone()), Report::local(why));
         let body = match self.spool.open_body(&env.id) {
             Ok(b) => b,
-            Err(e) => return Tried::RetryLater(format!("cannot read the spool file: {e}")),
+            Err(e) => return local(format!("cannot read the spool file: {e}")),
         };
         let tail = match body_tail(&body.file, body.body_len) {
             Ok(tail) => tail,
-            Err(e) => return Tried::RetryLater(format!("cannot read the spool file: {e}")),
+            Err(e) => return local(format!("cannot read the spool file: {e}")),
         };
         let addresses: Vec<String> = pending
             .iter()
@@ -268,62 +334,15 @@ impl Runner {
             smtputf8: env.smtputf8,
         };
         let id = env.id.to_string();
-        match upstreams.deliver(upstream, &id, &mut out).await {
-            Ok(outcomes) => {
-                for outcome in outcomes {
-                    let Some(&i) = pending.get(outcome.index) else {
-                        continue;
-                    };
-                    let rcpt = &mut env.recipients[i];
-                    match outcome.result {
-                        RcptResult::Accepted(reply) => {
-                            events::delivery(&id, upstream, &rcpt.address, "delivered", &reply);
-                            rcpt.status = RcptStatus::Delivered {
-                                upstream: upstream.into(),
-                                reply,
-                            };
-                        }
-                        RcptResult::Rejected(reply) if reply.is_permanent() => {
-                            events::delivery(
-                                &id,
-                                upstream,
-                                &rcpt.address,
-                                "failed",
-                                &reply.to_string(),
-                            );
-                            rcpt.status = RcptStatus::Failed {
-                                reply: reply.to_string(),
-                            };
-                        }
-                        RcptResult::Rejected(reply) => {
-                            events::delivery(
-                                &id,
-                                upstream,
-                                &rcpt.address,
-                                "deferred",
-                                &reply.to_string(),
-                            );
-                        }
-                    }
-                }
-                Tried::Done
-            }
-            Err(e) if e.is_maybe_delivered() => Tried::RetryLater(e.to_string()),
-            Err(e) if e.is_permanent() => {
-                for &i in &pending {
-                    let rcpt = &mut env.recipients[i];
-                    events::delivery(&id, upstream, &rcpt.address, "failed", &e.to_string());
-                    rcpt.status = RcptStatus::Failed {
-                        reply: e.to_string(),
-                    };
-                }
-                Tried::Done
-            }
-            Err(e) => match e.unsupported() {
-                Some(missing) => Tried::Unsupported(missing.clone()),
-                None => Tried::Failover(e.to_string()),
-            },
-        }
+        let result = upstreams.deliver(upstream, &id, &mut out).await;
+        let metrics = self.metrics.upstream(upstream);
+        let accepted_ms = match env.accepted_ms {
+            0 => env.received_unix.saturating_mul(1000),
+            ms => ms,
+        };
+        let since_accepted =
+            Duration::from_millis(self.clock.unix_millis().saturating_sub(accepted_ms));
+        outcome::apply(env, pending, upstream, result, &metrics, since_accepted)
     }
 
     /// Removes, dead-letters or reschedules the message after an attempt.
@@ -341,6 +360,7 @@ impl Runner {
                 "message expired in the queue (queue.max_age)",
             );
         }
+        let age = Duration::from_secs(self.clock.unix().saturating_sub(env.received_unix));
         let id = env.id.to_string();
         if env
             .recipients
@@ -368,6 +388,12 @@ impl Runner {
                 }
                 Err(e) => warn!(queue_id = %id, error = %e, "cannot move to the failed directory"),
             }
+            let how = if pending && expired {
+                Completion::Expired
+            } else {
+                Completion::Failed
+            };
+            self.completed(&env, how, age);
         } else {
             match self.spool.remove(&env.id) {
                 Ok(()) => info!(queue_id = %id, "message delivered and removed from the queue"),
@@ -375,7 +401,15 @@ impl Runner {
                     warn!(queue_id = %id, error = %e, "delivered, but cannot remove the spool file")
                 }
             }
+            self.completed(&env, Completion::Delivered, age);
         }
+    }
+
+    /// Logs and counts a message leaving the queue, and tells the ledger.
+    fn completed(&self, env: &Envelope, how: Completion, age: Duration) {
+        events::completed(env.id.as_str(), how, env.attempts.saturating_add(1), age);
+        self.metrics.completed(how);
+        self.back.left(env);
     }
 }
 
@@ -387,7 +421,7 @@ fn fail_pending(env: &mut Envelope, upstream: &str, why: &str) {
         .iter_mut()
         .filter(|r| r.status == RcptStatus::Pending)
     {
-        events::delivery(&id, upstream, &rcpt.address, "failed", why);
+        events::recipient(&id, upstream, &rcpt.address, RcptOutcome::Failed, why);
         rcpt.status = RcptStatus::Failed { reply: why.into() };
     }
 }
@@ -412,55 +446,6 @@ fn unsupported_everywhere(tried: &[(&str, Tried)]) -> Option<String> {
         .map(|(upstream, capability)| format!("{upstream}: {capability}"))
         .collect();
     Some(format!("{} ({})", first.failure(), each.join("; ")))
-}
-
-/// The last two octets of a spool body (fewer if it is shorter), read in place without
-/// moving the file position, which stays at the body's start for the upstream to read.
-fn body_tail(file: &std::fs::File, body_len: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::Seek;
-    use std::os::unix::fs::FileExt;
-    let start = (&mut &*file).stream_position()?;
-    let n = body_len.min(2);
-    let mut tail = vec![0; usize::try_from(n).unwrap_or(0)];
-    file.read_exact_at(&mut tail, start + body_len - n)?;
-    Ok(tail)
-}
-
-/// Reads a spool body for the upstream client, straight from the file.
-///
-/// Not `tokio::fs::File`: that sends every read to the blocking pool, and with hundreds of
-/// deliveries in flight the pool grows to hundreds of threads (measured: ~380 MB of stacks
-/// and malloc arenas under load). The file was written moments ago and is in the page cache,
-/// and each read is capped at the client's chunk size (64 KiB), so an inline read costs
-/// microseconds, less than the hand-off to another thread would.
-struct BodyReader {
-    file: std::fs::File,
-    left: u64,
-}
-
-impl tokio::io::AsyncRead for BodyReader {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        _cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        use std::io::Read;
-        let want = (buf.remaining() as u64).min(self.left) as usize;
-        if want == 0 {
-            return std::task::Poll::Ready(Ok(()));
-        }
-        let dst = buf.initialize_unfilled_to(want);
-        let n = self.file.read(dst)?;
-        if n == 0 {
-            return std::task::Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "spool file shorter than its recorded body length",
-            )));
-        }
-        buf.advance(n);
-        self.left -= n as u64;
-        std::task::Poll::Ready(Ok(()))
-    }
 }
 
 /// The outcome of trying one upstream of the route.
@@ -565,29 +550,6 @@ mod tests {
                 expected,
                 "{tried:?}"
             );
-        }
-    }
-
-    /// The tail is read in place: the file position stays at the body's start.
-    #[test]
-    fn body_tail_reads_in_place() {
-        use std::io::{Read, Seek, SeekFrom, Write};
-        let rows: &[(&[u8], &[u8])] = &[
-            (b"", b""),
-            (b"x", b"x"),
-            (b"ab\r\n", b"\r\n"),
-            (b"no end", b"nd"),
-        ];
-        for &(body, tail) in rows {
-            let mut file = tempfile::tempfile().unwrap();
-            file.write_all(b"HEADER").unwrap();
-            file.write_all(body).unwrap();
-            file.write_all(b"TRAILER").unwrap();
-            file.seek(SeekFrom::Start(6)).unwrap();
-            assert_eq!(body_tail(&file, body.len() as u64).unwrap(), tail);
-            let mut rest = Vec::new();
-            file.read_to_end(&mut rest).unwrap();
-            assert_eq!(rest, [body, b"TRAILER"].concat());
         }
     }
 }

@@ -25,6 +25,8 @@ type CacheKey = [u8; 32];
 pub enum AuthCheck {
     /// The user exists and the password matches.
     Valid,
+    /// The user exists and the password matches a recent success (no argon2 run).
+    Cached,
     /// Unknown user or wrong password (deliberately not told apart).
     Invalid,
     /// Too many verifications are queued: try again later (`454 4.7.0`).
@@ -100,7 +102,7 @@ impl Verifier {
         let phc = known.unwrap_or(&accounts.decoy).clone();
         let key = self.cache_key(username, password, &phc);
         if known.is_some() && self.cache_hit(&key) {
-            return AuthCheck::Valid;
+            return AuthCheck::Cached;
         }
         match self.hashing.verify(phc, password.to_owned()).await {
             None => AuthCheck::Busy,
@@ -332,7 +334,7 @@ mod tests {
         assert_eq!(users.cache.lock().unwrap().len(), 1);
         assert_eq!(
             users.verify(&accounts, "app1", "s3cret").await,
-            AuthCheck::Valid
+            AuthCheck::Cached
         );
         assert_eq!(
             users.verify(&accounts, "app1", "s3cret ").await,

@@ -15,7 +15,7 @@ use tokio::sync::{Mutex, Notify};
 use tracing::{error, info, warn};
 
 use crate::app::certwatch::{CertState, IDLE_RECHECK, PairStamp, Seen};
-use crate::app::{restart, stamped_server_tls};
+use crate::app::{certificate_expiry, restart, stamped_server_tls};
 use crate::config::schema::{Config, UserConfig};
 use crate::config::{self, ConfigError};
 use crate::rules::Rules;
@@ -159,6 +159,7 @@ impl Reloader {
     /// (file, key, problem) and that the running configuration stays.
     pub async fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
         let result = self.try_reload().await;
+        self.rt.metrics.reloaded(result.is_ok(), self.rt.clock.unix());
         match &result {
             Ok(outcome) => info!(summary = %outcome, "configuration reloaded"),
             Err(e) => error!(
@@ -191,6 +192,10 @@ impl Reloader {
         self.rt.lockout.reconfigure(&cfg.auth_lockout);
         let upstreams = Arc::new(rebuilt.upstreams);
         let rules = Rules::new(&cfg, tls, upstreams, rate_limits);
+        let metrics = &self.rt.metrics;
+        metrics.register_upstreams(cfg.upstreams.iter().map(|u| u.name.as_str()));
+        metrics.register_rules(rules.rate_limits.rule_names());
+        certificate_expiry(metrics, &cfg);
         self.rt.rules.store(Arc::new(rules));
         let mut outcome = ReloadOutcome {
             changed: changed_keys(&state.config, &cfg),
@@ -254,6 +259,7 @@ impl Reloader {
                 next.tls = Some(server);
                 self.rt.rules.store(Arc::new(next));
                 state.cert = CertState::loaded(Some(now));
+                certificate_expiry(&self.rt.metrics, &state.config);
                 info!(certificate = %paths.certificate.display(), "certificate files changed; new handshakes use the new certificate");
                 true
             }

@@ -69,6 +69,7 @@ pub(super) fn pin(new: &mut Config, running: &Config) -> Vec<String> {
         "shutdown_grace",
         &mut keys,
     );
+    keep(&mut new.http, &running.http, "http", &mut keys);
     keys
 }
 

@@ -72,6 +72,9 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// The HTTP endpoint: `/metrics` (Prometheus), `/healthz`, `/readyz`. Default: off.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
     /// How long SIGTERM waits for open sessions to finish before closing them. Default: `30s`.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Duration,
@@ -342,6 +345,15 @@ pub struct RouteConfig {
     pub senders: Vec<String>,
     /// Upstream names in failover order. Required, non-empty.
     pub upstreams: Vec<String>,
+}
+
+/// The HTTP endpoint for metrics and health checks.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Where it listens, `ip:port`. Keep it on loopback or a management network: it is
+    /// plain HTTP without authentication.
+    pub address: SocketAddr,
 }
 
 /// Log output.

@@ -23,7 +23,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::error::{ConfigError, describe_io};
 use crate::config::schema::{
-    AuthMode, Config, LimitsConfig, ListenerConfig, ListenerTls, LogConfig, QueueConfig,
+    AuthMode, Config, HttpConfig, LimitsConfig, ListenerConfig, ListenerTls, LogConfig, QueueConfig,
     RouteConfig, TimeoutsConfig, TlsConfig, UpstreamConfig, UpstreamTls,
 };
 use crate::config::syntax::{check_host_port, sender_pattern};
@@ -59,7 +59,8 @@ pub fn validate(config: &Config, file: &Path) -> Checked {
     c.queue(&config.queue)?;
     c.upstreams(&config.upstreams)?;
     c.routes(&config.routes, &config.upstreams)?;
-    c.log(&config.log)
+    c.log(&config.log)?;
+    c.http(config.http.as_ref(), &config.listeners)
 }
 
 /// Carries the file name into every error and the base directory into every file check.
@@ -444,6 +445,27 @@ impl Checker<'_> {
     }
 
     /// The log filter parses as a tracing `EnvFilter` directive list.
+    /// The HTTP endpoint must not take a listener's port.
+    fn http(&self, http: Option<&HttpConfig>, listeners: &[ListenerConfig]) -> Checked {
+        let Some(http) = http else {
+            return Ok(());
+        };
+        match listeners
+            .iter()
+            .enumerate()
+            .find(|(_, l)| binds_clash(l.address, http.address))
+        {
+            Some((i, l)) => self.fail(
+                "http.address",
+                format!(
+                    "{} clashes with {} of listeners[{i}] ({:?}): both cannot be bound",
+                    http.address, l.address, l.name
+                ),
+            ),
+            None => Ok(()),
+        }
+    }
+
     fn log(&self, log: &LogConfig) -> Checked {
         self.ensure(
             !log.level.is_empty(),

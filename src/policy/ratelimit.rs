@@ -228,6 +228,17 @@ impl RateLimits {
         Builder::new(self.clock.clone(), pool).build(cfg)
     }
 
+    /// Every rule's name (for the metrics' series), without repeats.
+    pub fn rule_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for lim in &self.all {
+            if !names.contains(&lim.name.as_str()) {
+                names.push(&lim.name);
+            }
+        }
+        names
+    }
+
     /// The rule set of an identity with its own `rate_limits`; `None` means the global rules.
     pub fn overrides_for(&self, who: &Identity) -> Option<&RuleSet> {
         match who {

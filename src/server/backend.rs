@@ -24,6 +24,7 @@ use crate::smtp::reply::Reply;
 use crate::smtp::session::{Envelope, Question, Verdict};
 use crate::spool::{self, SpoolWriter};
 use crate::telemetry::events::{self, MessageSummary};
+use crate::telemetry::metrics::{AuthResult, ListenerMetrics};
 use crate::users::AuthCheck;
 
 /// The transaction-scoped state kept beside the engine's.
@@ -91,6 +92,8 @@ pub struct Backend {
     pub rules: Arc<Rules>,
     /// The listener's settings from that snapshot.
     pub listener: Arc<ListenerInfo>,
+    /// The listener's metrics.
+    pub metrics: Arc<ListenerMetrics>,
     /// The client's address, canonical (IPv4-mapped IPv6 as IPv4).
     ip: IpAddr,
     identity: Identity,
@@ -124,6 +127,7 @@ impl Backend {
         rt: Arc<Runtime>,
         rules: Arc<Rules>,
         listener: Arc<ListenerInfo>,
+        metrics: Arc<ListenerMetrics>,
         peer: SocketAddr,
     ) -> Backend {
         let ip = networks::canonical(peer.ip());
@@ -135,6 +139,7 @@ impl Backend {
             rt,
             rules,
             listener,
+            metrics,
             ip,
             label: identity.label(),
             identity,
@@ -150,24 +155,16 @@ impl Backend {
     pub async fn decide(&mut self, question: Question, facts: SessionFacts<'_>) -> Verdict {
         match question {
             Question::Auth {
+                mechanism,
                 authzid,
                 username,
                 password,
-                ..
             } => {
-                // A locked-out client is told so whatever it sends (454, temporary).
-                if let Err(verdict) = self.lockout_check(&username) {
-                    return verdict;
-                }
-                // RFC 4616 2: an authorization identity other than the authentication
-                // identity asks to act as someone else; no account here may do that.
-                if !authzid.is_empty() && authzid != username {
-                    warn!(user = %username, authzid = %authzid, "AUTH asked for another authorization identity");
-                    return Verdict::Reject(Reply::auth_failed());
-                }
                 // Boxed, like the message commit below: these futures are large and rare,
                 // and inline they would sit in every idle session's task.
-                Box::pin(self.auth(&username, &password)).await
+                let (verdict, result) = Box::pin(self.auth(&authzid, &username, &password)).await;
+                self.metrics.auth(mechanism, result);
+                verdict
             }
             Question::Mail { from, .. } => self.mail(&from.to_string()),
             Question::Rcpt { .. } => self.rcpt(),
@@ -178,12 +175,13 @@ impl Backend {
 
     /// Refuses AUTH before argon2 runs while the address (or username) is locked out: a
     /// locked-out client learns nothing, even with the right password.
-    fn lockout_check(&self, username: &str) -> Result<(), Verdict> {
+    fn lockout_check(&self, username: &str) -> Result<(), (Verdict, AuthResult)> {
         match self.rt.lockout.check(self.ip, username) {
             Ok(()) => Ok(()),
             Err(locked) => {
                 info!(reason = %Reason::Lockout, user = username, by = ?locked.by, remaining = ?locked.remaining, "AUTH refused: locked out");
-                Err(Verdict::Reject(Reply::locked_out(locked.remaining)))
+                let verdict = Verdict::Reject(Reply::locked_out(locked.remaining));
+                Err((verdict, AuthResult::LockedOut))
             }
         }
     }
@@ -191,41 +189,47 @@ impl Backend {
     /// Verifies against the *current* accounts, not the session's snapshot: a password
     /// changed or an account removed by a reload is refused at once, even in a session
     /// opened before it (revocation must not wait for the client to reconnect).
-    async fn auth(&mut self, username: &str, password: &str) -> Verdict {
+    async fn auth(
+        &mut self,
+        authzid: &str,
+        username: &str,
+        password: &str,
+    ) -> (Verdict, AuthResult) {
+        // A locked-out client is told so whatever it sends (454, temporary).
+        if let Err(refused) = self.lockout_check(username) {
+            return refused;
+        }
+        // RFC 4616 2: an authorization identity other than the authentication identity
+        // asks to act as someone else; no account here may do that.
+        if !authzid.is_empty() && authzid != username {
+            warn!(user = %username, authzid = %authzid, "AUTH asked for another authorization identity");
+            return (Verdict::Reject(Reply::auth_failed()), AuthResult::Failure);
+        }
         let accounts = self.rt.rules().accounts.clone();
         let checked = self.rt.verifier.verify(&accounts, username, password).await;
         // Attempts run in parallel (argon2 takes a while): a lockout that started while
         // this one was verified answers it too, right password or not, so parallel guesses
         // past the limit learn nothing.
         if checked != AuthCheck::Busy
-            && let Err(verdict) = self.lockout_check(username)
+            && let Err(refused) = self.lockout_check(username)
         {
-            return verdict;
+            return refused;
         }
         match checked {
-            AuthCheck::Valid if !self.rules.accounts.exists(username) => {
-                // Added by a reload after this session began: its sender rules, caps and
-                // limits are only in the new snapshot, which a new session gets.
-                let reply = Reply::reconnect_for_new_rules(&self.rules.hostname);
-                self.close(reply, Reason::StaleRules)
-            }
-            AuthCheck::Valid => {
-                info!(user = username, "authenticated");
-                self.identity = Identity::User(username.to_owned());
-                self.label = self.identity.label();
-                Verdict::Authenticated
-            }
+            AuthCheck::Valid | AuthCheck::Cached => self.authenticated(username, checked),
             AuthCheck::Invalid => {
                 // The password is never logged, only that this user failed.
                 warn!(reason = %Reason::AuthFailed, user = username, "authentication failed");
                 let known = accounts.exists(username);
-                match self.rt.lockout.record_failure(self.ip, username, known) {
+                let verdict = match self.rt.lockout.record_failure(self.ip, username, known) {
                     Some(locked) => {
                         warn!(reason = %Reason::Lockout, user = username, by = ?locked.by, duration = ?locked.remaining, "AUTH lockout started: too many failures");
+                        self.metrics.lockout();
                         self.close(Reply::lockout(), Reason::Lockout)
                     }
                     None => Verdict::Reject(Reply::auth_failed()),
-                }
+                };
+                (verdict, AuthResult::Failure)
             }
             AuthCheck::Busy => {
                 // RFC 4954 6: 454 when the check cannot be done now; not counted as a
@@ -234,9 +238,32 @@ impl Backend {
                     user = username,
                     "authentication deferred: verifier queue full"
                 );
-                Verdict::Defer(Reply::temp_auth_failure())
+                (Verdict::Defer(Reply::temp_auth_failure()), AuthResult::Deferred)
             }
         }
+    }
+
+    /// The credentials are good (`checked`: verified, or from the cache).
+    fn authenticated(&mut self, username: &str, checked: AuthCheck) -> (Verdict, AuthResult) {
+        let result = match checked {
+            AuthCheck::Cached => AuthResult::Cached,
+            _ => AuthResult::Success,
+        };
+        if !self.rules.accounts.exists(username) {
+            // Added by a reload after this session began: its sender rules, caps and
+            // limits are only in the new snapshot, which a new session gets.
+            let reply = Reply::reconnect_for_new_rules(&self.rules.hostname);
+            return (self.close(reply, Reason::StaleRules), result);
+        }
+        info!(user = username, "authenticated");
+        self.identity = Identity::User(username.to_owned());
+        self.label = self.identity.label();
+        (Verdict::Authenticated, result)
+    }
+
+    /// Messages queued in this session so far.
+    pub fn messages(&self) -> u32 {
+        self.messages
     }
 
     /// Why the back end closed the session, when it did.
@@ -247,6 +274,7 @@ impl Backend {
     /// Refuses with `reply` for `reason`, logging the reason.
     fn refuse(&self, reply: Reply, reason: Reason) -> Verdict {
         info!(%reason, reply = %reply, "refused");
+        self.metrics.message_refused(reason);
         Verdict::Reject(reply)
     }
 
@@ -280,6 +308,7 @@ impl Backend {
             return self.refuse(Reply::no_route(), Reason::NoRoute);
         }
         if let Err(hit) = self.rate(Counted::Message, &sender) {
+            self.metrics.message_refused(Reason::RateLimit);
             return self.rate_limited(&hit);
         }
         self.tx = Tx {
@@ -290,10 +319,12 @@ impl Backend {
     }
 
     fn rcpt(&self) -> Verdict {
-        match self.rate(Counted::Recipient, &self.tx.sender) {
+        let verdict = match self.rate(Counted::Recipient, &self.tx.sender) {
             Ok(()) => Verdict::Accept,
             Err(hit) => self.rate_limited(&hit),
-        }
+        };
+        self.metrics.recipient(verdict == Verdict::Accept);
+        verdict
     }
 
     /// Counts one message or recipient against the rate rules for this client.
@@ -319,6 +350,7 @@ impl Backend {
     /// with what was accepted, not be disconnected and charged again on its retry.
     fn rate_limited(&self, hit: &Hit) -> Verdict {
         info!(reason = %Reason::RateLimit, rule = %hit.rule, limit = %hit.description, retry_after = ?hit.retry_after, "over a rate limit");
+        self.rt.metrics.rate_limit_hit(&hit.rule);
         Verdict::Defer(Reply::rate_limit(&hit.rule, hit.retry_after))
     }
 
@@ -383,6 +415,7 @@ impl Backend {
         if let Some(writer) = tx.writer {
             writer.abort();
         }
+        self.metrics.message_refused(reason);
         let outcome = format!("refused: {} {}", refusal.code(), refusal.text());
         events::message(&MessageSummary {
             queue_id: "-",
@@ -439,12 +472,16 @@ impl Backend {
         match writer.commit(env.clone(), prefix).await {
             Ok(()) => {
                 summary("queued", None);
+                let mut env = env;
+                env.accepted_ms = self.rt.clock.unix_millis();
+                self.metrics.message_accepted(env.size);
                 self.messages = self.messages.saturating_add(1);
                 self.rt.delivery.submit(env);
                 Verdict::Queued(id)
             }
             Err(e) => {
                 summary("refused: queue write error", Some(Reason::QueueError));
+                self.metrics.message_refused(Reason::QueueError);
                 warn!(error = %e, "spool commit failed");
                 Verdict::Defer(Reply::queue_error())
             }
@@ -505,6 +542,7 @@ impl Backend {
             attempts: 0,
             next_attempt_unix: 0,
             size: prefix.len() as u64 + writer.written(),
+            accepted_ms: 0,
         };
         (env, prefix)
     }

@@ -28,6 +28,8 @@ use crate::smtp::data::BareLf;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{AuthPolicy, Question, Session, SessionConfig, Step, TlsOffer, Verdict};
 use crate::stream::Stream;
+use crate::telemetry::events::{self, SessionEnd, SessionSummary};
+use crate::telemetry::metrics::{ListenerMetrics, TlsVersion};
 
 /// How many bytes one read may add to the buffer.
 const READ_CHUNK: usize = 16 * 1024;
@@ -84,37 +86,56 @@ impl std::fmt::Debug for Conn {
     }
 }
 
-/// Serves one accepted connection to the end. `refusal` is a reply to send instead of the
-/// greeting (allowlist, connection caps), after the TLS handshake on implicit listeners.
+/// A connection as the accept loop hands it over.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The socket.
+    pub tcp: TcpStream,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// A reply to send instead of the greeting (allowlist, connection caps), after the TLS
+    /// handshake on implicit listeners.
+    pub refusal: Option<Reply>,
+}
+
+/// Serves one accepted connection to the end.
 pub async fn serve(
-    tcp: TcpStream,
-    peer: SocketAddr,
+    accepted: Accepted,
     rt: Arc<Runtime>,
     rules: Arc<Rules>,
     listener: Arc<ListenerInfo>,
-    refusal: Option<Reply>,
+    metrics: Arc<ListenerMetrics>,
     shutdown: Shutdown,
 ) {
+    let Accepted { tcp, peer, refusal } = accepted;
     let _ = tcp.set_nodelay(true);
-    let implicit = listener.tls == ListenerTls::Implicit;
-    // A refused client is owed one reply, not a patient handshake: it gets a short one.
-    let limit = match refusal {
-        Some(_) => REFUSAL_HANDSHAKE.min(rules.timeouts.tls_handshake.get()),
-        None => rules.timeouts.tls_handshake.get(),
-    };
-    let stream = if implicit {
-        match handshake(tcp, &rules, limit).await {
-            Ok(tls) => Stream::from(tls),
-            Err(e) => {
-                debug!(error = %e, "TLS handshake failed");
-                return;
+    // A refused connection is logged and counted where it was refused.
+    let admitted = refusal.is_none();
+    let _open = admitted.then(|| metrics.session());
+    if admitted {
+        events::session_start(&listener.name, peer, listener.tls == ListenerTls::Implicit);
+    }
+    let started = Instant::now();
+    let stream = match open_stream(tcp, &rules, &listener, &metrics, admitted).await {
+        Ok(stream) => stream,
+        Err(e) => {
+            debug!(error = %e, "TLS handshake failed");
+            if admitted {
+                events::session_end(&SessionSummary {
+                    duration: started.elapsed(),
+                    messages: 0,
+                    closed_by: None,
+                    end: SessionEnd::TlsError,
+                });
             }
+            return;
         }
-    } else {
-        Stream::Plain(tcp)
     };
-    let backend = Backend::new(rt, rules.clone(), listener.clone(), peer);
-    let session = Session::new(session_config(&rules, &listener, backend.caps()), implicit);
+    let backend = Backend::new(rt, rules.clone(), listener.clone(), metrics, peer);
+    let session = Session::new(
+        session_config(&rules, &listener, backend.caps()),
+        listener.tls == ListenerTls::Implicit,
+    );
     let limits = SlowClientLimits {
         command: rules.timeouts.command.get(),
         data: rules.timeouts.data.get(),
@@ -131,14 +152,26 @@ pub async fn serve(
         bytes_read: 0,
     };
     let end = conn.run(refusal, shutdown).await;
-    conn.backend.abort();
-    if let Some(reason) = conn.session.closed_for().or(conn.backend.closed_for()) {
-        info!(%reason, "session closed by the server");
+    conn.finish(end, started, admitted);
+}
+
+/// The client's stream: after the TLS handshake on an implicit-TLS listener (a short one
+/// for a client about to be refused: it is owed one reply, not a patient handshake).
+async fn open_stream(
+    tcp: TcpStream,
+    rules: &Rules,
+    listener: &ListenerInfo,
+    metrics: &ListenerMetrics,
+    admitted: bool,
+) -> Result<Stream, End> {
+    if listener.tls != ListenerTls::Implicit {
+        return Ok(Stream::Plain(tcp));
     }
-    match end {
-        Ok(()) => debug!("session closed"),
-        Err(e) => debug!(reason = %e, "session ended"),
-    }
+    let limit = match admitted {
+        true => rules.timeouts.tls_handshake.get(),
+        false => REFUSAL_HANDSHAKE.min(rules.timeouts.tls_handshake.get()),
+    };
+    handshake(tcp, rules, limit, metrics).await.map(Stream::from)
 }
 
 fn session_config(rules: &Rules, listener: &ListenerInfo, caps: Caps) -> SessionConfig {
@@ -166,23 +199,64 @@ fn session_config(rules: &Rules, listener: &ListenerInfo, caps: Caps) -> Session
     }
 }
 
+/// The server side of a TLS handshake (implicit, or after STARTTLS), counted by version
+/// and result.
 async fn handshake(
     tcp: TcpStream,
     rules: &Rules,
     limit: Duration,
+    metrics: &ListenerMetrics,
 ) -> Result<TlsStream<TcpStream>, End> {
     let Some(cfg) = rules.tls.clone() else {
         return Err(End::Tls("no TLS configuration".into()));
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-    match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+    let result = match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => Ok(tls),
         Ok(Err(e)) => Err(End::Tls(e.to_string())),
         Err(_) => Err(End::Tls("handshake timed out".into())),
-    }
+    };
+    let version = result.as_ref().ok().and_then(|tls| {
+        match tls.get_ref().1.protocol_version()? {
+            rustls::ProtocolVersion::TLSv1_3 => Some(TlsVersion::Tls13),
+            _ => Some(TlsVersion::Tls12),
+        }
+    });
+    metrics.tls_handshake(version);
+    result
 }
 
 impl Conn {
+    /// After the dialogue: drops an unfinished spool file, counts a server-side close and
+    /// logs the end of an admitted session.
+    fn finish(&mut self, end: Result<(), End>, started: Instant, admitted: bool) {
+        self.backend.abort();
+        let closed_by = self.session.closed_for().or(self.backend.closed_for());
+        if let Some(reason) = closed_by {
+            info!(%reason, "session closed by the server");
+            self.backend.metrics.session_closed(reason);
+        }
+        if let Err(e) = &end {
+            debug!(reason = %e, "session ended");
+        }
+        if !admitted {
+            return;
+        }
+        events::session_end(&SessionSummary {
+            duration: started.elapsed(),
+            messages: self.backend.messages(),
+            closed_by,
+            end: match end {
+                Ok(()) if closed_by.is_some() => SessionEnd::ServerClosed,
+                Ok(()) => SessionEnd::Quit,
+                Err(End::Eof) => SessionEnd::ClientClosed,
+                Err(End::Io(_)) => SessionEnd::IoError,
+                Err(End::Tls(_)) => SessionEnd::TlsError,
+                Err(End::WriteTimeout) => SessionEnd::WriteTimeout,
+            },
+        });
+    }
+
     async fn run(&mut self, refusal: Option<Reply>, shutdown: Shutdown) -> Result<(), End> {
         if let Some(reply) = refusal {
             let step = self.session.refuse(reply);
@@ -287,6 +361,7 @@ impl Conn {
             pos += used;
             for reason in self.session.take_refusals() {
                 info!(%reason, "refused");
+                self.backend.metrics.engine_refusal(reason);
             }
             let body = self.session.take_body();
             if !body.is_empty() {
@@ -321,12 +396,9 @@ impl Conn {
                 "STARTTLS on a stream that is not plain TCP".into(),
             ));
         };
-        let tls = handshake(
-            tcp,
-            &self.backend.rules,
-            self.backend.rules.timeouts.tls_handshake.get(),
-        )
-        .await?;
+        let rules = &self.backend.rules;
+        let limit = rules.timeouts.tls_handshake.get();
+        let tls = handshake(tcp, rules, limit, &self.backend.metrics).await?;
         self.stream = Stream::from(tls);
         self.session.tls_established();
         Ok(())

@@ -18,6 +18,7 @@ use crate::server::Runtime;
 use crate::server::conn;
 use crate::shutdown::Shutdown;
 use crate::smtp::reply::Reply;
+use crate::telemetry::metrics::{ConnResult, ListenerMetrics};
 
 /// Concurrent sessions per client address, for `limits.max_connections_per_ip`.
 #[derive(Debug, Default)]
@@ -84,6 +85,8 @@ pub struct Listener {
     pub info: Arc<ListenerInfo>,
     /// Its own cap, if configured.
     pub own_cap: Option<Arc<Semaphore>>,
+    /// Its metrics.
+    pub metrics: Arc<ListenerMetrics>,
 }
 
 /// The caps every listener shares.
@@ -135,7 +138,7 @@ pub async fn run(listener: Listener, rt: Arc<Runtime>, caps: Caps, shutdown: Shu
             .listener(&listener.info.name)
             .unwrap_or(&listener.info)
             .clone();
-        let (refusal, permits) = admit(&listener, &info, &rules, &caps, peer);
+        let (refusal, permits) = admit(&listener, &info, &rt, &caps, peer);
         let refusing = match refusal {
             None => None,
             Some(_) => match caps.refusals.clone().try_acquire_owned() {
@@ -148,15 +151,9 @@ pub async fn run(listener: Listener, rt: Arc<Runtime>, caps: Caps, shutdown: Shu
             },
         };
         let span = tracing::info_span!("session", session = %session_id(), listener = %listener.info.name, client = %peer);
-        let task = conn::serve(
-            tcp,
-            peer,
-            rt.clone(),
-            rules,
-            info,
-            refusal,
-            shutdown.clone(),
-        );
+        let accepted = conn::Accepted { tcp, peer, refusal };
+        let metrics = listener.metrics.clone();
+        let task = conn::serve(accepted, rt.clone(), rules, info, metrics, shutdown.clone());
         shutdown.tracker.spawn(
             async move {
                 let _permits = (permits, refusing);
@@ -179,39 +176,57 @@ type Permits = (
 fn admit(
     listener: &Listener,
     info: &ListenerInfo,
-    rules: &Rules,
+    rt: &Runtime,
     caps: &Caps,
     peer: SocketAddr,
 ) -> (Option<Reply>, Permits) {
+    let rules = rt.rules();
+    let (refusal, permits, result) = admit_or_refuse(listener, info, &rules, caps, peer);
+    if let ConnResult::ConnectionRate(rule) = &result {
+        rt.metrics.rate_limit_hit(rule);
+    }
+    listener.metrics.connection(&result);
+    (refusal, permits)
+}
+
+/// [`admit`], with what became of the connection for the metrics.
+fn admit_or_refuse(
+    listener: &Listener,
+    info: &ListenerInfo,
+    rules: &Rules,
+    caps: &Caps,
+    peer: SocketAddr,
+) -> (Option<Reply>, Permits, ConnResult) {
+    let refused = |reply: Reply, result| (Some(reply), (None, None, None), result);
     let ip = networks::canonical(peer.ip());
     if !networks::allowed(&info.allow_networks, ip) {
         info!(listener = %listener.info.name, client = %peer, reason = %Reason::Allowlist, "client not in allow_networks");
-        return (Some(Reply::not_allowed_client()), (None, None, None));
+        return refused(Reply::not_allowed_client(), ConnResult::Allowlist);
     }
     if let Err(hit) = connection_rate(rules, &info.name, ip) {
         warn!(listener = %listener.info.name, client = %peer, reason = %Reason::ConnectionRate, rule = %hit.rule, limit = %hit.description, "connection rate limit reached");
         let reply = Reply::connection_rate(&hit.rule, hit.retry_after);
-        return (Some(reply), (None, None, None));
+        return refused(reply, ConnResult::ConnectionRate(hit.rule));
     }
     let Ok(global) = caps.global.clone().try_acquire_owned() else {
         warn!(listener = %listener.info.name, client = %peer, reason = %Reason::ConnectionCap, "global connection limit reached");
-        return (Some(Reply::too_many_connections()), (None, None, None));
+        return refused(Reply::too_many_connections(), ConnResult::ConnectionCap);
     };
     let own = match &listener.own_cap {
         Some(sem) => match sem.clone().try_acquire_owned() {
             Ok(p) => Some(p),
             Err(_) => {
                 warn!(listener = %listener.info.name, client = %peer, reason = %Reason::ConnectionCap, "listener connection limit reached");
-                return (Some(Reply::too_many_connections()), (None, None, None));
+                return refused(Reply::too_many_connections(), ConnResult::ConnectionCap);
             }
         },
         None => None,
     };
     let Some(slot) = caps.per_ip.acquire(ip) else {
         warn!(listener = %listener.info.name, client = %peer, reason = %Reason::ConnectionCap, "per-IP connection limit reached");
-        return (Some(Reply::too_many_connections()), (None, None, None));
+        return refused(Reply::too_many_connections(), ConnResult::ConnectionCap);
     };
-    (None, (Some(global), own, slot))
+    (None, (Some(global), own, slot), ConnResult::Accepted)
 }
 
 /// Counts the connection against the `connections` rate rules (a device's own, if its

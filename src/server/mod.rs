@@ -20,6 +20,7 @@ use crate::policy::lockout::Lockout;
 pub use crate::rules::ListenerInfo;
 use crate::rules::{LiveRules, Rules};
 use crate::spool::Spool;
+use crate::telemetry::metrics::Metrics;
 use crate::users::Verifier;
 
 /// What lives as long as the process and every session shares.
@@ -37,6 +38,8 @@ pub struct Runtime {
     pub clock: Clock,
     /// AUTH failure counts and lockouts, across connections.
     pub lockout: Lockout,
+    /// The Prometheus metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Runtime {

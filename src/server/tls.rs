@@ -62,6 +62,14 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
     Ok(Arc::new(config))
 }
 
+/// The notAfter of the first certificate in the PEM file `cert`, unix seconds; `None` when
+/// the file cannot be read or parsed.
+pub fn certificate_expiry(cert: &Path) -> Option<i64> {
+    let first = CertificateDer::pem_file_iter(cert).ok()?.next()?.ok()?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(first.as_ref()).ok()?;
+    Some(parsed.validity().not_after.timestamp())
+}
+
 /// Writes a self-signed certificate for `hostname` (and localhost, 127.0.0.1, ::1) when
 /// both files are absent. Returns whether it generated one. The key file is created with
 /// mode 0600.

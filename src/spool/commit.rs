@@ -29,9 +29,10 @@ use std::fmt;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -180,6 +181,16 @@ fn copy_io(e: &io::Error) -> io::Error {
     }
 }
 
+/// Told of every group commit that made messages durable (the metrics' seam: the spool
+/// knows nothing of Prometheus).
+pub trait CommitObserver: Send + Sync + fmt::Debug {
+    /// `messages` were made durable by one commit that took `took`.
+    fn committed(&self, messages: usize, took: Duration);
+}
+
+/// Where the committer finds its observer, set at most once after the spool is open.
+pub type Observer = Arc<OnceLock<Box<dyn CommitObserver>>>;
+
 /// One finished tmp file waiting to become durable.
 #[derive(Debug)]
 pub struct CommitRequest {
@@ -207,15 +218,18 @@ struct Worker {
     queue_path: PathBuf,
     durability: Arc<dyn Durability>,
     queued: Arc<AtomicUsize>,
+    observer: Observer,
 }
 
 impl Committer {
     /// Opens `queue_path` (for the directory syncs) and starts the thread. `queued` is
-    /// incremented for every message made durable.
+    /// incremented for every message made durable; `observer`, once set, is told of each
+    /// group commit.
     pub fn start(
         queue_path: &Path,
         durability: Arc<dyn Durability>,
         queued: Arc<AtomicUsize>,
+        observer: Observer,
     ) -> Result<Committer, SpoolError> {
         let queue_dir = File::open(queue_path).map_err(|e| SpoolError::io(queue_path, e))?;
         let worker = Worker {
@@ -223,6 +237,7 @@ impl Committer {
             queue_path: queue_path.to_owned(),
             durability,
             queued,
+            observer,
         };
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
@@ -251,6 +266,7 @@ impl Worker {
 
     /// Data sync, renames, one directory sync, answers: in that order.
     fn commit_batch(&self, batch: Vec<CommitRequest>) {
+        let started = Instant::now();
         let files: Vec<&File> = batch.iter().map(|r| &r.file).collect();
         let mut synced = self.durability.sync_files(&files).into_iter();
         let mut renamed = Vec::with_capacity(batch.len());
@@ -280,6 +296,9 @@ impl Worker {
         match self.durability.sync_dir(&self.queue_dir) {
             Ok(()) => {
                 self.queued.fetch_add(renamed.len(), Ordering::Relaxed);
+                if let Some(observer) = self.observer.get() {
+                    observer.committed(renamed.len(), started.elapsed());
+                }
                 for req in renamed {
                     let _ = req.reply.send(Ok(()));
                 }

@@ -36,7 +36,7 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
-pub use commit::{Durability, FdatasyncEach, SyncFs, SyncMode};
+pub use commit::{CommitObserver, Durability, FdatasyncEach, SyncFs, SyncMode};
 pub use record::{Envelope, QueueId, RcptStatus, Recipient, RecordError};
 pub use store::{Spool, SpoolWriter, StoredBody};
 

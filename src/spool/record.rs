@@ -195,6 +195,10 @@ pub struct Envelope {
     pub next_attempt_unix: u64,
     /// Prefix + body bytes; set by `SpoolWriter::commit` from the bytes actually stored.
     pub size: u64,
+    /// When the client got its 250, unix milliseconds, for the delivery latency metric; not
+    /// stored (0 after a restart, when `received_unix` stands in for it).
+    #[serde(skip)]
+    pub accepted_ms: u64,
 }
 
 /// One forward-path and what happened to it.
@@ -602,6 +606,7 @@ mod tests {
             attempts: 3,
             next_attempt_unix: 1_700_000_600,
             size: 42,
+            accepted_ms: 0,
         }
     }
 

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::spool::SpoolError;
 use crate::spool::commit::{
-    CommitRequest, Committer, Durability, FdatasyncEach, SyncFs, SyncMode, remove_quietly,
+    CommitRequest, CommitObserver, Committer, Observer, Durability, FdatasyncEach, SyncFs, SyncMode, remove_quietly,
 };
 use crate::spool::record::{self, Envelope, IdGenerator, QueueId, RecordError};
 
@@ -46,6 +46,8 @@ struct Inner {
     ids: IdGenerator,
     /// Messages in `queue/`; the committer increments, remove/move_to_failed decrement.
     queued: Arc<AtomicUsize>,
+    /// Told of each group commit, once set ([`Spool::observe`]).
+    observer: Observer,
     /// Makes names of state tmp files and of kept files unique.
     tmp_seq: AtomicU64,
     /// Delivered message files parked in `tmp/` to be rewritten by [`Spool::begin`]; like
@@ -82,7 +84,8 @@ impl Spool {
         clean_tmp(&tmp)?;
         let envelopes = recover_queue(&queue, &failed)?;
         let queued = Arc::new(AtomicUsize::new(envelopes.len()));
-        let committer = Committer::start(&queue, durability, Arc::clone(&queued))?;
+        let observer = Observer::default();
+        let committer = Committer::start(&queue, durability, Arc::clone(&queued), observer.clone())?;
         let inner = Inner {
             _lock: lock,
             tmp,
@@ -91,6 +94,7 @@ impl Spool {
             committer,
             ids: IdGenerator::default(),
             queued,
+            observer,
             tmp_seq: AtomicU64::new(0),
             free: Mutex::new(Vec::new()),
         };
@@ -251,6 +255,26 @@ impl Spool {
                 Err(_) => remove_quietly(&path),
             }
         }
+    }
+
+    /// Sets what is told of each group commit (the metrics); a second call is ignored.
+    pub fn observe(&self, observer: Box<dyn CommitObserver>) {
+        let _ = self.inner.observer.set(observer);
+    }
+
+    /// Whether a file can be created, written and removed in the spool (`/readyz`): a
+    /// full or read-only filesystem fails here before a client's message does. Blocking.
+    pub fn check_writable(&self) -> Result<(), SpoolError> {
+        let seq = self.inner.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let probe = self.inner.tmp.join(format!("probe.{seq}"));
+        let written = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .and_then(|mut f| f.write_all(b"probe\n"))
+            .map_err(|e| SpoolError::io(&probe, e));
+        let removed = fs::remove_file(&probe).map_err(|e| SpoolError::io(&probe, e));
+        written.and(removed)
     }
 
     /// Messages currently in the queue (committed, not yet removed or dead-lettered).
@@ -566,6 +590,7 @@ mod tests {
             attempts: 0,
             next_attempt_unix: 0,
             size: 0,
+            accepted_ms: 0,
         }
     }
 

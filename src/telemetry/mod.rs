@@ -1,4 +1,6 @@
-//! Logs: the subscriber set-up and the fixed vocabulary of mail-log lines.
+//! Observability: the log subscriber, the fixed vocabulary of mail-log lines, and the
+//! Prometheus metrics.
 
 pub mod events;
 pub mod log;
+pub mod metrics;

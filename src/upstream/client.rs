@@ -6,6 +6,8 @@
 //! apart from "refused" (BRIEF: no blind duplicates).
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -74,7 +76,7 @@ pub enum RcptResult {
     Accepted(String),
     /// Refused at RCPT, or at DATA / the final dot (then every recipient accepted at RCPT
     /// carries that reply). 4xx: retry later; 5xx: bounce.
-    Rejected(UpstreamReply),
+    Rejected(UpstreamReply, Stage),
 }
 
 impl RcptResult {
@@ -91,6 +93,26 @@ pub struct Client {
     caps: Capabilities,
     /// Set when the dialogue may be out of step; such a client must not be reused.
     broken: bool,
+    /// Counts this connection among its pool's open ones while it lives.
+    counted: Option<OpenCount>,
+}
+
+/// One open connection in its pool's count; dropped with the connection.
+#[derive(Debug)]
+pub(crate) struct OpenCount(Arc<AtomicUsize>);
+
+impl OpenCount {
+    /// Counts one more in `open`.
+    pub(crate) fn new(open: &Arc<AtomicUsize>) -> OpenCount {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenCount(open.clone())
+    }
+}
+
+impl Drop for OpenCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Client {
@@ -140,7 +162,13 @@ impl Client {
             conn,
             caps,
             broken: false,
+            counted: None,
         })
+    }
+
+    /// Counts this connection in `open` for as long as it lives.
+    pub(crate) fn count_in(&mut self, open: &Arc<AtomicUsize>) {
+        self.counted = Some(OpenCount::new(open));
     }
 
     /// What the upstream advertised (after TLS, when TLS is used).
@@ -176,7 +204,9 @@ impl Client {
         let any_accepted = outcomes.iter().any(|o| o.result.is_accepted());
         match data {
             None => {}
-            Some(reply) if reply.code != 354 => reject_accepted(&mut outcomes, &reply),
+            Some(reply) if reply.code != 354 => {
+                reject_accepted(&mut outcomes, &reply, Stage::Data);
+            }
             Some(_) if !any_accepted => {
                 // A pipelined DATA that got 354 although no recipient was accepted (RFC 2920
                 // says the server should answer 554): end the empty message; whatever the
@@ -191,7 +221,7 @@ impl Client {
                 if last.is_positive() {
                     confirm_accepted(&mut outcomes, &last);
                 } else {
-                    reject_accepted(&mut outcomes, &last);
+                    reject_accepted(&mut outcomes, &last, Stage::FinalDot);
                 }
             }
         }
@@ -431,7 +461,7 @@ fn screen_recipients(recipients: &[String]) -> (Vec<RcptOutcome>, Vec<(usize, &s
             RcptResult::Accepted(String::new())
         } else {
             let text = "recipient address has characters SMTP cannot carry";
-            RcptResult::Rejected(UpstreamReply::local(501, (5, 1, 3), text))
+            RcptResult::Rejected(UpstreamReply::local(501, (5, 1, 3), text), Stage::Rcpt)
         };
         outcomes.push(RcptOutcome { index, result });
     }
@@ -444,15 +474,15 @@ fn record_rcpt(outcomes: &mut [RcptOutcome], index: usize, reply: UpstreamReply)
         o.result = if reply.is_positive() {
             RcptResult::Accepted(reply.to_string())
         } else {
-            RcptResult::Rejected(reply)
+            RcptResult::Rejected(reply, Stage::Rcpt)
         };
     }
 }
 
-/// A refusal at DATA or the final dot applies to every recipient accepted so far.
-fn reject_accepted(outcomes: &mut [RcptOutcome], reply: &UpstreamReply) {
+/// A refusal at DATA or the final dot (`stage`) applies to every recipient accepted so far.
+fn reject_accepted(outcomes: &mut [RcptOutcome], reply: &UpstreamReply, stage: Stage) {
     for o in outcomes.iter_mut().filter(|o| o.result.is_accepted()) {
-        o.result = RcptResult::Rejected(reply.clone());
+        o.result = RcptResult::Rejected(reply.clone(), stage);
     }
 }
 

@@ -280,13 +280,13 @@ impl Upstreams {
     /// Closes idle connections past their `idle_timeout`, all upstreams at once; call it
     /// every [`Upstreams::reap_period`].
     pub async fn reap_idle(&self) {
-        let expired = self.pools().flat_map(Pool::take_expired).collect();
+        let expired = self.smtp_pools().flat_map(Pool::take_expired).collect();
         pool::quit_all(expired).await;
     }
 
     /// Closes every idle connection, all upstreams at once (shutdown).
     pub async fn close_idle(&self) {
-        Upstreams::quit_idle(self.pools()).await;
+        Upstreams::quit_idle(self.smtp_pools()).await;
     }
 
     /// Closes every idle connection of `pools` at once (the pools a reload retired).
@@ -303,14 +303,22 @@ impl Upstreams {
     /// connection stays idle much beyond its limit (at most 1.5 times it), but no more
     /// often than every second and at least every [`MAX_REAP_PERIOD`].
     pub fn reap_period(&self) -> Duration {
-        self.pools()
+        self.smtp_pools()
             .map(|p| p.idle_timeout() / 2)
             .min()
             .unwrap_or(MAX_REAP_PERIOD)
             .clamp(MIN_REAP_PERIOD, MAX_REAP_PERIOD)
     }
 
-    fn pools(&self) -> impl Iterator<Item = &Pool> {
+    /// Each SMTP upstream's name and pool (for the connection gauges).
+    pub fn pools(&self) -> impl Iterator<Item = (&str, &Pool)> {
+        self.targets.iter().filter_map(|(name, t)| match t {
+            Target::Smtp { pool, .. } => Some((name.as_str(), pool.as_ref())),
+            Target::Directory(_) => None,
+        })
+    }
+
+    fn smtp_pools(&self) -> impl Iterator<Item = &Pool> {
         self.targets.values().filter_map(|t| match t {
             Target::Smtp { pool, .. } => Some(pool.as_ref()),
             Target::Directory(_) => None,

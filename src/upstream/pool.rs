@@ -15,8 +15,8 @@
 //! closed with QUIT by [`Pool::reap_idle`], which the delivery runner calls periodically,
 //! and all of them by [`Pool::close_idle`] at shutdown.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -45,18 +45,35 @@ pub struct Pool {
     idle: Mutex<Vec<Idle>>,
     /// Connections opened so far (for metrics and tests).
     opened: AtomicU64,
+    /// Connections open now, idle or in use.
+    open: Arc<AtomicUsize>,
+    /// `max_connections`, as the semaphore was made with.
+    max: usize,
 }
 
 impl Pool {
     /// A pool for the upstream described by `settings`. `max_connections` of 0 is taken as 1.
     pub fn new(settings: Settings, max_connections: usize, idle_timeout: Duration) -> Pool {
+        let max = max_connections.clamp(1, Semaphore::MAX_PERMITS);
         Pool {
             settings,
             idle_timeout,
-            permits: Semaphore::new(max_connections.clamp(1, Semaphore::MAX_PERMITS)),
+            permits: Semaphore::new(max),
             idle: Mutex::new(Vec::new()),
             opened: AtomicU64::new(0),
+            open: Arc::new(AtomicUsize::new(0)),
+            max,
         }
+    }
+
+    /// Connections open now, idle or carrying a delivery.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Deliveries in progress now (each holds, or is opening, a connection).
+    pub fn busy(&self) -> usize {
+        self.max.saturating_sub(self.permits.available_permits())
     }
 
     /// The upstream's name.
@@ -112,7 +129,9 @@ impl Pool {
             }
         }
         self.opened.fetch_add(1, Ordering::Relaxed);
-        Client::connect(&self.settings).await
+        let mut client = Client::connect(&self.settings).await?;
+        client.count_in(&self.open);
+        Ok(client)
     }
 
     /// Drops expired idle connections and pops the freshest one.

@@ -56,6 +56,11 @@ impl Router {
         matched.or_else(fallback).map(|r| r.upstreams.as_slice())
     }
 
+    /// Each route's upstreams, in route order (the readiness check).
+    pub fn upstream_lists(&self) -> impl Iterator<Item = &[String]> {
+        self.routes.iter().map(|r| r.upstreams.as_slice())
+    }
+
     /// Every upstream name some route uses, in first-use order, without repeats.
     pub fn used_upstreams(&self) -> Vec<&str> {
         let mut names: Vec<&str> = Vec::new();

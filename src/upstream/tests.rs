@@ -55,7 +55,7 @@ fn accepted(index: usize) -> RcptOutcome {
 fn rejected(index: usize, code: u16, enh: (u8, u16, u16), text: &str) -> RcptOutcome {
     RcptOutcome {
         index,
-        result: RcptResult::Rejected(UpstreamReply::local(code, enh, text)),
+        result: RcptResult::Rejected(UpstreamReply::local(code, enh, text), Stage::Rcpt),
     }
 }
 
@@ -328,7 +328,7 @@ async fn whole_message_refusals() {
         let expected = vec![
             RcptOutcome {
                 index: 0,
-                result: RcptResult::Rejected(reply),
+                result: RcptResult::Rejected(reply, Stage::FinalDot),
             },
             rejected(1, 550, (5, 1, 1), "no"),
         ];
