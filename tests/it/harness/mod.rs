@@ -10,6 +10,8 @@
 
 pub mod ca;
 pub mod client;
+pub mod http;
+pub mod logs;
 pub mod sink;
 
 use std::net::{IpAddr, SocketAddr};
@@ -115,12 +117,23 @@ pub struct TestServer {
     pub submissions: SocketAddr,
     /// Plain, no AUTH, 127.0.0.1 only.
     pub legacy: SocketAddr,
+    /// The HTTP endpoint (`/metrics`, `/healthz`, `/readyz`).
+    pub http: SocketAddr,
     /// postern's clock: tests move policy time on with `clock.advance` (rate limits,
     /// lockouts) instead of waiting.
     pub clock: postern::clock::Clock,
     sink: Option<Sink>,
     sink_opts: SinkOptions,
     running: Option<Running>,
+}
+
+impl Drop for TestServer {
+    /// Every test that ran a server checks that nothing it logged carried a secret.
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            logs::assert_no_secrets();
+        }
+    }
 }
 
 impl std::fmt::Debug for TestServer {
@@ -134,6 +147,7 @@ impl std::fmt::Debug for TestServer {
 impl TestServer {
     /// Writes the config, starts the sink (unless `sink_down`) and postern.
     pub async fn start(opts: Opts) -> TestServer {
+        logs::capture();
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new(dir.path());
         let sink_opts = sink_options(&ca, &opts);
@@ -155,6 +169,7 @@ impl TestServer {
             submission: unbound,
             submissions: unbound,
             legacy: unbound,
+            http: unbound,
             clock: postern::clock::Clock::new(),
             sink,
             sink_opts,
@@ -174,6 +189,7 @@ impl TestServer {
         self.submission = running.addr("submission").unwrap();
         self.submissions = running.addr("submissions").unwrap();
         self.legacy = running.addr("legacy").unwrap();
+        self.http = running.http_addr().unwrap();
         self.running = Some(running);
     }
 
@@ -199,6 +215,11 @@ impl TestServer {
         if let Some(running) = self.running.take() {
             client::step("postern shutdown", running.shutdown()).await;
         }
+    }
+
+    /// Scrapes `/metrics`.
+    pub async fn scrape(&self) -> http::Scrape {
+        http::Scrape::from(self.http).await
     }
 
     /// The sink; panics while it is down.
@@ -295,6 +316,7 @@ users:
 upstreams:
   - {{name: sink, address: "127.0.0.1:{sink_port}", connect_timeout: 2s, {upstream_security}}}
 log: {{level: warn}}
+http: {{address: "127.0.0.1:0"}}
 {extra}"#,
         cert = ca.cert_file.display(),
         key = ca.key_file.display(),
