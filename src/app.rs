@@ -261,7 +261,9 @@ pub(crate) fn certificate_expiry(metrics: &Metrics, cfg: &Config) {
     };
     match tls::certificate_expiry(&t.certificate) {
         Some(unix) => metrics.cert_expiry.set(unix as f64),
-        None => warn!(certificate = %t.certificate.display(), "cannot read the certificate's expiry"),
+        None => {
+            warn!(certificate = %t.certificate.display(), "cannot read the certificate's expiry")
+        }
     }
 }
 

@@ -56,10 +56,7 @@ impl Health {
             problems.push(format!("spool: not writable: {why}"));
         }
         problems.extend(self.routes());
-        self.rt
-            .metrics
-            .ready
-            .set(i64::from(problems.is_empty()));
+        self.rt.metrics.ready.set(i64::from(problems.is_empty()));
         problems
     }
 
@@ -155,13 +152,20 @@ async fn metrics(State(health): State<Arc<Health>>) -> Response {
     let _ = health.problems().await;
     match health.rt.metrics.render() {
         Ok(text) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
             text,
         )
             .into_response(),
         Err(e) => {
             warn!(error = %e, "cannot render the metrics");
-            (StatusCode::INTERNAL_SERVER_ERROR, "cannot render the metrics\n").into_response()
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot render the metrics\n",
+            )
+                .into_response()
         }
     }
 }

@@ -159,7 +159,9 @@ impl Reloader {
     /// (file, key, problem) and that the running configuration stays.
     pub async fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
         let result = self.try_reload().await;
-        self.rt.metrics.reloaded(result.is_ok(), self.rt.clock.unix());
+        self.rt
+            .metrics
+            .reloaded(result.is_ok(), self.rt.clock.unix());
         match &result {
             Ok(outcome) => info!(summary = %outcome, "configuration reloaded"),
             Err(e) => error!(

@@ -23,8 +23,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::error::{ConfigError, describe_io};
 use crate::config::schema::{
-    AuthMode, Config, HttpConfig, LimitsConfig, ListenerConfig, ListenerTls, LogConfig, QueueConfig,
-    RouteConfig, TimeoutsConfig, TlsConfig, UpstreamConfig, UpstreamTls,
+    AuthMode, Config, HttpConfig, LimitsConfig, ListenerConfig, ListenerTls, LogConfig,
+    QueueConfig, RouteConfig, TimeoutsConfig, TlsConfig, UpstreamConfig, UpstreamTls,
 };
 use crate::config::syntax::{check_host_port, sender_pattern};
 use crate::config::units::Duration;

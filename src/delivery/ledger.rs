@@ -49,7 +49,11 @@ impl Ledger {
         let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         self.gauges.messages.set(to_i64(self.queued.len() as u64));
         self.gauges.bytes.set(to_i64(self.bytes));
-        let oldest = self.queued.keys().next().map_or(0, |(received, _)| *received);
+        let oldest = self
+            .queued
+            .keys()
+            .next()
+            .map_or(0, |(received, _)| *received);
         self.gauges.oldest_received.store(oldest, Ordering::Relaxed);
     }
 }

@@ -188,7 +188,10 @@ fn failed(
         );
     }
     if !e.is_permanent() {
-        return (Tried::Failover(e.to_string()), report(AttemptResult::Deferred));
+        return (
+            Tried::Failover(e.to_string()),
+            report(AttemptResult::Deferred),
+        );
     }
     let id = env.id.to_string();
     let text = e.to_string();
@@ -205,8 +208,5 @@ fn failed(
 
 /// The code a reply's text starts with (0 when it does not).
 fn code_of(reply: &str) -> u16 {
-    reply
-        .get(..3)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+    reply.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0)
 }

@@ -238,7 +238,10 @@ impl Backend {
                     user = username,
                     "authentication deferred: verifier queue full"
                 );
-                (Verdict::Defer(Reply::temp_auth_failure()), AuthResult::Deferred)
+                (
+                    Verdict::Defer(Reply::temp_auth_failure()),
+                    AuthResult::Deferred,
+                )
             }
         }
     }

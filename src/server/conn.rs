@@ -171,7 +171,9 @@ async fn open_stream(
         true => rules.timeouts.tls_handshake.get(),
         false => REFUSAL_HANDSHAKE.min(rules.timeouts.tls_handshake.get()),
     };
-    handshake(tcp, rules, limit, metrics).await.map(Stream::from)
+    handshake(tcp, rules, limit, metrics)
+        .await
+        .map(Stream::from)
 }
 
 fn session_config(rules: &Rules, listener: &ListenerInfo, caps: Caps) -> SessionConfig {
@@ -216,12 +218,14 @@ async fn handshake(
         Ok(Err(e)) => Err(End::Tls(e.to_string())),
         Err(_) => Err(End::Tls("handshake timed out".into())),
     };
-    let version = result.as_ref().ok().and_then(|tls| {
-        match tls.get_ref().1.protocol_version()? {
-            rustls::ProtocolVersion::TLSv1_3 => Some(TlsVersion::Tls13),
-            _ => Some(TlsVersion::Tls12),
-        }
-    });
+    let version =
+        result
+            .as_ref()
+            .ok()
+            .and_then(|tls| match tls.get_ref().1.protocol_version()? {
+                rustls::ProtocolVersion::TLSv1_3 => Some(TlsVersion::Tls13),
+                _ => Some(TlsVersion::Tls12),
+            });
     metrics.tls_handshake(version);
     result
 }

@@ -12,7 +12,8 @@ use tokio::sync::oneshot;
 
 use crate::spool::SpoolError;
 use crate::spool::commit::{
-    CommitRequest, CommitObserver, Committer, Observer, Durability, FdatasyncEach, SyncFs, SyncMode, remove_quietly,
+    CommitObserver, CommitRequest, Committer, Durability, FdatasyncEach, Observer, SyncFs,
+    SyncMode, remove_quietly,
 };
 use crate::spool::record::{self, Envelope, IdGenerator, QueueId, RecordError};
 
@@ -85,7 +86,8 @@ impl Spool {
         let envelopes = recover_queue(&queue, &failed)?;
         let queued = Arc::new(AtomicUsize::new(envelopes.len()));
         let observer = Observer::default();
-        let committer = Committer::start(&queue, durability, Arc::clone(&queued), observer.clone())?;
+        let committer =
+            Committer::start(&queue, durability, Arc::clone(&queued), observer.clone())?;
         let inner = Inner {
             _lock: lock,
             tmp,

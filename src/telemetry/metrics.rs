@@ -25,7 +25,14 @@ use crate::smtp::sasl::Mechanism;
 
 /// Message sizes: 1 KiB to 64 MiB in powers of four.
 const SIZE_BUCKETS: [f64; 9] = [
-    1024.0, 4096.0, 16384.0, 65536.0, 262_144.0, 1_048_576.0, 4_194_304.0, 16_777_216.0,
+    1024.0,
+    4096.0,
+    16384.0,
+    65536.0,
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
     67_108_864.0,
 ];
 /// Group commits: half a millisecond to a second.
@@ -54,12 +61,7 @@ pub enum ConnResult {
 }
 
 /// The `result` label values of `postern_connections_total`, in [`ConnResult::index`] order.
-const CONN_RESULTS: [&str; 4] = [
-    "accepted",
-    "allowlist",
-    "connection_rate",
-    "connection_cap",
-];
+const CONN_RESULTS: [&str; 4] = ["accepted", "allowlist", "connection_rate", "connection_cap"];
 
 impl ConnResult {
     fn index(&self) -> usize {
@@ -345,7 +347,12 @@ impl std::ops::Deref for Metrics {
     }
 }
 
-fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+fn counter(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> prometheus::Result<IntCounterVec> {
     let c = IntCounterVec::new(Opts::new(name, help), labels)?;
     r.register(Box::new(c.clone()))?;
     Ok(c)
@@ -364,7 +371,10 @@ fn histogram(
     labels: &[&str],
     buckets: &[f64],
 ) -> prometheus::Result<HistogramVec> {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)?;
+    let h = HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )?;
     r.register(Box::new(h.clone()))?;
     Ok(h)
 }
@@ -381,47 +391,213 @@ impl Metrics {
     /// Registers every metric, the build info and the process collector.
     pub fn new() -> prometheus::Result<Metrics> {
         let r = Registry::new();
-        let build = gauge(&r, "postern_build_info", "Version and git commit of this build (always 1).", &["version", "commit"])?;
+        let build = gauge(
+            &r,
+            "postern_build_info",
+            "Version and git commit of this build (always 1).",
+            &["version", "commit"],
+        )?;
         build
             .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("POSTERN_GIT_COMMIT")])
             .set(1);
-        r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         let families = Families {
-            connections: counter(&r, "postern_connections_total", "Connections accepted, or refused at connect by reason.", &["listener", "result"])?,
-            sessions_active: gauge(&r, "postern_sessions_active", "Sessions open now.", &["listener"])?,
-            sessions_closed: counter(&r, "postern_sessions_closed_total", "Sessions the server closed, by reason.", &["listener", "reason"])?,
-            tls_handshakes: counter(&r, "postern_tls_handshakes_total", "Server-side TLS handshakes by version and result.", &["listener", "version", "result"])?,
-            auth_attempts: counter(&r, "postern_auth_attempts_total", "AUTH attempts by mechanism and result.", &["listener", "mechanism", "result"])?,
-            auth_lockouts: counter(&r, "postern_auth_lockouts_total", "AUTH lockouts started.", &["listener"])?,
-            messages_accepted: counter(&r, "postern_messages_accepted_total", "Messages queued (250 after DATA).", &["listener"])?,
-            messages_refused: counter(&r, "postern_messages_refused_total", "Transactions or messages refused, by reason.", &["listener", "reason"])?,
-            recipients: counter(&r, "postern_recipients_total", "Recipients accepted or refused at RCPT.", &["listener", "outcome"])?,
-            message_size: histogram(&r, "postern_message_size_bytes", "Size of accepted messages as stored.", &["listener"], &SIZE_BUCKETS)?,
-            rate_limit_hits: counter(&r, "postern_rate_limit_hits_total", "Rate-limit refusals by rule.", &["rule"])?,
-            delivery_attempts: counter(&r, "postern_delivery_attempts_total", "Delivery attempts by upstream and result.", &["upstream", "result"])?,
-            delivery_recipients: counter(&r, "postern_delivery_recipients_total", "Recipient outcomes of delivery attempts.", &["upstream", "result"])?,
-            delivery_latency: histogram(&r, "postern_delivery_latency_seconds", "From acceptance to the upstream's 250.", &["upstream"], &LATENCY_BUCKETS)?,
-            completed: counter(&r, "postern_messages_completed_total", "Messages leaving the queue, by how.", &["result"])?,
-            upstream_open: gauge(&r, "postern_upstream_connections_open", "Connections open to the upstream.", &["upstream"])?,
-            upstream_busy: gauge(&r, "postern_upstream_connections_busy", "Connections carrying a delivery now.", &["upstream"])?,
-            upstream_failures: counter(&r, "postern_upstream_failures_total", "Failed delivery attempts by stage.", &["upstream", "stage"])?,
-            upstream_up: gauge(&r, "postern_upstream_up", "0 when the latest attempt could not reach or log in to the upstream.", &["upstream"])?,
-            reloads: counter(&r, "postern_config_reloads_total", "Configuration reloads by result.", &["result"])?,
+            connections: counter(
+                &r,
+                "postern_connections_total",
+                "Connections accepted, or refused at connect by reason.",
+                &["listener", "result"],
+            )?,
+            sessions_active: gauge(
+                &r,
+                "postern_sessions_active",
+                "Sessions open now.",
+                &["listener"],
+            )?,
+            sessions_closed: counter(
+                &r,
+                "postern_sessions_closed_total",
+                "Sessions the server closed, by reason.",
+                &["listener", "reason"],
+            )?,
+            tls_handshakes: counter(
+                &r,
+                "postern_tls_handshakes_total",
+                "Server-side TLS handshakes by version and result.",
+                &["listener", "version", "result"],
+            )?,
+            auth_attempts: counter(
+                &r,
+                "postern_auth_attempts_total",
+                "AUTH attempts by mechanism and result.",
+                &["listener", "mechanism", "result"],
+            )?,
+            auth_lockouts: counter(
+                &r,
+                "postern_auth_lockouts_total",
+                "AUTH lockouts started.",
+                &["listener"],
+            )?,
+            messages_accepted: counter(
+                &r,
+                "postern_messages_accepted_total",
+                "Messages queued (250 after DATA).",
+                &["listener"],
+            )?,
+            messages_refused: counter(
+                &r,
+                "postern_messages_refused_total",
+                "Transactions or messages refused, by reason.",
+                &["listener", "reason"],
+            )?,
+            recipients: counter(
+                &r,
+                "postern_recipients_total",
+                "Recipients accepted or refused at RCPT.",
+                &["listener", "outcome"],
+            )?,
+            message_size: histogram(
+                &r,
+                "postern_message_size_bytes",
+                "Size of accepted messages as stored.",
+                &["listener"],
+                &SIZE_BUCKETS,
+            )?,
+            rate_limit_hits: counter(
+                &r,
+                "postern_rate_limit_hits_total",
+                "Rate-limit refusals by rule.",
+                &["rule"],
+            )?,
+            delivery_attempts: counter(
+                &r,
+                "postern_delivery_attempts_total",
+                "Delivery attempts by upstream and result.",
+                &["upstream", "result"],
+            )?,
+            delivery_recipients: counter(
+                &r,
+                "postern_delivery_recipients_total",
+                "Recipient outcomes of delivery attempts.",
+                &["upstream", "result"],
+            )?,
+            delivery_latency: histogram(
+                &r,
+                "postern_delivery_latency_seconds",
+                "From acceptance to the upstream's 250.",
+                &["upstream"],
+                &LATENCY_BUCKETS,
+            )?,
+            completed: counter(
+                &r,
+                "postern_messages_completed_total",
+                "Messages leaving the queue, by how.",
+                &["result"],
+            )?,
+            upstream_open: gauge(
+                &r,
+                "postern_upstream_connections_open",
+                "Connections open to the upstream.",
+                &["upstream"],
+            )?,
+            upstream_busy: gauge(
+                &r,
+                "postern_upstream_connections_busy",
+                "Connections carrying a delivery now.",
+                &["upstream"],
+            )?,
+            upstream_failures: counter(
+                &r,
+                "postern_upstream_failures_total",
+                "Failed delivery attempts by stage.",
+                &["upstream", "stage"],
+            )?,
+            upstream_up: gauge(
+                &r,
+                "postern_upstream_up",
+                "0 when the latest attempt could not reach or log in to the upstream.",
+                &["upstream"],
+            )?,
+            reloads: counter(
+                &r,
+                "postern_config_reloads_total",
+                "Configuration reloads by result.",
+                &["result"],
+            )?,
             queue: QueueGauges {
-                messages: single(&r, IntGauge::new("postern_queue_messages", "Messages in the queue.")?)?,
-                bytes: single(&r, IntGauge::new("postern_queue_bytes", "Bytes of the messages in the queue.")?)?,
-                oldest_age: single(&r, IntGauge::new("postern_queue_oldest_age_seconds", "Age of the oldest message in the queue (0: empty).")?)?,
+                messages: single(
+                    &r,
+                    IntGauge::new("postern_queue_messages", "Messages in the queue.")?,
+                )?,
+                bytes: single(
+                    &r,
+                    IntGauge::new("postern_queue_bytes", "Bytes of the messages in the queue.")?,
+                )?,
+                oldest_age: single(
+                    &r,
+                    IntGauge::new(
+                        "postern_queue_oldest_age_seconds",
+                        "Age of the oldest message in the queue (0: empty).",
+                    )?,
+                )?,
                 oldest_received: Arc::new(AtomicU64::new(0)),
             },
             spool: SpoolMetrics {
-                commit: single(&r, Histogram::with_opts(HistogramOpts::new("postern_spool_commit_duration_seconds", "One group commit: data sync, renames, directory sync.").buckets(COMMIT_BUCKETS.to_vec()))?)?,
-                batch: single(&r, Histogram::with_opts(HistogramOpts::new("postern_spool_commit_batch_messages", "Messages made durable per group commit.").buckets(BATCH_BUCKETS.to_vec()))?)?,
+                commit: single(
+                    &r,
+                    Histogram::with_opts(
+                        HistogramOpts::new(
+                            "postern_spool_commit_duration_seconds",
+                            "One group commit: data sync, renames, directory sync.",
+                        )
+                        .buckets(COMMIT_BUCKETS.to_vec()),
+                    )?,
+                )?,
+                batch: single(
+                    &r,
+                    Histogram::with_opts(
+                        HistogramOpts::new(
+                            "postern_spool_commit_batch_messages",
+                            "Messages made durable per group commit.",
+                        )
+                        .buckets(BATCH_BUCKETS.to_vec()),
+                    )?,
+                )?,
             },
-            reload_ok: single(&r, IntGauge::new("postern_config_last_reload_successful", "1 when the latest reload (or the start) succeeded.")?)?,
-            reload_time: single(&r, Gauge::new("postern_config_last_reload_success_timestamp_seconds", "Unix time of the start or the latest good reload.")?)?,
-            cert_expiry: single(&r, Gauge::new("postern_tls_certificate_expiry_timestamp_seconds", "notAfter of the listeners' certificate, unix seconds.")?)?,
-            ready: single(&r, IntGauge::new("postern_ready", "1 when /readyz answers 200.")?)?,
-            start_time: single(&r, Gauge::new("postern_start_time_seconds", "Unix time the instance started.")?)?,
+            reload_ok: single(
+                &r,
+                IntGauge::new(
+                    "postern_config_last_reload_successful",
+                    "1 when the latest reload (or the start) succeeded.",
+                )?,
+            )?,
+            reload_time: single(
+                &r,
+                Gauge::new(
+                    "postern_config_last_reload_success_timestamp_seconds",
+                    "Unix time of the start or the latest good reload.",
+                )?,
+            )?,
+            cert_expiry: single(
+                &r,
+                Gauge::new(
+                    "postern_tls_certificate_expiry_timestamp_seconds",
+                    "notAfter of the listeners' certificate, unix seconds.",
+                )?,
+            )?,
+            ready: single(
+                &r,
+                IntGauge::new("postern_ready", "1 when /readyz answers 200.")?,
+            )?,
+            start_time: single(
+                &r,
+                Gauge::new(
+                    "postern_start_time_seconds",
+                    "Unix time the instance started.",
+                )?,
+            )?,
             registry: r,
         };
         for result in ["success", "failure"] {
@@ -495,8 +671,12 @@ impl Metrics {
     /// Sets the upstream's connection gauges (at scrape time, from its pool).
     pub fn upstream_connections(&self, name: &str, open: usize, busy: usize) {
         let to_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
-        self.upstream_open.with_label_values(&[name]).set(to_i64(open));
-        self.upstream_busy.with_label_values(&[name]).set(to_i64(busy));
+        self.upstream_open
+            .with_label_values(&[name])
+            .set(to_i64(open));
+        self.upstream_busy
+            .with_label_values(&[name])
+            .set(to_i64(busy));
     }
 
     /// Every metric in the Prometheus text format.
@@ -536,7 +716,9 @@ impl ListenerMetrics {
         let tls = |version: &str, result: &str| {
             f.tls_handshakes.with_label_values(&[name, version, result])
         };
-        let auth = |mech: &str| AuthResult::ALL.map(|r| f.auth_attempts.with_label_values(&[name, mech, r.as_str()]));
+        let auth = |mech: &str| {
+            AuthResult::ALL.map(|r| f.auth_attempts.with_label_values(&[name, mech, r.as_str()]))
+        };
         ListenerMetrics {
             name: name.to_owned(),
             connections: CONN_RESULTS.map(|r| f.connections.with_label_values(&[name, r])),
@@ -591,7 +773,10 @@ impl ListenerMetrics {
             Mechanism::Plain => 0,
             Mechanism::Login => 1,
         };
-        let r = AuthResult::ALL.iter().position(|x| *x == result).unwrap_or(0);
+        let r = AuthResult::ALL
+            .iter()
+            .position(|x| *x == result)
+            .unwrap_or(0);
         self.auth[m][r].inc();
     }
 
@@ -681,13 +866,19 @@ impl UpstreamMetrics {
 
     /// Counts an attempt by its result.
     pub fn attempt(&self, result: AttemptResult) {
-        let i = AttemptResult::ALL.iter().position(|r| *r == result).unwrap_or(0);
+        let i = AttemptResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(0);
         self.attempts[i].inc();
     }
 
     /// Counts recipient outcomes.
     pub fn recipients(&self, outcome: RcptOutcome, n: usize) {
-        let i = RcptOutcome::ALL.iter().position(|r| *r == outcome).unwrap_or(0);
+        let i = RcptOutcome::ALL
+            .iter()
+            .position(|r| *r == outcome)
+            .unwrap_or(0);
         self.recipients[i].inc_by(n as u64);
     }
 
@@ -776,7 +967,10 @@ mod tests {
         ] {
             assert_eq!(value(&text, series), Some(0.0), "{series} in\n{text}");
         }
-        assert_eq!(value(&text, r#"postern_upstream_up{upstream="relay"}"#), Some(1.0));
+        assert_eq!(
+            value(&text, r#"postern_upstream_up{upstream="relay"}"#),
+            Some(1.0)
+        );
         assert!(text.contains("postern_build_info{commit="), "{text}");
         assert!(text.contains("process_resident_memory_bytes"), "{text}");
         drop(l);
@@ -803,16 +997,40 @@ mod tests {
         m.rate_limit_hit("ip-messages-1h");
         let text = m.render().unwrap();
         for (series, want) in [
-            (r#"postern_connections_total{listener="legacy",result="allowlist"}"#, 1.0),
-            (r#"postern_messages_refused_total{listener="legacy",reason="size"}"#, 1.0),
-            (r#"postern_messages_refused_total{listener="legacy",reason="stale_rules"}"#, 1.0),
-            (r#"postern_recipients_total{listener="legacy",outcome="refused"}"#, 1.0),
-            (r#"postern_auth_attempts_total{listener="legacy",mechanism="login",result="cached"}"#, 1.0),
-            (r#"postern_tls_handshakes_total{listener="legacy",result="success",version="tls1_3"}"#, 1.0),
+            (
+                r#"postern_connections_total{listener="legacy",result="allowlist"}"#,
+                1.0,
+            ),
+            (
+                r#"postern_messages_refused_total{listener="legacy",reason="size"}"#,
+                1.0,
+            ),
+            (
+                r#"postern_messages_refused_total{listener="legacy",reason="stale_rules"}"#,
+                1.0,
+            ),
+            (
+                r#"postern_recipients_total{listener="legacy",outcome="refused"}"#,
+                1.0,
+            ),
+            (
+                r#"postern_auth_attempts_total{listener="legacy",mechanism="login",result="cached"}"#,
+                1.0,
+            ),
+            (
+                r#"postern_tls_handshakes_total{listener="legacy",result="success",version="tls1_3"}"#,
+                1.0,
+            ),
             (r#"postern_sessions_active{listener="legacy"}"#, 1.0),
-            (r#"postern_upstream_failures_total{stage="connect",upstream="mx"}"#, 1.0),
+            (
+                r#"postern_upstream_failures_total{stage="connect",upstream="mx"}"#,
+                1.0,
+            ),
             (r#"postern_upstream_up{upstream="mx"}"#, 0.0),
-            (r#"postern_rate_limit_hits_total{rule="ip-messages-1h"}"#, 2.0),
+            (
+                r#"postern_rate_limit_hits_total{rule="ip-messages-1h"}"#,
+                2.0,
+            ),
         ] {
             assert_eq!(value(&text, series), Some(want), "{series} in\n{text}");
         }

@@ -20,6 +20,7 @@ mod drain;
 mod external;
 mod headers;
 mod lockout;
+mod metrics;
 mod protocol;
 mod ratelimit;
 mod reload;

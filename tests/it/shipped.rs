@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::binary::{Postern, wait_listening};
+use crate::harness::http::{Scrape, get};
 use crate::harness::sink::reserve_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_postern");
@@ -43,6 +44,7 @@ async fn default_config_works_as_the_readme_says() {
     let config_dir = dir.path().join("config");
     std::fs::create_dir(&config_dir).unwrap();
     let ports = [reserve_port(), reserve_port(), reserve_port()];
+    let metrics_port = reserve_port();
     let shipped = std::fs::read_to_string(repo("config/postern.yaml")).unwrap();
     let mut yaml = shipped.clone();
     for (documented, port) in ["2587", "2465", "2525"].iter().zip(ports) {
@@ -53,6 +55,11 @@ async fn default_config_works_as_the_readme_says() {
         );
         yaml = yaml.replace(&from, &format!("127.0.0.1:{port}"));
     }
+    assert!(
+        yaml.contains("127.0.0.1:9587"),
+        "config/postern.yaml has no metrics endpoint on 9587"
+    );
+    yaml = yaml.replace("127.0.0.1:9587", &format!("127.0.0.1:{metrics_port}"));
     let config = config_dir.join("postern.yaml");
     std::fs::write(&config, yaml).unwrap();
 
@@ -133,9 +140,32 @@ async fn default_config_works_as_the_readme_says() {
         assert!(String::from_utf8_lossy(&eml).contains(&format!(" id {id}")));
     }
 
+    // The README's scrape: the three messages are counted, and the relay is ready.
+    let http = SocketAddr::from(([127, 0, 0, 1], metrics_port));
+    assert_eq!(get(http, "/readyz").await, (200, "ready\n".to_owned()));
+    let scrape = Scrape::from(http).await;
+    let accepted: f64 = ["submission", "submissions", "legacy"]
+        .iter()
+        .map(|l| {
+            scrape.get(&format!(
+                "postern_messages_accepted_total{{listener=\"{l}\"}}"
+            ))
+        })
+        .sum();
+    assert_eq!(accepted, 3.0);
+
     postern.sigterm();
     let status = postern.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "postern exited with {status}");
+    // The demo password went over the wire three times, never into the log.
+    let log = std::fs::read_to_string(dir.path().join("postern.log")).unwrap();
+    for secret in [
+        "demo-password",
+        "ZGVtby1wYXNzd29yZA==",
+        "AGRlbW8AZGVtby1wYXNzd29yZA==",
+    ] {
+        assert!(!log.contains(secret), "the log carries {secret}:\n{log}");
+    }
 }
 
 /// `deploy/postern.yaml`, with its absolute paths pointed at the test fixtures, passes
