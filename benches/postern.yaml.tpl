@@ -35,6 +35,10 @@ upstreams:
     address: "127.0.0.1:$SINK_PORT"
     tls: none
     max_connections: 20
+# Metrics on, as in production (an ephemeral port: nothing scrapes it during the run, but
+# every counter, gauge and histogram is kept).
+http:
+  address: "127.0.0.1:0"
 log:
   format: json
   level: warn

@@ -5,24 +5,24 @@
 //! A session decides by the rules snapshot it started with, even when a reload swaps in
 //! new rules meanwhile.
 
+mod envelope;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::UNIX_EPOCH;
 
 use tracing::{info, warn};
 
 use crate::config::schema::SenderCheck;
-use crate::message::{self, HeaderScan, Trace};
+use crate::message::HeaderScan;
 use crate::policy::ratelimit::{Counted, Hit, Keys};
 use crate::policy::{Caps, Identity, MailRefusal, networks};
 use crate::reason::Reason;
 use crate::rules::{ListenerInfo, Rules};
 use crate::server::Runtime;
 use crate::server::headers::{Fed, HeaderStage};
-use crate::smtp::command::BodyType;
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{Envelope, Question, Verdict};
-use crate::spool::{self, SpoolWriter};
+use crate::spool::SpoolWriter;
 use crate::telemetry::events::{self, MessageSummary};
 use crate::telemetry::metrics::{AuthResult, ListenerMetrics};
 use crate::users::AuthCheck;
@@ -489,64 +489,5 @@ impl Backend {
                 Verdict::Defer(Reply::queue_error())
             }
         }
-    }
-
-    /// The spool envelope and the header prefix (Received, and Date / Message-ID where
-    /// missing) for a message about to be committed.
-    fn envelope(
-        &self,
-        tx: &Tx,
-        writer: &SpoolWriter,
-        envelope: &Envelope,
-        facts: SessionFacts<'_>,
-    ) -> (spool::Envelope, Vec<u8>) {
-        let recipients: Vec<String> = envelope.rcpts.iter().map(|r| r.to_string()).collect();
-        let now = self.rt.clock.wall();
-        // RFC 6531 3.4: a sender rewritten to a UTF-8 address needs SMTPUTF8 upstream even
-        // when the client's own envelope was ASCII.
-        let smtputf8 = envelope.params.smtputf8
-            || !tx.sender.is_ascii()
-            || recipients.iter().any(|r| !r.is_ascii());
-        let id = writer.id().to_string();
-        let trace = Trace {
-            helo: facts.helo.unwrap_or("unknown"),
-            client_ip: self.ip,
-            hostname: &self.rules.hostname,
-            esmtp: facts.esmtp,
-            tls: facts.tls,
-            authenticated: facts.authenticated,
-            utf8: smtputf8,
-            queue_id: &id,
-            single_rcpt: (recipients.len() == 1).then(|| recipients[0].as_str()),
-            now,
-        };
-        let headers = &self.rules.headers;
-        let prefix = message::prefix(
-            &trace,
-            headers.add_date && !tx.scan.has_date,
-            headers.add_message_id && !tx.scan.has_message_id,
-        );
-        let env = spool::Envelope {
-            id: writer.id().clone(),
-            received_unix: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-            sender: tx.sender.clone(),
-            recipients: recipients
-                .into_iter()
-                .map(|address| spool::Recipient {
-                    address,
-                    status: spool::RcptStatus::Pending,
-                })
-                .collect(),
-            listener: self.listener.name.clone(),
-            client_ip: self.ip,
-            identity: self.label.clone(),
-            smtputf8,
-            body_8bit: envelope.params.body == Some(BodyType::EightBitMime) || tx.eight_bit,
-            attempts: 0,
-            next_attempt_unix: 0,
-            size: prefix.len() as u64 + writer.written(),
-            accepted_ms: 0,
-        };
-        (env, prefix)
     }
 }

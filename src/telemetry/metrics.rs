@@ -1,13 +1,21 @@
-//! Every Prometheus metric postern exports, declared in one place (README: "Metrics").
+//! Every Prometheus metric postern exports, declared in one place: the table of [`Spec`]s
+//! below (README: "Metrics").
 //!
 //! One [`Metrics`] per running instance, with its own registry (tests run several servers in
-//! one process). Label values come from enums or from config names (listeners, upstreams,
-//! rate-limit rules), never from a client: no address, user name or sender is a label.
+//! one process). Label values come from enums ([`labels`]) or from config names (listeners,
+//! upstreams, rate-limit rules), never from a client: no address, user name or sender is a
+//! label.
 //!
 //! On the per-message path counting costs atomics only: each listener's and upstream's
-//! counters are resolved once ([`ListenerMetrics`], [`UpstreamMetrics`]) and then bumped
+//! series are resolved once ([`ListenerMetrics`], [`UpstreamMetrics`]) and then bumped
 //! directly; the label maps behind them are looked up on rare paths only (a new upstream
-//! name, an unusual refusal reason, a failure stage).
+//! name, an unusual refusal reason, a failure stage, a rate-limit hit).
+
+mod labels;
+mod listener;
+#[cfg(test)]
+mod tests;
+mod upstream;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,8 +28,176 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::reason::Reason;
-use crate::smtp::sasl::Mechanism;
+pub use labels::{
+    AttemptResult, AuthResult, Completion, ConnResult, RcptOutcome, STAGES, TlsVersion,
+};
+pub use listener::{ListenerMetrics, SessionGuard};
+pub use upstream::UpstreamMetrics;
+
+/// A metric's name, help text and labels.
+#[derive(Debug)]
+struct Spec {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+}
+
+const fn spec(name: &'static str, help: &'static str, labels: &'static [&'static str]) -> Spec {
+    Spec { name, help, labels }
+}
+
+// Build and process.
+const BUILD_INFO: Spec = spec(
+    "postern_build_info",
+    "Version and git commit of this build (always 1).",
+    &["version", "commit"],
+);
+const START_TIME: Spec = spec(
+    "postern_start_time_seconds",
+    "Unix time the instance started.",
+    &[],
+);
+const READY: Spec = spec("postern_ready", "1 when /readyz answers 200.", &[]);
+// The front end.
+const CONNECTIONS: Spec = spec(
+    "postern_connections_total",
+    "Connections accepted, or refused at connect by reason.",
+    &["listener", "result"],
+);
+const SESSIONS_ACTIVE: Spec = spec(
+    "postern_sessions_active",
+    "Sessions open now.",
+    &["listener"],
+);
+const SESSIONS_CLOSED: Spec = spec(
+    "postern_sessions_closed_total",
+    "Sessions the server closed, by reason.",
+    &["listener", "reason"],
+);
+const TLS_HANDSHAKES: Spec = spec(
+    "postern_tls_handshakes_total",
+    "Server-side TLS handshakes by version and result.",
+    &["listener", "version", "result"],
+);
+const AUTH_ATTEMPTS: Spec = spec(
+    "postern_auth_attempts_total",
+    "AUTH attempts by mechanism and result.",
+    &["listener", "mechanism", "result"],
+);
+const AUTH_LOCKOUTS: Spec = spec(
+    "postern_auth_lockouts_total",
+    "AUTH lockouts started.",
+    &["listener"],
+);
+const MESSAGES_ACCEPTED: Spec = spec(
+    "postern_messages_accepted_total",
+    "Messages queued (250 after DATA).",
+    &["listener"],
+);
+const MESSAGES_REFUSED: Spec = spec(
+    "postern_messages_refused_total",
+    "Transactions or messages refused, by reason.",
+    &["listener", "reason"],
+);
+const RECIPIENTS: Spec = spec(
+    "postern_recipients_total",
+    "Recipients accepted or refused at RCPT.",
+    &["listener", "outcome"],
+);
+const MESSAGE_SIZE: Spec = spec(
+    "postern_message_size_bytes",
+    "Size of accepted messages as stored.",
+    &["listener"],
+);
+const RATE_LIMIT_HITS: Spec = spec(
+    "postern_rate_limit_hits_total",
+    "Rate-limit refusals by rule.",
+    &["rule"],
+);
+// The queue.
+const QUEUE_MESSAGES: Spec = spec("postern_queue_messages", "Messages in the queue.", &[]);
+const QUEUE_BYTES: Spec = spec(
+    "postern_queue_bytes",
+    "Bytes of the messages in the queue.",
+    &[],
+);
+const QUEUE_OLDEST: Spec = spec(
+    "postern_queue_oldest_age_seconds",
+    "Age of the oldest message in the queue (0: empty).",
+    &[],
+);
+const SPOOL_COMMIT: Spec = spec(
+    "postern_spool_commit_duration_seconds",
+    "One group commit: data sync, renames, directory sync.",
+    &[],
+);
+const SPOOL_BATCH: Spec = spec(
+    "postern_spool_commit_batch_messages",
+    "Messages made durable per group commit.",
+    &[],
+);
+const COMPLETED: Spec = spec(
+    "postern_messages_completed_total",
+    "Messages leaving the queue, by how.",
+    &["result"],
+);
+// Delivery and upstreams.
+const DELIVERY_ATTEMPTS: Spec = spec(
+    "postern_delivery_attempts_total",
+    "Delivery attempts by upstream and result.",
+    &["upstream", "result"],
+);
+const DELIVERY_RECIPIENTS: Spec = spec(
+    "postern_delivery_recipients_total",
+    "Recipient outcomes of delivery attempts.",
+    &["upstream", "result"],
+);
+const DELIVERY_LATENCY: Spec = spec(
+    "postern_delivery_latency_seconds",
+    "From acceptance to the upstream's 250.",
+    &["upstream"],
+);
+const UPSTREAM_OPEN: Spec = spec(
+    "postern_upstream_connections_open",
+    "Connections open to the upstream.",
+    &["upstream"],
+);
+const UPSTREAM_BUSY: Spec = spec(
+    "postern_upstream_connections_busy",
+    "Connections carrying a delivery now.",
+    &["upstream"],
+);
+const UPSTREAM_FAILURES: Spec = spec(
+    "postern_upstream_failures_total",
+    "Failed delivery attempts and refused recipients by stage.",
+    &["upstream", "stage"],
+);
+const UPSTREAM_UP: Spec = spec(
+    "postern_upstream_up",
+    "0 when the latest attempt could not reach or log in to the upstream.",
+    &["upstream"],
+);
+// Configuration and TLS.
+const RELOADS: Spec = spec(
+    "postern_config_reloads_total",
+    "Configuration reloads by result.",
+    &["result"],
+);
+const RELOAD_OK: Spec = spec(
+    "postern_config_last_reload_successful",
+    "1 when the latest reload (or the start) succeeded.",
+    &[],
+);
+const RELOAD_TIME: Spec = spec(
+    "postern_config_last_reload_success_timestamp_seconds",
+    "Unix time of the start or the latest good reload.",
+    &[],
+);
+const CERT_EXPIRY: Spec = spec(
+    "postern_tls_certificate_expiry_timestamp_seconds",
+    "notAfter of the listeners' certificate, unix seconds.",
+    &[],
+);
 
 /// Message sizes: 1 KiB to 64 MiB in powers of four.
 const SIZE_BUCKETS: [f64; 9] = [
@@ -47,209 +223,47 @@ const LATENCY_BUCKETS: [f64; 17] = [
     14400.0, 86400.0,
 ];
 
-/// Why a connection was refused before its session began (or `Accepted`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ConnResult {
-    /// Served.
-    Accepted,
-    /// Not in the listener's `allow_networks`.
-    Allowlist,
-    /// Over the named `connections` rate rule.
-    ConnectionRate(String),
-    /// Over a connection cap.
-    ConnectionCap,
-}
+impl Spec {
+    fn opts(&self) -> Opts {
+        Opts::new(self.name, self.help)
+    }
 
-/// The `result` label values of `postern_connections_total`, in [`ConnResult::index`] order.
-const CONN_RESULTS: [&str; 4] = ["accepted", "allowlist", "connection_rate", "connection_cap"];
+    fn counter(&self, r: &Registry) -> prometheus::Result<IntCounterVec> {
+        registered(r, IntCounterVec::new(self.opts(), self.labels)?)
+    }
 
-impl ConnResult {
-    fn index(&self) -> usize {
-        match self {
-            ConnResult::Accepted => 0,
-            ConnResult::Allowlist => 1,
-            ConnResult::ConnectionRate(_) => 2,
-            ConnResult::ConnectionCap => 3,
-        }
+    fn gauge(&self, r: &Registry) -> prometheus::Result<IntGaugeVec> {
+        registered(r, IntGaugeVec::new(self.opts(), self.labels)?)
+    }
+
+    fn histogram(&self, r: &Registry, buckets: &[f64]) -> prometheus::Result<HistogramVec> {
+        let opts = HistogramOpts::new(self.name, self.help).buckets(buckets.to_vec());
+        registered(r, HistogramVec::new(opts, self.labels)?)
+    }
+
+    fn int_gauge(&self, r: &Registry) -> prometheus::Result<IntGauge> {
+        registered(r, IntGauge::with_opts(self.opts())?)
+    }
+
+    fn float_gauge(&self, r: &Registry) -> prometheus::Result<Gauge> {
+        registered(r, Gauge::with_opts(self.opts())?)
+    }
+
+    fn single_histogram(&self, r: &Registry, buckets: &[f64]) -> prometheus::Result<Histogram> {
+        let opts = HistogramOpts::new(self.name, self.help).buckets(buckets.to_vec());
+        registered(r, Histogram::with_opts(opts)?)
     }
 }
 
-/// The TLS version a handshake settled on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TlsVersion {
-    /// TLS 1.2.
-    Tls12,
-    /// TLS 1.3.
-    Tls13,
+fn registered<C: prometheus::core::Collector + Clone + 'static>(
+    r: &Registry,
+    c: C,
+) -> prometheus::Result<C> {
+    r.register(Box::new(c.clone()))?;
+    Ok(c)
 }
 
-/// What came of an AUTH attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthResult {
-    /// The password was verified.
-    Success,
-    /// The password matched a recent success (no argon2 run).
-    Cached,
-    /// Unknown user or wrong password.
-    Failure,
-    /// Refused while the address or user is locked out.
-    LockedOut,
-    /// The verifier was busy: `454`, try again.
-    Deferred,
-}
-
-impl AuthResult {
-    const ALL: [AuthResult; 5] = [
-        AuthResult::Success,
-        AuthResult::Cached,
-        AuthResult::Failure,
-        AuthResult::LockedOut,
-        AuthResult::Deferred,
-    ];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            AuthResult::Success => "success",
-            AuthResult::Cached => "cached",
-            AuthResult::Failure => "failure",
-            AuthResult::LockedOut => "locked_out",
-            AuthResult::Deferred => "deferred",
-        }
-    }
-}
-
-/// The outcome of one delivery attempt of one message at one upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptResult {
-    /// The upstream took it (for every recipient it did not refuse for good).
-    Delivered,
-    /// To be retried: a 4xx, an unreachable upstream, a missing extension.
-    Deferred,
-    /// Refused for good (5xx) for every pending recipient.
-    Failed,
-    /// Sent, but no reply to the final dot: the upstream may have it.
-    MaybeDelivered,
-}
-
-impl AttemptResult {
-    const ALL: [AttemptResult; 4] = [
-        AttemptResult::Delivered,
-        AttemptResult::Deferred,
-        AttemptResult::Failed,
-        AttemptResult::MaybeDelivered,
-    ];
-
-    /// The label value and log field.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptResult::Delivered => "delivered",
-            AttemptResult::Deferred => "deferred",
-            AttemptResult::Failed => "failed",
-            AttemptResult::MaybeDelivered => "maybe_delivered",
-        }
-    }
-}
-
-/// What became of one recipient in a delivery attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RcptOutcome {
-    /// Accepted by the upstream.
-    Delivered,
-    /// Refused for now (4xx): retried.
-    Deferred,
-    /// Refused for good (5xx), or expired.
-    Failed,
-}
-
-impl RcptOutcome {
-    const ALL: [RcptOutcome; 3] = [
-        RcptOutcome::Delivered,
-        RcptOutcome::Deferred,
-        RcptOutcome::Failed,
-    ];
-
-    /// The label value and log field.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RcptOutcome::Delivered => "delivered",
-            RcptOutcome::Deferred => "deferred",
-            RcptOutcome::Failed => "failed",
-        }
-    }
-}
-
-/// How a message left the queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Completion {
-    /// Every recipient delivered.
-    Delivered,
-    /// Some recipient failed for good: moved to `failed/`.
-    Failed,
-    /// `queue.max_age` reached with recipients pending: moved to `failed/`.
-    Expired,
-}
-
-impl Completion {
-    const ALL: [Completion; 3] = [
-        Completion::Delivered,
-        Completion::Failed,
-        Completion::Expired,
-    ];
-
-    /// The label value and log field.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Completion::Delivered => "delivered",
-            Completion::Failed => "failed",
-            Completion::Expired => "expired",
-        }
-    }
-}
-
-/// The reasons a session is closed by the server (pre-registered for every listener).
-const CLOSE_REASONS: [Reason; 9] = [
-    Reason::Timeout,
-    Reason::DataRate,
-    Reason::SessionDuration,
-    Reason::TooManyErrors,
-    Reason::JunkCommands,
-    Reason::TooManyMessages,
-    Reason::Lockout,
-    Reason::ShuttingDown,
-    Reason::StaleRules,
-];
-
-/// The reasons a transaction or message is refused (pre-registered for every listener).
-const REFUSAL_REASONS: [Reason; 9] = [
-    Reason::SenderNotOwned,
-    Reason::AuthRequired,
-    Reason::NoRoute,
-    Reason::RateLimit,
-    Reason::Size,
-    Reason::BareLineEnding,
-    Reason::HeaderSenderNotOwned,
-    Reason::HeaderTooLarge,
-    Reason::QueueError,
-];
-
-/// Upstream failure stages (pre-registered for every upstream).
-pub const STAGES: [&str; 13] = [
-    "connect",
-    "tls",
-    "greeting",
-    "ehlo",
-    "starttls",
-    "auth",
-    "mail",
-    "rcpt",
-    "data",
-    "body",
-    "final_dot",
-    "rset",
-    "directory",
-];
-
-/// The labelled families; [`Metrics`] derefs to them.
+/// The registered families; [`Metrics`] derefs to them.
 #[derive(Debug)]
 pub struct Families {
     registry: Registry,
@@ -287,6 +301,57 @@ pub struct Families {
     pub ready: IntGauge,
     /// Unix time the instance started.
     pub start_time: Gauge,
+}
+
+impl Families {
+    /// Registers every family in a new registry, with the build info and the process
+    /// collector.
+    fn register() -> prometheus::Result<Families> {
+        let r = Registry::new();
+        let build = BUILD_INFO.gauge(&r)?;
+        let version = [env!("CARGO_PKG_VERSION"), env!("POSTERN_GIT_COMMIT")];
+        build.with_label_values(&version).set(1);
+        let process = prometheus::process_collector::ProcessCollector::for_self();
+        r.register(Box::new(process))?;
+        Ok(Families {
+            connections: CONNECTIONS.counter(&r)?,
+            sessions_active: SESSIONS_ACTIVE.gauge(&r)?,
+            sessions_closed: SESSIONS_CLOSED.counter(&r)?,
+            tls_handshakes: TLS_HANDSHAKES.counter(&r)?,
+            auth_attempts: AUTH_ATTEMPTS.counter(&r)?,
+            auth_lockouts: AUTH_LOCKOUTS.counter(&r)?,
+            messages_accepted: MESSAGES_ACCEPTED.counter(&r)?,
+            messages_refused: MESSAGES_REFUSED.counter(&r)?,
+            recipients: RECIPIENTS.counter(&r)?,
+            message_size: MESSAGE_SIZE.histogram(&r, &SIZE_BUCKETS)?,
+            rate_limit_hits: RATE_LIMIT_HITS.counter(&r)?,
+            delivery_attempts: DELIVERY_ATTEMPTS.counter(&r)?,
+            delivery_recipients: DELIVERY_RECIPIENTS.counter(&r)?,
+            delivery_latency: DELIVERY_LATENCY.histogram(&r, &LATENCY_BUCKETS)?,
+            completed: COMPLETED.counter(&r)?,
+            upstream_open: UPSTREAM_OPEN.gauge(&r)?,
+            upstream_busy: UPSTREAM_BUSY.gauge(&r)?,
+            upstream_failures: UPSTREAM_FAILURES.counter(&r)?,
+            upstream_up: UPSTREAM_UP.gauge(&r)?,
+            reloads: RELOADS.counter(&r)?,
+            queue: QueueGauges {
+                messages: QUEUE_MESSAGES.int_gauge(&r)?,
+                bytes: QUEUE_BYTES.int_gauge(&r)?,
+                oldest_age: QUEUE_OLDEST.int_gauge(&r)?,
+                oldest_received: Arc::new(AtomicU64::new(0)),
+            },
+            spool: SpoolMetrics {
+                commit: SPOOL_COMMIT.single_histogram(&r, &COMMIT_BUCKETS)?,
+                batch: SPOOL_BATCH.single_histogram(&r, &BATCH_BUCKETS)?,
+            },
+            reload_ok: RELOAD_OK.int_gauge(&r)?,
+            reload_time: RELOAD_TIME.float_gauge(&r)?,
+            cert_expiry: CERT_EXPIRY.float_gauge(&r)?,
+            ready: READY.int_gauge(&r)?,
+            start_time: START_TIME.float_gauge(&r)?,
+            registry: r,
+        })
+    }
 }
 
 /// The queue's gauges.
@@ -347,259 +412,10 @@ impl std::ops::Deref for Metrics {
     }
 }
 
-fn counter(
-    r: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> prometheus::Result<IntCounterVec> {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-    r.register(Box::new(c.clone()))?;
-    Ok(c)
-}
-
-fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
-    r.register(Box::new(g.clone()))?;
-    Ok(g)
-}
-
-fn histogram(
-    r: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-    buckets: &[f64],
-) -> prometheus::Result<HistogramVec> {
-    let h = HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        labels,
-    )?;
-    r.register(Box::new(h.clone()))?;
-    Ok(h)
-}
-
-fn single<C: prometheus::core::Collector + Clone + 'static>(
-    r: &Registry,
-    c: C,
-) -> prometheus::Result<C> {
-    r.register(Box::new(c.clone()))?;
-    Ok(c)
-}
-
 impl Metrics {
     /// Registers every metric, the build info and the process collector.
     pub fn new() -> prometheus::Result<Metrics> {
-        let r = Registry::new();
-        let build = gauge(
-            &r,
-            "postern_build_info",
-            "Version and git commit of this build (always 1).",
-            &["version", "commit"],
-        )?;
-        build
-            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("POSTERN_GIT_COMMIT")])
-            .set(1);
-        r.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
-        let families = Families {
-            connections: counter(
-                &r,
-                "postern_connections_total",
-                "Connections accepted, or refused at connect by reason.",
-                &["listener", "result"],
-            )?,
-            sessions_active: gauge(
-                &r,
-                "postern_sessions_active",
-                "Sessions open now.",
-                &["listener"],
-            )?,
-            sessions_closed: counter(
-                &r,
-                "postern_sessions_closed_total",
-                "Sessions the server closed, by reason.",
-                &["listener", "reason"],
-            )?,
-            tls_handshakes: counter(
-                &r,
-                "postern_tls_handshakes_total",
-                "Server-side TLS handshakes by version and result.",
-                &["listener", "version", "result"],
-            )?,
-            auth_attempts: counter(
-                &r,
-                "postern_auth_attempts_total",
-                "AUTH attempts by mechanism and result.",
-                &["listener", "mechanism", "result"],
-            )?,
-            auth_lockouts: counter(
-                &r,
-                "postern_auth_lockouts_total",
-                "AUTH lockouts started.",
-                &["listener"],
-            )?,
-            messages_accepted: counter(
-                &r,
-                "postern_messages_accepted_total",
-                "Messages queued (250 after DATA).",
-                &["listener"],
-            )?,
-            messages_refused: counter(
-                &r,
-                "postern_messages_refused_total",
-                "Transactions or messages refused, by reason.",
-                &["listener", "reason"],
-            )?,
-            recipients: counter(
-                &r,
-                "postern_recipients_total",
-                "Recipients accepted or refused at RCPT.",
-                &["listener", "outcome"],
-            )?,
-            message_size: histogram(
-                &r,
-                "postern_message_size_bytes",
-                "Size of accepted messages as stored.",
-                &["listener"],
-                &SIZE_BUCKETS,
-            )?,
-            rate_limit_hits: counter(
-                &r,
-                "postern_rate_limit_hits_total",
-                "Rate-limit refusals by rule.",
-                &["rule"],
-            )?,
-            delivery_attempts: counter(
-                &r,
-                "postern_delivery_attempts_total",
-                "Delivery attempts by upstream and result.",
-                &["upstream", "result"],
-            )?,
-            delivery_recipients: counter(
-                &r,
-                "postern_delivery_recipients_total",
-                "Recipient outcomes of delivery attempts.",
-                &["upstream", "result"],
-            )?,
-            delivery_latency: histogram(
-                &r,
-                "postern_delivery_latency_seconds",
-                "From acceptance to the upstream's 250.",
-                &["upstream"],
-                &LATENCY_BUCKETS,
-            )?,
-            completed: counter(
-                &r,
-                "postern_messages_completed_total",
-                "Messages leaving the queue, by how.",
-                &["result"],
-            )?,
-            upstream_open: gauge(
-                &r,
-                "postern_upstream_connections_open",
-                "Connections open to the upstream.",
-                &["upstream"],
-            )?,
-            upstream_busy: gauge(
-                &r,
-                "postern_upstream_connections_busy",
-                "Connections carrying a delivery now.",
-                &["upstream"],
-            )?,
-            upstream_failures: counter(
-                &r,
-                "postern_upstream_failures_total",
-                "Failed delivery attempts by stage.",
-                &["upstream", "stage"],
-            )?,
-            upstream_up: gauge(
-                &r,
-                "postern_upstream_up",
-                "0 when the latest attempt could not reach or log in to the upstream.",
-                &["upstream"],
-            )?,
-            reloads: counter(
-                &r,
-                "postern_config_reloads_total",
-                "Configuration reloads by result.",
-                &["result"],
-            )?,
-            queue: QueueGauges {
-                messages: single(
-                    &r,
-                    IntGauge::new("postern_queue_messages", "Messages in the queue.")?,
-                )?,
-                bytes: single(
-                    &r,
-                    IntGauge::new("postern_queue_bytes", "Bytes of the messages in the queue.")?,
-                )?,
-                oldest_age: single(
-                    &r,
-                    IntGauge::new(
-                        "postern_queue_oldest_age_seconds",
-                        "Age of the oldest message in the queue (0: empty).",
-                    )?,
-                )?,
-                oldest_received: Arc::new(AtomicU64::new(0)),
-            },
-            spool: SpoolMetrics {
-                commit: single(
-                    &r,
-                    Histogram::with_opts(
-                        HistogramOpts::new(
-                            "postern_spool_commit_duration_seconds",
-                            "One group commit: data sync, renames, directory sync.",
-                        )
-                        .buckets(COMMIT_BUCKETS.to_vec()),
-                    )?,
-                )?,
-                batch: single(
-                    &r,
-                    Histogram::with_opts(
-                        HistogramOpts::new(
-                            "postern_spool_commit_batch_messages",
-                            "Messages made durable per group commit.",
-                        )
-                        .buckets(BATCH_BUCKETS.to_vec()),
-                    )?,
-                )?,
-            },
-            reload_ok: single(
-                &r,
-                IntGauge::new(
-                    "postern_config_last_reload_successful",
-                    "1 when the latest reload (or the start) succeeded.",
-                )?,
-            )?,
-            reload_time: single(
-                &r,
-                Gauge::new(
-                    "postern_config_last_reload_success_timestamp_seconds",
-                    "Unix time of the start or the latest good reload.",
-                )?,
-            )?,
-            cert_expiry: single(
-                &r,
-                Gauge::new(
-                    "postern_tls_certificate_expiry_timestamp_seconds",
-                    "notAfter of the listeners' certificate, unix seconds.",
-                )?,
-            )?,
-            ready: single(
-                &r,
-                IntGauge::new("postern_ready", "1 when /readyz answers 200.")?,
-            )?,
-            start_time: single(
-                &r,
-                Gauge::new(
-                    "postern_start_time_seconds",
-                    "Unix time the instance started.",
-                )?,
-            )?,
-            registry: r,
-        };
+        let families = Families::register()?;
         for result in ["success", "failure"] {
             families.reloads.with_label_values(&[result]);
         }
@@ -687,226 +503,6 @@ impl Metrics {
     }
 }
 
-/// One listener's resolved handles.
-#[derive(Debug)]
-pub struct ListenerMetrics {
-    name: String,
-    connections: [IntCounter; 4],
-    active: IntGauge,
-    closed: Vec<(Reason, IntCounter)>,
-    tls: [IntCounter; 3],
-    auth: [[IntCounter; 5]; 2],
-    lockouts: IntCounter,
-    accepted: IntCounter,
-    refused: Vec<(Reason, IntCounter)>,
-    rcpt_accepted: IntCounter,
-    rcpt_refused: IntCounter,
-    size: Histogram,
-    sessions_closed: IntCounterVec,
-    messages_refused: IntCounterVec,
-}
-
-impl ListenerMetrics {
-    fn new(f: &Families, name: &str) -> ListenerMetrics {
-        let reasons = |vec: &IntCounterVec, set: &[Reason]| -> Vec<(Reason, IntCounter)> {
-            set.iter()
-                .map(|r| (*r, vec.with_label_values(&[name, r.as_str()])))
-                .collect()
-        };
-        let tls = |version: &str, result: &str| {
-            f.tls_handshakes.with_label_values(&[name, version, result])
-        };
-        let auth = |mech: &str| {
-            AuthResult::ALL.map(|r| f.auth_attempts.with_label_values(&[name, mech, r.as_str()]))
-        };
-        ListenerMetrics {
-            name: name.to_owned(),
-            connections: CONN_RESULTS.map(|r| f.connections.with_label_values(&[name, r])),
-            active: f.sessions_active.with_label_values(&[name]),
-            closed: reasons(&f.sessions_closed, &CLOSE_REASONS),
-            tls: [
-                tls("tls1_2", "success"),
-                tls("tls1_3", "success"),
-                tls("none", "failure"),
-            ],
-            auth: [auth("plain"), auth("login")],
-            lockouts: f.auth_lockouts.with_label_values(&[name]),
-            accepted: f.messages_accepted.with_label_values(&[name]),
-            refused: reasons(&f.messages_refused, &REFUSAL_REASONS),
-            rcpt_accepted: f.recipients.with_label_values(&[name, "accepted"]),
-            rcpt_refused: f.recipients.with_label_values(&[name, "refused"]),
-            size: f.message_size.with_label_values(&[name]),
-            sessions_closed: f.sessions_closed.clone(),
-            messages_refused: f.messages_refused.clone(),
-        }
-    }
-
-    /// Counts a connection by what became of it.
-    pub fn connection(&self, result: &ConnResult) {
-        self.connections[result.index()].inc();
-    }
-
-    /// Counts a session as open until the guard is dropped.
-    pub fn session(self: &Arc<Self>) -> SessionGuard {
-        self.active.inc();
-        SessionGuard(self.clone())
-    }
-
-    /// Counts a session the server closed for `reason`.
-    pub fn session_closed(&self, reason: Reason) {
-        self.by_reason(&self.closed, &self.sessions_closed, reason);
-    }
-
-    /// Counts a TLS handshake: its version, or `None` when it failed.
-    pub fn tls_handshake(&self, version: Option<TlsVersion>) {
-        let i = match version {
-            Some(TlsVersion::Tls12) => 0,
-            Some(TlsVersion::Tls13) => 1,
-            None => 2,
-        };
-        self.tls[i].inc();
-    }
-
-    /// Counts an AUTH attempt.
-    pub fn auth(&self, mechanism: Mechanism, result: AuthResult) {
-        let m = match mechanism {
-            Mechanism::Plain => 0,
-            Mechanism::Login => 1,
-        };
-        let r = AuthResult::ALL
-            .iter()
-            .position(|x| *x == result)
-            .unwrap_or(0);
-        self.auth[m][r].inc();
-    }
-
-    /// Counts a lockout started by a failure on this listener.
-    pub fn lockout(&self) {
-        self.lockouts.inc();
-    }
-
-    /// Counts a queued message of `size` bytes with `recipients` recipients.
-    pub fn message_accepted(&self, size: u64) {
-        self.accepted.inc();
-        self.size.observe(size as f64);
-    }
-
-    /// Counts a transaction or message refused for `reason`.
-    pub fn message_refused(&self, reason: Reason) {
-        self.by_reason(&self.refused, &self.messages_refused, reason);
-    }
-
-    /// Counts a recipient accepted or refused at RCPT.
-    pub fn recipient(&self, accepted: bool) {
-        if accepted {
-            self.rcpt_accepted.inc();
-        } else {
-            self.rcpt_refused.inc();
-        }
-    }
-
-    /// A refusal the engine made (it knows only its own reasons): routed to the family
-    /// its reason belongs to.
-    pub fn engine_refusal(&self, reason: Reason) {
-        match reason {
-            Reason::Recipients => self.recipient(false),
-            other => self.message_refused(other),
-        }
-    }
-
-    fn by_reason(&self, known: &[(Reason, IntCounter)], vec: &IntCounterVec, reason: Reason) {
-        match known.iter().find(|(r, _)| *r == reason) {
-            Some((_, c)) => c.inc(),
-            None => vec.with_label_values(&[&self.name, reason.as_str()]).inc(),
-        }
-    }
-}
-
-/// Holds a session in `postern_sessions_active` until dropped.
-#[derive(Debug)]
-pub struct SessionGuard(Arc<ListenerMetrics>);
-
-impl Drop for SessionGuard {
-    fn drop(&mut self) {
-        self.0.active.dec();
-    }
-}
-
-/// One upstream's resolved handles and its health.
-#[derive(Debug)]
-pub struct UpstreamMetrics {
-    name: String,
-    attempts: [IntCounter; 4],
-    recipients: [IntCounter; 3],
-    latency: Histogram,
-    up: IntGauge,
-    failures: IntCounterVec,
-}
-
-impl UpstreamMetrics {
-    fn new(f: &Families, name: &str) -> UpstreamMetrics {
-        for stage in STAGES {
-            f.upstream_failures.with_label_values(&[name, stage]);
-        }
-        let up = f.upstream_up.with_label_values(&[name]);
-        up.set(1);
-        f.upstream_open.with_label_values(&[name]);
-        f.upstream_busy.with_label_values(&[name]);
-        UpstreamMetrics {
-            name: name.to_owned(),
-            attempts: AttemptResult::ALL
-                .map(|r| f.delivery_attempts.with_label_values(&[name, r.as_str()])),
-            recipients: RcptOutcome::ALL
-                .map(|r| f.delivery_recipients.with_label_values(&[name, r.as_str()])),
-            latency: f.delivery_latency.with_label_values(&[name]),
-            up,
-            failures: f.upstream_failures.clone(),
-        }
-    }
-
-    /// Counts an attempt by its result.
-    pub fn attempt(&self, result: AttemptResult) {
-        let i = AttemptResult::ALL
-            .iter()
-            .position(|r| *r == result)
-            .unwrap_or(0);
-        self.attempts[i].inc();
-    }
-
-    /// Counts recipient outcomes.
-    pub fn recipients(&self, outcome: RcptOutcome, n: usize) {
-        let i = RcptOutcome::ALL
-            .iter()
-            .position(|r| *r == outcome)
-            .unwrap_or(0);
-        self.recipients[i].inc_by(n as u64);
-    }
-
-    /// Records the time from acceptance to the upstream's 250.
-    pub fn delivered_after(&self, latency: Duration) {
-        self.latency.observe(latency.as_secs_f64());
-    }
-
-    /// Counts a failure at `stage`; `unreachable` marks the upstream down (it could not
-    /// be reached or logged in to) until its next successful attempt.
-    pub fn failure(&self, stage: &str, unreachable: bool) {
-        self.failures.with_label_values(&[&self.name, stage]).inc();
-        if unreachable {
-            self.up.set(0);
-        }
-    }
-
-    /// The upstream answered for the message: it is up.
-    pub fn reached(&self) {
-        self.up.set(1);
-    }
-
-    /// Whether the latest attempt reached the upstream (or none was made yet).
-    pub fn is_up(&self) -> bool {
-        self.up.get() != 0
-    }
-}
-
 /// Handles by name, made on first use: lookups are a lock-free load; a miss copies the
 /// map (rare: once per new name).
 #[derive(Debug)]
@@ -934,118 +530,5 @@ impl<T> Family<T> {
             map
         });
         self.map.load().get(name).cloned().unwrap_or(made)
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "tests")]
-mod tests {
-    use super::*;
-
-    fn value(text: &str, series: &str) -> Option<f64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-    }
-
-    /// Every family registers (no name clash, valid names), and labelled series exist at
-    /// zero before the first event.
-    #[test]
-    fn registers_and_preregisters() {
-        let m = Metrics::new().unwrap();
-        let l = m.listener("submission");
-        m.register_upstreams(["relay"]);
-        let text = m.render().unwrap();
-        for series in [
-            r#"postern_connections_total{listener="submission",result="accepted"}"#,
-            r#"postern_messages_refused_total{listener="submission",reason="sender_not_owned"}"#,
-            r#"postern_sessions_closed_total{listener="submission",reason="timeout"}"#,
-            r#"postern_auth_attempts_total{listener="submission",mechanism="login",result="locked_out"}"#,
-            r#"postern_delivery_attempts_total{result="maybe_delivered",upstream="relay"}"#,
-            r#"postern_upstream_failures_total{stage="final_dot",upstream="relay"}"#,
-            r#"postern_messages_completed_total{result="expired"}"#,
-            r#"postern_config_reloads_total{result="failure"}"#,
-        ] {
-            assert_eq!(value(&text, series), Some(0.0), "{series} in\n{text}");
-        }
-        assert_eq!(
-            value(&text, r#"postern_upstream_up{upstream="relay"}"#),
-            Some(1.0)
-        );
-        assert!(text.contains("postern_build_info{commit="), "{text}");
-        assert!(text.contains("process_resident_memory_bytes"), "{text}");
-        drop(l);
-    }
-
-    /// Counts land on the right series; a reason outside the pre-registered set still
-    /// counts; the session gauge follows its guards.
-    #[test]
-    fn counts_land_where_they_should() {
-        let m = Metrics::new().unwrap();
-        let l = Arc::new(m.listener("legacy"));
-        l.connection(&ConnResult::Allowlist);
-        l.message_refused(Reason::Size);
-        l.message_refused(Reason::StaleRules);
-        l.engine_refusal(Reason::Recipients);
-        l.auth(Mechanism::Login, AuthResult::Cached);
-        l.tls_handshake(Some(TlsVersion::Tls13));
-        let guard = l.session();
-        let _second = l.session();
-        drop(guard);
-        let u = m.upstream("mx");
-        u.failure("connect", true);
-        m.rate_limit_hit("ip-messages-1h");
-        m.rate_limit_hit("ip-messages-1h");
-        let text = m.render().unwrap();
-        for (series, want) in [
-            (
-                r#"postern_connections_total{listener="legacy",result="allowlist"}"#,
-                1.0,
-            ),
-            (
-                r#"postern_messages_refused_total{listener="legacy",reason="size"}"#,
-                1.0,
-            ),
-            (
-                r#"postern_messages_refused_total{listener="legacy",reason="stale_rules"}"#,
-                1.0,
-            ),
-            (
-                r#"postern_recipients_total{listener="legacy",outcome="refused"}"#,
-                1.0,
-            ),
-            (
-                r#"postern_auth_attempts_total{listener="legacy",mechanism="login",result="cached"}"#,
-                1.0,
-            ),
-            (
-                r#"postern_tls_handshakes_total{listener="legacy",result="success",version="tls1_3"}"#,
-                1.0,
-            ),
-            (r#"postern_sessions_active{listener="legacy"}"#, 1.0),
-            (
-                r#"postern_upstream_failures_total{stage="connect",upstream="mx"}"#,
-                1.0,
-            ),
-            (r#"postern_upstream_up{upstream="mx"}"#, 0.0),
-            (
-                r#"postern_rate_limit_hits_total{rule="ip-messages-1h"}"#,
-                2.0,
-            ),
-        ] {
-            assert_eq!(value(&text, series), Some(want), "{series} in\n{text}");
-        }
-        assert!(!m.upstream("mx").is_up());
-        m.upstream("mx").reached();
-        assert!(m.upstream("mx").is_up());
-    }
-
-    #[test]
-    fn oldest_age_follows_the_clock() {
-        let m = Metrics::new().unwrap();
-        m.queue.refresh(1000);
-        assert_eq!(m.queue.oldest_age.get(), 0);
-        m.queue.oldest_received.store(900, Ordering::Relaxed);
-        m.queue.refresh(1000);
-        assert_eq!(m.queue.oldest_age.get(), 100);
     }
 }

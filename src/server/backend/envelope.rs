@@ -1,0 +1,70 @@
+//! The spool envelope and the trace header of a message about to be committed.
+
+use std::time::UNIX_EPOCH;
+
+use super::{Backend, SessionFacts, Tx};
+use crate::message::{self, Trace};
+use crate::smtp::command::BodyType;
+use crate::smtp::session::Envelope;
+use crate::spool::{self, SpoolWriter};
+
+impl Backend {
+    /// The spool envelope and the header prefix (Received, and Date / Message-ID where
+    /// missing) for a message about to be committed.
+    pub(super) fn envelope(
+        &self,
+        tx: &Tx,
+        writer: &SpoolWriter,
+        envelope: &Envelope,
+        facts: SessionFacts<'_>,
+    ) -> (spool::Envelope, Vec<u8>) {
+        let recipients: Vec<String> = envelope.rcpts.iter().map(|r| r.to_string()).collect();
+        let now = self.rt.clock.wall();
+        // RFC 6531 3.4: a sender rewritten to a UTF-8 address needs SMTPUTF8 upstream even
+        // when the client's own envelope was ASCII.
+        let smtputf8 = envelope.params.smtputf8
+            || !tx.sender.is_ascii()
+            || recipients.iter().any(|r| !r.is_ascii());
+        let id = writer.id().to_string();
+        let trace = Trace {
+            helo: facts.helo.unwrap_or("unknown"),
+            client_ip: self.ip,
+            hostname: &self.rules.hostname,
+            esmtp: facts.esmtp,
+            tls: facts.tls,
+            authenticated: facts.authenticated,
+            utf8: smtputf8,
+            queue_id: &id,
+            single_rcpt: (recipients.len() == 1).then(|| recipients[0].as_str()),
+            now,
+        };
+        let headers = &self.rules.headers;
+        let prefix = message::prefix(
+            &trace,
+            headers.add_date && !tx.scan.has_date,
+            headers.add_message_id && !tx.scan.has_message_id,
+        );
+        let env = spool::Envelope {
+            id: writer.id().clone(),
+            received_unix: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            sender: tx.sender.clone(),
+            recipients: recipients
+                .into_iter()
+                .map(|address| spool::Recipient {
+                    address,
+                    status: spool::RcptStatus::Pending,
+                })
+                .collect(),
+            listener: self.listener.name.clone(),
+            client_ip: self.ip,
+            identity: self.label.clone(),
+            smtputf8,
+            body_8bit: envelope.params.body == Some(BodyType::EightBitMime) || tx.eight_bit,
+            attempts: 0,
+            next_attempt_unix: 0,
+            size: prefix.len() as u64 + writer.written(),
+            accepted_ms: 0,
+        };
+        (env, prefix)
+    }
+}

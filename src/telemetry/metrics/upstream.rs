@@ -1,0 +1,83 @@
+//! One upstream's series and its health, resolved on first use.
+
+use std::time::Duration;
+
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
+
+use super::Families;
+use super::labels::{AttemptResult, RcptOutcome, STAGES};
+
+/// One upstream's resolved handles and its health.
+#[derive(Debug)]
+pub struct UpstreamMetrics {
+    name: String,
+    attempts: [IntCounter; 4],
+    recipients: [IntCounter; 3],
+    latency: Histogram,
+    up: IntGauge,
+    failures: IntCounterVec,
+}
+
+impl UpstreamMetrics {
+    pub(super) fn new(f: &Families, name: &str) -> UpstreamMetrics {
+        for stage in STAGES {
+            f.upstream_failures.with_label_values(&[name, stage]);
+        }
+        let up = f.upstream_up.with_label_values(&[name]);
+        up.set(1);
+        f.upstream_open.with_label_values(&[name]);
+        f.upstream_busy.with_label_values(&[name]);
+        UpstreamMetrics {
+            name: name.to_owned(),
+            attempts: AttemptResult::ALL
+                .map(|r| f.delivery_attempts.with_label_values(&[name, r.as_str()])),
+            recipients: RcptOutcome::ALL
+                .map(|r| f.delivery_recipients.with_label_values(&[name, r.as_str()])),
+            latency: f.delivery_latency.with_label_values(&[name]),
+            up,
+            failures: f.upstream_failures.clone(),
+        }
+    }
+
+    /// Counts an attempt by its result.
+    pub fn attempt(&self, result: AttemptResult) {
+        let i = AttemptResult::ALL
+            .iter()
+            .position(|r| *r == result)
+            .unwrap_or(0);
+        self.attempts[i].inc();
+    }
+
+    /// Counts recipient outcomes.
+    pub fn recipients(&self, outcome: RcptOutcome, n: usize) {
+        let i = RcptOutcome::ALL
+            .iter()
+            .position(|r| *r == outcome)
+            .unwrap_or(0);
+        self.recipients[i].inc_by(n as u64);
+    }
+
+    /// Records the time from acceptance to the upstream's 250.
+    pub fn delivered_after(&self, latency: Duration) {
+        self.latency.observe(latency.as_secs_f64());
+    }
+
+    /// Counts a failure at `stage`; `unreachable` marks the upstream down (it could not
+    /// be reached or logged in to) until its next successful attempt.
+    pub fn failure(&self, stage: &str, unreachable: bool) {
+        self.failures.with_label_values(&[&self.name, stage]).inc();
+        if unreachable {
+            self.up.set(0);
+        }
+    }
+
+    /// The upstream answered for the message: it is up.
+    pub fn reached(&self) {
+        self.up.set(1);
+    }
+
+    /// Whether the latest attempt reached the upstream (or none was made yet).
+    pub fn is_up(&self) -> bool {
+        self.up.get() != 0
+    }
+}
