@@ -20,6 +20,7 @@ mod drain;
 mod external;
 mod headers;
 mod lockout;
+mod prometheus;
 mod protocol;
 mod ratelimit;
 mod reload;
