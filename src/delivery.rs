@@ -371,7 +371,11 @@ impl Runner {
             let seed = env.received_unix ^ u64::from(env.attempts);
             let delay =
                 schedule::next_delay(env.attempts, timing.min_backoff, timing.max_backoff, seed);
-            env.next_attempt_unix = self.clock.unix() + delay.as_secs().max(1);
+            // Due no sooner than `delay` from now: the due time is kept in whole seconds, so
+            // round up (rounding down could retry at once, under `queue.min_backoff`).
+            let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            let due_ms = self.clock.unix_millis().saturating_add(delay_ms.max(1000));
+            env.next_attempt_unix = due_ms.div_ceil(1000);
             if let Err(e) = self.spool.update(&env) {
                 warn!(queue_id = %id, error = %e, "cannot record delivery state");
             }

@@ -13,6 +13,7 @@
 
 mod labels;
 mod listener;
+mod process;
 #[cfg(test)]
 mod tests;
 mod upstream;
@@ -32,6 +33,7 @@ pub use labels::{
     AttemptResult, AuthResult, Completion, ConnResult, RcptOutcome, STAGES, TlsVersion,
 };
 pub use listener::{ListenerMetrics, SessionGuard};
+pub use process::ProcessMetrics;
 pub use upstream::UpstreamMetrics;
 
 /// A metric's name, help text and labels.
@@ -301,6 +303,8 @@ pub struct Families {
     pub ready: IntGauge,
     /// Unix time the instance started.
     pub start_time: Gauge,
+    /// The `process_*` series, read at scrape time.
+    pub process: ProcessMetrics,
 }
 
 impl Families {
@@ -311,8 +315,6 @@ impl Families {
         let build = BUILD_INFO.gauge(&r)?;
         let version = [env!("CARGO_PKG_VERSION"), env!("POSTERN_GIT_COMMIT")];
         build.with_label_values(&version).set(1);
-        let process = prometheus::process_collector::ProcessCollector::for_self();
-        r.register(Box::new(process))?;
         Ok(Families {
             connections: CONNECTIONS.counter(&r)?,
             sessions_active: SESSIONS_ACTIVE.gauge(&r)?,
@@ -349,6 +351,7 @@ impl Families {
             cert_expiry: CERT_EXPIRY.float_gauge(&r)?,
             ready: READY.int_gauge(&r)?,
             start_time: START_TIME.float_gauge(&r)?,
+            process: ProcessMetrics::register(&r)?,
             registry: r,
         })
     }
@@ -495,8 +498,9 @@ impl Metrics {
             .set(to_i64(busy));
     }
 
-    /// Every metric in the Prometheus text format.
+    /// Every metric in the Prometheus text format (the `process_*` series read now).
     pub fn render(&self) -> Result<String, prometheus::Error> {
+        self.process.refresh();
         let mut out = Vec::with_capacity(32 * 1024);
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))

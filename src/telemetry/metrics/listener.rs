@@ -109,7 +109,7 @@ impl ListenerMetrics {
         self.lockouts.inc();
     }
 
-    /// Counts a queued message of `size` bytes with `recipients` recipients.
+    /// Counts a queued message of `size` bytes.
     pub fn message_accepted(&self, size: u64) {
         self.accepted.inc();
         self.size.observe(size as f64);
