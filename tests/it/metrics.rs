@@ -154,6 +154,121 @@ async fn counters_follow_each_outcome() {
     assert!(s.get("postern_tls_certificate_expiry_timestamp_seconds") > 1.7e9);
 }
 
+/// Each kind of refusal lands in its family with its reason: a recipient over the cap, a
+/// message with a bare LF, a sender with no route, too many messages or errors in one
+/// session, a lockout and the AUTH it refuses, a connection over its rate.
+#[tokio::test]
+async fn each_refusal_kind_has_its_series() {
+    let extra = "limits: {max_recipients: 1, max_messages_per_session: 1, max_errors: 3}\n\
+                 auth_lockout: {attempts: 2, window: 10m, duration: 15m}\n\
+                 rate_limits: [{per: ip, connections: 1, interval: 1h, name: one-connection, listeners: [submissions]}]\n\
+                 routes: [{senders: [\"@example.com\", \"@alice.example\"], upstreams: [sink]}]\n";
+    let server = TestServer::start(Opts::with(extra)).await;
+    server.sink().expect(1);
+
+    let mut d = server.legacy_session().await;
+    d.cmd("MAIL FROM:<dev@nowhere.example>", "550 5.7.1").await;
+    d.cmd("MAIL FROM:<dev@example.com>", "250").await;
+    d.cmd("RCPT TO:<a@example.net>", "250").await;
+    d.cmd("RCPT TO:<b@example.net>", "452 4.5.3").await;
+    d.cmd("DATA", "354").await;
+    d.send(b"Subject: x\r\n\r\nbare\nLF\r\n.\r\n").await;
+    d.expect("550 5.6.0").await;
+    send_mail(
+        &mut d,
+        "dev@example.com",
+        &["a@example.net"],
+        &message("k1", "", "ok\r\n"),
+    )
+    .await;
+    d.cmd("MAIL FROM:<dev@example.com>", "421 4.7.0").await;
+    server.sink().wait(DELIVERY).await;
+
+    let mut errors = server.legacy_session().await;
+    for _ in 0..3 {
+        errors.cmd("BOGUS", "500").await;
+    }
+    errors.cmd("BOGUS", "421 4.7.0").await;
+
+    let first = Dialog::connect_tls(server.submissions, &server.ca).await;
+    let mut second = Dialog::connect_tls_silent(server.submissions, &server.ca).await;
+    second.expect("421 4.7.0").await;
+
+    let mut guess = Dialog::connect(server.submission).await;
+    guess.ehlo("client.test").await;
+    guess.starttls(&server.ca).await;
+    guess.ehlo("client.test").await;
+    guess.cmd("AUTH PLAIN AGFsaWNlAHdyb25n", "535 5.7.8").await;
+    guess.cmd("AUTH PLAIN AGFsaWNlAHdyb25n", "421 4.7.0").await;
+    let mut locked = server.submission_session_unauthenticated().await;
+    locked
+        .cmd(
+            &format!("AUTH PLAIN {}", crate::harness::PLAIN_TOKEN),
+            "454 4.7.0",
+        )
+        .await;
+
+    let s = scrape_until(&server, |s| {
+        s.get(r#"postern_sessions_closed_total{listener="submission",reason="lockout"}"#) >= 1.0
+    })
+    .await;
+    for (series, want) in [
+        (
+            r#"postern_messages_refused_total{listener="legacy",reason="no_route"}"#,
+            1.0,
+        ),
+        (
+            r#"postern_messages_refused_total{listener="legacy",reason="bare_line_ending"}"#,
+            1.0,
+        ),
+        (
+            r#"postern_recipients_total{listener="legacy",outcome="refused"}"#,
+            1.0,
+        ),
+        (
+            r#"postern_recipients_total{listener="legacy",outcome="accepted"}"#,
+            2.0,
+        ),
+        (r#"postern_messages_accepted_total{listener="legacy"}"#, 1.0),
+        (
+            r#"postern_sessions_closed_total{listener="legacy",reason="too_many_messages"}"#,
+            1.0,
+        ),
+        (
+            r#"postern_sessions_closed_total{listener="legacy",reason="too_many_errors"}"#,
+            1.0,
+        ),
+        (
+            r#"postern_connections_total{listener="submissions",result="connection_rate"}"#,
+            1.0,
+        ),
+        (
+            r#"postern_rate_limit_hits_total{rule="one-connection"}"#,
+            1.0,
+        ),
+        (
+            r#"postern_auth_attempts_total{listener="submission",mechanism="plain",result="failure"}"#,
+            2.0,
+        ),
+        (
+            r#"postern_auth_attempts_total{listener="submission",mechanism="plain",result="locked_out"}"#,
+            1.0,
+        ),
+        (r#"postern_auth_lockouts_total{listener="submission"}"#, 1.0),
+        (
+            r#"postern_sessions_closed_total{listener="submission",reason="lockout"}"#,
+            1.0,
+        ),
+        (
+            r#"postern_messages_refused_total{listener="legacy",reason="size"}"#,
+            0.0,
+        ),
+    ] {
+        assert_eq!(s.get(series), want, "{series}");
+    }
+    drop(first);
+}
+
 /// A delivery that is deferred once then succeeds: both attempts counted, the failure's
 /// stage named, the queue gauges while it waits, and its log joined by queue id from the
 /// submitting session to the upstream's 250.

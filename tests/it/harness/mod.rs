@@ -262,6 +262,15 @@ impl TestServer {
         d
     }
 
+    /// A session on the submission listener after STARTTLS and EHLO, before AUTH.
+    pub async fn submission_session_unauthenticated(&self) -> Dialog {
+        let mut d = Dialog::connect(self.submission).await;
+        d.ehlo("client.test").await;
+        d.starttls(&self.ca).await;
+        d.ehlo("client.test").await;
+        d
+    }
+
     /// A session on the submission listener after STARTTLS, EHLO and AUTH PLAIN as alice.
     pub async fn submission_session(&self) -> Dialog {
         let mut d = Dialog::connect(self.submission).await;
