@@ -37,7 +37,7 @@ use crate::rules::{LiveRules, Timing};
 use crate::shutdown::Shutdown;
 use crate::spool::{Envelope, RcptStatus, Spool, schedule};
 use crate::telemetry::events::{self, Attempt};
-use crate::telemetry::metrics::{Completion, Metrics, RcptOutcome};
+use crate::telemetry::metrics::{Completion, Metrics, RcptOutcome, UpstreamMetrics};
 use crate::upstream::Upstreams;
 use crate::upstream::client::{Outgoing, transmitted_size};
 use crate::upstream::error::Capability;
@@ -280,8 +280,11 @@ impl Runner {
             return Tried::Done;
         }
         let started = std::time::Instant::now();
-        let (tried, report) = self.send(upstreams, upstream, env, &pending).await;
-        self.metrics.upstream(upstream).attempt(report.result);
+        let metrics = self.metrics.upstream(upstream);
+        let (tried, report) = self
+            .send(upstreams, upstream, env, &pending, &metrics)
+            .await;
+        metrics.attempt(report.result);
         events::attempt(&Attempt {
             queue_id: env.id.as_str(),
             upstream,
@@ -303,6 +306,7 @@ impl Runner {
         upstream: &str,
         env: &mut Envelope,
         pending: &[usize],
+        metrics: &UpstreamMetrics,
     ) -> (Tried, Report) {
         let local = |why: String| (Tried::RetryLater(why.clone()), Report::local(why));
         let body = match self.spool.open_body(&env.id) {
@@ -335,14 +339,13 @@ impl Runner {
         };
         let id = env.id.to_string();
         let result = upstreams.deliver(upstream, &id, &mut out).await;
-        let metrics = self.metrics.upstream(upstream);
         let accepted_ms = match env.accepted_ms {
             0 => env.received_unix.saturating_mul(1000),
             ms => ms,
         };
         let since_accepted =
             Duration::from_millis(self.clock.unix_millis().saturating_sub(accepted_ms));
-        outcome::apply(env, pending, upstream, result, &metrics, since_accepted)
+        outcome::apply(env, pending, upstream, result, metrics, since_accepted)
     }
 
     /// Removes, dead-letters or reschedules the message after an attempt.

@@ -78,7 +78,7 @@ fn recipients(
     outcomes: Vec<Sent>,
     metrics: &UpstreamMetrics,
 ) -> Report {
-    let id = env.id.to_string();
+    let id = env.id.as_str();
     let (mut delivered, mut deferred, mut failed) = (0, 0, 0);
     // The first reply of each outcome: the attempt reports the one of its result.
     let mut first: [Option<(u16, String)>; 3] = [None, None, None];
@@ -115,7 +115,7 @@ fn recipients(
                 }
             }
         };
-        events::recipient(&id, upstream, &rcpt.address, counted, &reply);
+        events::recipient(id, upstream, &rcpt.address, counted, &reply);
         let slot = match counted {
             RcptOutcome::Delivered => &mut first[0],
             RcptOutcome::Deferred => &mut first[1],
@@ -193,11 +193,11 @@ fn failed(
             report(AttemptResult::Deferred),
         );
     }
-    let id = env.id.to_string();
+    let id = env.id.as_str();
     let text = e.to_string();
     for &i in pending {
         let rcpt = &mut env.recipients[i];
-        events::recipient(&id, upstream, &rcpt.address, RcptOutcome::Failed, &text);
+        events::recipient(id, upstream, &rcpt.address, RcptOutcome::Failed, &text);
         rcpt.status = RcptStatus::Failed {
             reply: text.clone(),
         };
