@@ -471,3 +471,54 @@ async fn readiness_names_each_failed_check() {
     assert!(body.contains("listeners: 0 of 3 accepting\n"), "{body}");
     assert_eq!(health, 200);
 }
+
+/// A message that outlives `queue.max_age` leaves the queue as expired: counted, logged
+/// with its recipients failed locally, and the queue gauges back to empty.
+#[tokio::test]
+async fn expiry_is_counted_and_logged() {
+    let server = TestServer::start(Opts {
+        sink_down: true,
+        ..Opts::default()
+    })
+    .await;
+    let mut d = server.legacy_session().await;
+    let reply = send_mail(
+        &mut d,
+        "dev@example.com",
+        &["a@example.net"],
+        &message("e1", "", "x\r\n"),
+    )
+    .await;
+    let id = reply.first().rsplit(' ').next().unwrap().to_owned();
+    scrape_until(&server, |s| {
+        s.get(r#"postern_delivery_attempts_total{result="deferred",upstream="sink"}"#) >= 1.0
+    })
+    .await;
+    server.clock.advance(Duration::from_secs(30 * 86_400));
+    let s = scrape_until(&server, |s| {
+        s.get(r#"postern_messages_completed_total{result="expired"}"#) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        s.get(r#"postern_messages_completed_total{result="expired"}"#),
+        1.0
+    );
+    assert_eq!(s.get("postern_queue_messages"), 0.0);
+    let lines = logs::lines();
+    let mine = |event: &str| -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["fields"]["event"] == event && l["fields"]["queue_id"] == id.as_str())
+            .collect()
+    };
+    let done = mine("completed");
+    assert_eq!(done.len(), 1, "{lines:#?}");
+    assert_eq!(done[0]["fields"]["result"], "expired");
+    let failed: Vec<_> = mine("recipient")
+        .into_iter()
+        .filter(|l| l["fields"]["result"] == "failed")
+        .collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["fields"]["upstream"], "-");
+    assert!(server.spool().join("failed").join(&id).is_file());
+}
