@@ -370,20 +370,7 @@ impl Runner {
             .iter()
             .any(|r| r.status == RcptStatus::Pending)
         {
-            env.attempts += 1;
-            let seed = env.received_unix ^ u64::from(env.attempts);
-            let delay =
-                schedule::next_delay(env.attempts, timing.min_backoff, timing.max_backoff, seed);
-            // Due no sooner than `delay` from now: the due time is kept in whole seconds, so
-            // round up (rounding down could retry at once, under `queue.min_backoff`).
-            let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-            let due_ms = self.clock.unix_millis().saturating_add(delay_ms.max(1000));
-            env.next_attempt_unix = due_ms.div_ceil(1000);
-            if let Err(e) = self.spool.update(&env) {
-                warn!(queue_id = %id, error = %e, "cannot record delivery state");
-            }
-            info!(queue_id = %id, attempts = env.attempts, retry_in = ?delay, "message deferred");
-            self.back.submit(env);
+            self.defer(env, timing);
         } else if env
             .recipients
             .iter()
@@ -410,6 +397,25 @@ impl Runner {
             }
             self.completed(&env, Completion::Delivered, age);
         }
+    }
+
+    /// Schedules the next attempt with backoff, records it, and hands the message back.
+    fn defer(&self, mut env: Envelope, timing: Timing) {
+        env.attempts += 1;
+        let seed = env.received_unix ^ u64::from(env.attempts);
+        let delay =
+            schedule::next_delay(env.attempts, timing.min_backoff, timing.max_backoff, seed);
+        // Due no sooner than `delay` from now: the due time is kept in whole seconds, so
+        // round up (rounding down could retry at once, under `queue.min_backoff`).
+        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        let due_ms = self.clock.unix_millis().saturating_add(delay_ms.max(1000));
+        env.next_attempt_unix = due_ms.div_ceil(1000);
+        let id = env.id.as_str();
+        if let Err(e) = self.spool.update(&env) {
+            warn!(queue_id = %id, error = %e, "cannot record delivery state");
+        }
+        info!(queue_id = %id, attempts = env.attempts, retry_in = ?delay, "message deferred");
+        self.back.submit(env);
     }
 
     /// Logs and counts a message leaving the queue, and tells the ledger.

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::delivery::Tried;
-use crate::spool::{Envelope, RcptStatus};
+use crate::spool::{Envelope, RcptStatus, Recipient};
 use crate::telemetry::events;
 use crate::telemetry::metrics::{AttemptResult, RcptOutcome, UpstreamMetrics};
 use crate::upstream::client::{RcptOutcome as Sent, RcptResult};
@@ -79,74 +79,100 @@ fn recipients(
     metrics: &UpstreamMetrics,
 ) -> Report {
     let id = env.id.as_str();
-    let (mut delivered, mut deferred, mut failed) = (0, 0, 0);
-    // The first reply of each outcome: the attempt reports the one of its result.
-    let mut first: [Option<(u16, String)>; 3] = [None, None, None];
-    let mut stages: Vec<&str> = Vec::new();
+    let mut tally = Tally::default();
     for outcome in outcomes {
         let Some(&i) = pending.get(outcome.index) else {
             continue;
         };
         let rcpt = &mut env.recipients[i];
-        let (counted, reply) = match outcome.result {
-            RcptResult::Accepted(reply) => {
-                delivered += 1;
-                let shown = (RcptOutcome::Delivered, reply.clone());
-                rcpt.status = RcptStatus::Delivered {
-                    upstream: upstream.into(),
-                    reply,
-                };
-                shown
-            }
-            RcptResult::Rejected(reply, stage) => {
-                if !stages.contains(&stage.as_str()) {
-                    stages.push(stage.as_str());
-                }
-                let text = reply.to_string();
-                if reply.is_permanent() {
-                    failed += 1;
-                    rcpt.status = RcptStatus::Failed {
-                        reply: text.clone(),
-                    };
-                    (RcptOutcome::Failed, text)
-                } else {
-                    deferred += 1;
-                    (RcptOutcome::Deferred, text)
-                }
-            }
-        };
+        let (counted, reply, stage) = settle(rcpt, outcome.result, upstream);
         events::recipient(id, upstream, &rcpt.address, counted, &reply);
-        let slot = match counted {
-            RcptOutcome::Delivered => &mut first[0],
-            RcptOutcome::Deferred => &mut first[1],
-            RcptOutcome::Failed => &mut first[2],
+        tally.add(counted, reply, stage);
+    }
+    tally.report(metrics)
+}
+
+/// Sets a recipient's status from the upstream's answer; returns how it counts, the reply
+/// to log, and the stage of a refusal.
+fn settle(
+    rcpt: &mut Recipient,
+    result: RcptResult,
+    upstream: &str,
+) -> (RcptOutcome, String, Option<Stage>) {
+    match result {
+        RcptResult::Accepted(reply) => {
+            rcpt.status = RcptStatus::Delivered {
+                upstream: upstream.into(),
+                reply: reply.clone(),
+            };
+            (RcptOutcome::Delivered, reply, None)
+        }
+        RcptResult::Rejected(reply, stage) => {
+            let text = reply.to_string();
+            if !reply.is_permanent() {
+                return (RcptOutcome::Deferred, text, Some(stage));
+            }
+            rcpt.status = RcptStatus::Failed {
+                reply: text.clone(),
+            };
+            (RcptOutcome::Failed, text, Some(stage))
+        }
+    }
+}
+
+/// The recipients of one attempt, counted by outcome.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Recipients per outcome, in `[delivered, deferred, failed]` order.
+    counts: [usize; 3],
+    /// The first reply of each outcome: the attempt reports the one of its result.
+    first: [Option<(u16, String)>; 3],
+    /// The stages of the refusals, each once.
+    stages: Vec<&'static str>,
+}
+
+impl Tally {
+    fn slot(outcome: RcptOutcome) -> usize {
+        match outcome {
+            RcptOutcome::Delivered => 0,
+            RcptOutcome::Deferred => 1,
+            RcptOutcome::Failed => 2,
+        }
+    }
+
+    fn add(&mut self, outcome: RcptOutcome, reply: String, stage: Option<Stage>) {
+        let i = Tally::slot(outcome);
+        self.counts[i] += 1;
+        self.first[i].get_or_insert_with(|| (code_of(&reply), reply));
+        if let Some(stage) = stage.map(Stage::as_str)
+            && !self.stages.contains(&stage)
+        {
+            self.stages.push(stage);
+        }
+    }
+
+    /// Counts the recipients and refusal stages, and reports the attempt.
+    fn report(mut self, metrics: &UpstreamMetrics) -> Report {
+        let [delivered, deferred, failed] = self.counts;
+        metrics.recipients(RcptOutcome::Delivered, delivered);
+        metrics.recipients(RcptOutcome::Deferred, deferred);
+        metrics.recipients(RcptOutcome::Failed, failed);
+        for stage in &self.stages {
+            metrics.failure(stage, false);
+        }
+        let (result, shown) = if deferred > 0 {
+            (AttemptResult::Deferred, RcptOutcome::Deferred)
+        } else if delivered > 0 {
+            (AttemptResult::Delivered, RcptOutcome::Delivered)
+        } else {
+            (AttemptResult::Failed, RcptOutcome::Failed)
         };
-        slot.get_or_insert_with(|| (code_of(&reply), reply));
-    }
-    metrics.recipients(RcptOutcome::Delivered, delivered);
-    metrics.recipients(RcptOutcome::Deferred, deferred);
-    metrics.recipients(RcptOutcome::Failed, failed);
-    for stage in stages {
-        metrics.failure(stage, false);
-    }
-    let (result, shown) = if deferred > 0 {
-        (AttemptResult::Deferred, RcptOutcome::Deferred)
-    } else if delivered > 0 {
-        (AttemptResult::Delivered, RcptOutcome::Delivered)
-    } else {
-        (AttemptResult::Failed, RcptOutcome::Failed)
-    };
-    let [ok, later, never] = first;
-    let (code, reply) = match shown {
-        RcptOutcome::Delivered => ok,
-        RcptOutcome::Deferred => later,
-        RcptOutcome::Failed => never,
-    }
-    .unwrap_or_default();
-    Report {
-        result,
-        code,
-        reply,
+        let (code, reply) = self.first[Tally::slot(shown)].take().unwrap_or_default();
+        Report {
+            result,
+            code,
+            reply,
+        }
     }
 }
 

@@ -8,7 +8,10 @@ use std::time::Duration;
 use crate::harness::client::Dialog;
 use crate::harness::http::{Scrape, get};
 use crate::harness::sink::Fault;
-use crate::harness::{DELIVERY, Opts, TestServer, USER, logs, message, send_mail};
+use crate::harness::{DELIVERY, Opts, PLAIN_TOKEN, TestServer, USER, logs, message, send_mail};
+
+/// `AUTH PLAIN` for alice with a wrong password.
+const WRONG_PLAIN: &str = "AUTH PLAIN AGFsaWNlAHdyb25n";
 
 /// Scrapes until `done` holds (bounded), for what happens after a reply: delivery, the
 /// end of a session.
@@ -23,6 +26,19 @@ async fn scrape_until(server: &TestServer, done: impl Fn(&Scrape) -> bool) -> Sc
     }
 }
 
+/// The queue id in a `250 2.0.0 Ok: queued as ID` reply.
+fn queue_id(reply: &crate::harness::client::Reply) -> String {
+    reply.first().rsplit(' ').next().unwrap().to_owned()
+}
+
+/// The captured JSON log lines of `event` about queue id `id`.
+fn events_of(event: &str, id: &str) -> Vec<serde_json::Value> {
+    logs::lines()
+        .into_iter()
+        .filter(|l| l["fields"]["event"] == event && l["fields"]["queue_id"] == id)
+        .collect()
+}
+
 /// Each outcome moves its own series, by listener and reason, and nothing else's.
 #[tokio::test]
 async fn counters_follow_each_outcome() {
@@ -30,33 +46,11 @@ async fn counters_follow_each_outcome() {
                  rate_limits: [{per: ip, messages: 1, interval: 1h, name: one-an-hour, listeners: [submission]}]\n";
     let server = TestServer::start(Opts::with(extra)).await;
     server.sink().expect(1);
-
-    // Accepted: one message, one recipient, over STARTTLS with AUTH.
-    let mut d = server.submission_session().await;
-    let from = format!("{USER}@example.com");
-    send_mail(
-        &mut d,
-        &from,
-        &["rcpt@example.net"],
-        &message("m1", "", "hi\r\n"),
-    )
-    .await;
-    // Refused at MAIL: a sender alice does not own; over the size cap; over the rate rule
-    // (the first MAIL used its one message; the two refusals before it were not counted).
-    d.cmd("MAIL FROM:<mallory@elsewhere.example>", "553 5.7.1")
-        .await;
-    d.cmd(&format!("MAIL FROM:<{from}> SIZE=999999"), "552 5.3.4")
-        .await;
-    d.cmd(&format!("MAIL FROM:<{from}>"), "450 4.7.1").await;
-    d.cmd("QUIT", "221").await;
+    accept_one_refuse_three(&server).await;
     server.sink().wait(DELIVERY).await;
-
     // A wrong password, then a client outside the legacy allowlist.
-    let mut bad = Dialog::connect(server.submission).await;
-    bad.ehlo("client.test").await;
-    bad.starttls(&server.ca).await;
-    bad.ehlo("client.test").await;
-    bad.cmd("AUTH PLAIN AGFsaWNlAHdyb25n", "535 5.7.8").await;
+    let mut bad = server.submission_session_unauthenticated().await;
+    bad.cmd(WRONG_PLAIN, "535 5.7.8").await;
     bad.cmd("QUIT", "221").await;
     let outsider: IpAddr = "127.0.0.2".parse().unwrap();
     let mut refused = Dialog::connect_from(outsider, server.legacy).await;
@@ -67,91 +61,63 @@ async fn counters_follow_each_outcome() {
             && s.get(r#"postern_sessions_active{listener="submission"}"#) == 0.0
     })
     .await;
-    let sub =
-        |name: &str, labels: &str| s.get(&format!("{name}{{listener=\"submission\"{labels}}}"));
-    assert_eq!(sub("postern_messages_accepted_total", ""), 1.0);
-    for (reason, n) in [
-        ("sender_not_owned", 1.0),
-        ("size", 1.0),
-        ("rate_limit", 1.0),
-        ("no_route", 0.0),
-    ] {
-        assert_eq!(
-            sub(
-                "postern_messages_refused_total",
-                &format!(",reason=\"{reason}\"")
-            ),
-            n,
-            "{reason}"
-        );
-    }
-    assert_eq!(
-        s.get(r#"postern_rate_limit_hits_total{rule="one-an-hour"}"#),
-        1.0
-    );
-    assert_eq!(
-        sub("postern_recipients_total", r#",outcome="accepted""#),
-        1.0
-    );
-    assert_eq!(
-        sub(
-            "postern_auth_attempts_total",
-            r#",mechanism="plain",result="success""#
+    s.expect(&[
+        (r#"postern_messages_accepted_total{listener="submission"}"#, 1.0),
+        (r#"postern_messages_refused_total{listener="submission",reason="sender_not_owned"}"#, 1.0),
+        (r#"postern_messages_refused_total{listener="submission",reason="size"}"#, 1.0),
+        (r#"postern_messages_refused_total{listener="submission",reason="rate_limit"}"#, 1.0),
+        (r#"postern_messages_refused_total{listener="submission",reason="no_route"}"#, 0.0),
+        (r#"postern_rate_limit_hits_total{rule="one-an-hour"}"#, 1.0),
+        (r#"postern_recipients_total{listener="submission",outcome="accepted"}"#, 1.0),
+        (r#"postern_auth_attempts_total{listener="submission",mechanism="plain",result="success"}"#, 1.0),
+        (r#"postern_auth_attempts_total{listener="submission",mechanism="plain",result="failure"}"#, 1.0),
+        (r#"postern_connections_total{listener="submission",result="accepted"}"#, 2.0),
+        (r#"postern_connections_total{listener="legacy",result="allowlist"}"#, 1.0),
+        (r#"postern_tls_handshakes_total{listener="submission",result="success",version="tls1_3"}"#, 2.0),
+        (r#"postern_sessions_active{listener="submission"}"#, 0.0),
+        (r#"postern_message_size_bytes_count{listener="submission"}"#, 1.0),
+    ]);
+    // Delivered: one attempt, one recipient, its latency observed, the queue empty again,
+    // the connection kept in the pool.
+    s.expect(&[
+        (
+            r#"postern_delivery_attempts_total{result="delivered",upstream="sink"}"#,
+            1.0,
         ),
-        1.0
-    );
-    assert_eq!(
-        sub(
-            "postern_auth_attempts_total",
-            r#",mechanism="plain",result="failure""#
+        (
+            r#"postern_delivery_recipients_total{result="delivered",upstream="sink"}"#,
+            1.0,
         ),
-        1.0
-    );
-    assert_eq!(
-        sub("postern_connections_total", r#",result="accepted""#),
-        2.0
-    );
-    assert_eq!(
-        sub(
-            "postern_tls_handshakes_total",
-            r#",result="success",version="tls1_3""#
+        (
+            r#"postern_delivery_latency_seconds_count{upstream="sink"}"#,
+            1.0,
         ),
-        2.0
-    );
-    assert_eq!(sub("postern_sessions_active", ""), 0.0);
-    assert_eq!(sub("postern_message_size_bytes_count", ""), 1.0);
-    assert_eq!(
-        s.get(r#"postern_connections_total{listener="legacy",result="allowlist"}"#),
-        1.0
-    );
-    // Delivered: one attempt, one recipient, its latency observed, the queue empty again.
-    assert_eq!(
-        s.get(r#"postern_delivery_attempts_total{result="delivered",upstream="sink"}"#),
-        1.0
-    );
-    assert_eq!(
-        s.get(r#"postern_delivery_recipients_total{result="delivered",upstream="sink"}"#),
-        1.0
-    );
-    assert_eq!(
-        s.get(r#"postern_delivery_latency_seconds_count{upstream="sink"}"#),
-        1.0
-    );
-    assert_eq!(s.get(r#"postern_upstream_up{upstream="sink"}"#), 1.0);
-    assert_eq!(s.get("postern_queue_messages"), 0.0);
-    assert_eq!(s.get("postern_queue_bytes"), 0.0);
+        (r#"postern_upstream_up{upstream="sink"}"#, 1.0),
+        (r#"postern_upstream_connections_open{upstream="sink"}"#, 1.0),
+        (r#"postern_upstream_connections_busy{upstream="sink"}"#, 0.0),
+        ("postern_queue_messages", 0.0),
+        ("postern_queue_bytes", 0.0),
+        ("postern_spool_commit_batch_messages_sum", 1.0),
+        ("postern_ready", 1.0),
+    ]);
     assert!(s.get("postern_spool_commit_batch_messages_count") >= 1.0);
-    assert_eq!(s.get("postern_spool_commit_batch_messages_sum"), 1.0);
-    assert_eq!(
-        s.get(r#"postern_upstream_connections_open{upstream="sink"}"#),
-        1.0
-    );
-    assert_eq!(
-        s.get(r#"postern_upstream_connections_busy{upstream="sink"}"#),
-        0.0
-    );
-    assert_eq!(s.get("postern_ready"), 1.0);
     assert!(s.get("postern_tls_certificate_expiry_timestamp_seconds") > 1.7e9);
+}
+
+/// Alice sends one message over STARTTLS with AUTH, then is refused at MAIL three times: a
+/// sender she does not own, over the size cap, over the rate rule (the first MAIL used its
+/// one message; the two refusals before this one were not counted against it).
+async fn accept_one_refuse_three(server: &TestServer) {
+    let mut d = server.submission_session().await;
+    let from = format!("{USER}@example.com");
+    let data = message("m1", "", "hi\r\n");
+    send_mail(&mut d, &from, &["rcpt@example.net"], &data).await;
+    d.cmd("MAIL FROM:<mallory@elsewhere.example>", "553 5.7.1")
+        .await;
+    d.cmd(&format!("MAIL FROM:<{from}> SIZE=999999"), "552 5.3.4")
+        .await;
+    d.cmd(&format!("MAIL FROM:<{from}>"), "450 4.7.1").await;
+    d.cmd("QUIT", "221").await;
 }
 
 /// Each kind of refusal lands in its family with its reason: a recipient over the cap, a
@@ -165,7 +131,45 @@ async fn each_refusal_kind_has_its_series() {
                  routes: [{senders: [\"@example.com\", \"@alice.example\"], upstreams: [sink]}]\n";
     let server = TestServer::start(Opts::with(extra)).await;
     server.sink().expect(1);
+    legacy_refusals(&server).await;
+    server.sink().wait(DELIVERY).await;
+    let first = Dialog::connect_tls(server.submissions, &server.ca).await;
+    let mut second = Dialog::connect_tls_silent(server.submissions, &server.ca).await;
+    second.expect("421 4.7.0").await;
+    let mut guess = server.submission_session_unauthenticated().await;
+    guess.cmd(WRONG_PLAIN, "535 5.7.8").await;
+    guess.cmd(WRONG_PLAIN, "421 4.7.0").await;
+    let mut locked = server.submission_session_unauthenticated().await;
+    locked
+        .cmd(&format!("AUTH PLAIN {PLAIN_TOKEN}"), "454 4.7.0")
+        .await;
 
+    let s = scrape_until(&server, |s| {
+        s.get(r#"postern_sessions_closed_total{listener="submission",reason="lockout"}"#) >= 1.0
+    })
+    .await;
+    s.expect(&[
+        (r#"postern_messages_refused_total{listener="legacy",reason="no_route"}"#, 1.0),
+        (r#"postern_messages_refused_total{listener="legacy",reason="bare_line_ending"}"#, 1.0),
+        (r#"postern_messages_refused_total{listener="legacy",reason="size"}"#, 0.0),
+        (r#"postern_recipients_total{listener="legacy",outcome="refused"}"#, 1.0),
+        (r#"postern_recipients_total{listener="legacy",outcome="accepted"}"#, 2.0),
+        (r#"postern_messages_accepted_total{listener="legacy"}"#, 1.0),
+        (r#"postern_sessions_closed_total{listener="legacy",reason="too_many_messages"}"#, 1.0),
+        (r#"postern_sessions_closed_total{listener="legacy",reason="too_many_errors"}"#, 1.0),
+        (r#"postern_connections_total{listener="submissions",result="connection_rate"}"#, 1.0),
+        (r#"postern_rate_limit_hits_total{rule="one-connection"}"#, 1.0),
+        (r#"postern_auth_attempts_total{listener="submission",mechanism="plain",result="failure"}"#, 2.0),
+        (r#"postern_auth_attempts_total{listener="submission",mechanism="plain",result="locked_out"}"#, 1.0),
+        (r#"postern_auth_lockouts_total{listener="submission"}"#, 1.0),
+        (r#"postern_sessions_closed_total{listener="submission",reason="lockout"}"#, 1.0),
+    ]);
+    drop(first);
+}
+
+/// On the legacy listener: no route, a recipient over the cap, a bare LF, one message
+/// queued then the session's message cap; then a session closed for its errors.
+async fn legacy_refusals(server: &TestServer) {
     let mut d = server.legacy_session().await;
     d.cmd("MAIL FROM:<dev@nowhere.example>", "550 5.7.1").await;
     d.cmd("MAIL FROM:<dev@example.com>", "250").await;
@@ -174,127 +178,27 @@ async fn each_refusal_kind_has_its_series() {
     d.cmd("DATA", "354").await;
     d.send(b"Subject: x\r\n\r\nbare\nLF\r\n.\r\n").await;
     d.expect("550 5.6.0").await;
-    send_mail(
-        &mut d,
-        "dev@example.com",
-        &["a@example.net"],
-        &message("k1", "", "ok\r\n"),
-    )
-    .await;
+    let data = message("k1", "", "ok\r\n");
+    send_mail(&mut d, "dev@example.com", &["a@example.net"], &data).await;
     d.cmd("MAIL FROM:<dev@example.com>", "421 4.7.0").await;
-    server.sink().wait(DELIVERY).await;
-
     let mut errors = server.legacy_session().await;
     for _ in 0..3 {
         errors.cmd("BOGUS", "500").await;
     }
     errors.cmd("BOGUS", "421 4.7.0").await;
-
-    let first = Dialog::connect_tls(server.submissions, &server.ca).await;
-    let mut second = Dialog::connect_tls_silent(server.submissions, &server.ca).await;
-    second.expect("421 4.7.0").await;
-
-    let mut guess = Dialog::connect(server.submission).await;
-    guess.ehlo("client.test").await;
-    guess.starttls(&server.ca).await;
-    guess.ehlo("client.test").await;
-    guess.cmd("AUTH PLAIN AGFsaWNlAHdyb25n", "535 5.7.8").await;
-    guess.cmd("AUTH PLAIN AGFsaWNlAHdyb25n", "421 4.7.0").await;
-    let mut locked = server.submission_session_unauthenticated().await;
-    locked
-        .cmd(
-            &format!("AUTH PLAIN {}", crate::harness::PLAIN_TOKEN),
-            "454 4.7.0",
-        )
-        .await;
-
-    let s = scrape_until(&server, |s| {
-        s.get(r#"postern_sessions_closed_total{listener="submission",reason="lockout"}"#) >= 1.0
-    })
-    .await;
-    for (series, want) in [
-        (
-            r#"postern_messages_refused_total{listener="legacy",reason="no_route"}"#,
-            1.0,
-        ),
-        (
-            r#"postern_messages_refused_total{listener="legacy",reason="bare_line_ending"}"#,
-            1.0,
-        ),
-        (
-            r#"postern_recipients_total{listener="legacy",outcome="refused"}"#,
-            1.0,
-        ),
-        (
-            r#"postern_recipients_total{listener="legacy",outcome="accepted"}"#,
-            2.0,
-        ),
-        (r#"postern_messages_accepted_total{listener="legacy"}"#, 1.0),
-        (
-            r#"postern_sessions_closed_total{listener="legacy",reason="too_many_messages"}"#,
-            1.0,
-        ),
-        (
-            r#"postern_sessions_closed_total{listener="legacy",reason="too_many_errors"}"#,
-            1.0,
-        ),
-        (
-            r#"postern_connections_total{listener="submissions",result="connection_rate"}"#,
-            1.0,
-        ),
-        (
-            r#"postern_rate_limit_hits_total{rule="one-connection"}"#,
-            1.0,
-        ),
-        (
-            r#"postern_auth_attempts_total{listener="submission",mechanism="plain",result="failure"}"#,
-            2.0,
-        ),
-        (
-            r#"postern_auth_attempts_total{listener="submission",mechanism="plain",result="locked_out"}"#,
-            1.0,
-        ),
-        (r#"postern_auth_lockouts_total{listener="submission"}"#, 1.0),
-        (
-            r#"postern_sessions_closed_total{listener="submission",reason="lockout"}"#,
-            1.0,
-        ),
-        (
-            r#"postern_messages_refused_total{listener="legacy",reason="size"}"#,
-            0.0,
-        ),
-    ] {
-        assert_eq!(s.get(series), want, "{series}");
-    }
-    drop(first);
 }
 
 /// A delivery that is deferred once then succeeds: both attempts counted, the failure's
-/// stage named, the queue gauges while it waits, and its log joined by queue id from the
-/// submitting session to the upstream's 250.
+/// stage named, the queue gauges while it waits.
 #[tokio::test]
-async fn deferred_then_delivered_with_its_log() {
+async fn deferred_then_delivered() {
     let server = TestServer::start(Opts::default()).await;
-    server
-        .sink()
-        .fault(Fault::DataEnd("451 4.3.0 Try again".into()), Some(1));
-    server.sink().expect(1);
-    let mut d = server.legacy_session().await;
-    let reply = send_mail(
-        &mut d,
-        "dev@example.com",
-        &["a@example.net", "b@example.net"],
-        &message("d1", "", "x\r\n"),
-    )
-    .await;
-    let id = reply.first().rsplit(' ').next().unwrap().to_owned();
-    d.cmd("QUIT", "221").await;
-
+    let id = send_deferred_once(&server).await;
     let waiting = scrape_until(&server, |s| {
         s.get(r#"postern_delivery_attempts_total{result="deferred",upstream="sink"}"#) >= 1.0
     })
     .await;
-    assert_eq!(waiting.get("postern_queue_messages"), 1.0);
+    waiting.expect(&[("postern_queue_messages", 1.0)]);
     assert!(waiting.get("postern_queue_bytes") > 0.0);
     server.clock.advance(Duration::from_secs(600));
     let aged = server.scrape().await;
@@ -306,7 +210,7 @@ async fn deferred_then_delivered_with_its_log() {
 
     server.sink().wait(DELIVERY).await;
     let s = scrape_until(&server, |s| s.get("postern_queue_messages") == 0.0).await;
-    for (series, want) in [
+    s.expect(&[
         (
             r#"postern_delivery_attempts_total{result="deferred",upstream="sink"}"#,
             1.0,
@@ -337,52 +241,68 @@ async fn deferred_then_delivered_with_its_log() {
             1.0,
         ),
         ("postern_queue_oldest_age_seconds", 0.0),
-    ] {
-        assert_eq!(s.get(series), want, "{series}");
-    }
+    ]);
+    assert_log_joins(&id);
+}
 
-    // The log: this message's lines, and the session that submitted it.
-    let lines = logs::lines();
-    let of = |event: &str| -> Vec<&serde_json::Value> {
-        lines
-            .iter()
-            .filter(|l| l["fields"]["event"] == event && l["fields"]["queue_id"] == id.as_str())
-            .collect()
-    };
-    let summary = of("message");
-    assert_eq!(summary.len(), 1, "{lines:#?}");
+/// Sends one message to two recipients on the legacy listener, with the sink set to
+/// answer its first final dot `451`; returns its queue id.
+async fn send_deferred_once(server: &TestServer) -> String {
+    server
+        .sink()
+        .fault(Fault::DataEnd("451 4.3.0 Try again".into()), Some(1));
+    server.sink().expect(1);
+    let mut d = server.legacy_session().await;
+    let rcpts = ["a@example.net", "b@example.net"];
+    let data = message("d1", "", "x\r\n");
+    let reply = send_mail(&mut d, "dev@example.com", &rcpts, &data).await;
+    d.cmd("QUIT", "221").await;
+    queue_id(&reply)
+}
+
+/// The JSON log of message `id`, joined by its queue id: its summary line names the
+/// session, whose start names the client; two attempts (451, then 250), four recipient
+/// lines, one completion.
+fn assert_log_joins(id: &str) {
+    let summary = events_of("message", id);
+    assert_eq!(summary.len(), 1, "{summary:#?}");
     assert_eq!(summary[0]["fields"]["outcome"], "queued");
     assert_eq!(summary[0]["fields"]["listener"], "legacy");
     let session = summary[0]["span"]["session"].as_str().unwrap();
-    let start: Vec<_> = lines
-        .iter()
+    let start: Vec<_> = logs::lines()
+        .into_iter()
         .filter(|l| l["fields"]["event"] == "session_start" && l["span"]["session"] == session)
         .collect();
     assert_eq!(start.len(), 1);
     assert_eq!(start[0]["fields"]["client_ip"], "127.0.0.1");
-    let attempts = of("delivery_attempt");
-    let shown: Vec<_> = attempts
+    let attempts: Vec<_> = events_of("delivery_attempt", id)
         .iter()
         .map(|a| {
             let f = &a["fields"];
-            (
+            let (n, code, tried) = (
                 f["attempt"].as_u64(),
-                f["result"].as_str(),
                 f["code"].as_u64(),
-                f["upstream"].as_str(),
                 f["recipients"].as_u64(),
+            );
+            (
+                n,
+                f["result"].as_str().map(str::to_owned),
+                code,
+                tried,
+                f["upstream"] == "sink",
             )
         })
         .collect();
+    let result = |r: &str| Some(r.to_owned());
     assert_eq!(
-        shown,
+        attempts,
         [
-            (Some(1), Some("deferred"), Some(451), Some("sink"), Some(2)),
-            (Some(2), Some("delivered"), Some(250), Some("sink"), Some(2)),
+            (Some(1), result("deferred"), Some(451), Some(2), true),
+            (Some(2), result("delivered"), Some(250), Some(2), true),
         ]
     );
-    assert_eq!(of("recipient").len(), 4);
-    let done = of("completed");
+    assert_eq!(events_of("recipient", id).len(), 4);
+    let done = events_of("completed", id);
     assert_eq!(done.len(), 1);
     assert_eq!(done[0]["fields"]["result"], "delivered");
     assert_eq!(done[0]["fields"]["attempts"], 2);
@@ -404,47 +324,9 @@ async fn readiness_names_each_failed_check() {
         (200, "ready\n".to_owned())
     );
     assert_eq!(get(server.http, "/nothing").await.0, 404);
-
-    // The upstream is down: once an attempt fails to connect, its only route is not ready.
     let mut d = server.legacy_session().await;
-    send_mail(
-        &mut d,
-        "dev@example.com",
-        &["a@example.net"],
-        &message("r1", "", "x\r\n"),
-    )
-    .await;
-    let s = scrape_until(&server, |s| s.get("postern_ready") == 0.0).await;
-    assert_eq!(s.get(r#"postern_upstream_up{upstream="sink"}"#), 0.0);
-    assert_eq!(
-        s.get(r#"postern_upstream_failures_total{stage="connect",upstream="sink"}"#),
-        1.0
-    );
-    let (status, body) = get(server.http, "/readyz").await;
-    assert_eq!(
-        (status, body.as_str()),
-        (
-            503,
-            "not ready\nroutes[0]: every upstream is failing (sink)\n"
-        )
-    );
-    server.sink_up().await;
-    server.sink().expect(1);
-    server.sink().wait(DELIVERY).await;
-    scrape_until(&server, |s| s.get("postern_ready") == 1.0).await;
-    assert_eq!(get(server.http, "/readyz").await.0, 200);
-
-    // The spool cannot take a file.
-    let tmp = server.spool().join("tmp");
-    std::fs::remove_dir_all(&tmp).unwrap();
-    let (status, body) = get(server.http, "/readyz").await;
-    assert_eq!(status, 503);
-    assert!(
-        body.starts_with("not ready\nspool: not writable: "),
-        "{body}"
-    );
-    std::fs::create_dir(&tmp).unwrap();
-    assert_eq!(get(server.http, "/readyz").await.0, 200);
+    failing_route_then_recovery(&mut server, &mut d).await;
+    unwritable_spool(&server).await;
 
     // Draining: a session inside a transaction holds the drain open; meanwhile /readyz
     // says why traffic should go elsewhere, and /healthz still answers.
@@ -472,8 +354,45 @@ async fn readiness_names_each_failed_check() {
     assert_eq!(health, 200);
 }
 
+/// The upstream is down: once an attempt fails to connect, its only route is not ready;
+/// once it is back and takes the message, ready again.
+async fn failing_route_then_recovery(server: &mut TestServer, d: &mut Dialog) {
+    let data = message("r1", "", "x\r\n");
+    send_mail(d, "dev@example.com", &["a@example.net"], &data).await;
+    let s = scrape_until(server, |s| s.get("postern_ready") == 0.0).await;
+    s.expect(&[
+        (r#"postern_upstream_up{upstream="sink"}"#, 0.0),
+        (
+            r#"postern_upstream_failures_total{stage="connect",upstream="sink"}"#,
+            1.0,
+        ),
+    ]);
+    let (status, body) = get(server.http, "/readyz").await;
+    let want = "not ready\nroutes[0]: every upstream is failing (sink)\n";
+    assert_eq!((status, body.as_str()), (503, want));
+    server.sink_up().await;
+    server.sink().expect(1);
+    server.sink().wait(DELIVERY).await;
+    scrape_until(server, |s| s.get("postern_ready") == 1.0).await;
+    assert_eq!(get(server.http, "/readyz").await.0, 200);
+}
+
+/// The spool cannot take a file while its `tmp/` is gone.
+async fn unwritable_spool(server: &TestServer) {
+    let tmp = server.spool().join("tmp");
+    std::fs::remove_dir_all(&tmp).unwrap();
+    let (status, body) = get(server.http, "/readyz").await;
+    assert_eq!(status, 503);
+    assert!(
+        body.starts_with("not ready\nspool: not writable: "),
+        "{body}"
+    );
+    std::fs::create_dir(&tmp).unwrap();
+    assert_eq!(get(server.http, "/readyz").await.0, 200);
+}
+
 /// A message that outlives `queue.max_age` leaves the queue as expired: counted, logged
-/// with its recipients failed locally, and the queue gauges back to empty.
+/// with its recipients failed locally, and kept in `failed/`.
 #[tokio::test]
 async fn expiry_is_counted_and_logged() {
     let server = TestServer::start(Opts {
@@ -482,14 +401,8 @@ async fn expiry_is_counted_and_logged() {
     })
     .await;
     let mut d = server.legacy_session().await;
-    let reply = send_mail(
-        &mut d,
-        "dev@example.com",
-        &["a@example.net"],
-        &message("e1", "", "x\r\n"),
-    )
-    .await;
-    let id = reply.first().rsplit(' ').next().unwrap().to_owned();
+    let data = message("e1", "", "x\r\n");
+    let id = queue_id(&send_mail(&mut d, "dev@example.com", &["a@example.net"], &data).await);
     scrape_until(&server, |s| {
         s.get(r#"postern_delivery_attempts_total{result="deferred",upstream="sink"}"#) >= 1.0
     })
@@ -499,22 +412,14 @@ async fn expiry_is_counted_and_logged() {
         s.get(r#"postern_messages_completed_total{result="expired"}"#) >= 1.0
     })
     .await;
-    assert_eq!(
-        s.get(r#"postern_messages_completed_total{result="expired"}"#),
-        1.0
-    );
-    assert_eq!(s.get("postern_queue_messages"), 0.0);
-    let lines = logs::lines();
-    let mine = |event: &str| -> Vec<&serde_json::Value> {
-        lines
-            .iter()
-            .filter(|l| l["fields"]["event"] == event && l["fields"]["queue_id"] == id.as_str())
-            .collect()
-    };
-    let done = mine("completed");
-    assert_eq!(done.len(), 1, "{lines:#?}");
+    s.expect(&[
+        (r#"postern_messages_completed_total{result="expired"}"#, 1.0),
+        ("postern_queue_messages", 0.0),
+    ]);
+    let done = events_of("completed", &id);
+    assert_eq!(done.len(), 1, "{done:#?}");
     assert_eq!(done[0]["fields"]["result"], "expired");
-    let failed: Vec<_> = mine("recipient")
+    let failed: Vec<_> = events_of("recipient", &id)
         .into_iter()
         .filter(|l| l["fields"]["result"] == "failed")
         .collect();

@@ -45,23 +45,8 @@ async fn default_config_works_as_the_readme_says() {
     std::fs::create_dir(&config_dir).unwrap();
     let ports = [reserve_port(), reserve_port(), reserve_port()];
     let metrics_port = reserve_port();
-    let shipped = std::fs::read_to_string(repo("config/postern.yaml")).unwrap();
-    let mut yaml = shipped.clone();
-    for (documented, port) in ["2587", "2465", "2525"].iter().zip(ports) {
-        let from = format!("127.0.0.1:{documented}");
-        assert!(
-            yaml.contains(&from),
-            "config/postern.yaml no longer listens on {from}"
-        );
-        yaml = yaml.replace(&from, &format!("127.0.0.1:{port}"));
-    }
-    assert!(
-        yaml.contains("127.0.0.1:9587"),
-        "config/postern.yaml has no metrics endpoint on 9587"
-    );
-    yaml = yaml.replace("127.0.0.1:9587", &format!("127.0.0.1:{metrics_port}"));
     let config = config_dir.join("postern.yaml");
-    std::fs::write(&config, yaml).unwrap();
+    std::fs::write(&config, shipped_on(ports, metrics_port)).unwrap();
 
     let mut postern = Postern::run(&config, &dir.path().join("postern.log"));
     for port in ports {
@@ -140,8 +125,34 @@ async fn default_config_works_as_the_readme_says() {
         assert!(String::from_utf8_lossy(&eml).contains(&format!(" id {id}")));
     }
 
-    // The README's scrape: the three messages are counted, and the relay is ready.
-    let http = SocketAddr::from(([127, 0, 0, 1], metrics_port));
+    assert_scraped(SocketAddr::from(([127, 0, 0, 1], metrics_port))).await;
+
+    postern.sigterm();
+    let status = postern.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "postern exited with {status}");
+    assert_no_password(&dir.path().join("postern.log"));
+}
+
+/// `config/postern.yaml` with its three listener ports and its metrics port moved to free
+/// ones (each must still be where the README says).
+fn shipped_on(ports: [u16; 3], metrics_port: u16) -> String {
+    let mut yaml = std::fs::read_to_string(repo("config/postern.yaml")).unwrap();
+    let moves = ["2587", "2465", "2525", "9587"]
+        .into_iter()
+        .zip(ports.into_iter().chain([metrics_port]));
+    for (documented, port) in moves {
+        let from = format!("127.0.0.1:{documented}");
+        assert!(
+            yaml.contains(&from),
+            "config/postern.yaml no longer listens on {from}"
+        );
+        yaml = yaml.replace(&from, &format!("127.0.0.1:{port}"));
+    }
+    yaml
+}
+
+/// The README's scrape: the three messages are counted, and the relay is ready.
+async fn assert_scraped(http: SocketAddr) {
     assert_eq!(get(http, "/readyz").await, (200, "ready\n".to_owned()));
     let scrape = Scrape::from(http).await;
     let accepted: f64 = ["submission", "submissions", "legacy"]
@@ -153,12 +164,12 @@ async fn default_config_works_as_the_readme_says() {
         })
         .sum();
     assert_eq!(accepted, 3.0);
+}
 
-    postern.sigterm();
-    let status = postern.wait_exit(Duration::from_secs(30)).await;
-    assert!(status.success(), "postern exited with {status}");
-    // The demo password went over the wire three times, never into the log.
-    let log = std::fs::read_to_string(dir.path().join("postern.log")).unwrap();
+/// The demo password went over the wire three times, never into the log (nor its AUTH
+/// LOGIN and PLAIN encodings).
+fn assert_no_password(log: &Path) {
+    let log = std::fs::read_to_string(log).unwrap();
     for secret in [
         "demo-password",
         "ZGVtby1wYXNzd29yZA==",

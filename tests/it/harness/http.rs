@@ -58,6 +58,24 @@ impl Scrape {
         Scrape { text, samples }
     }
 
+    /// Asserts every `(series, value)` row, reporting all mismatches at once.
+    pub fn expect(&self, rows: &[(&str, f64)]) {
+        let wrong: Vec<String> = rows
+            .iter()
+            .filter(|(series, want)| self.samples.get(*series) != Some(want))
+            .map(|(series, want)| {
+                let got = self.samples.get(*series);
+                format!("{series}: want {want}, got {got:?}")
+            })
+            .collect();
+        assert!(
+            wrong.is_empty(),
+            "{}\nin the scrape:\n{}",
+            wrong.join("\n"),
+            self.text
+        );
+    }
+
     /// The value of `series` (`name{a="x",b="y"}` with labels sorted by name); 0 when absent
     /// is not assumed: a missing series panics with the scrape.
     pub fn get(&self, series: &str) -> f64 {
