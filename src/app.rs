@@ -223,6 +223,8 @@ async fn launch(file: Option<PathBuf>, cfg: Config, clock: Clock) -> Result<Runn
                 shutdown: shutdown.clone(),
                 listeners: cfg.listeners.len(),
                 bound,
+                spool_check: tokio::sync::Mutex::new(None),
+                scraping: tokio::sync::Mutex::new(()),
             };
             let endpoint = Endpoint::start(h.address, health).await;
             Some(endpoint.map_err(|error| AppError::Http {
@@ -254,17 +256,21 @@ fn start_metrics(cfg: &Config, clock: &Clock) -> Result<Arc<Metrics>, AppError> 
     Ok(Arc::new(metrics))
 }
 
-/// Sets the certificate-expiry gauge from the listeners' certificate file, when TLS is on.
+/// Sets the certificate-expiry gauge from the listeners' certificate file; 0 when no
+/// listener uses TLS (the alert rule skips 0) or the file cannot be read.
 pub(crate) fn certificate_expiry(metrics: &Metrics, cfg: &Config) {
-    let Some(t) = &cfg.tls else {
-        return;
-    };
-    match tls::certificate_expiry(&t.certificate) {
-        Some(unix) => metrics.cert_expiry.set(unix as f64),
-        None => {
-            warn!(certificate = %t.certificate.display(), "cannot read the certificate's expiry")
+    let in_use = cfg.listeners.iter().any(|l| l.tls != ListenerTls::None);
+    let expiry = match &cfg.tls {
+        Some(t) if in_use => {
+            let expiry = tls::certificate_expiry(&t.certificate);
+            if expiry.is_none() {
+                warn!(certificate = %t.certificate.display(), "cannot read the certificate's expiry");
+            }
+            expiry.unwrap_or(0)
         }
-    }
+        _ => 0,
+    };
+    metrics.cert_expiry.set(expiry as f64);
 }
 
 /// Opens the spool and returns it with the messages found in it.

@@ -1,14 +1,23 @@
 //! The HTTP endpoint (`http.address`): `GET /metrics` (Prometheus text format), `/healthz`
 //! (the process serves) and `/readyz` (ready for traffic; the body names each failed
-//! check). Served by axum on its own task, on the same runtime but never in the way of the
-//! SMTP side: a scrape reads atomics and formats text, the spool check runs on a blocking
-//! thread under a deadline. It keeps serving through a drain, answering `/readyz` with 503
-//! `draining` so that a load balancer moves traffic away, and stops when postern does.
+//! check). Routed by axum and served by hyper on its own task, on the same runtime but never
+//! in the way of the SMTP side: a scrape reads atomics and formats text, the spool check
+//! runs on a blocking thread under a deadline, at most once a second. Connections are
+//! capped, and each must send its request head within seconds and is closed after a minute,
+//! so a slow or idle client cannot hold descriptors the SMTP side needs. It keeps serving
+//! through a drain, answering `/readyz` with 503 `draining` so that a load balancer moves
+//! traffic away, and stops when postern does.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::{Mutex, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use axum::Router;
 use axum::extract::State;
@@ -26,6 +35,14 @@ use crate::shutdown::Shutdown;
 /// Longest the spool check may take before the spool counts as not writable (a hung
 /// filesystem must not hang the probe).
 const SPOOL_CHECK_LIMIT: Duration = Duration::from_secs(2);
+/// How long a spool check's result is reused: probes and scrapes in a burst share one.
+const SPOOL_CHECK_REUSE: Duration = Duration::from_secs(1);
+/// Connections served at once; more are closed at accept.
+const MAX_CONNECTIONS: usize = 32;
+/// A connection must send its request head within this.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// A connection is closed after this, kept alive or not.
+const CONNECTION_LIMIT: Duration = Duration::from_secs(60);
 
 /// What the readiness checks look at.
 #[derive(Debug)]
@@ -36,6 +53,12 @@ pub(crate) struct Health {
     pub(crate) listeners: usize,
     /// Listeners bound and accepting now.
     pub(crate) bound: Arc<AtomicUsize>,
+    /// The latest spool check and when it was made; held while one runs, so checks
+    /// never pile up behind a hung filesystem.
+    pub(crate) spool_check: Mutex<Option<(Instant, Result<(), String>)>>,
+    /// Held while a scrape refreshes and renders, so that concurrent scrapes (an HA pair
+    /// of Prometheus servers) do not interleave their refreshes.
+    pub(crate) scraping: Mutex<()>,
 }
 
 impl Health {
@@ -60,7 +83,20 @@ impl Health {
         problems
     }
 
+    /// The spool check, reused for [`SPOOL_CHECK_REUSE`].
     async fn spool_writable(&self) -> Result<(), String> {
+        let mut last = self.spool_check.lock().await;
+        if let Some((at, result)) = last.as_ref()
+            && at.elapsed() < SPOOL_CHECK_REUSE
+        {
+            return result.clone();
+        }
+        let result = self.check_spool().await;
+        *last = Some((Instant::now(), result.clone()));
+        result
+    }
+
+    async fn check_spool(&self) -> Result<(), String> {
         let spool = self.rt.spool.clone();
         let check = tokio::task::spawn_blocking(move || spool.check_writable());
         match tokio::time::timeout(SPOOL_CHECK_LIMIT, check).await {
@@ -123,15 +159,7 @@ impl Endpoint {
             .route("/readyz", get(readyz))
             .with_state(Arc::new(health));
         let stop = CancellationToken::new();
-        let until = stop.clone();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(socket, app)
-                .with_graceful_shutdown(async move { until.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                warn!(error = %e, "HTTP endpoint stopped");
-            }
-        });
+        let task = tokio::spawn(serve(socket, app, stop.clone()));
         info!(%address, "HTTP endpoint listening: /metrics /healthz /readyz");
         Ok(Endpoint {
             address,
@@ -140,14 +168,75 @@ impl Endpoint {
         })
     }
 
-    /// Stops serving; waits briefly for requests in progress.
+    /// Stops serving; requests in progress get a moment to finish.
     pub(crate) async fn stop(self) {
         self.stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
+        let mut task = self.task;
+        if tokio::time::timeout(Duration::from_secs(3), &mut task)
+            .await
+            .is_err()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Accepts until `stop`, each connection in its own task under the caps above.
+async fn serve(socket: TcpListener, app: Router, stop: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut conns = JoinSet::new();
+    loop {
+        let tcp = tokio::select! {
+            () = stop.cancelled() => break,
+            accepted = socket.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    warn!(error = %e, "HTTP endpoint: accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        // Over the cap the connection is closed unanswered: scrapers retry.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
+        conns.spawn(connection(tcp, app.clone(), stop.clone(), slot));
+        while conns.try_join_next().is_some() {}
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    conns.shutdown().await;
+}
+
+/// Serves one connection: HTTP/1.1 with a deadline for each request head and a bound on
+/// its whole life; at `stop`, requests in progress finish and the connection closes.
+async fn connection(
+    tcp: tokio::net::TcpStream,
+    app: Router,
+    stop: CancellationToken,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) {
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let conn = builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app));
+    let mut conn = std::pin::pin!(conn);
+    let stopped = tokio::select! {
+        _ = tokio::time::timeout(CONNECTION_LIMIT, conn.as_mut()) => false,
+        () = stop.cancelled() => true,
+    };
+    if stopped {
+        conn.as_mut().graceful_shutdown();
+        let _ = tokio::time::timeout(Duration::from_secs(1), conn.as_mut()).await;
     }
 }
 
 async fn metrics(State(health): State<Arc<Health>>) -> Response {
+    let _one_at_a_time = health.scraping.lock().await;
     health.refresh();
     let _ = health.problems().await;
     match health.rt.metrics.render() {

@@ -195,7 +195,9 @@ impl Reloader {
         let upstreams = Arc::new(rebuilt.upstreams);
         let rules = Rules::new(&cfg, tls, upstreams, rate_limits);
         let metrics = &self.rt.metrics;
-        metrics.register_upstreams(cfg.upstreams.iter().map(|u| u.name.as_str()));
+        let names: Vec<&str> = cfg.upstreams.iter().map(|u| u.name.as_str()).collect();
+        metrics.retain_upstreams(&names);
+        metrics.register_upstreams(names);
         metrics.register_rules(rules.rate_limits.rule_names());
         certificate_expiry(metrics, &cfg);
         self.rt.rules.store(Arc::new(rules));

@@ -23,13 +23,14 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::error::{ConfigError, describe_io};
 use crate::config::schema::{
-    AuthMode, Config, HttpConfig, LimitsConfig, ListenerConfig, ListenerTls, LogConfig,
-    QueueConfig, RouteConfig, TimeoutsConfig, TlsConfig, UpstreamConfig, UpstreamTls,
+    AuthMode, Config, LimitsConfig, ListenerConfig, ListenerTls, LogConfig, QueueConfig,
+    RouteConfig, TimeoutsConfig, TlsConfig, UpstreamConfig, UpstreamTls,
 };
 use crate::config::syntax::{check_host_port, sender_pattern};
 use crate::config::units::Duration;
 use crate::config::{MAX_ARGON2_M_COST, config_dir, resolve};
 
+mod http;
 mod identity;
 mod policy;
 use policy::Owner;
@@ -445,27 +446,6 @@ impl Checker<'_> {
     }
 
     /// The log filter parses as a tracing `EnvFilter` directive list.
-    /// The HTTP endpoint must not take a listener's port.
-    fn http(&self, http: Option<&HttpConfig>, listeners: &[ListenerConfig]) -> Checked {
-        let Some(http) = http else {
-            return Ok(());
-        };
-        match listeners
-            .iter()
-            .enumerate()
-            .find(|(_, l)| binds_clash(l.address, http.address))
-        {
-            Some((i, l)) => self.fail(
-                "http.address",
-                format!(
-                    "{} clashes with {} of listeners[{i}] ({:?}): both cannot be bound",
-                    http.address, l.address, l.name
-                ),
-            ),
-            None => Ok(()),
-        }
-    }
-
     fn log(&self, log: &LogConfig) -> Checked {
         self.ensure(
             !log.level.is_empty(),

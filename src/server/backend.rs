@@ -389,7 +389,7 @@ impl Backend {
             }
             Err(e) => {
                 warn!(error = %e, "cannot create a spool file");
-                Verdict::Defer(Reply::queue_error())
+                self.queue_refused(&self.tx.sender, 0)
             }
         }
     }
@@ -418,6 +418,11 @@ impl Backend {
         if let Some(writer) = tx.writer {
             writer.abort();
         }
+        self.refused_message(&tx.sender, size, refusal, reason);
+    }
+
+    /// Counts and logs (the summary line) a message refused for `reason` with `refusal`.
+    fn refused_message(&self, sender: &str, size: u64, refusal: &Reply, reason: Reason) {
         self.metrics.message_refused(reason);
         let outcome = format!("refused: {} {}", refusal.code(), refusal.text());
         events::message(&MessageSummary {
@@ -425,12 +430,20 @@ impl Backend {
             listener: &self.listener.name,
             client_ip: self.ip,
             identity: self.label.as_deref(),
-            sender: &tx.sender,
+            sender,
             recipients: 0,
             size,
             outcome: &outcome,
             reason: Some(reason),
         });
+    }
+
+    /// `451 4.3.0`: the spool cannot take the message now (full or failing disk); counted
+    /// and logged, since it is what an operator most needs to see.
+    fn queue_refused(&self, sender: &str, size: u64) -> Verdict {
+        let reply = Reply::queue_error();
+        self.refused_message(sender, size, &reply, Reason::QueueError);
+        Verdict::Defer(reply)
     }
 
     /// The session is over: a spool file still open is removed.
@@ -451,11 +464,12 @@ impl Backend {
         }
         let mut tx = std::mem::take(&mut self.tx);
         let Some(writer) = tx.writer.take() else {
-            return Verdict::Defer(Reply::queue_error());
+            return self.queue_refused(&tx.sender, 0);
         };
         if tx.write_failed {
+            let size = writer.written();
             writer.abort();
-            return Verdict::Defer(Reply::queue_error());
+            return self.queue_refused(&tx.sender, size);
         }
         let id = writer.id().to_string();
         let (env, prefix) = self.envelope(&tx, &writer, &envelope, facts);
@@ -483,10 +497,8 @@ impl Backend {
                 Verdict::Queued(id)
             }
             Err(e) => {
-                summary("refused: queue write error", Some(Reason::QueueError));
-                self.metrics.message_refused(Reason::QueueError);
                 warn!(error = %e, "spool commit failed");
-                Verdict::Defer(Reply::queue_error())
+                self.queue_refused(&env.sender, env.size)
             }
         }
     }

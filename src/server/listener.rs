@@ -138,7 +138,7 @@ pub async fn run(listener: Listener, rt: Arc<Runtime>, caps: Caps, shutdown: Shu
             .listener(&listener.info.name)
             .unwrap_or(&listener.info)
             .clone();
-        let (refusal, permits) = admit(&listener, &info, &rt, &caps, peer);
+        let (refusal, permits) = admit(&listener, &info, &rules, &rt, &caps, peer);
         let refusing = match refusal {
             None => None,
             Some(_) => match caps.refusals.clone().try_acquire_owned() {
@@ -176,12 +176,12 @@ type Permits = (
 fn admit(
     listener: &Listener,
     info: &ListenerInfo,
+    rules: &Rules,
     rt: &Runtime,
     caps: &Caps,
     peer: SocketAddr,
 ) -> (Option<Reply>, Permits) {
-    let rules = rt.rules();
-    let (refusal, permits, result) = admit_or_refuse(listener, info, &rules, caps, peer);
+    let (refusal, permits, result) = admit_or_refuse(listener, info, rules, caps, peer);
     if let ConnResult::ConnectionRate(rule) = &result {
         rt.metrics.rate_limit_hit(rule);
     }

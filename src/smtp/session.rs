@@ -455,10 +455,15 @@ impl Session {
         // RFC 5321 4.1.1.4: a failed DATA clears the transaction.
         self.body.clear();
         let next = self.ctx.reject(refusal.clone(), Phase::Ready { helo });
-        Some(
-            self.set(next)
-                .unwrap_or(Step::DiscardMessage(refusal, reason)),
-        )
+        match self.set(next) {
+            None => Some(Step::DiscardMessage(refusal, reason)),
+            // The refusal was the last error the session may make: the shell learns of it
+            // through the refusals, and drops the message file when the session ends.
+            Some(step) => {
+                self.ctx.refused.push(reason);
+                Some(step)
+            }
+        }
     }
 
     /// Runs a transition over the phase taken by value.

@@ -166,7 +166,7 @@ const UPSTREAM_OPEN: Spec = spec(
 );
 const UPSTREAM_BUSY: Spec = spec(
     "postern_upstream_connections_busy",
-    "Connections carrying a delivery now.",
+    "Deliveries in progress (each holds or is opening a connection).",
     &["upstream"],
 );
 const UPSTREAM_FAILURES: Spec = spec(
@@ -451,6 +451,19 @@ impl Metrics {
         }
     }
 
+    /// Forgets the upstreams a reload removed: their gauges leave the scrape (an `up` of 0
+    /// would keep an alert firing for an upstream that no longer exists); their counters
+    /// stay, as counters do.
+    pub fn retain_upstreams(&self, names: &[&str]) {
+        let gone = self.upstreams.names_except(names);
+        for name in &gone {
+            for gauge in [&self.upstream_up, &self.upstream_open, &self.upstream_busy] {
+                let _ = gauge.remove_label_values(&[name]);
+            }
+        }
+        self.upstreams.remove(&gone);
+    }
+
     /// Counts a rate-limit refusal by `rule`.
     pub fn rate_limit_hit(&self, rule: &str) {
         self.rules
@@ -525,6 +538,29 @@ impl<T> Default for Family<T> {
 }
 
 impl<T> Family<T> {
+    /// The names known, but for `keep`.
+    fn names_except(&self, keep: &[&str]) -> Vec<String> {
+        let map = self.map.load();
+        map.keys()
+            .filter(|name| !keep.contains(&name.as_str()))
+            .cloned()
+            .collect()
+    }
+
+    /// Forgets `names` (they are made afresh on their next use).
+    fn remove(&self, names: &[String]) {
+        if names.is_empty() {
+            return;
+        }
+        self.map.rcu(|map| {
+            let mut map = HashMap::clone(map);
+            for name in names {
+                map.remove(name);
+            }
+            map
+        });
+    }
+
     fn get(&self, name: &str, make: impl Fn(&str) -> T) -> Arc<T> {
         if let Some(found) = self.map.load().get(name) {
             return found.clone();

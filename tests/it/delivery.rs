@@ -325,6 +325,15 @@ pub fn spool_files(dir: &std::path::Path) -> usize {
 
 /// postern with one route `*` over upstreams of its own, in order (the harness's
 /// [`TestServer`] has exactly one upstream): a plain, unauthenticated `legacy` listener.
+impl Drop for Routed {
+    /// Nothing this server logged may carry a secret (see `harness::logs`).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            crate::harness::logs::assert_no_secrets();
+        }
+    }
+}
+
 struct Routed {
     dir: tempfile::TempDir,
     legacy: SocketAddr,
@@ -382,6 +391,7 @@ log: {{level: warn}}
         let config = dir.path().join("postern.yaml");
         std::fs::write(&config, &yaml).unwrap();
         let cfg = postern::config::load::load_str(&yaml, &config).unwrap();
+        crate::harness::logs::capture();
         let running = step("postern start", postern::app::start(cfg))
             .await
             .unwrap();

@@ -144,8 +144,17 @@ impl Script {
 }
 
 /// A postern with one listener shaped by a script's header, and its sink.
+impl Drop for DialogServer {
+    /// Nothing this server logged may carry a secret (see `harness::logs`).
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            crate::harness::logs::assert_no_secrets();
+        }
+    }
+}
+
 struct DialogServer {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     ca: TestCa,
     sink: Sink,
     addr: SocketAddr,
@@ -192,12 +201,13 @@ log: {{level: error}}
         let path: PathBuf = dir.path().join("postern.yaml");
         std::fs::write(&path, &yaml).unwrap();
         let cfg = postern::config::load::load_str(&yaml, &path).unwrap();
+        crate::harness::logs::capture();
         let running = step("postern start", postern::app::start(cfg))
             .await
             .unwrap();
         let addr = running.addr("dialog").unwrap();
         DialogServer {
-            dir,
+            _dir: dir,
             ca,
             sink,
             addr,
@@ -209,7 +219,7 @@ log: {{level: error}}
         if let Some(running) = self.running.take() {
             step("postern shutdown", running.shutdown()).await;
         }
-        drop(self.dir);
+        // `self` (its directory included) is dropped here, after the shutdown.
     }
 }
 

@@ -5,6 +5,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
 use crate::harness::client::Dialog;
 use crate::harness::http::{Scrape, get};
 use crate::harness::sink::Fault;
@@ -377,18 +379,104 @@ async fn failing_route_then_recovery(server: &mut TestServer, d: &mut Dialog) {
     assert_eq!(get(server.http, "/readyz").await.0, 200);
 }
 
-/// The spool cannot take a file while its `tmp/` is gone.
+/// The spool cannot take a file while its `tmp/` is gone: `/readyz` says so (once the
+/// previous check, reused for a second, is stale), and a message is refused `451` and
+/// counted.
 async fn unwritable_spool(server: &TestServer) {
     let tmp = server.spool().join("tmp");
     std::fs::remove_dir_all(&tmp).unwrap();
-    let (status, body) = get(server.http, "/readyz").await;
+    let (status, body) = readyz_until(server, 503).await;
     assert_eq!(status, 503);
     assert!(
         body.starts_with("not ready\nspool: not writable: "),
         "{body}"
     );
+    let mut d = server.legacy_session().await;
+    d.cmd("MAIL FROM:<dev@example.com>", "250").await;
+    d.cmd("RCPT TO:<a@example.net>", "250").await;
+    d.cmd("DATA", "451 4.3.0").await;
+    d.cmd("QUIT", "221").await;
+    let s = server.scrape().await;
+    s.expect(&[(
+        r#"postern_messages_refused_total{listener="legacy",reason="queue_error"}"#,
+        1.0,
+    )]);
     std::fs::create_dir(&tmp).unwrap();
-    assert_eq!(get(server.http, "/readyz").await.0, 200);
+    assert_eq!(readyz_until(server, 200).await.0, 200);
+}
+
+/// `/readyz` polled (bounded) until it answers `status`; the last answer.
+async fn readyz_until(server: &TestServer, status: u16) -> (u16, String) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = get(server.http, "/readyz").await;
+        if answer.0 == status || tokio::time::Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A refusal at the end of DATA that is also the session's last allowed error is counted
+/// by its reason, and the close by its own.
+#[tokio::test]
+async fn refusal_that_ends_the_session_is_counted() {
+    let server = TestServer::start(Opts::with("limits: {max_errors: 1}\n")).await;
+    let mut d = server.legacy_session().await;
+    d.cmd("MAIL FROM:<dev@example.com>", "250").await;
+    d.cmd("RCPT TO:<a@example.net>", "250").await;
+    d.cmd("DATA", "354").await;
+    d.send(b"Subject: x\r\n\r\nbare\nLF\r\n.\r\n").await;
+    d.expect("550 5.6.0").await;
+    d.expect("421 4.7.0").await;
+    let s = scrape_until(&server, |s| {
+        s.get(r#"postern_sessions_closed_total{listener="legacy",reason="too_many_errors"}"#) >= 1.0
+    })
+    .await;
+    s.expect(&[
+        (
+            r#"postern_messages_refused_total{listener="legacy",reason="bare_line_ending"}"#,
+            1.0,
+        ),
+        (
+            r#"postern_sessions_closed_total{listener="legacy",reason="too_many_errors"}"#,
+            1.0,
+        ),
+    ]);
+}
+
+/// A cached AUTH, a failed TLS handshake, and a delivery whose final dot got no answer
+/// ("maybe delivered": retried at the same upstream, never failed over).
+#[tokio::test]
+async fn cached_auth_failed_handshake_and_maybe_delivered() {
+    let server = TestServer::start(Opts::default()).await;
+    for _ in 0..2 {
+        let mut d = server.submission_session().await;
+        d.cmd("QUIT", "221").await;
+    }
+    // Plain text to the implicit-TLS listener: rustls answers with an alert and closes.
+    let mut plain = tokio::net::TcpStream::connect(server.submissions)
+        .await
+        .unwrap();
+    plain.write_all(b"EHLO not-tls\r\n").await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(DELIVERY, plain.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the server kept the connection open");
+    server.sink().fault(Fault::DropAfterDot, Some(1));
+    server.sink().expect(1);
+    let mut d = server.legacy_session().await;
+    let data = message("md", "", "x\r\n");
+    send_mail(&mut d, "dev@example.com", &["a@example.net"], &data).await;
+    server.sink().wait(DELIVERY).await;
+    let s = scrape_until(&server, |s| s.get("postern_queue_messages") == 0.0).await;
+    s.expect(&[
+        (r#"postern_auth_attempts_total{listener="submission",mechanism="plain",result="success"}"#, 1.0),
+        (r#"postern_auth_attempts_total{listener="submission",mechanism="plain",result="cached"}"#, 1.0),
+        (r#"postern_tls_handshakes_total{listener="submissions",result="failure",version="none"}"#, 1.0),
+        (r#"postern_delivery_attempts_total{result="maybe_delivered",upstream="sink"}"#, 1.0),
+        (r#"postern_delivery_attempts_total{result="delivered",upstream="sink"}"#, 1.0),
+        (r#"postern_upstream_failures_total{stage="final_dot",upstream="sink"}"#, 1.0),
+    ]);
 }
 
 /// A message that outlives `queue.max_age` leaves the queue as expired: counted, logged

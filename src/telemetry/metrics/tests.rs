@@ -113,3 +113,31 @@ fn oldest_age_follows_the_clock() {
     m.queue.refresh(1000);
     assert_eq!(m.queue.oldest_age.get(), 100);
 }
+
+/// An upstream a reload removed leaves the gauges (its `up` of 0 would keep an alert
+/// firing) but keeps its counters; one that comes back starts up again.
+#[test]
+fn removed_upstreams_leave_the_gauges() {
+    let m = Metrics::new().unwrap();
+    m.register_upstreams(["kept", "gone"]);
+    m.upstream("gone").failure("connect", true);
+    m.upstream("gone").attempt(AttemptResult::Deferred);
+    m.retain_upstreams(&["kept"]);
+    let text = m.render().unwrap();
+    assert_eq!(
+        value(&text, r#"postern_upstream_up{upstream="gone"}"#),
+        None
+    );
+    assert_eq!(
+        value(&text, r#"postern_upstream_up{upstream="kept"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &text,
+            r#"postern_delivery_attempts_total{result="deferred",upstream="gone"}"#
+        ),
+        Some(1.0)
+    );
+    assert!(m.upstream("gone").is_up());
+}
