@@ -4,7 +4,8 @@
 //!
 //! Rules (BRIEF.md): a 5xx for one recipient fails only that recipient; 4xx and connection
 //! failures are retried; a timeout or drop after the final dot ("maybe delivered") is
-//! retried on the *same* route later and never handed to the next upstream at once, so
+//! recorded in the message's state (upstream, time, bytes sent) and retried at that
+//! upstream only, after `queue.ambiguous_retry`, never handed to another upstream, so
 //! failover does not blindly duplicate; a message leaves the spool only once no recipient
 //! is pending.
 //!
@@ -35,7 +36,7 @@ use crate::delivery::ledger::Ledger;
 use crate::delivery::outcome::Report;
 use crate::rules::{LiveRules, Timing};
 use crate::shutdown::Shutdown;
-use crate::spool::{Envelope, RcptStatus, Spool, schedule};
+use crate::spool::{Ambiguous, Envelope, RcptStatus, Spool, schedule};
 use crate::telemetry::events::{self, Attempt};
 use crate::telemetry::metrics::{Completion, Metrics, RcptOutcome, UpstreamMetrics};
 use crate::upstream::Upstreams;
@@ -236,8 +237,21 @@ impl Runner {
             // keep it and retry until queue.max_age, so a route dropped by a mistaken
             // reload bounces nothing if it is put back.
             warn!(sender = %env.sender, "no route for this sender in the current configuration; retrying later");
-            self.finish(env, rules.timing);
+            self.finish(env, rules.timing, false);
             return;
+        };
+        // A message that may already be at an upstream goes there or nowhere.
+        let pinned: [String; 1];
+        let route = match &env.maybe_delivered {
+            Some(amb) if upstreams.contains(&amb.upstream) => {
+                pinned = [amb.upstream.clone()];
+                &pinned[..]
+            }
+            Some(amb) => {
+                warn!(upstream = %amb.upstream, "the upstream that may have this message is no longer configured; trying the route");
+                route
+            }
+            None => route,
         };
         let mut tried = Vec::with_capacity(route.len());
         for upstream in route {
@@ -253,8 +267,11 @@ impl Runner {
                 Tried::RetryLater(why) => {
                     warn!(upstream = %upstream, error = %why, "delivery deferred");
                 }
+                Tried::MaybeDelivered(why) => {
+                    warn!(upstream = %upstream, error = %why, retry_in = ?rules.timing.ambiguous_retry, "maybe delivered: no reply to the final dot; trying again at this upstream only");
+                }
             }
-            let stop = matches!(result, Tried::Done | Tried::RetryLater(_));
+            let stop = !matches!(result, Tried::Failover(_) | Tried::Unsupported(_));
             tried.push((upstream.as_str(), result));
             if stop {
                 break;
@@ -263,7 +280,8 @@ impl Runner {
         if let Some(why) = unsupported_everywhere(&tried) {
             fail_pending(&mut env, &route.join(","), &why);
         }
-        self.finish(env, rules.timing);
+        let ambiguous = matches!(tried.last(), Some((_, Tried::MaybeDelivered(_))));
+        self.finish(env, rules.timing, ambiguous);
     }
 
     /// Tries the pending recipients at `upstream`; logs and counts the attempt.
@@ -338,6 +356,7 @@ impl Runner {
             smtputf8: env.smtputf8,
         };
         let id = env.id.to_string();
+        let size = out.size;
         let result = upstreams.deliver(upstream, &id, &mut out).await;
         let accepted_ms = match env.accepted_ms {
             0 => env.received_unix.saturating_mul(1000),
@@ -345,11 +364,26 @@ impl Runner {
         };
         let since_accepted =
             Duration::from_millis(self.clock.unix_millis().saturating_sub(accepted_ms));
-        outcome::apply(env, pending, upstream, result, metrics, since_accepted)
+        let (tried, report) =
+            outcome::apply(env, pending, upstream, result, metrics, since_accepted);
+        match tried {
+            Tried::MaybeDelivered(_) => {
+                env.maybe_delivered = Some(Ambiguous {
+                    upstream: upstream.to_owned(),
+                    at_unix: self.clock.unix(),
+                    bytes: size,
+                });
+            }
+            // The upstream answered for the message: whatever it had is settled.
+            Tried::Done => env.maybe_delivered = None,
+            Tried::Failover(_) | Tried::Unsupported(_) | Tried::RetryLater(_) => {}
+        }
+        (tried, report)
     }
 
-    /// Removes, dead-letters or reschedules the message after an attempt.
-    fn finish(&self, mut env: Envelope, timing: Timing) {
+    /// Removes, dead-letters or reschedules the message after an attempt; `ambiguous`: the
+    /// attempt left it maybe delivered (then it waits `queue.ambiguous_retry`).
+    fn finish(&self, mut env: Envelope, timing: Timing, ambiguous: bool) {
         let pending = env
             .recipients
             .iter()
@@ -370,7 +404,7 @@ impl Runner {
             .iter()
             .any(|r| r.status == RcptStatus::Pending)
         {
-            self.defer(env, timing);
+            self.defer(env, timing, ambiguous);
         } else if env
             .recipients
             .iter()
@@ -400,11 +434,15 @@ impl Runner {
     }
 
     /// Schedules the next attempt with backoff, records it, and hands the message back.
-    fn defer(&self, mut env: Envelope, timing: Timing) {
+    fn defer(&self, mut env: Envelope, timing: Timing, ambiguous: bool) {
         env.attempts += 1;
         let seed = env.received_unix ^ u64::from(env.attempts);
-        let delay =
-            schedule::next_delay(env.attempts, timing.min_backoff, timing.max_backoff, seed);
+        let delay = match ambiguous {
+            true => timing.ambiguous_retry,
+            false => {
+                schedule::next_delay(env.attempts, timing.min_backoff, timing.max_backoff, seed)
+            }
+        };
         // Due no sooner than `delay` from now: the due time is kept in whole seconds, so
         // round up (rounding down could retry at once, under `queue.min_backoff`).
         let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
@@ -450,7 +488,9 @@ fn unsupported_everywhere(tried: &[(&str, Tried)]) -> Option<String> {
     for (upstream, result) in tried {
         match result {
             Tried::Unsupported(capability) => missing.push((*upstream, capability)),
-            Tried::Done | Tried::Failover(_) | Tried::RetryLater(_) => return None,
+            Tried::Done | Tried::Failover(_) | Tried::RetryLater(_) | Tried::MaybeDelivered(_) => {
+                return None;
+            }
         }
     }
     let (_, first) = missing.first()?;
@@ -472,6 +512,9 @@ enum Tried {
     Unsupported(Capability),
     /// Stop for now and retry the same route later.
     RetryLater(String),
+    /// The final dot got no reply: the upstream may have the message. Stop, and retry at
+    /// this upstream only, after `queue.ambiguous_retry`.
+    MaybeDelivered(String),
 }
 
 /// An envelope in the waiting heap, ordered only by the (due, id) beside it.

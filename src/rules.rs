@@ -79,6 +79,8 @@ pub struct Timing {
     pub max_backoff: std::time::Duration,
     /// Give up after this long in the queue.
     pub max_age: std::time::Duration,
+    /// The wait before a message that may have been delivered is tried again.
+    pub ambiguous_retry: std::time::Duration,
 }
 
 /// Everything sessions and deliveries decide by, from one config.
@@ -145,6 +147,7 @@ impl Rules {
                 min_backoff: cfg.queue.min_backoff.get(),
                 max_backoff: cfg.queue.max_backoff.get(),
                 max_age: cfg.queue.max_age.get(),
+                ambiguous_retry: cfg.queue.ambiguous_retry.get(),
             },
             rate_limits,
         }

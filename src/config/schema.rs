@@ -241,6 +241,10 @@ pub struct QueueConfig {
     /// Longest retry delay. Default: `1h`.
     #[serde(default = "default_max_backoff")]
     pub max_backoff: Duration,
+    /// How long a message that may have been delivered (its final dot got no reply) waits
+    /// before it is tried again, at the same upstream only. Default: `10m`.
+    #[serde(default = "default_ambiguous_retry")]
+    pub ambiguous_retry: Duration,
     /// How a message is made durable before its `250`. Default: `fdatasync`.
     #[serde(default)]
     pub sync: QueueSync,
@@ -455,6 +459,9 @@ fn default_min_backoff() -> Duration {
 }
 fn default_max_backoff() -> Duration {
     Duration::secs(3600)
+}
+fn default_ambiguous_retry() -> Duration {
+    Duration::secs(600)
 }
 fn default_upstream_connections() -> usize {
     4

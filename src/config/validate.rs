@@ -280,7 +280,8 @@ impl Checker<'_> {
                  the longest",
                 q.min_backoff, q.max_backoff
             ),
-        )
+        )?;
+        self.at_least_a_second("queue.ambiguous_retry", q.ambiguous_retry)
     }
 
     /// At least one upstream; unique names; each either SMTP or a directory.

@@ -209,7 +209,7 @@ fn failed(
     }
     if e.is_maybe_delivered() {
         return (
-            Tried::RetryLater(e.to_string()),
+            Tried::MaybeDelivered(e.to_string()),
             report(AttemptResult::MaybeDelivered),
         );
     }

@@ -199,6 +199,22 @@ pub struct Envelope {
     /// stored (0 after a restart, when `received_unix` stands in for it).
     #[serde(skip)]
     pub accepted_ms: u64,
+    /// Set while the message may already have been delivered: its final dot went to an
+    /// upstream and no reply came. It is then tried only at that upstream, never failed over
+    /// (no blind duplicates), until an attempt there gets an answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maybe_delivered: Option<Ambiguous>,
+}
+
+/// Where and when a message may have been delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ambiguous {
+    /// The upstream that took the final dot.
+    pub upstream: String,
+    /// When, unix seconds.
+    pub at_unix: u64,
+    /// The bytes sent to it, the final dot included.
+    pub bytes: u64,
 }
 
 /// One forward-path and what happened to it.
@@ -607,6 +623,7 @@ mod tests {
             next_attempt_unix: 1_700_000_600,
             size: 42,
             accepted_ms: 0,
+            maybe_delivered: None,
         }
     }
 

@@ -269,6 +269,11 @@ impl Upstreams {
         }
     }
 
+    /// Whether an upstream of this name is configured.
+    pub fn contains(&self, upstream: &str) -> bool {
+        self.targets.contains_key(upstream)
+    }
+
     /// The connection pool of an SMTP upstream (for metrics).
     pub fn pool(&self, upstream: &str) -> Option<&Pool> {
         match self.targets.get(upstream) {

@@ -378,7 +378,7 @@ impl Routed {
             r#"hostname: relay.test
 listeners:
   - {{name: legacy, address: "127.0.0.1:0", tls: none, auth: none, allow_networks: [127.0.0.1/32]}}
-queue: {{directory: {d}/spool, min_backoff: {b}, max_backoff: {b}}}
+queue: {{directory: {d}/spool, min_backoff: {b}, max_backoff: {b}, ambiguous_retry: {b}}}
 upstreams:
 {list}routes:
   - {{senders: ["*"], upstreams: [{names}]}}
@@ -708,6 +708,44 @@ async fn incapable_and_down_is_retried_not_failed() {
     spool_drained(&relay.spool()).await;
     assert_eq!(b.received(), []);
     assert_eq!(a.violations(), Vec::<String>::new());
+    assert_eq!(b.violations(), Vec::<String>::new());
+}
+
+/// No blind duplicates: `a` is down, `b` takes the final dot and drops the connection, so
+/// `b` may have the message. It is recorded as such in the message's state, and retried at
+/// `b` only, after `queue.ambiguous_retry`, even though `a`, the route's first choice, is
+/// back by then: `a` never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maybe_delivered_is_retried_at_the_same_upstream_only() {
+    let a_port = reserve_port();
+    let b = Sink::start(SinkOptions::default()).await;
+    b.fault(Fault::DropAfterDot, Some(1));
+    let relay = Routed::start(&[("a", a_port), ("b", b.port())], QUICK_RETRY).await;
+    let mut d = relay.session().await;
+    let sent = message("ambiguous", "", "only once\r\n");
+    let id = submit(
+        &mut d,
+        "MAIL FROM:<dev@example.net>",
+        &["x@example.org"],
+        &sent,
+    )
+    .await;
+    let queued_state = relay.spool().join("queue").join(format!("{id}.state"));
+    eventually("maybe delivered recorded", || {
+        state(&queued_state).is_some_and(|env| env.maybe_delivered.is_some())
+    })
+    .await;
+    let amb = state(&queued_state).unwrap().maybe_delivered.unwrap();
+    assert_eq!(amb.upstream, "b");
+    assert!(amb.bytes > sent.len() as u64, "{amb:?}");
+    let a = Sink::start_on(a_port, SinkOptions::default()).await;
+    b.expect(1);
+    let got = b.wait(DELIVERY).await;
+    assert_eq!(got.len(), 1);
+    split_prefix(&got[0].data, &sent);
+    spool_drained(&relay.spool()).await;
+    assert_eq!(a.received(), []);
+    assert_eq!(a.connections(), 0);
     assert_eq!(b.violations(), Vec::<String>::new());
 }
 

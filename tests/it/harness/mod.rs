@@ -321,7 +321,7 @@ listeners:
 tls: {{certificate: {cert}, private_key: {key}}}
 users:
   - {{username: {USER}, password_hash: "{hash}", senders: ["{USER}@example.com", "@alice.example"]{alice}}}
-{users}queue: {{directory: {d}/spool, min_backoff: 1s, max_backoff: 2s}}
+{users}queue: {{directory: {d}/spool, min_backoff: 1s, max_backoff: 2s, ambiguous_retry: 1s}}
 upstreams:
   - {{name: sink, address: "127.0.0.1:{sink_port}", connect_timeout: 2s, {upstream_security}}}
 log: {{level: warn}}
