@@ -311,6 +311,10 @@ pub struct UpstreamConfig {
     /// Close an idle pooled connection after this long. Default: `30s`.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Duration,
+    /// Messages sent over one connection before it is closed with QUIT and a new one is
+    /// opened (some providers cap this per session); `0` for no limit. Default: `0`.
+    #[serde(default)]
+    pub messages_per_connection: u32,
 }
 
 /// TLS to an upstream.

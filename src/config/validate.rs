@@ -392,6 +392,7 @@ impl Checker<'_> {
             ("auth", u.auth.is_some()),
             ("server_name", u.server_name.is_some()),
             ("tls_verify", !u.tls_verify),
+            ("messages_per_connection", u.messages_per_connection != 0),
         ];
         match meaningless.into_iter().find(|(_, set)| *set) {
             Some((field, _)) => self.fail(

@@ -95,6 +95,8 @@ pub struct Client {
     broken: bool,
     /// Counts this connection among its pool's open ones while it lives.
     counted: Option<OpenCount>,
+    /// Transactions begun on this connection (MAIL sent).
+    transactions: u32,
 }
 
 /// One open connection in its pool's count; dropped with the connection.
@@ -163,7 +165,13 @@ impl Client {
             caps,
             broken: false,
             counted: None,
+            transactions: 0,
         })
+    }
+
+    /// Transactions begun on this connection so far.
+    pub fn transactions(&self) -> u32 {
+        self.transactions
     }
 
     /// Counts this connection in `open` for as long as it lives.
@@ -190,6 +198,7 @@ impl Client {
     pub async fn send(&mut self, msg: &mut Outgoing<'_>) -> Result<Vec<RcptOutcome>, Error> {
         let mail = self.mail_command(msg)?;
         self.broken = true;
+        self.transactions = self.transactions.saturating_add(1);
         let (mut outcomes, valid) = screen_recipients(msg.recipients);
         if valid.is_empty() {
             self.broken = false;

@@ -359,7 +359,8 @@ fn build_target(
                 });
             }
             let settings = settings(u, address, hostname, base)?;
-            let pool = Pool::new(settings, u.max_connections, u.idle_timeout.get());
+            let pool = Pool::new(settings, u.max_connections, u.idle_timeout.get())
+                .with_messages_per_connection(u.messages_per_connection);
             Ok(Target::Smtp {
                 pool: Arc::new(pool),
                 fingerprint,

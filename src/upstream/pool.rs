@@ -49,6 +49,8 @@ pub struct Pool {
     open: Arc<AtomicUsize>,
     /// `max_connections`, as the semaphore was made with.
     max: usize,
+    /// Transactions per connection before it is closed (0: no limit).
+    per_connection: u32,
 }
 
 impl Pool {
@@ -63,7 +65,15 @@ impl Pool {
             opened: AtomicU64::new(0),
             open: Arc::new(AtomicUsize::new(0)),
             max,
+            per_connection: 0,
         }
+    }
+
+    /// Closes each connection with QUIT after `n` transactions (`messages_per_connection`;
+    /// 0: no limit).
+    pub fn with_messages_per_connection(mut self, n: u32) -> Pool {
+        self.per_connection = n;
+        self
     }
 
     /// Connections open now, idle or carrying a delivery.
@@ -107,7 +117,11 @@ impl Pool {
         };
         let mut client = self.checkout().await?;
         let result = client.send(msg).await;
-        if client.is_reusable() {
+        let spent = self.per_connection > 0 && client.transactions() >= self.per_connection;
+        if spent && client.is_reusable() {
+            // Its QUIT runs beside the next delivery (bounded by `Client::quit`'s own limit).
+            tokio::spawn(client.quit());
+        } else if client.is_reusable() {
             // Pushed back before the permit is released (end of scope): keeps the cap exact.
             self.lock().push(Idle {
                 client,

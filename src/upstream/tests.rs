@@ -684,6 +684,34 @@ async fn pool_send(pool: &Pool, to: &[String]) -> Result<Vec<RcptOutcome>, Error
     pool.deliver(&mut msg).await
 }
 
+/// `messages_per_connection`: after that many transactions a connection is closed with
+/// QUIT and the next message opens a new one.
+#[tokio::test]
+async fn pool_opens_a_new_connection_after_messages_per_connection() {
+    let (addr, rec) = sink::start(Script::default()).await;
+    let pool = Pool::new(settings(addr, Security::Plain), 1, Duration::from_secs(30))
+        .with_messages_per_connection(2);
+    for _ in 0..5 {
+        assert_eq!(
+            pool_send(&pool, &rcpts(&["a@x"])).await.unwrap(),
+            vec![accepted(0)]
+        );
+    }
+    assert_eq!(messages(&rec).len(), 5);
+    // Two per connection: 1-2, 3-4, 5 (still open, idle).
+    assert_eq!(pool.connections_opened(), 3);
+    assert_eq!(pool.idle_count(), 1);
+    // The spent ones said QUIT (spawned beside the next delivery): wait for both, bounded.
+    let quits = || texts(&rec).iter().filter(|l| *l == "QUIT").count();
+    for _ in 0..100 {
+        if quits() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(quits(), 2);
+}
+
 /// Two messages, one TCP connection (RSET between, no second EHLO); an expired idle
 /// connection is not reused; a failed one is dropped.
 #[tokio::test]
