@@ -123,7 +123,7 @@ fn settle(
 /// The recipients of one attempt, counted by outcome.
 #[derive(Debug, Default)]
 struct Tally {
-    /// Recipients per outcome, in `[delivered, deferred, failed]` order.
+    /// Recipients per outcome, indexed by [`RcptOutcome`] (`outcome as usize`).
     counts: [usize; 3],
     /// The first reply of each outcome: the attempt reports the one of its result.
     first: [Option<(u16, String)>; 3],
@@ -132,16 +132,8 @@ struct Tally {
 }
 
 impl Tally {
-    fn slot(outcome: RcptOutcome) -> usize {
-        match outcome {
-            RcptOutcome::Delivered => 0,
-            RcptOutcome::Deferred => 1,
-            RcptOutcome::Failed => 2,
-        }
-    }
-
     fn add(&mut self, outcome: RcptOutcome, reply: String, stage: Option<Stage>) {
-        let i = Tally::slot(outcome);
+        let i = outcome as usize;
         self.counts[i] += 1;
         self.first[i].get_or_insert_with(|| (code_of(&reply), reply));
         if let Some(stage) = stage.map(Stage::as_str)
@@ -167,7 +159,7 @@ impl Tally {
         } else {
             (AttemptResult::Failed, RcptOutcome::Failed)
         };
-        let (code, reply) = self.first[Tally::slot(shown)].take().unwrap_or_default();
+        let (code, reply) = self.first[shown as usize].take().unwrap_or_default();
         Report {
             result,
             code,

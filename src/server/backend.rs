@@ -473,22 +473,19 @@ impl Backend {
         }
         let id = writer.id().to_string();
         let (env, prefix) = self.envelope(&tx, &writer, &envelope, facts);
-        let summary = |outcome: &str, reason: Option<Reason>| {
-            events::message(&MessageSummary {
-                queue_id: &id,
-                listener: &self.listener.name,
-                client_ip: env.client_ip,
-                identity: env.identity.as_deref(),
-                sender: &env.sender,
-                recipients: env.recipients.len(),
-                size: env.size,
-                outcome,
-                reason,
-            })
-        };
         match writer.commit(env.clone(), prefix).await {
             Ok(()) => {
-                summary("queued", None);
+                events::message(&MessageSummary {
+                    queue_id: &id,
+                    listener: &self.listener.name,
+                    client_ip: env.client_ip,
+                    identity: env.identity.as_deref(),
+                    sender: &env.sender,
+                    recipients: env.recipients.len(),
+                    size: env.size,
+                    outcome: "queued",
+                    reason: None,
+                });
                 let mut env = env;
                 env.accepted_ms = self.rt.clock.unix_millis();
                 self.metrics.message_accepted(env.size);

@@ -488,8 +488,7 @@ impl Metrics {
 
     /// Counts a message leaving the queue.
     pub fn completed(&self, how: Completion) {
-        let i = Completion::ALL.iter().position(|c| *c == how).unwrap_or(0);
-        self.completed[i].inc();
+        self.completed[how as usize].inc();
     }
 
     /// Counts a reload; a good one also stamps the time.

@@ -324,10 +324,7 @@ impl Upstreams {
     }
 
     fn smtp_pools(&self) -> impl Iterator<Item = &Pool> {
-        self.targets.values().filter_map(|t| match t {
-            Target::Smtp { pool, .. } => Some(pool.as_ref()),
-            Target::Directory(_) => None,
-        })
+        self.pools().map(|(_, pool)| pool)
     }
 }
 

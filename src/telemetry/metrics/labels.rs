@@ -55,6 +55,8 @@ pub enum AuthResult {
 }
 
 impl AuthResult {
+    /// Every value in declaration order, so that `value as usize` indexes this array and the
+    /// handles resolved from it.
     pub(super) const ALL: [AuthResult; 5] = [
         AuthResult::Success,
         AuthResult::Cached,
@@ -88,6 +90,8 @@ pub enum AttemptResult {
 }
 
 impl AttemptResult {
+    /// Every value in declaration order, so that `value as usize` indexes this array and the
+    /// handles resolved from it.
     pub(super) const ALL: [AttemptResult; 4] = [
         AttemptResult::Delivered,
         AttemptResult::Deferred,
@@ -118,6 +122,8 @@ pub enum RcptOutcome {
 }
 
 impl RcptOutcome {
+    /// Every value in declaration order, so that `value as usize` indexes this array and the
+    /// handles resolved from it.
     pub(super) const ALL: [RcptOutcome; 3] = [
         RcptOutcome::Delivered,
         RcptOutcome::Deferred,
@@ -146,6 +152,8 @@ pub enum Completion {
 }
 
 impl Completion {
+    /// Every value in declaration order, so that `value as usize` indexes this array and the
+    /// handles resolved from it.
     pub(super) const ALL: [Completion; 3] = [
         Completion::Delivered,
         Completion::Failed,

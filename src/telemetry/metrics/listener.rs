@@ -97,11 +97,7 @@ impl ListenerMetrics {
             Mechanism::Plain => 0,
             Mechanism::Login => 1,
         };
-        let r = AuthResult::ALL
-            .iter()
-            .position(|x| *x == result)
-            .unwrap_or(0);
-        self.auth[m][r].inc();
+        self.auth[m][result as usize].inc();
     }
 
     /// Counts a lockout started by a failure on this listener.

@@ -141,3 +141,20 @@ fn removed_upstreams_leave_the_gauges() {
     );
     assert!(m.upstream("gone").is_up());
 }
+
+/// `value as usize` indexes the resolved handles: each `ALL` is in declaration order.
+#[test]
+fn label_arrays_are_in_declaration_order() {
+    for (i, r) in AuthResult::ALL.iter().enumerate() {
+        assert_eq!(*r as usize, i, "{r:?}");
+    }
+    for (i, r) in AttemptResult::ALL.iter().enumerate() {
+        assert_eq!(*r as usize, i, "{r:?}");
+    }
+    for (i, r) in RcptOutcome::ALL.iter().enumerate() {
+        assert_eq!(*r as usize, i, "{r:?}");
+    }
+    for (i, r) in Completion::ALL.iter().enumerate() {
+        assert_eq!(*r as usize, i, "{r:?}");
+    }
+}
