@@ -12,7 +12,7 @@ use crate::harness::client::{Dialog, Security, lettre_send, step, transport};
 use crate::harness::sink::{Extensions, Fault, Sink, SinkOptions, reserve_port};
 use crate::harness::{
     DELIVERY, Opts, PASSWORD, TestServer, UPSTREAM_CREDS, USER, Upstream, dot_stuff, field_names,
-    message, send_mail, split_prefix,
+    message, queue_id, send_mail, split_prefix,
 };
 
 /// Test 1: each listener kind delivers the exact bytes with a Received header prefixed, and
@@ -55,7 +55,7 @@ async fn each_listener_delivers_with_trace_and_missing_headers() {
             let reply = lettre_send(&t, "alice@example.com", &["bob@example.org"], &sent).await;
             let reply = reply.unwrap_or_else(|e| panic!("{listener}: {e}"));
             assert!(reply.starts_with("250 2.0.0"), "{listener}: {reply}");
-            let id = reply.rsplit_once("queued as ").unwrap().1.trim().to_owned();
+            let id = queue_id(&reply);
             server.sink().expect(1);
             let got = server.sink().wait(DELIVERY).await;
             assert_eq!(got.len(), 1, "{listener}");
@@ -430,9 +430,7 @@ async fn submit(d: &mut Dialog, mail: &str, rcpts: &[&str], data: &[u8]) -> Stri
     }
     d.cmd("DATA", "354").await;
     d.send([dot_stuff(data), b".\r\n".to_vec()].concat()).await;
-    let reply = d.expect("250 2.0.0").await;
-    let (_, id) = reply.first().rsplit_once("queued as ").unwrap();
-    id.trim().to_owned()
+    queue_id(d.expect("250 2.0.0").await.first())
 }
 
 /// The file names in `dir`, sorted (none if it does not exist).

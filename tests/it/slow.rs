@@ -8,6 +8,7 @@
 
 use std::time::Duration;
 
+use crate::harness::client::Dialog;
 use crate::harness::{DELIVERY, Opts, TestServer, message, send_mail};
 
 const GAP: Duration = Duration::from_millis(200);
@@ -27,10 +28,9 @@ async fn trickled_command_line_is_cut_off() {
     d.expect_closed().await;
 }
 
-/// `limits.min_data_rate: 100` with `timeouts.data: 1s`: message bytes trickled at about 5
-/// per second (each gap under the data timeout) fall behind after the one-second head start.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_data_is_cut_off() {
+/// A server with `timeouts.data: 1s` and `limits.min_data_rate: 100`, and a legacy session
+/// on it past `DATA`'s 354.
+async fn in_data_at_min_rate() -> (TestServer, Dialog) {
     let server = TestServer::start(Opts::with(
         "timeouts: {data: 1s}\nlimits: {min_data_rate: 100}\n",
     ))
@@ -39,6 +39,14 @@ async fn slow_data_is_cut_off() {
     d.cmd("MAIL FROM:<dev@example.net>", "250 2.1.0").await;
     d.cmd("RCPT TO:<x@example.org>", "250 2.1.5").await;
     d.cmd("DATA", "354").await;
+    (server, d)
+}
+
+/// `limits.min_data_rate: 100` with `timeouts.data: 1s`: message bytes trickled at about 5
+/// per second (each gap under the data timeout) fall behind after the one-second head start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_data_is_cut_off() {
+    let (server, mut d) = in_data_at_min_rate().await;
     let body = "Subject: slow\r\n\r\n".repeat(20);
     let reply = d.trickle(body.as_bytes(), GAP).await;
     let reply = reply.expect("closed without a reply");
@@ -56,14 +64,8 @@ async fn slow_data_is_cut_off() {
 /// about 2.5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paced_data_earns_its_time() {
-    let server = TestServer::start(Opts::with(
-        "timeouts: {data: 1s}\nlimits: {min_data_rate: 100}\n",
-    ))
-    .await;
-    let mut d = server.legacy_session().await;
-    d.cmd("MAIL FROM:<dev@example.net>", "250 2.1.0").await;
-    d.cmd("RCPT TO:<x@example.org>", "250 2.1.5").await;
-    d.cmd("DATA", "354").await;
+    // The server is held (not dropped) to the end of the test.
+    let (_server, mut d) = in_data_at_min_rate().await;
     let started = std::time::Instant::now();
     d.send("Subject: paced\r\n\r\n").await;
     let line = format!("{}\r\n", "x".repeat(58));

@@ -375,6 +375,14 @@ pub async fn send_mail(d: &mut Dialog, from: &str, to: &[&str], data: &[u8]) -> 
     d.expect("250 2.0.0").await
 }
 
+/// The queue id in postern's `250 2.0.0 Ok: queued as ID` reply line.
+pub fn queue_id(reply: &str) -> String {
+    match reply.rsplit_once("queued as ") {
+        Some((_, id)) => id.trim().to_owned(),
+        None => panic!("not a queued reply: {reply:?}"),
+    }
+}
+
 /// RFC 5321 4.5.2: a leading dot on a line is doubled.
 pub fn dot_stuff(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + 8);

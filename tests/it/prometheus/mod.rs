@@ -61,10 +61,11 @@ async fn dashboard_and_rules_against_a_real_prometheus() {
 }
 
 /// The counters, read through PromQL: Prometheus must have each series of
-/// [`story::COUNTERS`] with at least the value the mail implies, and exactly the value a
-/// scrape of /metrics shows now (everything has settled).
+/// [`story::COUNTERS`] with exactly the value the mail implies (a zero included: a count
+/// that should not move must not), which is also what a scrape of /metrics shows now
+/// (everything has settled).
 async fn check_counters(prom: &Prometheus, scrape: &Scrape) {
-    for (series, at_least) in story::COUNTERS {
+    for (series, want) in story::COUNTERS {
         let query = with_job(series);
         let values = prom
             .values(&query)
@@ -72,9 +73,9 @@ async fn check_counters(prom: &Prometheus, scrape: &Scrape) {
             .unwrap_or_else(|e| panic!("{query}: {e}"));
         let direct = scrape.get(series);
         assert!(
-            values.len() == 1 && values[0] >= at_least && values[0] == direct,
-            "{query}: expected one value >= {at_least} and equal to /metrics' {direct}, got \
-             {values:?}"
+            values == [want] && direct == want,
+            "{query}: expected {want} through Prometheus and /metrics, got {values:?} and \
+             {direct}"
         );
     }
 }
