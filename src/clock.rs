@@ -15,13 +15,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// A source of time shared by everything that needs it; cheap to clone.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Clock {
     /// Nanoseconds added to both clocks by [`Clock::advance`].
     skew: Arc<AtomicU64>,
+    /// Told each time [`Clock::advance`] moves the clock, so that a loop sleeping until a
+    /// due time recomputes it ([`Clock::moved`]).
+    moved: Arc<watch::Sender<()>>,
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock {
+            skew: Arc::default(),
+            moved: Arc::new(watch::channel(()).0),
+        }
+    }
 }
 
 impl Clock {
@@ -65,6 +78,14 @@ impl Clock {
     pub fn advance(&self, by: Duration) {
         let nanos = u64::try_from(by.as_nanos()).unwrap_or(u64::MAX);
         self.skew.fetch_add(nanos, Ordering::Relaxed);
+        self.moved.send_replace(());
+    }
+
+    /// A receiver that sees a change each time [`Clock::advance`] moves the clock: a timer
+    /// computed from this clock (a tokio sleep, which does not see the skew) is recomputed
+    /// when it changes. Never changes in production.
+    pub fn moved(&self) -> watch::Receiver<()> {
+        self.moved.subscribe()
     }
 }
 

@@ -20,6 +20,7 @@
 mod body;
 mod ledger;
 mod outcome;
+mod shape;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -42,6 +43,7 @@ use crate::telemetry::metrics::{Completion, Metrics, RcptOutcome, UpstreamMetric
 use crate::upstream::Upstreams;
 use crate::upstream::client::{Outgoing, transmitted_size};
 use crate::upstream::error::Capability;
+use crate::upstream::shaping::Cap;
 
 /// Most delivery attempts in flight at once; the pools bound connections per upstream,
 /// this bounds the tasks (and open spool files) waiting for them.
@@ -139,6 +141,8 @@ impl Runner {
         let period = this.upstreams().reap_period();
         let mut reap = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         reap.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // A test moving the clock on: recompute the sleep to the next due time.
+        let mut moved = this.clock.moved();
         loop {
             let next_due = waiting.peek().map(|Reverse((due, _, _))| *due);
             let sleep = next_due.map_or(Duration::from_secs(3600), |due| {
@@ -170,6 +174,7 @@ impl Runner {
                     }
                 }
                 _ = reap.tick() => this.spawn_reap(),
+                Ok(()) = moved.changed() => {}
             }
         }
         info!(
@@ -237,7 +242,7 @@ impl Runner {
             // keep it and retry until queue.max_age, so a route dropped by a mistaken
             // reload bounces nothing if it is put back.
             warn!(sender = %env.sender, "no route for this sender in the current configuration; retrying later");
-            self.finish(env, rules.timing, false);
+            self.finish(env, rules.timing, After::Backoff);
             return;
         };
         // A message that may already be at an upstream goes there or nowhere.
@@ -270,8 +275,20 @@ impl Runner {
                 Tried::MaybeDelivered(why) => {
                     warn!(upstream = %upstream, error = %why, retry_in = ?rules.timing.ambiguous_retry, "maybe delivered: no reply to the final dot; trying again at this upstream only");
                 }
+                // Logged where it is decided.
+                Tried::Shaped { .. } => {}
             }
-            let stop = !matches!(result, Tried::Failover(_) | Tried::Unsupported(_));
+            // A paused upstream is passed over like an unavailable one; a capped one is
+            // waited for (its account's allowance is not spilled onto the next upstream).
+            let stop = !matches!(
+                result,
+                Tried::Failover(_)
+                    | Tried::Unsupported(_)
+                    | Tried::Shaped {
+                        cap: Cap::Throttled,
+                        ..
+                    }
+            );
             tried.push((upstream.as_str(), result));
             if stop {
                 break;
@@ -280,8 +297,12 @@ impl Runner {
         if let Some(why) = unsupported_everywhere(&tried) {
             fail_pending(&mut env, &route.join(","), &why);
         }
-        let ambiguous = matches!(tried.last(), Some((_, Tried::MaybeDelivered(_))));
-        self.finish(env, rules.timing, ambiguous);
+        let after = match (tried.last(), shape::only_held_back(&tried)) {
+            (Some((_, Tried::MaybeDelivered(_))), _) => After::Ambiguous,
+            (_, Some(until_ms)) => After::Shaped { until_ms },
+            _ => After::Backoff,
+        };
+        self.finish(env, rules.timing, after);
     }
 
     /// Tries the pending recipients at `upstream`; logs and counts the attempt.
@@ -297,11 +318,18 @@ impl Runner {
         if pending.is_empty() {
             return Tried::Done;
         }
-        let started = std::time::Instant::now();
         let metrics = self.metrics.upstream(upstream);
+        if let Some(held) =
+            shape::admit(upstreams, upstream, env, self.clock.unix_millis(), &metrics)
+        {
+            return held;
+        }
+        let started = std::time::Instant::now();
         let (tried, report) = self
             .send(upstreams, upstream, env, &pending, &metrics)
             .await;
+        let now_ms = self.clock.unix_millis();
+        let tried = shape::settle(upstreams, upstream, env, tried, &report, now_ms, &metrics);
         metrics.attempt(report.result);
         events::attempt(&Attempt {
             queue_id: env.id.as_str(),
@@ -376,14 +404,17 @@ impl Runner {
             }
             // The upstream answered for the message: whatever it had is settled.
             Tried::Done => env.maybe_delivered = None,
-            Tried::Failover(_) | Tried::Unsupported(_) | Tried::RetryLater(_) => {}
+            Tried::Failover(_)
+            | Tried::Unsupported(_)
+            | Tried::RetryLater(_)
+            | Tried::Shaped { .. } => {}
         }
         (tried, report)
     }
 
-    /// Removes, dead-letters or reschedules the message after an attempt; `ambiguous`: the
-    /// attempt left it maybe delivered (then it waits `queue.ambiguous_retry`).
-    fn finish(&self, mut env: Envelope, timing: Timing, ambiguous: bool) {
+    /// Removes, dead-letters or reschedules the message after an attempt; `after` says how
+    /// long a message with recipients left waits.
+    fn finish(&self, mut env: Envelope, timing: Timing, after: After) {
         let pending = env
             .recipients
             .iter()
@@ -404,7 +435,7 @@ impl Runner {
             .iter()
             .any(|r| r.status == RcptStatus::Pending)
         {
-            self.defer(env, timing, ambiguous);
+            self.defer(env, timing, after);
         } else if env
             .recipients
             .iter()
@@ -433,22 +464,42 @@ impl Runner {
         }
     }
 
-    /// Schedules the next attempt with backoff, records it, and hands the message back.
-    fn defer(&self, mut env: Envelope, timing: Timing, ambiguous: bool) {
-        env.attempts += 1;
-        let seed = env.received_unix ^ u64::from(env.attempts);
-        let delay = match ambiguous {
-            true => timing.ambiguous_retry,
-            false => {
-                schedule::next_delay(env.attempts, timing.min_backoff, timing.max_backoff, seed)
+    /// Schedules the next attempt (with backoff, unless the message was only held back),
+    /// records it, and hands the message back.
+    fn defer(&self, mut env: Envelope, timing: Timing, after: After) {
+        let now_ms = self.clock.unix_millis();
+        let due_ms = match after {
+            // Not an attempt: the counter stays, and it goes when the cap allows.
+            After::Shaped { until_ms } => until_ms.max(now_ms),
+            After::Ambiguous | After::Backoff => {
+                env.attempts += 1;
+                let seed = env.received_unix ^ u64::from(env.attempts);
+                let delay = match after {
+                    After::Ambiguous => timing.ambiguous_retry,
+                    _ => schedule::next_delay(
+                        env.attempts,
+                        timing.min_backoff,
+                        timing.max_backoff,
+                        seed,
+                    ),
+                };
+                // No sooner than `delay` from now.
+                let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                now_ms.saturating_add(delay_ms.max(1000))
             }
         };
-        // Due no sooner than `delay` from now: the due time is kept in whole seconds, so
-        // round up (rounding down could retry at once, under `queue.min_backoff`).
-        let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        let due_ms = self.clock.unix_millis().saturating_add(delay_ms.max(1000));
+        // The due time is kept in whole seconds: round up (rounding down could retry before
+        // the backoff or the booked time).
         env.next_attempt_unix = due_ms.div_ceil(1000);
+        let delay = std::time::Duration::from_millis(due_ms.saturating_sub(now_ms));
         let id = env.id.as_str();
+        if let After::Shaped { .. } = after {
+            // Nothing to record: no attempt was made, and after a restart the message is
+            // admitted afresh.
+            info!(queue_id = %id, wait = ?delay, "message waits for its upstream's cap");
+            self.back.submit(env);
+            return;
+        }
         if let Err(e) = self.spool.update(&env) {
             warn!(queue_id = %id, error = %e, "cannot record delivery state");
         }
@@ -488,7 +539,11 @@ fn unsupported_everywhere(tried: &[(&str, Tried)]) -> Option<String> {
     for (upstream, result) in tried {
         match result {
             Tried::Unsupported(capability) => missing.push((*upstream, capability)),
-            Tried::Done | Tried::Failover(_) | Tried::RetryLater(_) | Tried::MaybeDelivered(_) => {
+            Tried::Done
+            | Tried::Failover(_)
+            | Tried::RetryLater(_)
+            | Tried::MaybeDelivered(_)
+            | Tried::Shaped { .. } => {
                 return None;
             }
         }
@@ -515,6 +570,27 @@ enum Tried {
     /// The final dot got no reply: the upstream may have the message. Stop, and retry at
     /// this upstream only, after `queue.ambiguous_retry`.
     MaybeDelivered(String),
+    /// Held back by the upstream's cap or pause until `until_ms`: not an attempt.
+    Shaped {
+        /// When the upstream allows it, unix milliseconds.
+        until_ms: u64,
+        /// What holds it back.
+        cap: Cap,
+    },
+}
+
+/// How a message with recipients left waits after an attempt.
+#[derive(Debug, Clone, Copy)]
+enum After {
+    /// The next attempt after the retry backoff.
+    Backoff,
+    /// Maybe delivered: after `queue.ambiguous_retry`.
+    Ambiguous,
+    /// Only held back by caps: at the time they allow, not counted as an attempt.
+    Shaped {
+        /// Unix milliseconds.
+        until_ms: u64,
+    },
 }
 
 /// An envelope in the waiting heap, ordered only by the (due, id) beside it.

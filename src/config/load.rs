@@ -191,6 +191,45 @@ mod tests {
         assert!(n >= 2);
     }
 
+    /// `provider: microsoft` implies Microsoft 365's per-mailbox caps; each key set
+    /// overrides its own, `0` lifting it.
+    #[test]
+    fn provider_implies_caps_unless_overridden() {
+        use crate::upstream::shaping::Caps;
+        let yaml = |keys: &str| {
+            format!(
+                "listeners:\n  - {{name: l, address: \"127.0.0.1:2525\", tls: none, auth: none, allow_networks: [127.0.0.0/8]}}\n\
+                 queue: {{directory: spool}}\n\
+                 upstreams:\n  - {{name: u, address: \"smtp.example:587\"{keys}}}\n"
+            )
+        };
+        let rows: &[(&str, usize, u32, u32)] = &[
+            ("", 4, 0, 0),
+            (", provider: microsoft", 3, 30, 10_000),
+            (", provider: google", 4, 0, 0),
+            (", provider: generic, messages_per_minute: 5", 4, 5, 0),
+            (
+                ", provider: microsoft, max_connections: 1, messages_per_minute: 0, recipients_per_day: 500",
+                1,
+                0,
+                500,
+            ),
+        ];
+        for &(keys, connections, per_minute, per_day) in rows {
+            let c = load_str(&yaml(keys), Path::new("/etc/postern/postern.yaml")).unwrap();
+            let u = &c.upstreams[0];
+            assert_eq!(u.max_connections(), connections, "{keys}");
+            assert_eq!(
+                u.caps(),
+                Caps {
+                    messages_per_minute: per_minute,
+                    recipients_per_day: per_day
+                },
+                "{keys}"
+            );
+        }
+    }
+
     #[test]
     fn minimal_config_has_documented_defaults() {
         let file = configs_dir().join("good/minimal.yaml");
@@ -228,7 +267,7 @@ mod tests {
         assert_eq!(u.directory.as_deref(), Some(dir.join("outbox").as_path()));
         assert_eq!(u.tls, UpstreamTls::Starttls);
         assert!(u.tls_verify && u.auth.is_none() && u.ca_file.is_none());
-        assert_eq!(u.max_connections, 4);
+        assert_eq!(u.max_connections(), 4);
         assert_eq!(u.connect_timeout.get(), secs(30));
         assert_eq!(u.command_timeout.get(), secs(300));
         assert_eq!(u.idle_timeout.get(), secs(30));

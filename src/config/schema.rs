@@ -295,9 +295,10 @@ pub struct UpstreamConfig {
     /// Credentials for upstream AUTH (PLAIN or LOGIN, whichever the upstream offers).
     #[serde(default)]
     pub auth: Option<UpstreamAuth>,
-    /// Most concurrent connections to this upstream. Default: `4`.
-    #[serde(default = "default_upstream_connections")]
-    pub max_connections: usize,
+    /// Most concurrent connections to this upstream. Default: `4`, or the provider's
+    /// ([`UpstreamConfig::max_connections`]).
+    #[serde(default)]
+    pub max_connections: Option<usize>,
     /// Name sent in EHLO. Default: the top-level `hostname`.
     #[serde(default)]
     pub helo_name: Option<String>,
@@ -315,6 +316,55 @@ pub struct UpstreamConfig {
     /// opened (some providers cap this per session); `0` for no limit. Default: `0`.
     #[serde(default)]
     pub messages_per_connection: u32,
+    /// The provider behind this upstream, for its account caps: `microsoft` (Microsoft 365:
+    /// 3 connections, 30 messages a minute, 10,000 recipients a day per mailbox), `google`
+    /// or `generic` (no implied caps). Default: none.
+    #[serde(default)]
+    pub provider: Option<Provider>,
+    /// Most messages in any rolling minute; `0` for no cap. Default: none, or the provider's.
+    #[serde(default)]
+    pub messages_per_minute: Option<u32>,
+    /// Most recipients in any rolling 24 hours; `0` for no cap. Default: none, or the
+    /// provider's.
+    #[serde(default)]
+    pub recipients_per_day: Option<u32>,
+}
+
+impl UpstreamConfig {
+    /// `max_connections`, else the provider's, else 4.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.unwrap_or(match self.provider {
+            Some(Provider::Microsoft) => 3,
+            _ => default_upstream_connections(),
+        })
+    }
+
+    /// The account caps: each key if set, else the provider's (`0`: none).
+    pub fn caps(&self) -> crate::upstream::shaping::Caps {
+        let microsoft = self.provider == Some(Provider::Microsoft);
+        crate::upstream::shaping::Caps {
+            messages_per_minute: self
+                .messages_per_minute
+                .unwrap_or(if microsoft { 30 } else { 0 }),
+            recipients_per_day: self.recipients_per_day.unwrap_or(if microsoft {
+                10_000
+            } else {
+                0
+            }),
+        }
+    }
+}
+
+/// The provider behind an upstream (its implied caps; and, for OAuth2, its token endpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// Microsoft 365 / Exchange Online.
+    Microsoft,
+    /// Google Workspace / Gmail.
+    Google,
+    /// Any other.
+    Generic,
 }
 
 /// TLS to an upstream.

@@ -319,7 +319,7 @@ impl Checker<'_> {
             }
             let at_least_one = "must be at least 1";
             self.ensure(
-                u.max_connections >= 1,
+                u.max_connections != Some(0),
                 format!("{key}.max_connections"),
                 at_least_one,
             )?;
@@ -393,6 +393,9 @@ impl Checker<'_> {
             ("server_name", u.server_name.is_some()),
             ("tls_verify", !u.tls_verify),
             ("messages_per_connection", u.messages_per_connection != 0),
+            ("provider", u.provider.is_some()),
+            ("messages_per_minute", u.messages_per_minute.is_some()),
+            ("recipients_per_day", u.recipients_per_day.is_some()),
         ];
         match meaningless.into_iter().find(|(_, set)| *set) {
             Some((field, _)) => self.fail(

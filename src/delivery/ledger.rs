@@ -81,6 +81,7 @@ mod tests {
             size,
             accepted_ms: 0,
             maybe_delivered: None,
+            shaped: None,
         }
     }
 

@@ -10,6 +10,7 @@ use crate::telemetry::events;
 use crate::telemetry::metrics::{AttemptResult, RcptOutcome, UpstreamMetrics};
 use crate::upstream::client::{RcptOutcome as Sent, RcptResult};
 use crate::upstream::error::{Error, Stage};
+use crate::upstream::shaping::is_throttling;
 
 /// The attempt as its log line and counter report it.
 #[derive(Debug)]
@@ -19,6 +20,8 @@ pub(super) struct Report {
     pub(super) code: u16,
     /// The deciding reply, or what went wrong.
     pub(super) reply: String,
+    /// A reply asked to slow down ([`is_throttling`]).
+    pub(super) throttled: bool,
 }
 
 impl Report {
@@ -28,6 +31,7 @@ impl Report {
             result: AttemptResult::Deferred,
             code: 0,
             reply: why,
+            throttled: false,
         }
     }
 }
@@ -85,6 +89,9 @@ fn recipients(
             continue;
         };
         let rcpt = &mut env.recipients[i];
+        if let RcptResult::Rejected(reply, _) = &outcome.result {
+            tally.throttled |= is_throttling(reply);
+        }
         let (counted, reply, stage) = settle(rcpt, outcome.result, upstream);
         events::recipient(id, upstream, &rcpt.address, counted, &reply);
         tally.add(counted, reply, stage);
@@ -129,6 +136,8 @@ struct Tally {
     first: [Option<(u16, String)>; 3],
     /// The stages of the refusals, each once.
     stages: Vec<&'static str>,
+    /// A refusal asked to slow down.
+    throttled: bool,
 }
 
 impl Tally {
@@ -164,6 +173,7 @@ impl Tally {
             result,
             code,
             reply,
+            throttled: self.throttled,
         }
     }
 }
@@ -180,10 +190,12 @@ fn failed(
         Some(r) => (r.code, r.to_string()),
         None => (0, e.to_string()),
     };
+    let throttled = e.reply().is_some_and(is_throttling);
     let report = |result| Report {
         result,
         code,
         reply: reply.clone(),
+        throttled,
     };
     if let Some(missing) = e.unsupported() {
         // Nothing was sent: a verdict on this upstream's extensions, not a failure.

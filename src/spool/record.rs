@@ -204,6 +204,26 @@ pub struct Envelope {
     /// (no blind duplicates), until an attempt there gets an answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maybe_delivered: Option<Ambiguous>,
+    /// Set while the message waits for an upstream's cap or pause (shaping), for the queue
+    /// listing and so that a booked time is used when it comes. Not stored: after a restart
+    /// the message is admitted afresh.
+    #[serde(skip)]
+    pub shaped: Option<Box<Shaped>>,
+}
+
+/// Why and until when a message waits for an upstream (see `upstream::shaping`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shaped {
+    /// The upstream.
+    pub upstream: String,
+    /// Until when, unix milliseconds.
+    pub until_ms: u64,
+    /// The cap that holds it back (`messages_per_minute`, `recipients_per_day`,
+    /// `throttled`).
+    pub cap: &'static str,
+    /// The time is booked in the upstream's caps: the message goes then without being
+    /// counted again.
+    pub booked: bool,
 }
 
 /// Where and when a message may have been delivered.
@@ -624,6 +644,7 @@ mod tests {
             size: 42,
             accepted_ms: 0,
             maybe_delivered: None,
+            shaped: None,
         }
     }
 

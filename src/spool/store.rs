@@ -594,6 +594,7 @@ mod tests {
             size: 0,
             accepted_ms: 0,
             maybe_delivered: None,
+            shaped: None,
         }
     }
 

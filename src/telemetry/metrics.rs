@@ -179,6 +179,16 @@ const UPSTREAM_UP: Spec = spec(
     "0 when the latest attempt could not reach or log in to the upstream.",
     &["upstream"],
 );
+const UPSTREAM_SHAPED: Spec = spec(
+    "postern_upstream_shaped_total",
+    "Times a message was held back for an upstream's cap or pause.",
+    &["upstream", "cap"],
+);
+const UPSTREAM_THROTTLED: Spec = spec(
+    "postern_upstream_throttled_total",
+    "Throttling replies (432 4.3.2, 421 4.7.x) that paused the upstream.",
+    &["upstream"],
+);
 // Configuration and TLS.
 const RELOADS: Spec = spec(
     "postern_config_reloads_total",
@@ -289,6 +299,8 @@ pub struct Families {
     upstream_busy: IntGaugeVec,
     upstream_failures: IntCounterVec,
     upstream_up: IntGaugeVec,
+    upstream_shaped: IntCounterVec,
+    upstream_throttled: IntCounterVec,
     reloads: IntCounterVec,
     /// Queue gauges, kept by the delivery runner.
     pub queue: QueueGauges,
@@ -339,6 +351,8 @@ impl Families {
             upstream_busy: UPSTREAM_BUSY.gauge(&r)?,
             upstream_failures: UPSTREAM_FAILURES.counter(&r)?,
             upstream_up: UPSTREAM_UP.gauge(&r)?,
+            upstream_shaped: UPSTREAM_SHAPED.counter(&r)?,
+            upstream_throttled: UPSTREAM_THROTTLED.counter(&r)?,
             reloads: RELOADS.counter(&r)?,
             queue: QueueGauges {
                 messages: QUEUE_MESSAGES.int_gauge(&r)?,

@@ -24,6 +24,7 @@ pub mod error;
 pub mod pool;
 pub mod route;
 pub mod settings;
+pub mod shaping;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -42,6 +43,7 @@ use crate::upstream::directory::Directory;
 use crate::upstream::error::{Error, Stage};
 use crate::upstream::pool::Pool;
 use crate::upstream::route::Router;
+use crate::upstream::shaping::Shaper;
 use crate::upstream::tls::TlsError;
 
 /// Why the upstreams could not be built from the config. Each names the upstream.
@@ -151,6 +153,9 @@ enum Target {
     Smtp {
         pool: Arc<Pool>,
         fingerprint: [u8; 32],
+        /// The account's caps and pause; carried over by name on every reload (even when
+        /// the pool is not), so a reload does not forget what was sent today.
+        shaper: Arc<Shaper>,
     },
     Directory(Directory),
 }
@@ -274,6 +279,14 @@ impl Upstreams {
         self.targets.contains_key(upstream)
     }
 
+    /// The caps and pause of an SMTP upstream (a directory upstream has none).
+    pub fn shaper(&self, upstream: &str) -> Option<&Shaper> {
+        match self.targets.get(upstream) {
+            Some(Target::Smtp { shaper, .. }) => Some(shaper),
+            _ => None,
+        }
+    }
+
     /// The connection pool of an SMTP upstream (for metrics).
     pub fn pool(&self, upstream: &str) -> Option<&Pool> {
         match self.targets.get(upstream) {
@@ -344,23 +357,33 @@ fn build_target(
     match (&u.address, &u.directory) {
         (Some(address), None) => {
             let fingerprint = fingerprint(u, hostname, base);
+            let shaper = match previous {
+                Some(Target::Smtp { shaper, .. }) => {
+                    shaper.set_caps(u.caps());
+                    shaper.clone()
+                }
+                _ => Arc::new(Shaper::new(u.caps())),
+            };
             if let Some(Target::Smtp {
                 pool,
                 fingerprint: old,
+                ..
             }) = previous
                 && *old == fingerprint
             {
                 return Ok(Target::Smtp {
                     pool: pool.clone(),
                     fingerprint,
+                    shaper,
                 });
             }
             let settings = settings(u, address, hostname, base)?;
-            let pool = Pool::new(settings, u.max_connections, u.idle_timeout.get())
+            let pool = Pool::new(settings, u.max_connections(), u.idle_timeout.get())
                 .with_messages_per_connection(u.messages_per_connection);
             Ok(Target::Smtp {
                 pool: Arc::new(pool),
                 fingerprint,
+                shaper,
             })
         }
         (None, Some(dir)) => {

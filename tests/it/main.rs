@@ -27,5 +27,6 @@ mod ratelimit;
 mod reload;
 mod selftest;
 mod sessions;
+mod shaping;
 mod shipped;
 mod slow;

@@ -65,6 +65,7 @@ impl Backend {
             size: prefix.len() as u64 + writer.written(),
             accepted_ms: 0,
             maybe_delivered: None,
+            shaped: None,
         };
         (env, prefix)
     }

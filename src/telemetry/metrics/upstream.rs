@@ -6,6 +6,7 @@ use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
 use super::Families;
 use super::labels::{AttemptResult, RcptOutcome, STAGES};
+use crate::upstream::shaping::Cap;
 
 /// One upstream's resolved handles and its health.
 #[derive(Debug)]
@@ -16,6 +17,9 @@ pub struct UpstreamMetrics {
     latency: Histogram,
     up: IntGauge,
     failures: IntCounterVec,
+    /// By [`Cap`], in `Cap::ALL` order.
+    shaped: [IntCounter; 3],
+    throttled: IntCounter,
 }
 
 impl UpstreamMetrics {
@@ -36,6 +40,8 @@ impl UpstreamMetrics {
             latency: f.delivery_latency.with_label_values(&[name]),
             up,
             failures: f.upstream_failures.clone(),
+            shaped: Cap::ALL.map(|c| f.upstream_shaped.with_label_values(&[name, c.as_str()])),
+            throttled: f.upstream_throttled.with_label_values(&[name]),
         }
     }
 
@@ -61,6 +67,16 @@ impl UpstreamMetrics {
         if unreachable {
             self.up.set(0);
         }
+    }
+
+    /// Counts a message held back by `cap`.
+    pub fn shaped(&self, cap: Cap) {
+        self.shaped[cap as usize].inc();
+    }
+
+    /// Counts a throttling reply.
+    pub fn throttled(&self) {
+        self.throttled.inc();
     }
 
     /// The upstream answered for the message: it is up.

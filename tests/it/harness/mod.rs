@@ -74,6 +74,8 @@ pub struct Opts {
     pub alice: String,
     /// More `users` entries, one YAML list item per line (see [`user_entry`]).
     pub users: String,
+    /// Extra keys for the `sink` upstream's flow mapping, e.g. `"messages_per_minute: 2"`.
+    pub upstream_keys: String,
 }
 
 impl Default for Opts {
@@ -87,6 +89,7 @@ impl Default for Opts {
             submission: String::new(),
             alice: String::new(),
             users: String::new(),
+            upstream_keys: String::new(),
         }
     }
 }
@@ -323,7 +326,7 @@ users:
   - {{username: {USER}, password_hash: "{hash}", senders: ["{USER}@example.com", "@alice.example"]{alice}}}
 {users}queue: {{directory: {d}/spool, min_backoff: 1s, max_backoff: 2s, ambiguous_retry: 1s}}
 upstreams:
-  - {{name: sink, address: "127.0.0.1:{sink_port}", connect_timeout: 2s, {upstream_security}}}
+  - {{name: sink, address: "127.0.0.1:{sink_port}", connect_timeout: 2s, {upstream_security}{upstream_keys}}}
 log: {{level: warn}}
 http: {{address: "127.0.0.1:0"}}
 {extra}"#,
@@ -335,6 +338,7 @@ http: {{address: "127.0.0.1:0"}}
         legacy = more_keys(&opts.legacy),
         alice = more_keys(&opts.alice),
         users = opts.users,
+        upstream_keys = more_keys(&opts.upstream_keys),
     )
 }
 

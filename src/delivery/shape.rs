@@ -1,0 +1,116 @@
+//! The runner's side of shaping (see `upstream::shaping`): asking an upstream's caps before
+//! an attempt, pausing the upstream after a throttling reply, and the wait that follows.
+//!
+//! A message held back is not a failed attempt: it is not logged or counted as one, its
+//! attempt counter does not move, and it goes as soon as the cap allows (the booked time).
+
+use tracing::{info, warn};
+
+use crate::delivery::Tried;
+use crate::delivery::outcome::Report;
+use crate::spool::{Envelope, RcptStatus, Shaped};
+use crate::telemetry::metrics::UpstreamMetrics;
+use crate::upstream::Upstreams;
+use crate::upstream::shaping::{Admission, Cap};
+
+/// Asks `upstream`'s caps whether `env` may go now; `Some` (a [`Tried::Shaped`]) when it
+/// must wait, with the wait recorded in `env.shaped`.
+pub(super) fn admit(
+    upstreams: &Upstreams,
+    upstream: &str,
+    env: &mut Envelope,
+    now_ms: u64,
+    metrics: &UpstreamMetrics,
+) -> Option<Tried> {
+    let shaper = upstreams.shaper(upstream)?;
+    if let Some(booked) = env.shaped.take_if(|s| s.upstream == upstream && s.booked)
+        && booked.until_ms <= now_ms
+    {
+        // Its time, already counted when it was booked.
+        return None;
+    }
+    let pending = env
+        .recipients
+        .iter()
+        .filter(|r| r.status == RcptStatus::Pending)
+        .count();
+    let Admission::Wait { until_ms, cap } = shaper.admit(now_ms, pending) else {
+        env.shaped = None;
+        return None;
+    };
+    info!(
+        upstream = %upstream,
+        cap = cap.as_str(),
+        wait_ms = until_ms.saturating_sub(now_ms),
+        "held back for the upstream's cap; not an attempt"
+    );
+    metrics.shaped(cap);
+    env.shaped = Some(Box::new(Shaped {
+        upstream: upstream.to_owned(),
+        until_ms,
+        cap: cap.as_str(),
+        booked: cap != Cap::Throttled,
+    }));
+    Some(Tried::Shaped { until_ms, cap })
+}
+
+/// After an attempt at `upstream`: a throttling reply pauses the whole upstream (and the
+/// attempt's outcome becomes a wait for that pause, so the route's next upstream is tried);
+/// a delivery resets the pause.
+pub(super) fn settle(
+    upstreams: &Upstreams,
+    upstream: &str,
+    env: &mut Envelope,
+    tried: Tried,
+    report: &Report,
+    now_ms: u64,
+    metrics: &UpstreamMetrics,
+) -> Tried {
+    let Some(shaper) = upstreams.shaper(upstream) else {
+        return tried;
+    };
+    if !report.throttled {
+        if matches!(tried, Tried::Done) {
+            shaper.delivered();
+        }
+        return tried;
+    }
+    let until_ms = shaper.throttled(now_ms);
+    warn!(
+        upstream = %upstream,
+        reply = %report.reply,
+        pause_ms = until_ms.saturating_sub(now_ms),
+        "the upstream asked to slow down; pausing it"
+    );
+    metrics.throttled();
+    let pending = env
+        .recipients
+        .iter()
+        .any(|r| r.status == RcptStatus::Pending);
+    if !pending {
+        return tried;
+    }
+    env.shaped = Some(Box::new(Shaped {
+        upstream: upstream.to_owned(),
+        until_ms,
+        cap: Cap::Throttled.as_str(),
+        booked: false,
+    }));
+    Tried::Shaped {
+        until_ms,
+        cap: Cap::Throttled,
+    }
+}
+
+/// When every upstream tried only held the message back: the earliest time one of them
+/// allows it.
+pub(super) fn only_held_back(tried: &[(&str, Tried)]) -> Option<u64> {
+    let mut earliest: Option<u64> = None;
+    for (_, t) in tried {
+        let Tried::Shaped { until_ms, .. } = t else {
+            return None;
+        };
+        earliest = Some(earliest.map_or(*until_ms, |e| e.min(*until_ms)));
+    }
+    earliest
+}
