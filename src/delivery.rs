@@ -18,6 +18,7 @@
 //! `idle_timeout` periodically, and all idle ones when it stops.
 
 mod body;
+mod failover;
 mod ledger;
 mod outcome;
 mod shape;
@@ -32,18 +33,13 @@ use tokio::time::{MissedTickBehavior, timeout};
 use tracing::{info, warn};
 
 use crate::clock::Clock;
-use crate::delivery::body::{BodyReader, body_tail};
 use crate::delivery::ledger::Ledger;
-use crate::delivery::outcome::Report;
 use crate::rules::{LiveRules, Timing};
 use crate::shutdown::Shutdown;
-use crate::spool::{Ambiguous, Envelope, RcptStatus, Spool, schedule};
-use crate::telemetry::events::{self, Attempt};
-use crate::telemetry::metrics::{Completion, Metrics, RcptOutcome, UpstreamMetrics};
+use crate::spool::{Envelope, RcptStatus, Spool, schedule};
+use crate::telemetry::events;
+use crate::telemetry::metrics::{Completion, Metrics, RcptOutcome};
 use crate::upstream::Upstreams;
-use crate::upstream::client::{Outgoing, transmitted_size};
-use crate::upstream::error::Capability;
-use crate::upstream::shaping::Cap;
 
 /// Most delivery attempts in flight at once; the pools bound connections per upstream,
 /// this bounds the tasks (and open spool files) waiting for them.
@@ -232,186 +228,6 @@ impl Runner {
         });
     }
 
-    /// One delivery attempt over the route, then the bookkeeping.
-    async fn attempt(&self, mut env: Envelope) {
-        // One snapshot for the whole attempt: its upstreams, route and retry timing.
-        let rules = self.rules.load_full();
-        let upstreams = &rules.upstreams;
-        let Some(route) = upstreams.router().route(&env.sender) else {
-            // Accepted under rules that had a route (a reload may have changed them since):
-            // keep it and retry until queue.max_age, so a route dropped by a mistaken
-            // reload bounces nothing if it is put back.
-            warn!(sender = %env.sender, "no route for this sender in the current configuration; retrying later");
-            self.finish(env, rules.timing, After::Backoff);
-            return;
-        };
-        // A message that may already be at an upstream goes there or nowhere.
-        let pinned: [String; 1];
-        let route = match &env.maybe_delivered {
-            Some(amb) if upstreams.contains(&amb.upstream) => {
-                pinned = [amb.upstream.clone()];
-                &pinned[..]
-            }
-            Some(amb) => {
-                warn!(upstream = %amb.upstream, "the upstream that may have this message is no longer configured; trying the route");
-                route
-            }
-            None => route,
-        };
-        let mut tried = Vec::with_capacity(route.len());
-        for upstream in route {
-            let result = self.try_upstream(upstreams, upstream, &mut env).await;
-            match &result {
-                Tried::Done => {}
-                Tried::Failover(why) => {
-                    warn!(upstream = %upstream, error = %why, "upstream failed; trying the next one");
-                }
-                Tried::Unsupported(missing) => {
-                    info!(upstream = %upstream, missing = %missing, "upstream cannot take this message; trying the next one");
-                }
-                Tried::RetryLater(why) => {
-                    warn!(upstream = %upstream, error = %why, "delivery deferred");
-                }
-                Tried::MaybeDelivered(why) => {
-                    warn!(upstream = %upstream, error = %why, retry_in = ?rules.timing.ambiguous_retry, "maybe delivered: no reply to the final dot; trying again at this upstream only");
-                }
-                // Logged where it is decided.
-                Tried::Shaped { .. } => {}
-            }
-            // A paused upstream is passed over like an unavailable one; a capped one is
-            // waited for (its account's allowance is not spilled onto the next upstream).
-            let stop = !matches!(
-                result,
-                Tried::Failover(_)
-                    | Tried::Unsupported(_)
-                    | Tried::Shaped {
-                        cap: Cap::Throttled,
-                        ..
-                    }
-            );
-            tried.push((upstream.as_str(), result));
-            if stop {
-                break;
-            }
-        }
-        if let Some(why) = unsupported_everywhere(&tried) {
-            fail_pending(&mut env, &route.join(","), &why);
-        }
-        let after = match (tried.last(), shape::only_held_back(&tried)) {
-            (Some((_, Tried::MaybeDelivered(_))), _) => After::Ambiguous,
-            (_, Some(until_ms)) => After::Shaped { until_ms },
-            _ => After::Backoff,
-        };
-        self.finish(env, rules.timing, after);
-    }
-
-    /// Tries the pending recipients at `upstream`; logs and counts the attempt.
-    async fn try_upstream(
-        &self,
-        upstreams: &Upstreams,
-        upstream: &str,
-        env: &mut Envelope,
-    ) -> Tried {
-        let pending: Vec<usize> = (0..env.recipients.len())
-            .filter(|&i| env.recipients[i].status == RcptStatus::Pending)
-            .collect();
-        if pending.is_empty() {
-            return Tried::Done;
-        }
-        let metrics = self.metrics.upstream(upstream);
-        if let Some(held) =
-            shape::admit(upstreams, upstream, env, self.clock.unix_millis(), &metrics)
-        {
-            return held;
-        }
-        let started = std::time::Instant::now();
-        let (tried, report) = self
-            .send(upstreams, upstream, env, &pending, &metrics)
-            .await;
-        let now_ms = self.clock.unix_millis();
-        let tried = shape::settle(upstreams, upstream, env, tried, &report, now_ms, &metrics);
-        metrics.attempt(report.result);
-        events::attempt(&Attempt {
-            queue_id: env.id.as_str(),
-            upstream,
-            attempt: env.attempts.saturating_add(1),
-            recipients: pending.len(),
-            reply: &report.reply,
-            code: report.code,
-            duration: started.elapsed(),
-            result: report.result,
-        });
-        tried
-    }
-
-    /// Sends the message to `upstream` for the `pending` recipients and records their
-    /// outcomes in `env`.
-    async fn send(
-        &self,
-        upstreams: &Upstreams,
-        upstream: &str,
-        env: &mut Envelope,
-        pending: &[usize],
-        metrics: &UpstreamMetrics,
-    ) -> (Tried, Report) {
-        let local = |why: String| (Tried::RetryLater(why.clone()), Report::local(why));
-        let body = match self.spool.open_body(&env.id) {
-            Ok(b) => b,
-            Err(e) => return local(format!("cannot read the spool file: {e}")),
-        };
-        let tail = match body_tail(&body.file, body.body_len) {
-            Ok(tail) => tail,
-            Err(e) => return local(format!("cannot read the spool file: {e}")),
-        };
-        let addresses: Vec<String> = pending
-            .iter()
-            .map(|&i| env.recipients[i].address.clone())
-            .collect();
-        // The spool file holds more after the body (prefix, envelope, trailer): the
-        // upstream must read exactly `body_len` bytes.
-        let mut file = BodyReader {
-            file: body.file,
-            left: body.body_len,
-        };
-        let mut out = Outgoing {
-            sender: &env.sender,
-            recipients: &addresses,
-            prefix: &body.prefix,
-            body: &mut file,
-            // RFC 1870 5: what is transmitted, the prefix included, not only the body.
-            size: transmitted_size(&body.prefix, body.body_len, &tail),
-            body_8bit: env.body_8bit,
-            smtputf8: env.smtputf8,
-        };
-        let id = env.id.to_string();
-        let size = out.size;
-        let result = upstreams.deliver(upstream, &id, &mut out).await;
-        let accepted_ms = match env.accepted_ms {
-            0 => env.received_unix.saturating_mul(1000),
-            ms => ms,
-        };
-        let since_accepted =
-            Duration::from_millis(self.clock.unix_millis().saturating_sub(accepted_ms));
-        let (tried, report) =
-            outcome::apply(env, pending, upstream, result, metrics, since_accepted);
-        match tried {
-            Tried::MaybeDelivered(_) => {
-                env.maybe_delivered = Some(Ambiguous {
-                    upstream: upstream.to_owned(),
-                    at_unix: self.clock.unix(),
-                    bytes: size,
-                });
-            }
-            // The upstream answered for the message: whatever it had is settled.
-            Tried::Done => env.maybe_delivered = None,
-            Tried::Failover(_)
-            | Tried::Unsupported(_)
-            | Tried::RetryLater(_)
-            | Tried::Shaped { .. } => {}
-        }
-        (tried, report)
-    }
-
     /// Removes, dead-letters or reschedules the message after an attempt; `after` says how
     /// long a message with recipients left waits.
     fn finish(&self, mut env: Envelope, timing: Timing, after: After) {
@@ -517,66 +333,20 @@ impl Runner {
 
 /// Marks every pending recipient failed with `why`; `upstream` names where (`-`: nowhere).
 fn fail_pending(env: &mut Envelope, upstream: &str, why: &str) {
+    let all: Vec<usize> = (0..env.recipients.len()).collect();
+    fail_recipients(env, &all, upstream, why);
+}
+
+/// Marks the recipients at `rcpts` that are still pending failed with `why`.
+fn fail_recipients(env: &mut Envelope, rcpts: &[usize], upstream: &str, why: &str) {
     let id = env.id.to_string();
-    for rcpt in env
-        .recipients
-        .iter_mut()
-        .filter(|r| r.status == RcptStatus::Pending)
-    {
+    for (i, rcpt) in env.recipients.iter_mut().enumerate() {
+        if rcpt.status != RcptStatus::Pending || !rcpts.contains(&i) {
+            continue;
+        }
         events::recipient(&id, upstream, &rcpt.address, RcptOutcome::Failed, why);
         rcpt.status = RcptStatus::Failed { reply: why.into() };
     }
-}
-
-/// When the route was tried to its end and every upstream lacked an extension the message
-/// needs, the reply to fail it with: the first upstream's (the route's primary) code, per
-/// [`Capability::failure`], and what each upstream lacked. `None` when any upstream took it
-/// or answered for its recipients, or was merely unavailable (down, 4xx, ...): that one
-/// may take the message later, so it is retried instead (RFC 6531 3.2 and RFC 6152 3 let a
-/// client try another server before giving up).
-fn unsupported_everywhere(tried: &[(&str, Tried)]) -> Option<String> {
-    let mut missing = Vec::with_capacity(tried.len());
-    for (upstream, result) in tried {
-        match result {
-            Tried::Unsupported(capability) => missing.push((*upstream, capability)),
-            Tried::Done
-            | Tried::Failover(_)
-            | Tried::RetryLater(_)
-            | Tried::MaybeDelivered(_)
-            | Tried::Shaped { .. } => {
-                return None;
-            }
-        }
-    }
-    let (_, first) = missing.first()?;
-    let each: Vec<String> = missing
-        .iter()
-        .map(|(upstream, capability)| format!("{upstream}: {capability}"))
-        .collect();
-    Some(format!("{} ({})", first.failure(), each.join("; ")))
-}
-
-/// The outcome of trying one upstream of the route.
-#[derive(Debug)]
-enum Tried {
-    /// Every pending recipient got an answer (accepted, rejected, or deferred by 4xx).
-    Done,
-    /// This upstream is unavailable now (down, 4xx, TLS, ...): try the next one.
-    Failover(String),
-    /// This upstream lacks an extension the message needs: try the next one.
-    Unsupported(Capability),
-    /// Stop for now and retry the same route later.
-    RetryLater(String),
-    /// The final dot got no reply: the upstream may have the message. Stop, and retry at
-    /// this upstream only, after `queue.ambiguous_retry`.
-    MaybeDelivered(String),
-    /// Held back by the upstream's cap or pause until `until_ms`: not an attempt.
-    Shaped {
-        /// When the upstream allows it, unix milliseconds.
-        until_ms: u64,
-        /// What holds it back.
-        cap: Cap,
-    },
 }
 
 /// How a message with recipients left waits after an attempt.
@@ -610,78 +380,5 @@ impl PartialOrd for EnvelopeBox {
 impl Ord for EnvelopeBox {
     fn cmp(&self, _: &Self) -> std::cmp::Ordering {
         std::cmp::Ordering::Equal
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used, reason = "tests")]
-mod tests {
-    use super::*;
-
-    fn utf8() -> Tried {
-        Tried::Unsupported(Capability::SmtpUtf8)
-    }
-
-    fn eight() -> Tried {
-        Tried::Unsupported(Capability::EightBitMime)
-    }
-
-    fn big() -> Tried {
-        Tried::Unsupported(Capability::Size {
-            size: 2000,
-            limit: 1000,
-        })
-    }
-
-    fn down() -> Tried {
-        Tried::Failover("connect refused".into())
-    }
-
-    /// A message fails for good only when every upstream of the route lacked something;
-    /// one that took it, answered for it, or was merely unavailable keeps it pending.
-    #[test]
-    fn fails_for_good_only_when_no_upstream_can_take_it() {
-        // (what each upstream of the route answered, in order; the failure, if any)
-        type Row = (Vec<(&'static str, Tried)>, Option<&'static str>);
-        let rows: Vec<Row> = vec![
-            (
-                vec![("a", utf8())],
-                Some(
-                    "553 5.6.7 the message needs SMTPUTF8 and no upstream of its route offers it \
-                     (a: SMTPUTF8 needed but not offered)",
-                ),
-            ),
-            (
-                vec![("a", eight()), ("b", eight())],
-                Some(
-                    "554 5.6.3 the message has 8-bit content and no upstream of its route offers \
-                     8BITMIME (a: 8BITMIME needed but not offered; b: 8BITMIME needed but not offered)",
-                ),
-            ),
-            (
-                vec![("a", big()), ("b", utf8())],
-                Some(
-                    "552 5.3.4 the message is larger than every upstream of its route accepts \
-                     (a: message of 2000 octets exceeds SIZE 1000; b: SMTPUTF8 needed but not offered)",
-                ),
-            ),
-            (vec![("a", utf8()), ("b", Tried::Done)], None),
-            (vec![("a", utf8()), ("b", down())], None),
-            (vec![("a", down()), ("b", utf8())], None),
-            (
-                vec![("a", utf8()), ("b", Tried::RetryLater("maybe".into()))],
-                None,
-            ),
-            (vec![("a", Tried::Done)], None),
-            (vec![("a", down())], None),
-            (vec![], None),
-        ];
-        for (tried, expected) in rows {
-            assert_eq!(
-                unsupported_everywhere(&tried).as_deref(),
-                expected,
-                "{tried:?}"
-            );
-        }
     }
 }

@@ -31,6 +31,7 @@ use tracing::{info, warn};
 
 use crate::server::Runtime;
 use crate::shutdown::Shutdown;
+use crate::upstream::breaker::Shown;
 
 /// Longest the spool check may take before the spool counts as not writable (a hung
 /// filesystem must not hang the probe).
@@ -107,24 +108,39 @@ impl Health {
         }
     }
 
-    /// A route whose every upstream is failing (could not be reached or logged in to at
-    /// its latest attempt).
+    /// A route whose every upstream is failing: it could not be reached or logged in to at
+    /// its latest attempt, or its circuit breaker skips it now.
     fn routes(&self) -> Vec<String> {
         let rules = self.rt.rules();
         let metrics = &self.rt.metrics;
-        rules
-            .upstreams
-            .router()
-            .upstream_lists()
-            .enumerate()
-            .filter(|(_, names)| !names.iter().any(|n| metrics.upstream(n).is_up()))
-            .map(|(i, names)| {
-                format!(
+        let now = self.rt.clock.now();
+        let why = |name: &str| -> Option<&'static str> {
+            let open = rules
+                .upstreams
+                .breaker(name)
+                .is_some_and(|b| b.shown(now) == Shown::Open);
+            if open {
+                Some("circuit breaker open")
+            } else if !metrics.upstream(name).is_up() {
+                Some("down")
+            } else {
+                None
+            }
+        };
+        let mut problems = Vec::new();
+        for (i, names) in rules.upstreams.router().upstream_lists().enumerate() {
+            let failing: Option<Vec<String>> = names
+                .iter()
+                .map(|n| why(n).map(|w| format!("{n}: {w}")))
+                .collect();
+            if let Some(each) = failing {
+                problems.push(format!(
                     "routes[{i}]: every upstream is failing ({})",
-                    names.join(", ")
-                )
-            })
-            .collect()
+                    each.join(", ")
+                ));
+            }
+        }
+        problems
     }
 
     /// Brings the gauges that are read rather than counted up to date.
@@ -132,9 +148,14 @@ impl Health {
         let rt = &self.rt;
         rt.metrics.queue.refresh(rt.clock.unix());
         let rules = rt.rules();
+        let now = rt.clock.now();
         for (name, pool) in rules.upstreams.pools() {
             rt.metrics
                 .upstream_connections(name, pool.open_connections(), pool.busy());
+            if let Some(breaker) = rules.upstreams.breaker(name) {
+                let open = breaker.shown(now) == Shown::Open;
+                rt.metrics.upstream(name).set_circuit_open(open);
+            }
         }
     }
 }

@@ -276,9 +276,10 @@ pub struct UpstreamConfig {
     /// Relative paths are resolved against the config file's directory.
     #[serde(default)]
     pub directory: Option<PathBuf>,
-    /// `none`, `starttls` or `implicit`. Default: `starttls`.
+    /// `none`, `starttls` or `implicit`. Default: `starttls`. SMTP only, as are the keys
+    /// down to `messages_per_connection`: each is a config error on a directory upstream.
     #[serde(default)]
-    pub tls: UpstreamTls,
+    pub tls: Option<UpstreamTls>,
     /// PEM file of CA certificates to trust instead of the system roots. Relative paths are
     /// resolved against the config file's directory.
     /// Default: system roots.
@@ -286,8 +287,8 @@ pub struct UpstreamConfig {
     pub ca_file: Option<PathBuf>,
     /// Verify the upstream's certificate (RFC 7817). `false` is for labs only and is logged
     /// as a warning. Default: `true`.
-    #[serde(default = "yes")]
-    pub tls_verify: bool,
+    #[serde(default)]
+    pub tls_verify: Option<bool>,
     /// The name to verify the certificate against (and to send as SNI). Default: the host
     /// part of `address`.
     #[serde(default)]
@@ -303,19 +304,23 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub helo_name: Option<String>,
     /// Connect timeout. Default: `30s`.
-    #[serde(default = "default_connect_timeout")]
-    pub connect_timeout: Duration,
+    #[serde(default)]
+    pub connect_timeout: Option<Duration>,
     /// Timeout for each reply (RFC 5321 4.5.3.2; the final reply after DATA gets 10m).
     /// Default: `5m`.
-    #[serde(default = "default_command_timeout")]
-    pub command_timeout: Duration,
+    #[serde(default)]
+    pub command_timeout: Option<Duration>,
     /// Close an idle pooled connection after this long. Default: `30s`.
-    #[serde(default = "default_idle_timeout")]
-    pub idle_timeout: Duration,
+    #[serde(default)]
+    pub idle_timeout: Option<Duration>,
     /// Messages sent over one connection before it is closed with QUIT and a new one is
     /// opened (some providers cap this per session); `0` for no limit. Default: `0`.
     #[serde(default)]
-    pub messages_per_connection: u32,
+    pub messages_per_connection: Option<u32>,
+    /// Skip this upstream for a while after it failed this many times in a row. Default:
+    /// `{failures: 5, cooldown: 1m}`.
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreakerConfig>,
     /// The provider behind this upstream, for its account caps: `microsoft` (Microsoft 365:
     /// 3 connections, 30 messages a minute, 10,000 recipients a day per mailbox), `google`
     /// or `generic` (no implied caps). Default: none.
@@ -353,6 +358,91 @@ impl UpstreamConfig {
             }),
         }
     }
+
+    /// `tls`, or its default.
+    pub fn tls(&self) -> UpstreamTls {
+        self.tls.unwrap_or_default()
+    }
+    /// `tls_verify`, or its default (`true`).
+    pub fn tls_verify(&self) -> bool {
+        self.tls_verify.unwrap_or(true)
+    }
+    /// `connect_timeout`, or its default.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout.unwrap_or_else(default_connect_timeout)
+    }
+    /// `command_timeout`, or its default.
+    pub fn command_timeout(&self) -> Duration {
+        self.command_timeout.unwrap_or_else(default_command_timeout)
+    }
+    /// `idle_timeout`, or its default.
+    pub fn idle_timeout(&self) -> Duration {
+        self.idle_timeout.unwrap_or_else(default_idle_timeout)
+    }
+    /// `messages_per_connection`, or its default (`0`, no limit).
+    pub fn messages_per_connection(&self) -> u32 {
+        self.messages_per_connection.unwrap_or(0)
+    }
+    /// `circuit_breaker`, or its default.
+    pub fn circuit_breaker(&self) -> CircuitBreakerConfig {
+        self.circuit_breaker.clone().unwrap_or_default()
+    }
+    /// The SMTP-only keys that are set, by name (an error on a directory upstream).
+    pub fn smtp_keys_set(&self) -> Vec<&'static str> {
+        [
+            ("tls", self.tls.is_some()),
+            ("ca_file", self.ca_file.is_some()),
+            ("tls_verify", self.tls_verify.is_some()),
+            ("server_name", self.server_name.is_some()),
+            ("auth", self.auth.is_some()),
+            ("max_connections", self.max_connections.is_some()),
+            ("helo_name", self.helo_name.is_some()),
+            ("connect_timeout", self.connect_timeout.is_some()),
+            ("command_timeout", self.command_timeout.is_some()),
+            ("idle_timeout", self.idle_timeout.is_some()),
+            (
+                "messages_per_connection",
+                self.messages_per_connection.is_some(),
+            ),
+            ("circuit_breaker", self.circuit_breaker.is_some()),
+            ("provider", self.provider.is_some()),
+            ("messages_per_minute", self.messages_per_minute.is_some()),
+            ("recipients_per_day", self.recipients_per_day.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
+    }
+}
+
+/// The circuit breaker of an SMTP upstream: after `failures` failed attempts in a row
+/// (connect, TLS, greeting, EHLO, AUTH, a `421`, a timeout before the final dot) the
+/// upstream is skipped for `cooldown`, then tried with one probe.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreakerConfig {
+    /// Failures in a row that open the breaker; `0` turns it off. Default: `5`.
+    #[serde(default = "default_breaker_failures")]
+    pub failures: u32,
+    /// How long an open breaker skips the upstream before a probe. Default: `1m`.
+    #[serde(default = "default_breaker_cooldown")]
+    pub cooldown: Duration,
+}
+
+impl Default for CircuitBreakerConfig {
+    fn default() -> Self {
+        CircuitBreakerConfig {
+            failures: default_breaker_failures(),
+            cooldown: default_breaker_cooldown(),
+        }
+    }
+}
+
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_cooldown() -> Duration {
+    Duration::secs(60)
 }
 
 /// The provider behind an upstream (its implied caps; and, for OAuth2, its token endpoint).
@@ -395,12 +485,26 @@ pub struct UpstreamAuth {
     pub password_file: Option<PathBuf>,
 }
 
-/// A routing rule.
+/// A routing rule: every condition it sets must hold (a condition left out holds for
+/// every message). Patterns are as in users' `senders`: `user@domain`, `@domain`,
+/// `@*.domain` (strict subdomains) and `*`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// Envelope senders this route takes: `user@domain`, `@domain` or `*`. Required.
-    pub senders: Vec<String>,
+    /// Envelope senders this route takes. Default: any sender.
+    #[serde(default)]
+    pub senders: Option<Vec<String>>,
+    /// Recipients this route takes; a message whose recipients take different routes is
+    /// split per route. Default: any recipient.
+    #[serde(default)]
+    pub recipients: Option<Vec<String>>,
+    /// Names of the listeners whose messages this route takes. Default: any listener.
+    #[serde(default)]
+    pub listeners: Option<Vec<String>>,
+    /// Identities whose messages this route takes: a username, or `network:CIDR` for a
+    /// device admitted by a `networks` entry. Default: any client, anonymous included.
+    #[serde(default)]
+    pub identities: Option<Vec<String>>,
     /// Upstream names in failover order. Required, non-empty.
     pub upstreams: Vec<String>,
 }

@@ -13,7 +13,7 @@
 //! of the first TLS handshake. Messages quote paths as written in the config. A password file's
 //! content is never put into an error.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration as StdDuration;
@@ -24,7 +24,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::config::error::{ConfigError, describe_io};
 use crate::config::schema::{
     AuthMode, Config, LimitsConfig, ListenerConfig, ListenerTls, LogConfig, QueueConfig,
-    RouteConfig, TimeoutsConfig, TlsConfig, UpstreamConfig, UpstreamTls,
+    TimeoutsConfig, TlsConfig, UpstreamConfig, UpstreamTls,
 };
 use crate::config::syntax::{check_host_port, sender_pattern};
 use crate::config::units::Duration;
@@ -33,6 +33,7 @@ use crate::config::{MAX_ARGON2_M_COST, config_dir, resolve};
 mod http;
 mod identity;
 mod policy;
+mod routes;
 use policy::Owner;
 
 /// The result of one rule or section.
@@ -59,7 +60,7 @@ pub fn validate(config: &Config, file: &Path) -> Checked {
     c.timeouts(&config.timeouts)?;
     c.queue(&config.queue)?;
     c.upstreams(&config.upstreams)?;
-    c.routes(&config.routes, &config.upstreams)?;
+    c.routes(config)?;
     c.log(&config.log)?;
     c.http(config.http.as_ref(), &config.listeners)
 }
@@ -317,15 +318,6 @@ impl Checker<'_> {
                     return self.fail(key, problem);
                 }
             }
-            let at_least_one = "must be at least 1";
-            self.ensure(
-                u.max_connections != Some(0),
-                format!("{key}.max_connections"),
-                at_least_one,
-            )?;
-            self.at_least_a_second(format!("{key}.connect_timeout"), u.connect_timeout)?;
-            self.at_least_a_second(format!("{key}.command_timeout"), u.command_timeout)?;
-            self.at_least_a_second(format!("{key}.idle_timeout"), u.idle_timeout)?;
         }
         Ok(())
     }
@@ -335,6 +327,18 @@ impl Checker<'_> {
         if let Err(problem) = check_host_port(address) {
             return self.fail(format!("{key}.address"), problem);
         }
+        self.ensure(
+            u.max_connections() >= 1,
+            format!("{key}.max_connections"),
+            "must be at least 1",
+        )?;
+        self.at_least_a_second(format!("{key}.connect_timeout"), u.connect_timeout())?;
+        self.at_least_a_second(format!("{key}.command_timeout"), u.command_timeout())?;
+        self.at_least_a_second(format!("{key}.idle_timeout"), u.idle_timeout())?;
+        self.at_least_a_second(
+            format!("{key}.circuit_breaker.cooldown"),
+            u.circuit_breaker().cooldown,
+        )?;
         if let Some(ca_file) = &u.ca_file {
             self.certificates(&format!("{key}.ca_file"), ca_file)?;
         }
@@ -359,7 +363,7 @@ impl Checker<'_> {
         // RFC 4954 4: PLAIN and LOGIN send the password in the clear; without TLS anyone on
         // the path reads the relay account's password.
         self.ensure(
-            u.tls != UpstreamTls::None,
+            u.tls() != UpstreamTls::None,
             auth_key.clone(),
             "AUTH without TLS would send the password in clear text: use tls: starttls or \
              implicit",
@@ -385,66 +389,11 @@ impl Checker<'_> {
             format!("{key}.directory"),
             "must not be empty",
         )?;
-        // `tls: starttls` is the default and cannot be told apart from an explicit one.
-        let meaningless = [
-            ("tls", u.tls != UpstreamTls::default()),
-            ("ca_file", u.ca_file.is_some()),
-            ("auth", u.auth.is_some()),
-            ("server_name", u.server_name.is_some()),
-            ("tls_verify", !u.tls_verify),
-            ("messages_per_connection", u.messages_per_connection != 0),
-            ("provider", u.provider.is_some()),
-            ("messages_per_minute", u.messages_per_minute.is_some()),
-            ("recipients_per_day", u.recipients_per_day.is_some()),
-        ];
-        match meaningless.into_iter().find(|(_, set)| *set) {
-            Some((field, _)) => self.fail(
+        // Every SMTP-only key is an Option, so one set explicitly is told from its default.
+        match u.smtp_keys_set().first() {
+            Some(field) => self.fail(
                 format!("{key}.{field}"),
                 "has no meaning for a directory upstream: remove it, or use address for SMTP",
-            ),
-            None => Ok(()),
-        }
-    }
-
-    /// Routes name defined upstreams, and every upstream is reachable by some route.
-    fn routes(&self, routes: &[RouteConfig], upstreams: &[UpstreamConfig]) -> Checked {
-        if routes.is_empty() {
-            // With a single upstream every sender goes to it; with more the choice is unclear.
-            let problem = format!(
-                "{} upstreams are defined but no routes: add routes to say which senders go to \
-                 which upstream",
-                upstreams.len()
-            );
-            return self.ensure(upstreams.len() <= 1, "routes", problem);
-        }
-        let defined: HashSet<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-        let mut used = HashSet::new();
-        for (i, r) in routes.iter().enumerate() {
-            let key = format!("routes[{i}]");
-            self.senders(&format!("{key}.senders"), &r.senders)?;
-            self.ensure(
-                !r.upstreams.is_empty(),
-                format!("{key}.upstreams"),
-                "must name at least one upstream",
-            )?;
-            for (j, name) in r.upstreams.iter().enumerate() {
-                let problem = format!("unknown upstream {name:?}");
-                self.ensure(
-                    defined.contains(name.as_str()),
-                    format!("{key}.upstreams[{j}]"),
-                    problem,
-                )?;
-                used.insert(name.as_str());
-            }
-        }
-        match upstreams
-            .iter()
-            .enumerate()
-            .find(|(_, u)| !used.contains(u.name.as_str()))
-        {
-            Some((i, u)) => self.fail(
-                format!("upstreams[{i}].name"),
-                format!("upstream {:?} is not used by any route", u.name),
             ),
             None => Ok(()),
         }

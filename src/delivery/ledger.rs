@@ -80,7 +80,7 @@ mod tests {
             next_attempt_unix: 0,
             size,
             accepted_ms: 0,
-            maybe_delivered: None,
+            maybe_delivered: Vec::new(),
             shaped: None,
         }
     }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::delivery::Tried;
+use crate::delivery::failover::Tried;
 use crate::spool::{Envelope, RcptStatus, Recipient};
 use crate::telemetry::events;
 use crate::telemetry::metrics::{AttemptResult, RcptOutcome, UpstreamMetrics};
@@ -63,11 +63,24 @@ pub(super) fn apply(
     match result {
         Ok(outcomes) => {
             metrics.reached();
+            // RFC 5321 3.8: a 421 (to RCPT, DATA or the dot) means the upstream is closing
+            // the channel, not judging these recipients: what it did not take goes on to the
+            // route's next upstream, as for a 421 to MAIL.
+            let closing = outcomes.iter().find_map(|o| match &o.result {
+                RcptResult::Rejected(reply, _) if reply.code == 421 => Some(reply.to_string()),
+                _ => None,
+            });
             let report = recipients(env, pending, upstream, outcomes, metrics);
             if report.result == AttemptResult::Delivered {
                 metrics.delivered_after(since_accepted);
             }
-            (Tried::Done, report)
+            match closing {
+                Some(reply) => (
+                    Tried::Failover(format!("upstream {upstream}: {reply}")),
+                    report,
+                ),
+                None => (Tried::Done, report),
+            }
         }
         Err(e) => failed(env, pending, upstream, &e, metrics),
     }
@@ -217,9 +230,17 @@ fn failed(
             report(AttemptResult::MaybeDelivered),
         );
     }
-    if !e.is_permanent() {
+    if e.fails_over() {
         return (
             Tried::Failover(e.to_string()),
+            report(AttemptResult::Deferred),
+        );
+    }
+    if !e.is_permanent() {
+        // A live upstream deferred the transaction: wait, do not hop (see
+        // `Error::fails_over`).
+        return (
+            Tried::RetryLater(e.to_string()),
             report(AttemptResult::Deferred),
         );
     }

@@ -6,19 +6,21 @@
 
 use tracing::{info, warn};
 
-use crate::delivery::Tried;
+use crate::delivery::failover::Tried;
 use crate::delivery::outcome::Report;
 use crate::spool::{Envelope, RcptStatus, Shaped};
 use crate::telemetry::metrics::UpstreamMetrics;
 use crate::upstream::Upstreams;
 use crate::upstream::shaping::{Admission, Cap};
 
-/// Asks `upstream`'s caps whether `env` may go now; `Some` (a [`Tried::Shaped`]) when it
-/// must wait, with the wait recorded in `env.shaped`.
+/// Asks `upstream`'s caps whether `env`, for `pending` recipients (those of the route
+/// group being sent), may go now; `Some` (a [`Tried::Shaped`]) when it must wait, with the
+/// wait recorded in `env.shaped`.
 pub(super) fn admit(
     upstreams: &Upstreams,
     upstream: &str,
     env: &mut Envelope,
+    pending: usize,
     now_ms: u64,
     metrics: &UpstreamMetrics,
 ) -> Option<Tried> {
@@ -29,11 +31,6 @@ pub(super) fn admit(
         // Its time, already counted when it was booked.
         return None;
     }
-    let pending = env
-        .recipients
-        .iter()
-        .filter(|r| r.status == RcptStatus::Pending)
-        .count();
     let Admission::Wait { until_ms, cap } = shaper.admit(now_ms, pending) else {
         env.shaped = None;
         return None;

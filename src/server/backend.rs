@@ -25,6 +25,7 @@ use crate::smtp::session::{Envelope, Question, Verdict};
 use crate::spool::SpoolWriter;
 use crate::telemetry::events::{self, MessageSummary};
 use crate::telemetry::metrics::{AuthResult, ListenerMetrics};
+use crate::upstream::route::Origin;
 use crate::users::AuthCheck;
 
 /// The transaction-scoped state kept beside the engine's.
@@ -167,7 +168,7 @@ impl Backend {
                 verdict
             }
             Question::Mail { from, .. } => self.mail(&from.to_string()),
-            Question::Rcpt { .. } => self.rcpt(),
+            Question::Rcpt { to } => self.rcpt(&to.to_string()),
             Question::Data => self.data(),
             Question::Message { envelope } => Box::pin(self.message(envelope, facts)).await,
         }
@@ -307,7 +308,12 @@ impl Backend {
             }
             Err(_) => return self.refuse(Reply::auth_required(), Reason::AuthRequired),
         };
-        if self.rules.upstreams.router().route(&sender).is_none() {
+        if !self
+            .rules
+            .upstreams
+            .router()
+            .takes_origin(&self.origin(&sender))
+        {
             return self.refuse(Reply::no_route(), Reason::NoRoute);
         }
         if let Err(hit) = self.rate(Counted::Message, &sender) {
@@ -321,7 +327,21 @@ impl Backend {
         Verdict::Accept
     }
 
-    fn rcpt(&self) -> Verdict {
+    /// What routes match on, besides the recipient.
+    fn origin<'a>(&'a self, sender: &'a str) -> Origin<'a> {
+        Origin {
+            sender,
+            listener: &self.listener.name,
+            identity: self.label.as_deref(),
+        }
+    }
+
+    fn rcpt(&self, to: &str) -> Verdict {
+        let origin = self.origin(&self.tx.sender);
+        if self.rules.upstreams.router().route(&origin, to).is_none() {
+            self.metrics.recipient(false);
+            return self.refuse(Reply::no_route_recipient(), Reason::NoRoute);
+        }
         let verdict = match self.rate(Counted::Recipient, &self.tx.sender) {
             Ok(()) => Verdict::Accept,
             Err(hit) => self.rate_limited(&hit),

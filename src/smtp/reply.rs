@@ -443,6 +443,16 @@ impl Reply {
         )
     }
 
+    /// 550 no route takes this recipient of this sender (routes by recipient domain);
+    /// refused at RCPT time, as [`Reply::no_route`] is at MAIL time.
+    pub fn no_route_recipient() -> Reply {
+        r(
+            550,
+            (5, 7, 1),
+            "Recipient address rejected: no route for this recipient",
+        )
+    }
+
     /// 554 client address not in the listener's allowlist.
     pub fn not_allowed_client() -> Reply {
         r(554, (5, 7, 1), "Error: access denied")

@@ -199,11 +199,13 @@ pub struct Envelope {
     /// stored (0 after a restart, when `received_unix` stands in for it).
     #[serde(skip)]
     pub accepted_ms: u64,
-    /// Set while the message may already have been delivered: its final dot went to an
-    /// upstream and no reply came. It is then tried only at that upstream, never failed over
-    /// (no blind duplicates), until an attempt there gets an answer.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub maybe_delivered: Option<Ambiguous>,
+    /// Where the message may already have been delivered: a final dot went to an upstream
+    /// and no reply came. The recipients of each are then tried only at that upstream,
+    /// never failed over (no blind duplicates), until an attempt there gets an answer. More
+    /// than one when the message was split over routes and several transactions were left
+    /// so. Stored as one object when there is one (as before the split), a list otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "pins")]
+    pub maybe_delivered: Vec<Ambiguous>,
     /// Set while the message waits for an upstream's cap or pause (shaping), for the queue
     /// listing and so that a booked time is used when it comes. Not stored: after a restart
     /// the message is admitted afresh.
@@ -226,7 +228,7 @@ pub struct Shaped {
     pub booked: bool,
 }
 
-/// Where and when a message may have been delivered.
+/// Where and when a message (some of its recipients) may have been delivered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ambiguous {
     /// The upstream that took the final dot.
@@ -235,6 +237,40 @@ pub struct Ambiguous {
     pub at_unix: u64,
     /// The bytes sent to it, the final dot included.
     pub bytes: u64,
+    /// The recipients that transaction carried. Empty in files written before messages
+    /// were split per route: then it covers every recipient still pending.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
+}
+
+/// `maybe_delivered` on disk: absent, one object (the format before routes split
+/// messages, so older files load and older builds read the common case), or a list.
+mod pins {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::Ambiguous;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Pins {
+        One(Ambiguous),
+        Many(Vec<Ambiguous>),
+    }
+
+    pub(super) fn serialize<S: Serializer>(pins: &[Ambiguous], s: S) -> Result<S::Ok, S::Error> {
+        match pins {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Ambiguous>, D::Error> {
+        Ok(match Option::<Pins>::deserialize(d)? {
+            None => Vec::new(),
+            Some(Pins::One(one)) => vec![one],
+            Some(Pins::Many(many)) => many,
+        })
+    }
 }
 
 /// One forward-path and what happened to it.
@@ -643,7 +679,7 @@ mod tests {
             next_attempt_unix: 1_700_000_600,
             size: 42,
             accepted_ms: 0,
-            maybe_delivered: None,
+            maybe_delivered: Vec::new(),
             shaped: None,
         }
     }

@@ -593,7 +593,7 @@ mod tests {
             next_attempt_unix: 0,
             size: 0,
             accepted_ms: 0,
-            maybe_delivered: None,
+            maybe_delivered: Vec::new(),
             shaped: None,
         }
     }

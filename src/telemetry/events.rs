@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::reason::Reason;
 use crate::telemetry::metrics::{AttemptResult, Completion, RcptOutcome};
+use crate::upstream::breaker::Transition;
 
 /// The kinds of mail-log line (the `event` field).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +29,8 @@ pub enum Event {
     Recipient,
     /// A message left the queue: delivered, failed (moved to `failed/`) or expired.
     Completed,
+    /// An upstream's circuit breaker changed state.
+    CircuitBreaker,
 }
 
 impl Event {
@@ -40,6 +43,7 @@ impl Event {
             Event::DeliveryAttempt => "delivery_attempt",
             Event::Recipient => "recipient",
             Event::Completed => "completed",
+            Event::CircuitBreaker => "circuit_breaker",
         }
     }
 }
@@ -227,6 +231,35 @@ pub fn completed(queue_id: &str, result: Completion, attempts: u32, age: Duratio
         "message {queue_id} {}",
         result.as_str()
     );
+}
+
+/// Logs an upstream's circuit breaker changing state (once per change): `opened` (the
+/// upstream is skipped for `cooldown_s`), `half_open` (the probe goes out), `closed`.
+pub fn circuit_breaker(upstream: &str, transition: Transition) {
+    match transition {
+        Transition::Opened { failures, cooldown } => tracing::warn!(
+            event = Event::CircuitBreaker.as_str(),
+            upstream,
+            state = "open",
+            failures,
+            cooldown_s = cooldown.as_secs(),
+            "circuit breaker of upstream {upstream} opened after {failures} failures in a row; \
+             skipped for {}s",
+            cooldown.as_secs()
+        ),
+        Transition::HalfOpen => tracing::info!(
+            event = Event::CircuitBreaker.as_str(),
+            upstream,
+            state = "half_open",
+            "circuit breaker of upstream {upstream} half-open: one probe attempt"
+        ),
+        Transition::Closed => tracing::info!(
+            event = Event::CircuitBreaker.as_str(),
+            upstream,
+            state = "closed",
+            "circuit breaker of upstream {upstream} closed: the upstream is used again"
+        ),
+    }
 }
 
 fn millis(d: Duration) -> u64 {

@@ -189,6 +189,16 @@ const UPSTREAM_THROTTLED: Spec = spec(
     "Throttling replies (432 4.3.2, 421 4.7.x) that paused the upstream.",
     &["upstream"],
 );
+const UPSTREAM_CIRCUIT_OPEN: Spec = spec(
+    "postern_upstream_circuit_open",
+    "1 while the upstream's circuit breaker skips it (open, or its probe in flight).",
+    &["upstream"],
+);
+const UPSTREAM_CIRCUIT_OPENINGS: Spec = spec(
+    "postern_upstream_circuit_openings_total",
+    "Times the upstream's circuit breaker opened.",
+    &["upstream"],
+);
 // Configuration and TLS.
 const RELOADS: Spec = spec(
     "postern_config_reloads_total",
@@ -301,6 +311,8 @@ pub struct Families {
     upstream_up: IntGaugeVec,
     upstream_shaped: IntCounterVec,
     upstream_throttled: IntCounterVec,
+    upstream_circuit_open: IntGaugeVec,
+    upstream_circuit_openings: IntCounterVec,
     reloads: IntCounterVec,
     /// Queue gauges, kept by the delivery runner.
     pub queue: QueueGauges,
@@ -353,6 +365,8 @@ impl Families {
             upstream_up: UPSTREAM_UP.gauge(&r)?,
             upstream_shaped: UPSTREAM_SHAPED.counter(&r)?,
             upstream_throttled: UPSTREAM_THROTTLED.counter(&r)?,
+            upstream_circuit_open: UPSTREAM_CIRCUIT_OPEN.gauge(&r)?,
+            upstream_circuit_openings: UPSTREAM_CIRCUIT_OPENINGS.counter(&r)?,
             reloads: RELOADS.counter(&r)?,
             queue: QueueGauges {
                 messages: QUEUE_MESSAGES.int_gauge(&r)?,
@@ -471,7 +485,13 @@ impl Metrics {
     pub fn retain_upstreams(&self, names: &[&str]) {
         let gone = self.upstreams.names_except(names);
         for name in &gone {
-            for gauge in [&self.upstream_up, &self.upstream_open, &self.upstream_busy] {
+            let gauges = [
+                &self.upstream_up,
+                &self.upstream_open,
+                &self.upstream_busy,
+                &self.upstream_circuit_open,
+            ];
+            for gauge in gauges {
                 let _ = gauge.remove_label_values(&[name]);
             }
         }

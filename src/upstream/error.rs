@@ -234,6 +234,45 @@ impl Error {
         }
     }
 
+    /// Whether this upstream cannot take mail now, so the next upstream of the route is
+    /// tried at once (and the circuit breaker counts a failure): it could not be reached,
+    /// its TLS or greeting or AUTH failed, it said `421` (RFC 5321 3.8: it is closing the
+    /// channel) at any stage, the connection broke or timed out before the final dot, or
+    /// it spoke nonsense.
+    ///
+    /// Not a failover: any other reply to MAIL, RCPT, DATA or the final dot. A live
+    /// upstream that answers `4xx` for the transaction is deferring *this message* (a
+    /// greylist, a quota, a busy mailbox): the message waits for its next attempt, at the
+    /// same route, rather than hopping to another upstream that would deliver it along a
+    /// path the admin ranked lower. A `5xx` there is a verdict ([`Error::is_permanent`]);
+    /// a missing extension is [`Error::unsupported`]; no reply to the dot is
+    /// [`Error::is_maybe_delivered`] (never a failover: no blind duplicates).
+    pub fn fails_over(&self) -> bool {
+        match self {
+            Error::Reply { stage, reply, .. } => {
+                reply.code == 421
+                    || matches!(
+                        stage,
+                        Stage::Connect
+                            | Stage::TlsHandshake
+                            | Stage::Greeting
+                            | Stage::Ehlo
+                            | Stage::StartTls
+                            | Stage::Auth
+                            | Stage::Rset
+                    )
+            }
+            Error::MaybeDelivered { .. } | Error::Unsupported { .. } => false,
+            Error::Connect { .. }
+            | Error::Tls { .. }
+            | Error::Timeout { .. }
+            | Error::Protocol { .. }
+            | Error::Auth { .. }
+            | Error::NoStartTls { .. }
+            | Error::Io { .. } => true,
+        }
+    }
+
     /// Whether the upstream may already hold the message (see [`Error::MaybeDelivered`]).
     pub fn is_maybe_delivered(&self) -> bool {
         matches!(self, Error::MaybeDelivered { .. })
@@ -461,6 +500,94 @@ mod tests {
             assert_eq!(err.is_permanent(), permanent, "{err}");
             assert!(err.unsupported().is_none(), "{err}");
             assert_eq!(err.to_string(), shown);
+        }
+    }
+
+    /// Which errors move on to the next upstream of the route at once, and which leave
+    /// the message waiting at this one (a live upstream's 4xx to the transaction).
+    #[test]
+    fn failover_rule() {
+        let up = || "m365".to_string();
+        let at = |stage, code| Error::Reply {
+            upstream: up(),
+            stage,
+            reply: reply(code),
+        };
+        let io = || io::Error::new(io::ErrorKind::ConnectionRefused, "refused");
+        let rows: Vec<(Error, bool)> = vec![
+            (
+                Error::Connect {
+                    upstream: up(),
+                    source: io(),
+                },
+                true,
+            ),
+            (
+                Error::Tls {
+                    upstream: up(),
+                    source: io(),
+                },
+                true,
+            ),
+            (
+                Error::Timeout {
+                    upstream: up(),
+                    stage: Stage::Greeting,
+                },
+                true,
+            ),
+            (
+                Error::Timeout {
+                    upstream: up(),
+                    stage: Stage::Body,
+                },
+                true,
+            ),
+            (
+                Error::Auth {
+                    upstream: up(),
+                    reply: reply(535),
+                },
+                true,
+            ),
+            (Error::NoStartTls { upstream: up() }, true),
+            (
+                Error::Io {
+                    upstream: up(),
+                    stage: Stage::Rcpt,
+                    source: io(),
+                },
+                true,
+            ),
+            (at(Stage::Greeting, 554), true),
+            (at(Stage::Greeting, 421), true),
+            (at(Stage::Ehlo, 421), true),
+            (at(Stage::Mail, 421), true),
+            (at(Stage::Data, 421), true),
+            (at(Stage::FinalDot, 421), true),
+            (at(Stage::Mail, 451), false),
+            (at(Stage::Mail, 452), false),
+            (at(Stage::Data, 451), false),
+            (at(Stage::FinalDot, 451), false),
+            (at(Stage::Mail, 550), false),
+            (at(Stage::FinalDot, 554), false),
+            (
+                Error::MaybeDelivered {
+                    upstream: up(),
+                    cause: "closed".into(),
+                },
+                false,
+            ),
+            (
+                Error::Unsupported {
+                    upstream: up(),
+                    capability: Capability::SmtpUtf8,
+                },
+                false,
+            ),
+        ];
+        for (err, expected) in rows {
+            assert_eq!(err.fails_over(), expected, "{err}");
         }
     }
 

@@ -13,10 +13,12 @@
 //! - `conn.rs`: the stream under it: timeouts, reply reading, EHLO, STARTTLS, AUTH.
 //! - `pool.rs`: per-upstream connection cap and idle reuse.
 //! - `tls.rs`: rustls client configuration (RFC 7817).
-//! - `route.rs`: sender → upstream names.
+//! - `route.rs`: sender, recipient, listener and identity → upstream names.
+//! - `breaker.rs`: the circuit breaker that skips an upstream failing again and again.
 //! - `directory.rs`: the `directory:` upstream.
 //! - `error.rs`: the error enum and its classification.
 
+pub mod breaker;
 pub mod client;
 mod conn;
 pub mod directory;
@@ -36,6 +38,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::config::schema::{Config, UpstreamAuth, UpstreamConfig, UpstreamTls};
+use crate::upstream::breaker::Breaker;
 use crate::upstream::client::{
     Credentials, Outgoing, RcptOutcome, Security, Settings, Timeouts, TlsTarget,
 };
@@ -152,6 +155,9 @@ enum Target {
     /// means (see [`fingerprint`]).
     Smtp {
         pool: Arc<Pool>,
+        /// Beside the pool, and carried over with it: an upstream a reload leaves alone
+        /// keeps its breaker's state.
+        breaker: Arc<Breaker>,
         fingerprint: [u8; 32],
         /// The account's caps and pause; carried over by name on every reload (even when
         /// the pool is not), so a reload does not forget what was sent today.
@@ -287,6 +293,14 @@ impl Upstreams {
         }
     }
 
+    /// The circuit breaker of an SMTP upstream (a directory upstream has none).
+    pub fn breaker(&self, upstream: &str) -> Option<&Breaker> {
+        match self.targets.get(upstream) {
+            Some(Target::Smtp { breaker, .. }) => Some(breaker),
+            _ => None,
+        }
+    }
+
     /// The connection pool of an SMTP upstream (for metrics).
     pub fn pool(&self, upstream: &str) -> Option<&Pool> {
         match self.targets.get(upstream) {
@@ -366,6 +380,7 @@ fn build_target(
             };
             if let Some(Target::Smtp {
                 pool,
+                breaker,
                 fingerprint: old,
                 ..
             }) = previous
@@ -373,15 +388,17 @@ fn build_target(
             {
                 return Ok(Target::Smtp {
                     pool: pool.clone(),
+                    breaker: breaker.clone(),
                     fingerprint,
                     shaper,
                 });
             }
             let settings = settings(u, address, hostname, base)?;
-            let pool = Pool::new(settings, u.max_connections(), u.idle_timeout.get())
-                .with_messages_per_connection(u.messages_per_connection);
+            let pool = Pool::new(settings, u.max_connections(), u.idle_timeout().get())
+                .with_messages_per_connection(u.messages_per_connection());
             Ok(Target::Smtp {
                 pool: Arc::new(pool),
+                breaker: Arc::new(Breaker::new(&u.circuit_breaker())),
                 fingerprint,
                 shaper,
             })
@@ -443,7 +460,7 @@ fn settings(
             source,
         };
         let ca_file = u.ca_file.as_ref().map(|p| base.join(p));
-        let config = tls::client_config(ca_file.as_deref(), u.tls_verify).map_err(tls_err)?;
+        let config = tls::client_config(ca_file.as_deref(), u.tls_verify()).map_err(tls_err)?;
         // RFC 7817 3: the reference identity is the configured name, else the host we dial.
         let name = u.server_name.as_deref().unwrap_or(host);
         let server_name = tls::server_name(name).map_err(tls_err)?;
@@ -452,7 +469,7 @@ fn settings(
             server_name,
         })
     };
-    let security = match u.tls {
+    let security = match u.tls() {
         UpstreamTls::None => Security::Plain,
         UpstreamTls::Starttls => Security::StartTls(target()?),
         UpstreamTls::Implicit => Security::Implicit(target()?),
@@ -470,8 +487,8 @@ fn settings(
         helo_name: u.helo_name.clone().unwrap_or_else(|| hostname.to_owned()),
         credentials,
         timeouts: Timeouts {
-            connect: u.connect_timeout.get(),
-            command: u.command_timeout.get(),
+            connect: u.connect_timeout().get(),
+            command: u.command_timeout().get(),
         },
     })
 }

@@ -953,11 +953,14 @@ async fn facade_from_config() {
     std::fs::write(dir.path().join("secret.txt"), "secret\n").unwrap();
     let cfg: Config = serde_yaml::from_str(&CONFIG.replace("ADDR", &addr.to_string())).unwrap();
     let ups = Upstreams::with_base_dir(&cfg, dir.path()).unwrap();
-    assert_eq!(
-        ups.router().route("a@CORP.example").unwrap(),
-        ["smart", "files"]
-    );
-    assert_eq!(ups.router().route("").unwrap(), ["files"]);
+    let from = |sender| crate::upstream::route::Origin {
+        sender,
+        listener: "submission",
+        identity: None,
+    };
+    let route = |sender| ups.router().route(&from(sender), "r@x").unwrap().upstreams;
+    assert_eq!(route("a@CORP.example"), ["smart", "files"]);
+    assert_eq!(route(""), ["files"]);
     let to = rcpts(&["r@x"]);
     let rows = [
         ("smart", "250 2.0.0 Ok: queued"),

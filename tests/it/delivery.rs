@@ -730,11 +730,14 @@ async fn maybe_delivered_is_retried_at_the_same_upstream_only() {
     .await;
     let queued_state = relay.spool().join("queue").join(format!("{id}.state"));
     eventually("maybe delivered recorded", || {
-        state(&queued_state).is_some_and(|env| env.maybe_delivered.is_some())
+        state(&queued_state).is_some_and(|env| !env.maybe_delivered.is_empty())
     })
     .await;
-    let amb = state(&queued_state).unwrap().maybe_delivered.unwrap();
+    let pins = state(&queued_state).unwrap().maybe_delivered;
+    assert_eq!(pins.len(), 1, "{pins:?}");
+    let amb = &pins[0];
     assert_eq!(amb.upstream, "b");
+    assert_eq!(amb.recipients, ["x@example.org"]);
     assert!(amb.bytes > sent.len() as u64, "{amb:?}");
     let a = Sink::start_on(a_port, SinkOptions::default()).await;
     b.expect(1);

@@ -367,7 +367,7 @@ async fn failing_route_then_recovery(server: &mut TestServer, d: &mut Dialog) {
         ),
     ]);
     let (status, body) = get(server.http, "/readyz").await;
-    let want = "not ready\nroutes[0]: every upstream is failing (sink)\n";
+    let want = "not ready\nroutes[0]: every upstream is failing (sink: down)\n";
     assert_eq!((status, body.as_str()), (503, want));
     server.sink_up().await;
     server.sink().expect(1);

@@ -64,7 +64,7 @@ impl Backend {
             next_attempt_unix: 0,
             size: prefix.len() as u64 + writer.written(),
             accepted_ms: 0,
-            maybe_delivered: None,
+            maybe_delivered: Vec::new(),
             shaped: None,
         };
         (env, prefix)

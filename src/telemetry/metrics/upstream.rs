@@ -20,6 +20,8 @@ pub struct UpstreamMetrics {
     /// By [`Cap`], in `Cap::ALL` order.
     shaped: [IntCounter; 3],
     throttled: IntCounter,
+    circuit_open: IntGauge,
+    circuit_openings: IntCounter,
 }
 
 impl UpstreamMetrics {
@@ -42,6 +44,8 @@ impl UpstreamMetrics {
             failures: f.upstream_failures.clone(),
             shaped: Cap::ALL.map(|c| f.upstream_shaped.with_label_values(&[name, c.as_str()])),
             throttled: f.upstream_throttled.with_label_values(&[name]),
+            circuit_open: f.upstream_circuit_open.with_label_values(&[name]),
+            circuit_openings: f.upstream_circuit_openings.with_label_values(&[name]),
         }
     }
 
@@ -82,6 +86,17 @@ impl UpstreamMetrics {
     /// The upstream answered for the message: it is up.
     pub fn reached(&self) {
         self.up.set(1);
+    }
+
+    /// Counts an opening of the circuit breaker.
+    pub fn circuit_opened(&self) {
+        self.circuit_openings.inc();
+        self.circuit_open.set(1);
+    }
+
+    /// Sets whether the circuit breaker skips the upstream now.
+    pub fn set_circuit_open(&self, open: bool) {
+        self.circuit_open.set(i64::from(open));
     }
 
     /// Whether the latest attempt reached the upstream (or none was made yet).
