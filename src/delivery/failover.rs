@@ -457,6 +457,111 @@ mod tests {
         Tried::Failover("connect refused".into())
     }
 
+    fn upstreams() -> Upstreams {
+        let yaml = r#"
+listeners: [{name: sub, address: "127.0.0.1:2525"}]
+queue: {directory: spool}
+upstreams:
+  - {name: m365, address: "127.0.0.1:1", tls: none}
+  - {name: backup, address: "127.0.0.1:2", tls: none}
+  - {name: partner, address: "127.0.0.1:3", tls: none}
+routes:
+  - {recipients: ["@partner.example"], upstreams: [partner, backup]}
+  - {senders: ["*"], upstreams: [m365, backup]}
+"#;
+        let cfg: crate::config::schema::Config = serde_yaml::from_str(yaml).unwrap();
+        Upstreams::new(&cfg).unwrap()
+    }
+
+    fn envelope(rcpts: &[&str]) -> Envelope {
+        let mut env = crate::spool::record::tests::sample("0123456789ABCDEF".parse().unwrap());
+        env.sender = "app@corp.example".into();
+        env.recipients = rcpts
+            .iter()
+            .map(|a| crate::spool::Recipient {
+                address: (*a).into(),
+                status: RcptStatus::Pending,
+            })
+            .collect();
+        env
+    }
+
+    fn pin(upstream: &str, rcpts: &[&str]) -> Ambiguous {
+        Ambiguous {
+            upstream: upstream.into(),
+            at_unix: 1,
+            bytes: 10,
+            recipients: rcpts.iter().map(|r| (*r).into()).collect(),
+        }
+    }
+
+    /// (via, upstreams, recipient indexes) of each group.
+    fn planned(env: &mut Envelope) -> Vec<(Via, Vec<String>, Vec<usize>)> {
+        plan(env, &upstreams())
+            .into_iter()
+            .map(|g| (g.via, g.upstreams, g.rcpts))
+            .collect()
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_string()).collect()
+    }
+
+    /// Pending recipients grouped by route, in order of their first recipient; settled
+    /// recipients are left out; a pin takes its recipients to its upstream only; a legacy
+    /// pin (no recipients) covers every pending one; a pin at an upstream no longer
+    /// configured lets its recipients take their route.
+    #[test]
+    fn recipients_are_grouped_by_route_and_pin() {
+        let rcpts = ["a@x.example", "b@partner.example", "c@y.example", "d@Partner.example"];
+        let mut env = envelope(&rcpts);
+        assert_eq!(
+            planned(&mut env),
+            [
+                (Via::Route(1), names(&["m365", "backup"]), vec![0, 2]),
+                (Via::Route(0), names(&["partner", "backup"]), vec![1, 3]),
+            ]
+        );
+        env.recipients[0].status = RcptStatus::Failed { reply: "550".into() };
+        env.maybe_delivered = vec![pin("backup", &["d@Partner.example"])];
+        assert_eq!(
+            planned(&mut env),
+            [
+                (Via::Route(0), names(&["partner", "backup"]), vec![1]),
+                (Via::Route(1), names(&["m365", "backup"]), vec![2]),
+                (Via::Pinned("backup".into()), names(&["backup"]), vec![3]),
+            ]
+        );
+        env.maybe_delivered = vec![pin("backup", &[])];
+        assert_eq!(
+            planned(&mut env),
+            [(Via::Pinned("backup".into()), names(&["backup"]), vec![1, 2, 3])]
+        );
+        assert_eq!(
+            env.maybe_delivered[0].recipients,
+            names(&["b@partner.example", "c@y.example", "d@Partner.example"])
+        );
+        env.maybe_delivered = vec![pin("gone", &["c@y.example"])];
+        assert_eq!(
+            planned(&mut env),
+            [
+                (Via::Route(0), names(&["partner", "backup"]), vec![1, 3]),
+                (Via::Route(1), names(&["m365", "backup"]), vec![2]),
+            ]
+        );
+    }
+
+    /// An answer settles the pins of the recipients it covered; a pin left empty goes.
+    #[test]
+    fn answers_settle_pins() {
+        let mut env = envelope(&["a@x", "b@x", "c@x"]);
+        env.maybe_delivered = vec![pin("m365", &["a@x", "b@x"]), pin("backup", &["c@x"])];
+        settle_pins(&mut env, &names(&["a@x"]));
+        assert_eq!(env.maybe_delivered, [pin("m365", &["b@x"]), pin("backup", &["c@x"])]);
+        settle_pins(&mut env, &names(&["c@x", "b@x"]));
+        assert_eq!(env.maybe_delivered, []);
+    }
+
     /// A message fails for good only when every upstream of the route lacked something;
     /// one that took it, answered for it, or was merely unavailable keeps it pending.
     #[test]

@@ -642,7 +642,7 @@ pub fn decode_state(bytes: &[u8]) -> Result<Envelope, RecordError> {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Cursor;
 
@@ -725,6 +725,47 @@ mod tests {
             QueueId::from_bits((1 << 80) - 1).as_str(),
             "VVVVVVVVVVVVVVVV"
         );
+    }
+
+    /// `maybe_delivered`: a file written before messages were split per route (one object,
+    /// no recipients) still loads; one pin is written as an object (older builds read it),
+    /// several as a list; none leaves the key out.
+    #[test]
+    fn maybe_delivered_pins_on_disk() {
+        let env = sample("0123456789ABCDEF".parse().unwrap());
+        let json = String::from_utf8(encode_envelope(&env).unwrap()).unwrap();
+        assert!(!json.contains("maybe_delivered"), "{json}");
+        let old = json.replacen(
+            r#""listener":"legacy","#,
+            r#""listener":"legacy","maybe_delivered":{"upstream":"b","at_unix":7,"bytes":99},"#,
+            1,
+        );
+        let loaded = decode_envelope(old.as_bytes()).unwrap();
+        let legacy = Ambiguous {
+            upstream: "b".into(),
+            at_unix: 7,
+            bytes: 99,
+            recipients: Vec::new(),
+        };
+        assert_eq!(loaded.maybe_delivered, [legacy.clone()]);
+        let pin = |upstream: &str, rcpt: &str| Ambiguous {
+            upstream: upstream.into(),
+            recipients: vec![rcpt.into()],
+            ..legacy.clone()
+        };
+        let mut one = env.clone();
+        one.maybe_delivered = vec![pin("a", "x@one.example")];
+        let json = String::from_utf8(encode_envelope(&one).unwrap()).unwrap();
+        assert!(
+            json.contains(r#""maybe_delivered":{"upstream":"a","at_unix":7,"bytes":99,"recipients":["x@one.example"]}"#),
+            "{json}"
+        );
+        assert_eq!(decode_envelope(json.as_bytes()).unwrap(), one);
+        let mut two = env;
+        two.maybe_delivered = vec![pin("a", "x@one.example"), pin("b", "y@two.example")];
+        let json = String::from_utf8(encode_envelope(&two).unwrap()).unwrap();
+        assert!(json.contains(r#""maybe_delivered":[{"upstream":"a","#), "{json}");
+        assert_eq!(decode_envelope(json.as_bytes()).unwrap(), two);
     }
 
     #[test]
