@@ -25,6 +25,7 @@ mod prometheus;
 mod protocol;
 mod ratelimit;
 mod reload;
+mod routing;
 mod selftest;
 mod sessions;
 mod shaping;
