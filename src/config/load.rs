@@ -305,9 +305,15 @@ mod tests {
         );
         assert!(c.auth_lockout.per_username);
         let breaker = c.upstreams[0].circuit_breaker();
-        assert_eq!((breaker.failures, breaker.cooldown.get().as_secs()), (3, 120));
+        assert_eq!(
+            (breaker.failures, breaker.cooldown.get().as_secs()),
+            (3, 120)
+        );
         assert_eq!(c.routes[0].senders, None);
-        assert_eq!(c.routes[1].listeners.as_deref(), Some(&["legacy".to_string()][..]));
+        assert_eq!(
+            c.routes[1].listeners.as_deref(),
+            Some(&["legacy".to_string()][..])
+        );
     }
 
     #[test]

@@ -513,7 +513,12 @@ routes:
     /// configured lets its recipients take their route.
     #[test]
     fn recipients_are_grouped_by_route_and_pin() {
-        let rcpts = ["a@x.example", "b@partner.example", "c@y.example", "d@Partner.example"];
+        let rcpts = [
+            "a@x.example",
+            "b@partner.example",
+            "c@y.example",
+            "d@Partner.example",
+        ];
         let mut env = envelope(&rcpts);
         assert_eq!(
             planned(&mut env),
@@ -522,7 +527,9 @@ routes:
                 (Via::Route(0), names(&["partner", "backup"]), vec![1, 3]),
             ]
         );
-        env.recipients[0].status = RcptStatus::Failed { reply: "550".into() };
+        env.recipients[0].status = RcptStatus::Failed {
+            reply: "550".into(),
+        };
         env.maybe_delivered = vec![pin("backup", &["d@Partner.example"])];
         assert_eq!(
             planned(&mut env),
@@ -535,7 +542,11 @@ routes:
         env.maybe_delivered = vec![pin("backup", &[])];
         assert_eq!(
             planned(&mut env),
-            [(Via::Pinned("backup".into()), names(&["backup"]), vec![1, 2, 3])]
+            [(
+                Via::Pinned("backup".into()),
+                names(&["backup"]),
+                vec![1, 2, 3]
+            )]
         );
         assert_eq!(
             env.maybe_delivered[0].recipients,
@@ -557,7 +568,10 @@ routes:
         let mut env = envelope(&["a@x", "b@x", "c@x"]);
         env.maybe_delivered = vec![pin("m365", &["a@x", "b@x"]), pin("backup", &["c@x"])];
         settle_pins(&mut env, &names(&["a@x"]));
-        assert_eq!(env.maybe_delivered, [pin("m365", &["b@x"]), pin("backup", &["c@x"])]);
+        assert_eq!(
+            env.maybe_delivered,
+            [pin("m365", &["b@x"]), pin("backup", &["c@x"])]
+        );
         settle_pins(&mut env, &names(&["c@x", "b@x"]));
         assert_eq!(env.maybe_delivered, []);
     }

@@ -747,7 +747,7 @@ pub(crate) mod tests {
             bytes: 99,
             recipients: Vec::new(),
         };
-        assert_eq!(loaded.maybe_delivered, [legacy.clone()]);
+        assert_eq!(loaded.maybe_delivered, std::slice::from_ref(&legacy));
         let pin = |upstream: &str, rcpt: &str| Ambiguous {
             upstream: upstream.into(),
             recipients: vec![rcpt.into()],
@@ -764,7 +764,10 @@ pub(crate) mod tests {
         let mut two = env;
         two.maybe_delivered = vec![pin("a", "x@one.example"), pin("b", "y@two.example")];
         let json = String::from_utf8(encode_envelope(&two).unwrap()).unwrap();
-        assert!(json.contains(r#""maybe_delivered":[{"upstream":"a","#), "{json}");
+        assert!(
+            json.contains(r#""maybe_delivered":[{"upstream":"a","#),
+            "{json}"
+        );
         assert_eq!(decode_envelope(json.as_bytes()).unwrap(), two);
     }
 

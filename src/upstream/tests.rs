@@ -1119,6 +1119,11 @@ fn rebuild_keeps_unchanged_pools() {
     assert_eq!(retired, ["b", "c", "p"]);
     assert_eq!(pool(&changed.upstreams, "a"), pool(&first, "a"));
     assert_ne!(pool(&changed.upstreams, "b"), pool(&first, "b"));
+    // The circuit breaker lives beside the pool: kept with it, new with a new pool.
+    let breaker = |u: &Upstreams, name: &str| u.breaker(name).unwrap() as *const Breaker;
+    assert_eq!(breaker(&changed.upstreams, "a"), breaker(&first, "a"));
+    assert_ne!(breaker(&changed.upstreams, "b"), breaker(&first, "b"));
+    assert!(changed.upstreams.breaker("files").is_none());
     assert!(changed.upstreams.pool("c").is_none());
 
     // Only the password file changes: p alone is retired.

@@ -95,7 +95,10 @@ log: {{level: warn}}
             if let Some(env) = read().filter(|e| done(e)) {
                 return env;
             }
-            assert!(tokio::time::Instant::now() < deadline, "{what}: not within {DELIVERY:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{what}: not within {DELIVERY:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -106,7 +109,10 @@ log: {{level: warn}}
         let empty = || std::fs::read_dir(&queue).map_or(true, |mut d| d.next().is_none());
         let deadline = tokio::time::Instant::now() + DELIVERY;
         while !empty() {
-            assert!(tokio::time::Instant::now() < deadline, "queue not empty within {DELIVERY:?}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "queue not empty within {DELIVERY:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let failed = self.spool().join("failed");
@@ -124,7 +130,9 @@ impl Drop for Relay {
 
 /// An SMTP upstream entry on 127.0.0.1:`port`, plain, with `extra` keys.
 fn upstream(name: &str, port: u16, extra: &str) -> String {
-    format!("  - {{name: {name}, address: \"127.0.0.1:{port}\", tls: none, connect_timeout: 2s{extra}}}\n")
+    format!(
+        "  - {{name: {name}, address: \"127.0.0.1:{port}\", tls: none, connect_timeout: 2s{extra}}}\n"
+    )
 }
 
 /// One transaction; returns the queue id.
@@ -174,11 +182,27 @@ async fn routes_by_recipient_listener_and_identity_and_split() {
     // at a partner subdomain.
     let mut d = relay.session("printers", Some(device)).await;
     let sent = message("split", "", "one message, two routes\r\n");
-    let rcpts = ["a@x.example", "b@partner.example", "c@y.example", "d@eu.partner.example"];
+    let rcpts = [
+        "a@x.example",
+        "b@partner.example",
+        "c@y.example",
+        "d@eu.partner.example",
+    ];
     submit(&mut d, "scan@print.example", &rcpts, &sent).await;
-    one(&scans, "scan@print.example", &["a@x.example", "c@y.example"], &sent).await;
-    one(&partner, "scan@print.example", &["b@partner.example", "d@eu.partner.example"], &sent)
-        .await;
+    one(
+        &scans,
+        "scan@print.example",
+        &["a@x.example", "c@y.example"],
+        &sent,
+    )
+    .await;
+    one(
+        &partner,
+        "scan@print.example",
+        &["b@partner.example", "d@eu.partner.example"],
+        &sent,
+    )
+    .await;
     relay.drained().await;
     // The device on the apps listener, and another client on printers: not the scans route.
     let mut d = relay.session("apps", Some(device)).await;
@@ -210,12 +234,18 @@ async fn failover_to_the_backup() {
         (refused, true),
         (Some(Fault::Greeting("421 4.3.2 primary busy".into())), true),
         (
-            Some(Fault::Rcpt("x@example.org".into(), "421 4.4.2 closing".into())),
+            Some(Fault::Rcpt(
+                "x@example.org".into(),
+                "421 4.4.2 closing".into(),
+            )),
             true,
         ),
         (Some(Fault::DataEnd("421 4.3.0 shutting down".into())), true),
         (
-            Some(Fault::Rcpt("x@example.org".into(), "451 4.7.1 greylisted".into())),
+            Some(Fault::Rcpt(
+                "x@example.org".into(),
+                "451 4.7.1 greylisted".into(),
+            )),
             false,
         ),
     ];
@@ -245,7 +275,11 @@ async fn failover_to_the_backup() {
             relay.drained().await;
         } else {
             let env = relay.queued(&id, &row, |e| e.attempts >= 1).await;
-            assert_eq!(env.recipients[0].status, postern::spool::RcptStatus::Pending, "{row}");
+            assert_eq!(
+                env.recipients[0].status,
+                postern::spool::RcptStatus::Pending,
+                "{row}"
+            );
             assert_eq!(backup.connections(), 0, "{row}");
         }
         if let Some(primary) = &primary {
@@ -284,7 +318,11 @@ async fn circuit_breaker_opens_skips_and_closes_after_the_cooldown() {
   - {{recipients: [\"@solo.example\"], upstreams: [{name}]}}
   - {{senders: [\"*\"], upstreams: [{name}, backup]}}
 ",
-        upstream(name, primary_port, ", circuit_breaker: {failures: 2, cooldown: 1m}"),
+        upstream(
+            name,
+            primary_port,
+            ", circuit_breaker: {failures: 2, cooldown: 1m}"
+        ),
         upstream("backup", backup.port(), ""),
     );
     let relay = Relay::start(&body).await;
@@ -296,7 +334,9 @@ async fn circuit_breaker_opens_skips_and_closes_after_the_cooldown() {
         submit(&mut d, "dev@example.net", &["x@example.org"], &sent).await;
         one(&backup, "dev@example.net", &["x@example.org"], &sent).await;
         relay.drained().await;
-        Scrape::from(relay.http()).await.expect(&[(&openings, opened), (&gauge, open)]);
+        Scrape::from(relay.http())
+            .await
+            .expect(&[(&openings, opened), (&gauge, open)]);
     }
     assert_eq!(breaker_states(name), ["open"]);
     let (status, text) = get(relay.http(), "/readyz").await;
@@ -318,7 +358,9 @@ async fn circuit_breaker_opens_skips_and_closes_after_the_cooldown() {
     one(&primary, "dev@example.net", &["x@example.org"], &sent).await;
     relay.drained().await;
     assert_eq!(breaker_states(name), ["open", "half_open", "closed"]);
-    Scrape::from(relay.http()).await.expect(&[(&openings, 1.0), (&gauge, 0.0)]);
+    Scrape::from(relay.http())
+        .await
+        .expect(&[(&openings, 1.0), (&gauge, 0.0)]);
     let (status, text) = get(relay.http(), "/readyz").await;
     assert_eq!((status, text.as_str()), (200, "ready\n"));
     assert_eq!(backup.received().len(), 3);
@@ -353,23 +395,38 @@ async fn maybe_delivered_pins_only_the_group_that_was_sent() {
     let id = submit(&mut d, "dev@example.net", &rcpts, &sent).await;
     one(&other, "dev@example.net", &["y@two.example"], &sent).await;
     let env = relay
-        .queued(&id, "maybe delivered recorded", |e| !e.maybe_delivered.is_empty())
+        .queued(&id, "maybe delivered recorded", |e| {
+            !e.maybe_delivered.is_empty()
+        })
         .await;
     assert_eq!(env.maybe_delivered.len(), 1);
     assert_eq!(env.maybe_delivered[0].upstream, "a");
-    assert_eq!(env.maybe_delivered[0].recipients, ["x@one.example", "z@one.example"]);
-    let delivered = |i: usize| {
-        matches!(&env.recipients[i].status, postern::spool::RcptStatus::Delivered { upstream, .. } if upstream == "other")
-    };
+    assert_eq!(
+        env.maybe_delivered[0].recipients,
+        ["x@one.example", "z@one.example"]
+    );
+    let delivered = |i: usize| matches!(&env.recipients[i].status, postern::spool::RcptStatus::Delivered { upstream, .. } if upstream == "other");
     assert!(delivered(1), "{:?}", env.recipients);
-    assert_eq!(env.recipients[0].status, postern::spool::RcptStatus::Pending);
-    assert_eq!(env.recipients[2].status, postern::spool::RcptStatus::Pending);
+    assert_eq!(
+        env.recipients[0].status,
+        postern::spool::RcptStatus::Pending
+    );
+    assert_eq!(
+        env.recipients[2].status,
+        postern::spool::RcptStatus::Pending
+    );
     // Past queue.ambiguous_retry (10m); a new message wakes the runner to see it due.
     relay.clock.advance(Duration::from_secs(11 * 60));
     let wake = message("wake", "", "wake up\r\n");
     submit(&mut d, "dev@example.net", &["w@two.example"], &wake).await;
     one(&other, "dev@example.net", &["w@two.example"], &wake).await;
-    one(&a, "dev@example.net", &["x@one.example", "z@one.example"], &sent).await;
+    one(
+        &a,
+        "dev@example.net",
+        &["x@one.example", "z@one.example"],
+        &sent,
+    )
+    .await;
     relay.drained().await;
     assert_eq!(backup.connections(), 0);
     assert_eq!(other.received().len(), 2);
