@@ -1,6 +1,7 @@
-//! The queue runner: takes committed messages, sends each to its route's upstreams in
-//! failover order, records per-recipient outcomes in the spool, and schedules retries with
-//! backoff until the message's maximum age.
+//! The queue runner: takes committed messages, sends each to its routes' upstreams in
+//! failover order (one transaction per route its recipients take; see `failover.rs`),
+//! records per-recipient outcomes in the spool, and schedules retries with backoff until the
+//! message's maximum age.
 //!
 //! Rules (BRIEF.md): a 5xx for one recipient fails only that recipient; 4xx and connection
 //! failures are retried; a timeout or drop after the final dot ("maybe delivered") is

@@ -434,3 +434,54 @@ async fn maybe_delivered_pins_only_the_group_that_was_sent() {
         assert_eq!(sink.violations(), Vec::<String>::new());
     }
 }
+
+/// With only recipient- and listener-bound routes, the client learns at once what has no
+/// route: MAIL on a listener no route serves, RCPT to a recipient no route takes (each
+/// `550 5.7.1`, counted as `no_route`), while the rest of the transaction goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_route_is_refused_at_mail_or_rcpt() {
+    let partner = Sink::start(SinkOptions::default()).await;
+    let body = format!(
+        "upstreams:\n{}routes:\n  - {{recipients: [\"@partner.example\"], listeners: [apps], upstreams: [partner]}}\n",
+        upstream("partner", partner.port(), ""),
+    );
+    let relay = Relay::start(&body).await;
+    let mut d = relay.session("printers", None).await;
+    d.exact(
+        "MAIL FROM:<dev@example.net>",
+        "550 5.7.1 Sender address rejected: no route for this sender",
+    )
+    .await;
+    let mut d = relay.session("apps", None).await;
+    d.cmd("MAIL FROM:<dev@example.net>", "250 2.1.0").await;
+    d.exact(
+        "RCPT TO:<x@other.example>",
+        "550 5.7.1 Recipient address rejected: no route for this recipient",
+    )
+    .await;
+    d.cmd("RCPT TO:<y@partner.example>", "250 2.1.5").await;
+    d.cmd("DATA", "354").await;
+    let sent = message("partial", "", "one of two\r\n");
+    d.send([dot_stuff(&sent), b".\r\n".to_vec()].concat()).await;
+    d.expect("250 2.0.0").await;
+    one(&partner, "dev@example.net", &["y@partner.example"], &sent).await;
+    relay.drained().await;
+    Scrape::from(relay.http()).await.expect(&[
+        (
+            r#"postern_messages_refused_total{listener="printers",reason="no_route"}"#,
+            1.0,
+        ),
+        (
+            r#"postern_messages_refused_total{listener="apps",reason="no_route"}"#,
+            1.0,
+        ),
+        (
+            r#"postern_recipients_total{listener="apps",outcome="refused"}"#,
+            1.0,
+        ),
+        (
+            r#"postern_recipients_total{listener="apps",outcome="accepted"}"#,
+            1.0,
+        ),
+    ]);
+}
