@@ -25,6 +25,7 @@ mod prometheus;
 mod protocol;
 mod ratelimit;
 mod reload;
+mod restart;
 mod routing;
 mod selftest;
 mod sessions;

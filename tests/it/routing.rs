@@ -18,16 +18,16 @@ use crate::harness::{DELIVERY, dot_stuff, logs, message, queue_id, split_prefix}
 
 /// A relay with the upstreams and routes a test gives, two plain listeners (`apps` and
 /// `printers`, both open to 127.0.0.0/8), the HTTP endpoint, and a clock the test moves.
-struct Relay {
+pub(crate) struct Relay {
     dir: tempfile::TempDir,
     running: Option<postern::app::Running>,
-    clock: Clock,
+    pub(crate) clock: Clock,
 }
 
 impl Relay {
     /// `body`: the YAML from `upstreams:` on (upstreams, routes, networks, ...). `queue`
     /// backoff is an hour: what arrives within the deadline arrived on the first attempt.
-    async fn start(body: &str) -> Relay {
+    pub(crate) async fn start(body: &str) -> Relay {
         let dir = tempfile::tempdir().unwrap();
         let yaml = format!(
             r#"hostname: relay.test
@@ -58,12 +58,25 @@ log: {{level: warn}}
         self.running.as_ref().unwrap()
     }
 
+    /// Stops postern gracefully (as SIGTERM) and starts it again on the same config,
+    /// spool and clock; listeners get new ports.
+    pub(crate) async fn restart(&mut self) {
+        if let Some(running) = self.running.take() {
+            step("postern shutdown", running.shutdown()).await;
+        }
+        let config = self.dir.path().join("postern.yaml");
+        let yaml = std::fs::read_to_string(&config).unwrap();
+        let cfg = postern::config::load::load_str(&yaml, &config).unwrap();
+        let start = postern::app::start_with(cfg, self.clock.clone());
+        self.running = Some(step("postern restart", start).await.unwrap());
+    }
+
     fn http(&self) -> SocketAddr {
         self.running().http_addr().unwrap()
     }
 
     /// A session on `listener` from `from` (127.0.0.1 when `None`), after EHLO.
-    async fn session(&self, listener: &str, from: Option<IpAddr>) -> Dialog {
+    pub(crate) async fn session(&self, listener: &str, from: Option<IpAddr>) -> Dialog {
         let addr = self.running().addr(listener).unwrap();
         let mut d = match from {
             Some(ip) => Dialog::connect_from(ip, addr).await,
@@ -79,7 +92,7 @@ log: {{level: warn}}
     }
 
     /// The envelope of a queued message, once it is recorded and `done` holds for it.
-    async fn queued(
+    pub(crate) async fn queued(
         &self,
         id: &str,
         what: &str,
@@ -104,7 +117,7 @@ log: {{level: warn}}
     }
 
     /// Waits until the queue is empty and nothing failed.
-    async fn drained(&self) {
+    pub(crate) async fn drained(&self) {
         let queue = self.spool().join("queue");
         let empty = || std::fs::read_dir(&queue).map_or(true, |mut d| d.next().is_none());
         let deadline = tokio::time::Instant::now() + DELIVERY;
@@ -129,14 +142,14 @@ impl Drop for Relay {
 }
 
 /// An SMTP upstream entry on 127.0.0.1:`port`, plain, with `extra` keys.
-fn upstream(name: &str, port: u16, extra: &str) -> String {
+pub(crate) fn upstream(name: &str, port: u16, extra: &str) -> String {
     format!(
         "  - {{name: {name}, address: \"127.0.0.1:{port}\", tls: none, connect_timeout: 2s{extra}}}\n"
     )
 }
 
 /// One transaction; returns the queue id.
-async fn submit(d: &mut Dialog, from: &str, rcpts: &[&str], data: &[u8]) -> String {
+pub(crate) async fn submit(d: &mut Dialog, from: &str, rcpts: &[&str], data: &[u8]) -> String {
     d.cmd(&format!("MAIL FROM:<{from}>"), "250 2.1.0").await;
     for rcpt in rcpts {
         d.cmd(&format!("RCPT TO:<{rcpt}>"), "250 2.1.5").await;
