@@ -41,6 +41,7 @@ use crate::server::{Runtime, tls};
 use crate::shutdown::Shutdown;
 use crate::spool::{Envelope, Spool, SyncMode};
 use crate::telemetry::metrics::Metrics;
+use crate::upstream;
 use crate::users::Verifier;
 
 /// Why postern could not start.
@@ -189,8 +190,12 @@ async fn launch(file: Option<PathBuf>, cfg: Config, clock: Clock) -> Result<Runn
     let (spool, recovered) = open_spool(&cfg)?;
     let metrics = start_metrics(&cfg, &clock)?;
     spool.observe(Box::new(metrics.spool.clone()));
-    let rules =
-        Rules::build(&cfg, server_tls, &clock).map_err(|e| AppError::Upstream(e.to_string()))?;
+    let upstreams = upstream::Context {
+        clock: clock.clone(),
+        tokens: Some(metrics.clone()),
+    };
+    let rules = Rules::build(&cfg, server_tls, &clock, upstreams)
+        .map_err(|e| AppError::Upstream(e.to_string()))?;
     metrics.register_rules(rules.rate_limits.rule_names());
     let rules = Arc::new(ArcSwap::from_pointee(rules));
     let shutdown = Shutdown::default();

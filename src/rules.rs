@@ -16,7 +16,7 @@ use crate::config::schema::{
 };
 use crate::policy::Policy;
 use crate::policy::ratelimit::RateLimits;
-use crate::upstream::{BuildError, Upstreams};
+use crate::upstream::{BuildError, Context, Upstreams};
 use crate::users::Accounts;
 
 /// The current rules, swapped whole on reload.
@@ -153,14 +153,15 @@ impl Rules {
         }
     }
 
-    /// Builds a first snapshot, its upstreams and empty rate-limit buckets from a
-    /// validated config.
+    /// Builds a first snapshot, its upstreams (sharing `context`) and empty rate-limit
+    /// buckets from a validated config.
     pub fn build(
         cfg: &Config,
         tls: Option<Arc<rustls::ServerConfig>>,
         clock: &Clock,
+        context: Context,
     ) -> Result<Rules, BuildError> {
-        let upstreams = Arc::new(Upstreams::new(cfg)?);
+        let upstreams = Arc::new(Upstreams::with_context(cfg, context)?);
         let rate_limits = Arc::new(RateLimits::new(cfg, clock));
         Ok(Rules::new(cfg, tls, upstreams, rate_limits))
     }

@@ -135,6 +135,9 @@ pub fn resolve_paths(config: &mut Config, base: &Path) {
         for path in files.into_iter().flatten() {
             *path = resolve(base, path);
         }
+        if let Some(o) = upstream.auth.as_mut().and_then(|a| a.oauth2.as_mut()) {
+            o.resolve_paths(base);
+        }
     }
 }
 

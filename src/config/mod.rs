@@ -6,6 +6,7 @@
 //! - [`policy`]: the policy sections: caps, rate limits, AUTH lockout.
 //! - [`units`]: durations (`30s`, `3d`) and sizes (`25MiB`).
 //! - [`load`]: read, parse, validate, then resolve relative paths.
+//! - [`oauth2`]: an upstream's OAuth 2.0 token endpoint and scope, from its provider.
 //! - [`syntax`]: sender patterns, domains, `host:port`.
 //! - [`validate`]: the cross-field rules, in the schema's order; the first failure wins.
 //! - [`error`]: [`error::ConfigError`], rendered `FILE: KEY: PROBLEM`.
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 pub mod error;
 pub mod identity;
 pub mod load;
+pub mod oauth2;
 pub mod policy;
 pub mod schema;
 pub mod syntax;

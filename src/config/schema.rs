@@ -470,11 +470,11 @@ pub enum UpstreamTls {
     Implicit,
 }
 
-/// Upstream credentials: exactly one of `password` and `password_file`.
+/// Upstream credentials: exactly one of `password`, `password_file` and `oauth2`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamAuth {
-    /// The login name. Required.
+    /// The login name (with `oauth2`: the mailbox to log in as). Required.
     pub username: String,
     /// The password inline.
     #[serde(default)]
@@ -483,6 +483,73 @@ pub struct UpstreamAuth {
     /// against the config file's directory.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// Log in with an OAuth 2.0 access token (SASL XOAUTH2 or OAUTHBEARER, RFC 7628)
+    /// instead of a password.
+    #[serde(default)]
+    pub oauth2: Option<OAuth2Config>,
+}
+
+/// Where OAuth 2.0 access tokens come from (README: "OAuth 2.0 to the upstream").
+///
+/// One grant is used: `refresh_token` when `refresh_token_file` is set (delegated access),
+/// else `client_credentials` (app-only) with `client_secret_file` or a signed client
+/// assertion (`client_certificate` + `client_key`, RFC 7523).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Config {
+    /// `microsoft`, `google` or `generic`: sets the default `token_url` and `scope`.
+    /// Required.
+    pub provider: OAuth2Provider,
+    /// The Entra ID tenant (a GUID or a domain); required for `microsoft` unless
+    /// `token_url` is set.
+    #[serde(default)]
+    pub tenant: Option<String>,
+    /// The application (client) id. Required.
+    pub client_id: String,
+    /// A file holding the client secret (trailing newline ignored).
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// PEM certificate whose key signs the client assertion (its SHA-256 and SHA-1
+    /// thumbprints go in the JWT header as `x5t#S256` and `x5t`).
+    #[serde(default)]
+    pub client_certificate: Option<PathBuf>,
+    /// PEM RSA private key of `client_certificate` (RS256).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// A file holding a refresh token (Google Workspace, delegated Microsoft 365).
+    #[serde(default)]
+    pub refresh_token_file: Option<PathBuf>,
+    /// The token endpoint; `https`, or `http` on a loopback address only. Default: the
+    /// provider's (required for `generic`).
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// The scope asked for. Default: `https://outlook.office365.com/.default` (microsoft),
+    /// `https://mail.google.com/` (google), none (generic).
+    #[serde(default)]
+    pub scope: Option<String>,
+}
+
+/// Which OAuth 2.0 service issues the tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OAuth2Provider {
+    /// Microsoft Entra ID (Microsoft 365 / Exchange Online).
+    Microsoft,
+    /// Google (Workspace, Gmail).
+    Google,
+    /// Any token endpoint (`token_url` required).
+    Generic,
+}
+
+impl OAuth2Provider {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OAuth2Provider::Microsoft => "microsoft",
+            OAuth2Provider::Google => "google",
+            OAuth2Provider::Generic => "generic",
+        }
+    }
 }
 
 /// A routing rule: every condition it sets must hold (a condition left out holds for

@@ -36,6 +36,8 @@ pub use listener::{ListenerMetrics, SessionGuard};
 pub use process::ProcessMetrics;
 pub use upstream::UpstreamMetrics;
 
+use crate::upstream::oauth2::{TokenObserver, TokenResult};
+
 /// A metric's name, help text and labels.
 #[derive(Debug)]
 struct Spec {
@@ -199,6 +201,16 @@ const UPSTREAM_CIRCUIT_OPENINGS: Spec = spec(
     "Times the upstream's circuit breaker opened.",
     &["upstream"],
 );
+const TOKEN_REQUESTS: Spec = spec(
+    "postern_oauth2_token_requests_total",
+    "OAuth2 token endpoint requests by upstream and result (issued, refused, unavailable).",
+    &["upstream", "result"],
+);
+const TOKEN_EXPIRY: Spec = spec(
+    "postern_oauth2_token_expiry_timestamp_seconds",
+    "When the upstream's current OAuth2 access token expires, unix seconds.",
+    &["upstream"],
+);
 // Configuration and TLS.
 const RELOADS: Spec = spec(
     "postern_config_reloads_total",
@@ -313,6 +325,8 @@ pub struct Families {
     upstream_throttled: IntCounterVec,
     upstream_circuit_open: IntGaugeVec,
     upstream_circuit_openings: IntCounterVec,
+    token_requests: IntCounterVec,
+    token_expiry: IntGaugeVec,
     reloads: IntCounterVec,
     /// Queue gauges, kept by the delivery runner.
     pub queue: QueueGauges,
@@ -367,6 +381,8 @@ impl Families {
             upstream_throttled: UPSTREAM_THROTTLED.counter(&r)?,
             upstream_circuit_open: UPSTREAM_CIRCUIT_OPEN.gauge(&r)?,
             upstream_circuit_openings: UPSTREAM_CIRCUIT_OPENINGS.counter(&r)?,
+            token_requests: TOKEN_REQUESTS.counter(&r)?,
+            token_expiry: TOKEN_EXPIRY.gauge(&r)?,
             reloads: RELOADS.counter(&r)?,
             queue: QueueGauges {
                 messages: QUEUE_MESSAGES.int_gauge(&r)?,
@@ -490,6 +506,7 @@ impl Metrics {
                 &self.upstream_open,
                 &self.upstream_busy,
                 &self.upstream_circuit_open,
+                &self.token_expiry,
             ];
             for gauge in gauges {
                 let _ = gauge.remove_label_values(&[name]);
@@ -552,6 +569,29 @@ impl Metrics {
         let mut out = Vec::with_capacity(32 * 1024);
         TextEncoder::new().encode(&self.registry.gather(), &mut out)?;
         String::from_utf8(out).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+/// Token requests are rare (one an hour per upstream): the label maps are looked up each
+/// time.
+impl TokenObserver for Metrics {
+    fn token_request(&self, upstream: &str, result: TokenResult) {
+        if result == TokenResult::Issued {
+            // The other results at zero too, so that a rate of refusals works from the start.
+            for r in TokenResult::ALL {
+                self.token_requests
+                    .with_label_values(&[upstream, r.as_str()]);
+            }
+        }
+        self.token_requests
+            .with_label_values(&[upstream, result.as_str()])
+            .inc();
+    }
+
+    fn token_expiry(&self, upstream: &str, unix: u64) {
+        self.token_expiry
+            .with_label_values(&[upstream])
+            .set(i64::try_from(unix).unwrap_or(i64::MAX));
     }
 }
 

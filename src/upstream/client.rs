@@ -17,7 +17,10 @@ use tokio::time::timeout;
 use crate::smtp::reply_parser::{Capabilities, UpstreamReply};
 use crate::upstream::conn::Conn;
 use crate::upstream::error::{Capability, Error, Stage};
-pub use crate::upstream::settings::{Credentials, Security, Settings, Timeouts, TlsTarget};
+use crate::upstream::oauth2::sasl::Target;
+pub use crate::upstream::settings::{
+    AuthSecret, Credentials, Security, Settings, Timeouts, TlsTarget,
+};
 
 /// Bytes read from the body source and written to the upstream per step. The message is
 /// streamed; it is never held whole in memory.
@@ -158,7 +161,11 @@ impl Client {
             caps = conn.hello(&s.helo_name).await?;
         }
         if let Some(credentials) = &s.credentials {
-            conn.authenticate(&caps, credentials).await?;
+            let target = Target {
+                host: &s.host,
+                port: s.port,
+            };
+            conn.authenticate(&caps, credentials, target).await?;
         }
         Ok(Client {
             conn,

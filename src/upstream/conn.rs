@@ -1,5 +1,6 @@
 //! The connection under an SMTP client session: a plain or TLS stream, a bounded read
-//! buffer, timeouts, and the session set-up steps (EHLO, STARTTLS, AUTH).
+//! buffer, timeouts, and the session set-up steps (EHLO, STARTTLS, AUTH with a password
+//! or an OAuth 2.0 token).
 //!
 //! Split from `client.rs` so that file holds the transaction logic only.
 
@@ -12,11 +13,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
+use tracing::{debug, warn};
 
 use crate::smtp::reply_parser::{Capabilities, UpstreamReply, parse_reply};
 use crate::stream::Stream;
 use crate::upstream::error::{Error, Stage};
-use crate::upstream::settings::{Credentials, Timeouts, TlsTarget};
+use crate::upstream::oauth2::sasl::{self, Mechanism, Target};
+use crate::upstream::oauth2::{AccessToken, TokenSource};
+use crate::upstream::settings::{AuthSecret, Credentials, Timeouts, TlsTarget};
 
 /// The connection below the SMTP dialogue: a stream, a read buffer, and timeouts.
 #[derive(Debug)]
@@ -217,38 +221,47 @@ impl Conn {
         })
     }
 
-    /// RFC 4954: AUTH PLAIN (RFC 4616) when offered, else AUTH LOGIN. 235 = success.
+    /// RFC 4954 AUTH with `c`: a password by PLAIN or LOGIN, a token by XOAUTH2 or
+    /// OAUTHBEARER (`target`: where the token is presented, for OAUTHBEARER). 235 = success.
     pub(crate) async fn authenticate(
         &mut self,
         caps: &Capabilities,
         c: &Credentials,
+        target: Target<'_>,
+    ) -> Result<(), Error> {
+        match &c.secret {
+            AuthSecret::Password(password) => self.auth_password(caps, &c.username, password).await,
+            AuthSecret::OAuth2(source) => self.auth_oauth2(caps, &c.username, source, target).await,
+        }
+    }
+
+    /// AUTH PLAIN (RFC 4616) when offered, else AUTH LOGIN.
+    async fn auth_password(
+        &mut self,
+        caps: &Capabilities,
+        username: &str,
+        password: &str,
     ) -> Result<(), Error> {
         let offered = |m: &str| caps.auth.iter().any(|a| a == m);
         let reply = if offered("PLAIN") {
             // RFC 4616 2: authzid NUL authcid NUL passwd, with an empty authzid.
-            let token = BASE64.encode(format!("\0{}\0{}", c.username, c.password));
+            let token = BASE64.encode(format!("\0{username}\0{password}"));
             self.command(&format!("AUTH PLAIN {token}"), Stage::Auth)
                 .await?
         } else if offered("LOGIN") {
-            self.auth_login(c).await?
+            self.auth_login(username, password).await?
         } else {
             let detail = "upstream offers no supported AUTH mechanism (PLAIN, LOGIN)".to_owned();
-            return Err(Error::Protocol {
-                upstream: self.name.clone(),
-                stage: Stage::Auth,
-                detail,
-            });
+            return Err(self.protocol(Stage::Auth, detail));
         };
+        self.auth_result(reply)
+    }
+
+    /// 235 is success; another challenge is a protocol error; the rest is a refusal.
+    fn auth_result(&self, reply: UpstreamReply) -> Result<(), Error> {
         match reply.code {
             235 => Ok(()),
-            334 => {
-                let detail = "unexpected AUTH challenge".to_owned();
-                Err(Error::Protocol {
-                    upstream: self.name.clone(),
-                    stage: Stage::Auth,
-                    detail,
-                })
-            }
+            334 => Err(self.protocol(Stage::Auth, "unexpected AUTH challenge".to_owned())),
             _ => Err(Error::Auth {
                 upstream: self.name.clone(),
                 reply,
@@ -256,10 +269,77 @@ impl Conn {
         }
     }
 
+    fn protocol(&self, stage: Stage, detail: String) -> Error {
+        Error::Protocol {
+            upstream: self.name.clone(),
+            stage,
+            detail,
+        }
+    }
+
+    /// XOAUTH2 when offered, else OAUTHBEARER (RFC 7628), with the cached token. A `535`
+    /// may mean the token was revoked or expired early: one fresh token, one more try.
+    async fn auth_oauth2(
+        &mut self,
+        caps: &Capabilities,
+        username: &str,
+        source: &TokenSource,
+        target: Target<'_>,
+    ) -> Result<(), Error> {
+        let Some(mechanism) = Mechanism::pick(caps.auth.iter().map(String::as_str)) else {
+            let detail = "upstream offers no OAuth2 AUTH mechanism (XOAUTH2, OAUTHBEARER)";
+            return Err(self.protocol(Stage::Auth, detail.to_owned()));
+        };
+        let token_error = |source| Error::Token {
+            upstream: self.name.clone(),
+            source,
+        };
+        let token = source.token().await.map_err(token_error)?;
+        let reply = self.bearer(mechanism, username, &token, target).await?;
+        if reply.code != 535 {
+            return self.auth_result(reply);
+        }
+        debug!(upstream = %self.name, "token refused with 535; fetching a new one and trying once more");
+        let token_error = |source| Error::Token {
+            upstream: self.name.clone(),
+            source,
+        };
+        let fresh = source.after_rejection(&token).await.map_err(token_error)?;
+        let reply = self.bearer(mechanism, username, &fresh, target).await?;
+        self.auth_result(reply)
+    }
+
+    /// One `AUTH <mechanism> <initial response>` exchange. A `334` carries the server's
+    /// error (base64 JSON): it is logged and answered as the mechanism requires, and the
+    /// final reply is returned.
+    async fn bearer(
+        &mut self,
+        mechanism: Mechanism,
+        username: &str,
+        token: &AccessToken,
+        target: Target<'_>,
+    ) -> Result<UpstreamReply, Error> {
+        let ir = sasl::initial_response(mechanism, username, token.expose(), target);
+        let reply = self
+            .command(&format!("AUTH {} {ir}", mechanism.as_str()), Stage::Auth)
+            .await?;
+        if reply.code != 334 {
+            return Ok(reply);
+        }
+        let challenge = reply.lines.first().and_then(|l| sasl::decode_error(l));
+        warn!(
+            upstream = %self.name,
+            mechanism = mechanism.as_str(),
+            challenge = challenge.as_deref().unwrap_or("(not readable)"),
+            "upstream refused the OAuth2 token"
+        );
+        self.command(mechanism.error_ack(), Stage::Auth).await
+    }
+
     /// The LOGIN exchange: 334 for the user name, 334 for the password, then the result.
-    async fn auth_login(&mut self, c: &Credentials) -> Result<UpstreamReply, Error> {
+    async fn auth_login(&mut self, username: &str, password: &str) -> Result<UpstreamReply, Error> {
         let mut reply = self.command("AUTH LOGIN", Stage::Auth).await?;
-        for secret in [&c.username, &c.password] {
+        for secret in [username, password] {
             if reply.code != 334 {
                 return Ok(reply);
             }

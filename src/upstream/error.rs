@@ -11,6 +11,8 @@ use std::fmt;
 use std::io;
 
 use crate::smtp::reply_parser::UpstreamReply;
+use crate::upstream::hints::hint;
+use crate::upstream::oauth2::TokenError;
 
 /// The point of the dialogue where an error happened; named in logs and bounces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,6 +207,14 @@ pub enum Error {
         /// What is missing.
         capability: Capability,
     },
+    /// No OAuth 2.0 access token could be had for AUTH (the token endpoint refused or
+    /// could not be reached). Temporary: the mail waits until the endpoint answers.
+    Token {
+        /// Upstream name.
+        upstream: String,
+        /// The token endpoint's refusal or what went wrong.
+        source: TokenError,
+    },
     /// Reading or writing failed (connection reset, or a local file error).
     Io {
         /// Upstream name.
@@ -236,7 +246,7 @@ impl Error {
 
     /// Whether this upstream cannot take mail now, so the next upstream of the route is
     /// tried at once (and the circuit breaker counts a failure): it could not be reached,
-    /// its TLS or greeting or AUTH failed, it said `421` (RFC 5321 3.8: it is closing the
+    /// its TLS or greeting or AUTH failed (or no OAuth2 token could be had), it said `421` (RFC 5321 3.8: it is closing the
     /// channel) at any stage, the connection broke or timed out before the final dot, or
     /// it spoke nonsense.
     ///
@@ -268,6 +278,7 @@ impl Error {
             | Error::Timeout { .. }
             | Error::Protocol { .. }
             | Error::Auth { .. }
+            | Error::Token { .. }
             | Error::NoStartTls { .. }
             | Error::Io { .. } => true,
         }
@@ -307,6 +318,7 @@ impl Error {
             | Error::NoStartTls { upstream }
             | Error::MaybeDelivered { upstream, .. }
             | Error::Unsupported { upstream, .. }
+            | Error::Token { upstream, .. }
             | Error::Io { upstream, .. } => upstream,
         }
     }
@@ -320,7 +332,7 @@ impl Error {
             | Error::Protocol { stage, .. }
             | Error::Reply { stage, .. }
             | Error::Io { stage, .. } => *stage,
-            Error::Auth { .. } => Stage::Auth,
+            Error::Auth { .. } | Error::Token { .. } => Stage::Auth,
             Error::NoStartTls { .. } => Stage::StartTls,
             Error::MaybeDelivered { .. } => Stage::FinalDot,
             Error::Unsupported { .. } => Stage::Mail,
@@ -355,10 +367,18 @@ impl fmt::Display for Error {
                 stage,
                 reply,
             } => {
-                write!(f, "upstream {upstream}: {stage} refused: {reply}")
+                write!(f, "upstream {upstream}: {stage} refused: {reply}")?;
+                write_hint(f, reply)
             }
             Error::Auth { upstream, reply } => {
-                write!(f, "upstream {upstream}: authentication failed: {reply}")
+                write!(f, "upstream {upstream}: authentication failed: {reply}")?;
+                write_hint(f, reply)
+            }
+            Error::Token { upstream, source } => {
+                write!(
+                    f,
+                    "upstream {upstream}: cannot get an OAuth2 token: {source}"
+                )
             }
             Error::NoStartTls { upstream } => {
                 write!(f, "upstream {upstream}: upstream does not offer STARTTLS")
@@ -385,12 +405,21 @@ impl fmt::Display for Error {
     }
 }
 
+/// Appends what a known provider refusal means, when it is one (see [`hint`]).
+fn write_hint(f: &mut fmt::Formatter<'_>, reply: &UpstreamReply) -> fmt::Result {
+    match hint(reply) {
+        Some(h) => write!(f, " (hint: {h})"),
+        None => Ok(()),
+    }
+}
+
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Connect { source, .. }
             | Error::Tls { source, .. }
             | Error::Io { source, .. } => Some(source),
+            Error::Token { source, .. } => Some(source),
             _ => None,
         }
     }

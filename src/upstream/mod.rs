@@ -11,6 +11,8 @@
 //! - `client.rs`: one SMTP session's transactions: envelope, per-recipient outcomes,
 //!   dot-stuffed streaming.
 //! - `conn.rs`: the stream under it: timeouts, reply reading, EHLO, STARTTLS, AUTH.
+//! - [`oauth2`]: OAuth 2.0 access tokens for AUTH XOAUTH2 / OAUTHBEARER.
+//! - `hints.rs`: what known provider refusals mean, for the log.
 //! - `pool.rs`: per-upstream connection cap and idle reuse.
 //! - `tls.rs`: rustls client configuration (RFC 7817).
 //! - `route.rs`: sender, recipient, listener and identity → upstream names.
@@ -23,6 +25,8 @@ pub mod client;
 mod conn;
 pub mod directory;
 pub mod error;
+mod hints;
+pub mod oauth2;
 pub mod pool;
 pub mod route;
 pub mod settings;
@@ -37,13 +41,15 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::clock::Clock;
 use crate::config::schema::{Config, UpstreamAuth, UpstreamConfig, UpstreamTls};
 use crate::upstream::breaker::Breaker;
 use crate::upstream::client::{
-    Credentials, Outgoing, RcptOutcome, Security, Settings, Timeouts, TlsTarget,
+    AuthSecret, Credentials, Outgoing, RcptOutcome, Security, Settings, Timeouts, TlsTarget,
 };
 use crate::upstream::directory::Directory;
 use crate::upstream::error::{Error, Stage};
+use crate::upstream::oauth2::TokenObserver;
 use crate::upstream::pool::Pool;
 use crate::upstream::route::Router;
 use crate::upstream::shaping::Shaper;
@@ -72,7 +78,7 @@ pub enum BuildError {
         /// The cause.
         source: TlsError,
     },
-    /// Not exactly one of `auth.password` and `auth.password_file` is set.
+    /// Not exactly one of `auth.password`, `auth.password_file` and `auth.oauth2` is set.
     Password {
         /// Upstream name.
         upstream: String,
@@ -87,6 +93,15 @@ pub enum BuildError {
         path: PathBuf,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// The `auth.oauth2` section cannot be used (token URL, key, credentials).
+    OAuth2 {
+        /// Upstream name.
+        upstream: String,
+        /// The config key.
+        key: &'static str,
+        /// What is wrong.
+        problem: String,
     },
     /// Two upstreams share a name.
     Duplicate {
@@ -118,7 +133,7 @@ impl fmt::Display for BuildError {
             BuildError::Tls { upstream, source } => write!(f, "upstreams[{upstream}]: {source}"),
             BuildError::Password { upstream } => write!(
                 f,
-                "upstreams[{upstream}].auth: set exactly one of password and password_file"
+                "upstreams[{upstream}].auth: set exactly one of password, password_file and oauth2"
             ),
             BuildError::File {
                 upstream,
@@ -132,6 +147,11 @@ impl fmt::Display for BuildError {
                     path.display()
                 )
             }
+            BuildError::OAuth2 {
+                upstream,
+                key,
+                problem,
+            } => write!(f, "upstreams[{upstream}].{key}: {problem}"),
             BuildError::Duplicate { upstream } => {
                 write!(f, "upstreams: the name {upstream:?} is used twice")
             }
@@ -184,6 +204,17 @@ pub struct Rebuilt {
 pub struct Upstreams {
     router: Router,
     targets: HashMap<String, Target>,
+    context: Context,
+}
+
+/// What the upstreams share with the rest of the instance: the clock (token expiry) and
+/// who is told about token requests (the metrics). A reload keeps it.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    /// The instance's clock.
+    pub clock: Clock,
+    /// Told about OAuth2 token requests and expiry.
+    pub tokens: Option<Arc<dyn TokenObserver>>,
 }
 
 impl Upstreams {
@@ -197,14 +228,21 @@ impl Upstreams {
     /// `directory`) are resolved against `base_dir`, the config file's directory. Password
     /// files are read here, once; a directory upstream's directory is created if absent.
     pub fn with_base_dir(cfg: &Config, base_dir: &Path) -> Result<Upstreams, BuildError> {
-        Upstreams::build(cfg, base_dir, None)
+        Upstreams::build(cfg, base_dir, None, Context::default())
+    }
+
+    /// [`Upstreams::new`] with the instance's clock and token observer (kept by
+    /// [`Upstreams::rebuild`]).
+    pub fn with_context(cfg: &Config, context: Context) -> Result<Upstreams, BuildError> {
+        Upstreams::build(cfg, Path::new(""), None, context)
     }
 
     /// Builds the upstreams of a reloaded config, taking over from `previous` the pool of
     /// each SMTP upstream whose settings (and the files they name) did not change, so that a
     /// reload keeps warm connections. The other previous pools are returned as retired.
     pub fn rebuild(cfg: &Config, previous: &Upstreams) -> Result<Rebuilt, BuildError> {
-        let upstreams = Upstreams::build(cfg, Path::new(""), Some(previous))?;
+        let context = previous.context.clone();
+        let upstreams = Upstreams::build(cfg, Path::new(""), Some(previous), context)?;
         let mut kept = Vec::new();
         let mut retired = Vec::new();
         for (name, old) in &previous.targets {
@@ -231,11 +269,12 @@ impl Upstreams {
         cfg: &Config,
         base_dir: &Path,
         previous: Option<&Upstreams>,
+        context: Context,
     ) -> Result<Upstreams, BuildError> {
         let mut targets = HashMap::new();
         for u in &cfg.upstreams {
             let reuse = previous.and_then(|p| p.targets.get(&u.name));
-            let target = build_target(u, &cfg.hostname, base_dir, reuse)?;
+            let target = build_target(u, &cfg.hostname, base_dir, reuse, &context)?;
             if targets.insert(u.name.clone(), target).is_some() {
                 return Err(BuildError::Duplicate {
                     upstream: u.name.clone(),
@@ -253,7 +292,11 @@ impl Upstreams {
                 upstream: unknown.to_owned(),
             });
         }
-        Ok(Upstreams { router, targets })
+        Ok(Upstreams {
+            router,
+            targets,
+            context,
+        })
     }
 
     /// The sender router.
@@ -367,6 +410,7 @@ fn build_target(
     hostname: &str,
     base: &Path,
     previous: Option<&Target>,
+    context: &Context,
 ) -> Result<Target, BuildError> {
     match (&u.address, &u.directory) {
         (Some(address), None) => {
@@ -393,7 +437,7 @@ fn build_target(
                     shaper,
                 });
             }
-            let settings = settings(u, address, hostname, base)?;
+            let settings = settings(u, address, hostname, base, context)?;
             let pool = Pool::new(settings, u.max_connections(), u.idle_timeout().get())
                 .with_messages_per_connection(u.messages_per_connection());
             Ok(Target::Smtp {
@@ -420,9 +464,10 @@ fn build_target(
 }
 
 /// What an SMTP upstream's pool depends on: its config entry, the EHLO name (the hostname
-/// unless it names its own), and the contents of the files it names (CA file, password file), so that a
-/// renewed CA bundle or a rotated password counts as a change. A hash, so that the password
-/// is not kept a second time.
+/// unless it names its own), and the contents of the files it names (CA file, password file,
+/// OAuth2 client secret, certificate, key and refresh token), so that a renewed CA bundle or
+/// a rotated password or secret counts as a change (and gets a new token). A hash, so that
+/// the secrets are not kept a second time.
 fn fingerprint(u: &UpstreamConfig, hostname: &str, base: &Path) -> [u8; 32] {
     let mut h = Sha256::new();
     let mut part = |bytes: &[u8]| {
@@ -431,11 +476,16 @@ fn fingerprint(u: &UpstreamConfig, hostname: &str, base: &Path) -> [u8; 32] {
     };
     part(serde_json::to_string(u).unwrap_or_default().as_bytes());
     part(u.helo_name.as_deref().unwrap_or(hostname).as_bytes());
+    let oauth2 = u.auth.as_ref().and_then(|a| a.oauth2.as_ref());
+    let oauth2_files = oauth2
+        .into_iter()
+        .flat_map(|o| o.files())
+        .filter_map(|(_, f)| f);
     let files = [
-        u.ca_file.as_ref(),
-        u.auth.as_ref().and_then(|a| a.password_file.as_ref()),
+        u.ca_file.as_deref(),
+        u.auth.as_ref().and_then(|a| a.password_file.as_deref()),
     ];
-    for file in files.into_iter().flatten() {
+    for file in files.into_iter().flatten().chain(oauth2_files) {
         // An unreadable file fails the build itself; here it only has to differ.
         part(&std::fs::read(base.join(file)).unwrap_or_default());
     }
@@ -448,6 +498,7 @@ fn settings(
     address: &str,
     hostname: &str,
     base: &Path,
+    context: &Context,
 ) -> Result<Settings, BuildError> {
     let bad_address = || BuildError::Address {
         upstream: u.name.clone(),
@@ -477,7 +528,7 @@ fn settings(
     let credentials = u
         .auth
         .as_ref()
-        .map(|a| credentials(&u.name, a, base))
+        .map(|a| credentials(&u.name, a, base, context))
         .transpose()?;
     Ok(Settings {
         name: u.name.clone(),
@@ -494,11 +545,16 @@ fn settings(
 }
 
 /// Credentials with the password inline or read from `password_file` (trailing newline
-/// dropped, as editors and `echo` add one).
-fn credentials(upstream: &str, a: &UpstreamAuth, base: &Path) -> Result<Credentials, BuildError> {
-    let password = match (&a.password, &a.password_file) {
-        (Some(p), None) => p.clone(),
-        (None, Some(file)) => {
+/// dropped, as editors and `echo` add one), or an OAuth2 token source.
+fn credentials(
+    upstream: &str,
+    a: &UpstreamAuth,
+    base: &Path,
+    context: &Context,
+) -> Result<Credentials, BuildError> {
+    let secret = match (&a.password, &a.password_file, &a.oauth2) {
+        (Some(p), None, None) => AuthSecret::Password(p.clone()),
+        (None, Some(file), None) => {
             let path = base.join(file);
             let text = std::fs::read_to_string(&path).map_err(|source| BuildError::File {
                 upstream: upstream.to_owned(),
@@ -507,7 +563,12 @@ fn credentials(upstream: &str, a: &UpstreamAuth, base: &Path) -> Result<Credenti
                 source,
             })?;
             let text = text.strip_suffix('\n').unwrap_or(&text);
-            text.strip_suffix('\r').unwrap_or(text).to_owned()
+            AuthSecret::Password(text.strip_suffix('\r').unwrap_or(text).to_owned())
+        }
+        (None, None, Some(o)) => {
+            let observer = context.tokens.clone();
+            let source = oauth2::source(upstream, o, base, context.clock.clone(), observer)?;
+            AuthSecret::OAuth2(source)
         }
         _ => {
             return Err(BuildError::Password {
@@ -517,7 +578,7 @@ fn credentials(upstream: &str, a: &UpstreamAuth, base: &Path) -> Result<Credenti
     };
     Ok(Credentials {
         username: a.username.clone(),
-        password,
+        secret,
     })
 }
 

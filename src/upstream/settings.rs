@@ -9,6 +9,8 @@ use std::time::Duration;
 use rustls::ClientConfig;
 use rustls::pki_types::ServerName;
 
+use crate::upstream::oauth2::TokenSource;
+
 /// RFC 5321 4.5.3.2.6: the client waits at least 10 minutes for the reply to the final dot.
 const FINAL_DOT_MIN: Duration = Duration::from_secs(600);
 
@@ -32,20 +34,39 @@ pub struct TlsTarget {
     pub server_name: ServerName<'static>,
 }
 
-/// Upstream AUTH credentials. `Debug` hides the password.
+/// Upstream AUTH credentials. `Debug` hides the secret.
 #[derive(Clone)]
 pub struct Credentials {
-    /// Login name.
+    /// Login name (with OAuth2: the mailbox).
     pub username: String,
-    /// Password (from `password` or `password_file`).
-    pub password: String,
+    /// What proves it.
+    pub secret: AuthSecret,
+}
+
+/// A password, or the source of OAuth 2.0 access tokens. `Debug` hides the password.
+#[derive(Clone)]
+pub enum AuthSecret {
+    /// A password (from `password` or `password_file`): AUTH PLAIN or LOGIN.
+    Password(String),
+    /// Access tokens (`oauth2`): AUTH XOAUTH2 or OAUTHBEARER (RFC 7628).
+    OAuth2(Arc<TokenSource>),
+}
+
+impl fmt::Debug for AuthSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthSecret::Password(_) => f.write_str("Password(..)"),
+            AuthSecret::OAuth2(source) => f.debug_tuple("OAuth2").field(source).finish(),
+        }
+    }
 }
 
 impl fmt::Debug for Credentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credentials")
             .field("username", &self.username)
-            .finish_non_exhaustive()
+            .field("secret", &self.secret)
+            .finish()
     }
 }
 

@@ -27,7 +27,7 @@ fn settings(addr: SocketAddr, security: Security) -> Settings {
 fn creds(password: &str) -> Option<Credentials> {
     Some(Credentials {
         username: "user".into(),
-        password: password.into(),
+        secret: AuthSecret::Password(password.into()),
     })
 }
 

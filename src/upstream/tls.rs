@@ -103,6 +103,18 @@ pub fn client_config(ca_file: Option<&Path>, verify: bool) -> Result<Arc<ClientC
     Ok(Arc::new(config))
 }
 
+/// A configuration that trusts no certificate: for an HTTP client that only ever speaks
+/// plain HTTP to a loopback address (an `http://127.0.0.1` token endpoint) but must be
+/// given one.
+pub fn no_roots_config() -> Result<ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&TLS13, &TLS12])
+        .map_err(TlsError::Rustls)?
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth())
+}
+
 /// Trust anchors: the CA file when given (and then only it), else the system store.
 fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
     let mut store = RootCertStore::empty();
