@@ -32,6 +32,7 @@ use crate::config::{MAX_ARGON2_M_COST, config_dir, resolve};
 
 mod http;
 mod identity;
+mod oauth2;
 mod policy;
 mod routes;
 use policy::Owner;
@@ -373,11 +374,20 @@ impl Checker<'_> {
             format!("{auth_key}.username"),
             "must not be empty",
         )?;
+        if let Some(oauth2) = &auth.oauth2 {
+            let password = auth.password.is_some() || auth.password_file.is_some();
+            self.ensure(
+                !password,
+                format!("{auth_key}.oauth2"),
+                "set password, password_file or oauth2, only one",
+            )?;
+            return self.oauth2(&format!("{auth_key}.oauth2"), oauth2);
+        }
         match (&auth.password, &auth.password_file) {
             (Some(_), None) => Ok(()),
             (None, Some(file)) => self.password_file(&format!("{auth_key}.password_file"), file),
             (Some(_), Some(_)) => self.fail(auth_key, "set password or password_file, not both"),
-            (None, None) => self.fail(auth_key, "set password or password_file"),
+            (None, None) => self.fail(auth_key, "set password, password_file or oauth2"),
         }
     }
 
@@ -413,7 +423,7 @@ impl Checker<'_> {
     }
 
     /// A PEM file with at least one certificate.
-    fn certificates(&self, key: &str, written: &Path) -> Checked {
+    pub(super) fn certificates(&self, key: &str, written: &Path) -> Checked {
         let path = resolve(self.base, written);
         let found = CertificateDer::pem_file_iter(&path).and_then(|items| {
             items
@@ -430,7 +440,7 @@ impl Checker<'_> {
     }
 
     /// A PEM file with a private key (PKCS#8, PKCS#1 or SEC1).
-    fn private_key(&self, key: &str, written: &Path) -> Checked {
+    pub(super) fn private_key(&self, key: &str, written: &Path) -> Checked {
         match PrivateKeyDer::from_pem_file(resolve(self.base, written)) {
             Ok(_) => Ok(()),
             Err(pem::Error::NoItemsFound) => {
@@ -441,7 +451,7 @@ impl Checker<'_> {
     }
 
     /// A readable, non-empty password file; its content never reaches an error.
-    fn password_file(&self, key: &str, written: &Path) -> Checked {
+    pub(super) fn password_file(&self, key: &str, written: &Path) -> Checked {
         match std::fs::read(resolve(self.base, written)) {
             Err(e) => self.fail(key, format!("cannot read {written:?}: {}", describe_io(&e))),
             Ok(bytes) if bytes.trim_ascii_end().is_empty() => {
