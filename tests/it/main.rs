@@ -21,6 +21,7 @@ mod external;
 mod headers;
 mod lockout;
 mod metrics;
+mod oauth2;
 mod prometheus;
 mod protocol;
 mod ratelimit;

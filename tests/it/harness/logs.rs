@@ -23,7 +23,8 @@ fn captured() -> &'static Mutex<Captured> {
     CAPTURED.get_or_init(Mutex::default)
 }
 
-/// What must never be logged: every password the suite uses, plain and as AUTH sends it.
+/// What must never be logged: every password the suite uses, plain and as AUTH sends it,
+/// and the OAuth2 client secret, refresh tokens and access tokens.
 fn secrets() -> &'static [String] {
     static SECRETS: OnceLock<Vec<String>> = OnceLock::new();
     SECRETS.get_or_init(|| {
@@ -37,6 +38,10 @@ fn secrets() -> &'static [String] {
             relay_pw.to_owned(),
             b64(relay_pw),
             b64(&format!("\0{relay_user}\0{relay_pw}")),
+            super::token::TOKEN_PREFIX.to_owned(),
+            super::token::REFRESH_PREFIX.to_owned(),
+            super::token::CLIENT_SECRET.to_owned(),
+            super::token::REFRESH_TOKEN.to_owned(),
         ];
         all.retain(|s| s.len() >= 6);
         all

@@ -13,6 +13,7 @@ pub mod client;
 pub mod http;
 pub mod logs;
 pub mod sink;
+pub mod token;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -25,7 +26,7 @@ use tempfile::TempDir;
 
 use self::ca::TestCa;
 use self::client::Dialog;
-use self::sink::{Sink, SinkOptions, reserve_port};
+use self::sink::{Sink, SinkOAuth, SinkOptions, reserve_port};
 
 /// The user every test server knows.
 pub const USER: &str = "alice";
@@ -76,6 +77,11 @@ pub struct Opts {
     pub users: String,
     /// Extra keys for the `sink` upstream's flow mapping, e.g. `"messages_per_minute: 2"`.
     pub upstream_keys: String,
+    /// With [`Upstream::StartTlsAuth`]: the upstream's `auth` (and any further keys of its
+    /// flow mapping) instead of the password, e.g. an `oauth2` section.
+    pub upstream_auth: Option<String>,
+    /// With [`Upstream::StartTlsAuth`]: the sink requires OAuth2 instead of a password.
+    pub sink_oauth: Option<SinkOAuth>,
 }
 
 impl Default for Opts {
@@ -90,6 +96,8 @@ impl Default for Opts {
             alice: String::new(),
             users: String::new(),
             upstream_keys: String::new(),
+            upstream_auth: None,
+            sink_oauth: None,
         }
     }
 }
@@ -293,7 +301,9 @@ fn sink_options(ca: &TestCa, opts: &Opts) -> SinkOptions {
         starttls: secure.then(|| ca.server_config()),
         implicit_tls: opts.upstream == Upstream::ImplicitAuth,
         require_tls: secure,
-        auth: secure.then(|| (UPSTREAM_CREDS.0.to_owned(), UPSTREAM_CREDS.1.to_owned())),
+        auth: (secure && opts.sink_oauth.is_none())
+            .then(|| (UPSTREAM_CREDS.0.to_owned(), UPSTREAM_CREDS.1.to_owned())),
+        oauth: opts.sink_oauth.clone().filter(|_| secure),
     }
 }
 
@@ -307,11 +317,15 @@ fn config_yaml(dir: &Path, ca: &TestCa, sink_port: u16, opts: &Opts) -> String {
             } else {
                 "implicit"
             };
+            let auth = opts.upstream_auth.clone().unwrap_or_else(|| {
+                format!(
+                    "auth: {{username: \"{}\", password: \"{}\"}}",
+                    UPSTREAM_CREDS.0, UPSTREAM_CREDS.1
+                )
+            });
             format!(
-                "tls: {mode}, ca_file: {}, server_name: localhost, auth: {{username: \"{}\", password: \"{}\"}}",
+                "tls: {mode}, ca_file: {}, server_name: localhost, {auth}",
                 ca.ca_file.display(),
-                UPSTREAM_CREDS.0,
-                UPSTREAM_CREDS.1
             )
         }
     };

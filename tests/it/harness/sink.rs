@@ -22,6 +22,9 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 
+mod oauth;
+pub use oauth::SinkOAuth;
+
 /// Largest command line or DATA the sink buffers; a client exceeding it is cut off.
 const MAX_BUFFER: usize = 32 << 20;
 /// The transcript keeps this many most recent lines (for failure messages).
@@ -41,6 +44,8 @@ pub struct SinkOptions {
     pub require_tls: bool,
     /// Require AUTH PLAIN or LOGIN with this (username, password) before MAIL.
     pub auth: Option<(String, String)>,
+    /// Require AUTH XOAUTH2 / OAUTHBEARER with a token the test endpoint issued.
+    pub oauth: Option<SinkOAuth>,
 }
 
 impl Default for SinkOptions {
@@ -51,6 +56,7 @@ impl Default for SinkOptions {
             implicit_tls: false,
             require_tls: false,
             auth: None,
+            oauth: None,
         }
     }
 }
@@ -125,6 +131,8 @@ impl Received {
 #[derive(Debug)]
 struct State {
     opts: SinkOptions,
+    /// The listening port (OAUTHBEARER names it).
+    port: u16,
     extensions: Extensions,
     faults: Mutex<Vec<(Fault, Option<u32>)>>,
     messages: Mutex<Vec<Received>>,
@@ -226,6 +234,7 @@ impl Sink {
         let addr = listener.local_addr().unwrap();
         let state = Arc::new(State {
             opts,
+            port: addr.port(),
             extensions,
             faults: Mutex::new(Vec::new()),
             messages: Mutex::new(Vec::new()),
@@ -598,6 +607,11 @@ fn ehlo_lines(opts: &SinkOptions, ext: Extensions, tls: bool, extended: bool) ->
     if opts.auth.is_some() && (tls || !opts.require_tls) {
         caps.push("AUTH PLAIN LOGIN".into());
     }
+    if let Some(o) = &opts.oauth
+        && (tls || !opts.require_tls)
+    {
+        caps.push(format!("AUTH {}", o.mechanisms.join(" ")));
+    }
     caps.push("ENHANCEDSTATUSCODES".into());
     let last = caps.len() - 1;
     caps.iter()
@@ -612,6 +626,22 @@ async fn auth<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut Session,
     arg: &str,
 ) -> std::io::Result<()> {
+    if let Some(o) = c.state.opts.oauth.clone() {
+        let (mech, initial) = match arg.split_once(' ') {
+            Some((m, ir)) => (m.to_ascii_uppercase(), Some(ir.to_owned())),
+            None => (arg.to_ascii_uppercase(), None),
+        };
+        if !o.mechanisms.contains(&mech.as_str()) {
+            c.state
+                .violation(c.id, format!("AUTH {mech} was not offered"));
+            return c.reply("504 5.5.4 Unrecognized authentication type").await;
+        }
+        if (c.state.opts.require_tls && !c.tls) || s.helo.is_none() || s.auth.is_some() {
+            c.state.violation(c.id, "AUTH out of sequence");
+            return c.reply("503 5.5.1 Bad sequence of commands").await;
+        }
+        return oauth::auth(c, s, &o, &mech, initial).await;
+    }
     let Some((user, pass)) = c.state.opts.auth.clone() else {
         return c.reply("502 5.5.1 AUTH not available").await;
     };
@@ -773,7 +803,7 @@ async fn mail<S: AsyncRead + AsyncWrite + Unpin>(
             .reply("530 5.7.0 Must issue a STARTTLS command first")
             .await;
     }
-    if c.state.opts.auth.is_some() && s.auth.is_none() {
+    if (c.state.opts.auth.is_some() || c.state.opts.oauth.is_some()) && s.auth.is_none() {
         return c.reply("530 5.7.0 Authentication required").await;
     }
     let Some(helo) = s.helo.clone() else {
