@@ -201,3 +201,7 @@ pub fn source(
         observer,
     )))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+mod tests;
