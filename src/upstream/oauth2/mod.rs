@@ -144,25 +144,7 @@ pub fn source(
         problem,
     };
     let url = o.endpoint().map_err(|p| bad("auth.oauth2.token_url", p))?;
-    let auth = match (&o.client_secret_file, &o.client_certificate, &o.client_key) {
-        (Some(file), None, None) => ClientAuth::Secret(read_secret(
-            upstream,
-            "auth.oauth2.client_secret_file",
-            &base.join(file),
-        )?),
-        (None, Some(cert), Some(key)) => {
-            let cert = read(upstream, "auth.oauth2.client_certificate", &base.join(cert))?;
-            let key_pem = read(upstream, "auth.oauth2.client_key", &base.join(key))?;
-            ClientAuth::Assertion(
-                Signer::new(&cert, &key_pem).map_err(|p| bad("auth.oauth2.client_key", p))?,
-            )
-        }
-        (None, None, None) => ClientAuth::None,
-        _ => {
-            let problem = "set client_secret_file, or client_certificate and client_key".into();
-            return Err(bad("auth.oauth2", problem));
-        }
-    };
+    let auth = client_auth(upstream, o, base)?;
     let refresh_token = o
         .refresh_token_file
         .as_ref()
@@ -178,18 +160,10 @@ pub fn source(
         }
         (None, _) => GrantKind::ClientCredentials,
     };
-    let tls = if url.scheme() == "https" {
-        let config = tls::client_config(None, true).map_err(|source| BuildError::Tls {
-            upstream: upstream.to_owned(),
-            source,
-        })?;
-        rustls::ClientConfig::clone(&config)
-    } else {
-        tls::no_roots_config().map_err(|source| BuildError::Tls {
-            upstream: upstream.to_owned(),
-            source,
-        })?
-    };
+    let tls = http_tls(url.scheme() == "https").map_err(|source| BuildError::Tls {
+        upstream: upstream.to_owned(),
+        source,
+    })?;
     let scope = o.effective_scope().map(str::to_owned);
     let endpoint = Endpoint::new(url, o.client_id.clone(), scope, grant, auth, tls)
         .map_err(|p| bad("auth.oauth2", p))?;
@@ -200,6 +174,44 @@ pub fn source(
         clock,
         observer,
     )))
+}
+
+/// The client secret, or the assertion signer of the certificate and key, or none.
+fn client_auth(upstream: &str, o: &OAuth2Config, base: &Path) -> Result<ClientAuth, BuildError> {
+    match (&o.client_secret_file, &o.client_certificate, &o.client_key) {
+        (Some(file), None, None) => Ok(ClientAuth::Secret(read_secret(
+            upstream,
+            "auth.oauth2.client_secret_file",
+            &base.join(file),
+        )?)),
+        (None, Some(cert), Some(key)) => {
+            let cert = read(upstream, "auth.oauth2.client_certificate", &base.join(cert))?;
+            let key_pem = read(upstream, "auth.oauth2.client_key", &base.join(key))?;
+            let signer = Signer::new(&cert, &key_pem).map_err(|problem| BuildError::OAuth2 {
+                upstream: upstream.to_owned(),
+                key: "auth.oauth2.client_key",
+                problem,
+            })?;
+            Ok(ClientAuth::Assertion(signer))
+        }
+        (None, None, None) => Ok(ClientAuth::None),
+        _ => Err(BuildError::OAuth2 {
+            upstream: upstream.to_owned(),
+            key: "auth.oauth2",
+            problem: "set client_secret_file, or client_certificate and client_key".into(),
+        }),
+    }
+}
+
+/// The token endpoint's TLS: the system roots for `https`; for plain `http` (loopback
+/// only) a configuration that trusts nothing, since the client must be given one.
+fn http_tls(https: bool) -> Result<rustls::ClientConfig, tls::TlsError> {
+    if https {
+        let shared = tls::client_config(None, true)?;
+        Ok(rustls::ClientConfig::clone(&shared))
+    } else {
+        tls::no_roots_config()
+    }
 }
 
 #[cfg(test)]
