@@ -8,7 +8,7 @@ use std::path::Path;
 use reqwest::Url;
 
 use crate::config::resolve;
-use crate::config::schema::{OAuth2Config, OAuth2Provider};
+use crate::config::schema::{OAuth2Config, Provider};
 
 /// Microsoft Entra ID's v2.0 token endpoint, for a tenant.
 const MICROSOFT_TOKEN_URL: &str = "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token";
@@ -23,17 +23,18 @@ impl OAuth2Config {
     /// The token endpoint: `token_url`, else the provider's (Microsoft's needs `tenant`).
     /// RFC 6749 3.2 requires TLS to the token endpoint; plain `http` is allowed only to a
     /// loopback address (tests, a local token helper).
-    pub fn endpoint(&self) -> Result<Url, String> {
-        let written = match (&self.token_url, self.provider) {
+    /// `provider` is the effective one (see [`OAuth2Config::provider_or`]).
+    pub fn endpoint(&self, provider: Provider) -> Result<Url, String> {
+        let written = match (&self.token_url, provider) {
             (Some(url), _) => url.clone(),
-            (None, OAuth2Provider::Microsoft) => match &self.tenant {
+            (None, Provider::Microsoft) => match &self.tenant {
                 Some(t) => MICROSOFT_TOKEN_URL.replace("{tenant}", t),
                 None => {
                     return Err("required for provider microsoft unless token_url is set".into());
                 }
             },
-            (None, OAuth2Provider::Google) => GOOGLE_TOKEN_URL.to_owned(),
-            (None, OAuth2Provider::Generic) => {
+            (None, Provider::Google) => GOOGLE_TOKEN_URL.to_owned(),
+            (None, Provider::Generic) => {
                 return Err("required for provider generic: set token_url".into());
             }
         };
@@ -48,13 +49,18 @@ impl OAuth2Config {
         }
     }
 
+    /// This section's `provider`, else the upstream's; `None` when neither is set.
+    pub fn provider_or(&self, upstream: Option<Provider>) -> Option<Provider> {
+        self.provider.or(upstream)
+    }
+
     /// The scope asked for: `scope`, else the provider's.
-    pub fn effective_scope(&self) -> Option<&str> {
-        match (&self.scope, self.provider) {
+    pub fn effective_scope(&self, provider: Provider) -> Option<&str> {
+        match (&self.scope, provider) {
             (Some(s), _) => Some(s.as_str()),
-            (None, OAuth2Provider::Microsoft) => Some(MICROSOFT_SCOPE),
-            (None, OAuth2Provider::Google) => Some(GOOGLE_SCOPE),
-            (None, OAuth2Provider::Generic) => None,
+            (None, Provider::Microsoft) => Some(MICROSOFT_SCOPE),
+            (None, Provider::Google) => Some(GOOGLE_SCOPE),
+            (None, Provider::Generic) => None,
         }
     }
 
@@ -97,9 +103,13 @@ fn is_loopback(url: &Url) -> bool {
 mod tests {
     use super::*;
 
-    fn cfg(provider: OAuth2Provider, tenant: Option<&str>, url: Option<&str>) -> OAuth2Config {
-        OAuth2Config {
-            provider,
+    fn cfg(
+        provider: Provider,
+        tenant: Option<&str>,
+        url: Option<&str>,
+    ) -> (OAuth2Config, Provider) {
+        let c = OAuth2Config {
+            provider: Some(provider),
             tenant: tenant.map(str::to_owned),
             client_id: "c".into(),
             client_secret_file: None,
@@ -108,25 +118,35 @@ mod tests {
             refresh_token_file: None,
             token_url: url.map(str::to_owned),
             scope: None,
-        }
+        };
+        (c, provider)
     }
 
     #[test]
     fn provider_endpoints_and_scopes() {
-        use OAuth2Provider::*;
-        let ms = cfg(Microsoft, Some("contoso.onmicrosoft.com"), None);
+        use Provider::*;
+        let (ms, p) = cfg(Microsoft, Some("contoso.onmicrosoft.com"), None);
         assert_eq!(
-            ms.endpoint().unwrap().as_str(),
+            ms.endpoint(p).unwrap().as_str(),
             "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
         );
-        assert_eq!(ms.effective_scope(), Some(MICROSOFT_SCOPE));
-        let g = cfg(Google, None, None);
+        assert_eq!(ms.effective_scope(p), Some(MICROSOFT_SCOPE));
+        let (g, p) = cfg(Google, None, None);
         assert_eq!(
-            g.endpoint().unwrap().as_str(),
+            g.endpoint(p).unwrap().as_str(),
             "https://oauth2.googleapis.com/token"
         );
-        assert_eq!(g.effective_scope(), Some(GOOGLE_SCOPE));
-        assert_eq!(cfg(Generic, None, None).effective_scope(), None);
+        assert_eq!(g.effective_scope(p), Some(GOOGLE_SCOPE));
+        let (generic, p) = cfg(Generic, None, None);
+        assert_eq!(generic.effective_scope(p), None);
+        // The section's provider wins over the upstream's; the upstream's fills in.
+        assert_eq!(generic.provider_or(Some(Microsoft)), Some(Generic));
+        let unset = OAuth2Config {
+            provider: None,
+            ..generic
+        };
+        assert_eq!(unset.provider_or(Some(Microsoft)), Some(Microsoft));
+        assert_eq!(unset.provider_or(None), None);
         let rows = [
             (
                 cfg(Microsoft, None, None),
@@ -145,8 +165,8 @@ mod tests {
                 "\"ftp://127.0.0.1/t\": scheme \"ftp\" is not https",
             ),
         ];
-        for (c, problem) in rows {
-            assert_eq!(c.endpoint().unwrap_err(), problem);
+        for ((c, p), problem) in rows {
+            assert_eq!(c.endpoint(p).unwrap_err(), problem);
         }
         for ok in [
             "http://127.0.0.1:8080/t",
@@ -154,7 +174,22 @@ mod tests {
             "http://localhost/t",
             "https://idp.example/t",
         ] {
-            assert!(cfg(Generic, None, Some(ok)).endpoint().is_ok(), "{ok}");
+            let (c, p) = cfg(Generic, None, Some(ok));
+            assert!(c.endpoint(p).is_ok(), "{ok}");
         }
+    }
+
+    /// `provider` in `auth.oauth2` is the upstream's provider when the upstream names none:
+    /// it implies Microsoft 365's caps too.
+    #[test]
+    fn oauth2_provider_implies_the_upstreams() {
+        use crate::config::schema::UpstreamConfig;
+        let yaml = "{name: m, address: \"smtp.office365.com:587\", auth: {username: a@b, \
+                    oauth2: {provider: microsoft, tenant: t, client_id: c}}}";
+        let u: UpstreamConfig = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(u.effective_provider(), Some(Provider::Microsoft));
+        assert_eq!(u.max_connections(), 3);
+        assert_eq!(u.caps().messages_per_minute, 30);
+        assert_eq!(u.caps().recipients_per_day, 10_000);
     }
 }

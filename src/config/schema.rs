@@ -336,17 +336,24 @@ pub struct UpstreamConfig {
 }
 
 impl UpstreamConfig {
+    /// The provider: `provider`, else that of `auth.oauth2`.
+    pub fn effective_provider(&self) -> Option<Provider> {
+        let oauth2 = self.auth.as_ref().and_then(|a| a.oauth2.as_ref());
+        self.provider.or(oauth2.and_then(|o| o.provider))
+    }
+
     /// `max_connections`, else the provider's, else 4.
     pub fn max_connections(&self) -> usize {
-        self.max_connections.unwrap_or(match self.provider {
-            Some(Provider::Microsoft) => 3,
-            _ => default_upstream_connections(),
-        })
+        self.max_connections
+            .unwrap_or(match self.effective_provider() {
+                Some(Provider::Microsoft) => 3,
+                _ => default_upstream_connections(),
+            })
     }
 
     /// The account caps: each key if set, else the provider's (`0`: none).
     pub fn caps(&self) -> crate::upstream::shaping::Caps {
-        let microsoft = self.provider == Some(Provider::Microsoft);
+        let microsoft = self.effective_provider() == Some(Provider::Microsoft);
         crate::upstream::shaping::Caps {
             messages_per_minute: self
                 .messages_per_minute
@@ -457,6 +464,17 @@ pub enum Provider {
     Generic,
 }
 
+impl Provider {
+    /// The name as written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Microsoft => "microsoft",
+            Provider::Google => "google",
+            Provider::Generic => "generic",
+        }
+    }
+}
+
 /// TLS to an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -498,8 +516,9 @@ pub struct UpstreamAuth {
 #[serde(deny_unknown_fields)]
 pub struct OAuth2Config {
     /// `microsoft`, `google` or `generic`: sets the default `token_url` and `scope`.
-    /// Required.
-    pub provider: OAuth2Provider,
+    /// Default: the upstream's `provider`; one of the two is required (and they must agree).
+    #[serde(default)]
+    pub provider: Option<Provider>,
     /// The Entra ID tenant (a GUID or a domain); required for `microsoft` unless
     /// `token_url` is set.
     #[serde(default)]
@@ -527,29 +546,6 @@ pub struct OAuth2Config {
     /// `https://mail.google.com/` (google), none (generic).
     #[serde(default)]
     pub scope: Option<String>,
-}
-
-/// Which OAuth 2.0 service issues the tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OAuth2Provider {
-    /// Microsoft Entra ID (Microsoft 365 / Exchange Online).
-    Microsoft,
-    /// Google (Workspace, Gmail).
-    Google,
-    /// Any token endpoint (`token_url` required).
-    Generic,
-}
-
-impl OAuth2Provider {
-    /// The name as written in the config.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OAuth2Provider::Microsoft => "microsoft",
-            OAuth2Provider::Google => "google",
-            OAuth2Provider::Generic => "generic",
-        }
-    }
 }
 
 /// A routing rule: every condition it sets must hold (a condition left out holds for

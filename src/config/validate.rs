@@ -381,7 +381,7 @@ impl Checker<'_> {
                 format!("{auth_key}.oauth2"),
                 "set password, password_file or oauth2, only one",
             )?;
-            return self.oauth2(&format!("{auth_key}.oauth2"), oauth2);
+            return self.oauth2(&format!("{auth_key}.oauth2"), oauth2, u.provider);
         }
         match (&auth.password, &auth.password_file) {
             (Some(_), None) => Ok(()),

@@ -528,7 +528,7 @@ fn settings(
     let credentials = u
         .auth
         .as_ref()
-        .map(|a| credentials(&u.name, a, base, context))
+        .map(|a| credentials(u, a, base, context))
         .transpose()?;
     Ok(Settings {
         name: u.name.clone(),
@@ -547,7 +547,7 @@ fn settings(
 /// Credentials with the password inline or read from `password_file` (trailing newline
 /// dropped, as editors and `echo` add one), or an OAuth2 token source.
 fn credentials(
-    upstream: &str,
+    u: &UpstreamConfig,
     a: &UpstreamAuth,
     base: &Path,
     context: &Context,
@@ -557,7 +557,7 @@ fn credentials(
         (None, Some(file), None) => {
             let path = base.join(file);
             let text = std::fs::read_to_string(&path).map_err(|source| BuildError::File {
-                upstream: upstream.to_owned(),
+                upstream: u.name.clone(),
                 key: "auth.password_file",
                 path,
                 source,
@@ -567,12 +567,13 @@ fn credentials(
         }
         (None, None, Some(o)) => {
             let observer = context.tokens.clone();
-            let source = oauth2::source(upstream, o, base, context.clock.clone(), observer)?;
+            let clock = context.clock.clone();
+            let source = oauth2::source(&u.name, u.provider, o, base, clock, observer)?;
             AuthSecret::OAuth2(source)
         }
         _ => {
             return Err(BuildError::Password {
-                upstream: upstream.to_owned(),
+                upstream: u.name.clone(),
             });
         }
     };

@@ -5,13 +5,34 @@
 use std::path::Path;
 
 use crate::config::resolve;
-use crate::config::schema::{OAuth2Config, OAuth2Provider};
+use crate::config::schema::{OAuth2Config, Provider};
 
 use super::{Checked, Checker};
 
 impl Checker<'_> {
-    /// One `auth.oauth2` section under `key`.
-    pub(super) fn oauth2(&self, key: &str, o: &OAuth2Config) -> Checked {
+    /// One `auth.oauth2` section under `key`; `upstream` is the upstream's own `provider`.
+    pub(super) fn oauth2(
+        &self,
+        key: &str,
+        o: &OAuth2Config,
+        upstream: Option<Provider>,
+    ) -> Checked {
+        let Some(provider) = o.provider_or(upstream) else {
+            let problem =
+                "required: microsoft, google or generic (here or as the upstream's provider)";
+            return self.fail(format!("{key}.provider"), problem);
+        };
+        if let (Some(own), Some(theirs)) = (o.provider, upstream) {
+            self.ensure(
+                own == theirs,
+                format!("{key}.provider"),
+                format!(
+                    "{} differs from the upstream's provider {}",
+                    own.as_str(),
+                    theirs.as_str()
+                ),
+            )?;
+        }
         self.ensure(
             !o.client_id.trim().is_empty(),
             format!("{key}.client_id"),
@@ -30,20 +51,20 @@ impl Checker<'_> {
                 format!("{tenant:?} is not a tenant id or domain"),
             )?;
         }
-        let url_key = match (o.provider, &o.token_url) {
-            (OAuth2Provider::Microsoft, None) => "tenant",
+        let url_key = match (provider, &o.token_url) {
+            (Provider::Microsoft, None) => "tenant",
             _ => "token_url",
         };
-        if let Err(problem) = o.endpoint() {
+        if let Err(problem) = o.endpoint(provider) {
             return self.fail(format!("{key}.{url_key}"), problem);
         }
-        self.oauth2_credential(key, o)
+        self.oauth2_credential(key, o, provider)
     }
 
     /// Exactly one way to prove the client (a secret, or a certificate and its key), or
     /// none with a refresh token (a public client); Google's refresh grant needs the
     /// secret.
-    fn oauth2_credential(&self, key: &str, o: &OAuth2Config) -> Checked {
+    fn oauth2_credential(&self, key: &str, o: &OAuth2Config, provider: Provider) -> Checked {
         let (secret, cert, private) = (
             o.client_secret_file.as_deref(),
             o.client_certificate.as_deref(),
@@ -69,8 +90,8 @@ impl Checker<'_> {
             }
             _ => {}
         }
-        match o.provider {
-            OAuth2Provider::Google => {
+        match provider {
+            Provider::Google => {
                 self.ensure(
                     refresh.is_some(),
                     format!("{key}.refresh_token_file"),
@@ -82,7 +103,7 @@ impl Checker<'_> {
                     "required for provider google",
                 )?;
             }
-            OAuth2Provider::Microsoft | OAuth2Provider::Generic => {
+            Provider::Microsoft | Provider::Generic => {
                 self.ensure(
                     secret.is_some() || cert.is_some() || refresh.is_some(),
                     key,

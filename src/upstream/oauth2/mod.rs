@@ -25,7 +25,7 @@ pub use endpoint::{GrantKind, TokenError};
 pub use source::TokenSource;
 
 use crate::clock::Clock;
-use crate::config::schema::OAuth2Config;
+use crate::config::schema::{OAuth2Config, Provider};
 use crate::upstream::BuildError;
 use crate::upstream::tls;
 use assertion::Signer;
@@ -129,10 +129,11 @@ fn read(upstream: &str, key: &'static str, path: &Path) -> Result<Vec<u8>, Build
     })
 }
 
-/// Builds the token source of `upstream` from its `auth.oauth2` section; relative paths
-/// are taken from `base`.
+/// Builds the token source of `upstream` from its `auth.oauth2` section (the provider
+/// defaulting to `upstream_provider`); relative paths are taken from `base`.
 pub fn source(
     upstream: &str,
+    upstream_provider: Option<Provider>,
     o: &OAuth2Config,
     base: &Path,
     clock: Clock,
@@ -143,7 +144,13 @@ pub fn source(
         key,
         problem,
     };
-    let url = o.endpoint().map_err(|p| bad("auth.oauth2.token_url", p))?;
+    let Some(provider) = o.provider_or(upstream_provider) else {
+        let problem = "required (here or as the upstream's provider)".to_owned();
+        return Err(bad("auth.oauth2.provider", problem));
+    };
+    let url = o
+        .endpoint(provider)
+        .map_err(|p| bad("auth.oauth2.token_url", p))?;
     let auth = client_auth(upstream, o, base)?;
     let refresh_token = o
         .refresh_token_file
@@ -164,7 +171,7 @@ pub fn source(
         upstream: upstream.to_owned(),
         source,
     })?;
-    let scope = o.effective_scope().map(str::to_owned);
+    let scope = o.effective_scope(provider).map(str::to_owned);
     let endpoint = Endpoint::new(url, o.client_id.clone(), scope, grant, auth, tls)
         .map_err(|p| bad("auth.oauth2", p))?;
     Ok(Arc::new(TokenSource::new(

@@ -12,7 +12,7 @@ use axum::routing::post;
 use tokio::sync::Semaphore;
 
 use super::*;
-use crate::config::schema::{Config, OAuth2Provider};
+use crate::config::schema::{Config, Provider};
 use crate::upstream::Upstreams;
 
 /// An endpoint that counts requests and answers each only when the test adds a permit to
@@ -59,7 +59,7 @@ async fn fake(lifetime: u64) -> Fake {
 
 fn config(url: &str, secret: &std::path::Path) -> OAuth2Config {
     OAuth2Config {
-        provider: OAuth2Provider::Generic,
+        provider: Some(Provider::Generic),
         tenant: None,
         client_id: "app".into(),
         client_secret_file: Some(secret.to_owned()),
@@ -83,7 +83,7 @@ async fn concurrent_callers_share_one_request() {
     let fake = fake(3600).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&fake.url, &secret_file(&dir));
-    let src = source("a", &cfg, dir.path(), Clock::new(), None).unwrap();
+    let src = source("a", None, &cfg, dir.path(), Clock::new(), None).unwrap();
     let mut callers = tokio::task::JoinSet::new();
     for _ in 0..8 {
         let src = src.clone();
@@ -119,7 +119,7 @@ async fn refresh_timing_fallback_and_rejection() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&fake.url, &secret_file(&dir));
     let clock = Clock::new();
-    let src = source("a", &cfg, dir.path(), clock.clone(), None).unwrap();
+    let src = source("a", None, &cfg, dir.path(), clock.clone(), None).unwrap();
     let first = src.token().await.unwrap();
     clock.advance(Duration::from_secs(539));
     assert_eq!(
