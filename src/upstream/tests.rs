@@ -1028,7 +1028,22 @@ fn build_errors() {
         ),
         (
             "upstreams: [{name: a, address: \"h:25\", tls: none, auth: {username: u}}]",
-            "upstreams[a].auth: set exactly one of password and password_file",
+            "upstreams[a].auth: set exactly one of password, password_file and oauth2",
+        ),
+        (
+            "upstreams: [{name: a, address: \"h:25\", auth: {username: u, oauth2: {client_id: c, \
+             token_url: \"http://127.0.0.1:9/t\", client_secret_file: s}}}]",
+            "upstreams[a].auth.oauth2.provider: required (here or as the upstream's provider)",
+        ),
+        (
+            "upstreams: [{name: a, address: \"h:25\", auth: {username: u, oauth2: {provider: generic, \
+             client_id: c, token_url: \"http://127.0.0.1:9/t\", client_secret_file: none.secret}}}]",
+            "upstreams[a].auth.oauth2.client_secret_file: ",
+        ),
+        (
+            "upstreams: [{name: a, address: \"h:25\", auth: {username: u, oauth2: {provider: generic, \
+             client_id: c, token_url: \"http://idp.test/t\", client_secret_file: s}}}]",
+            "upstreams[a].auth.oauth2.token_url: \"http://idp.test/t\": a token endpoint must be https",
         ),
         (
             "upstreams: [{name: a, address: \"h:25\", tls: none}, {name: a, address: \"h:26\", tls: none}]",
