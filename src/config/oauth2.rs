@@ -90,7 +90,7 @@ impl OAuth2Config {
 }
 
 /// Whether the URL's host is `localhost` or a loopback address.
-fn is_loopback(url: &Url) -> bool {
+pub fn is_loopback(url: &Url) -> bool {
     let Some(host) = url.host_str() else {
         return false;
     };

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::assertion::{ASSERTION_TYPE, Signer};
 use super::{AccessToken, Secret};
+use crate::config::oauth2::is_loopback;
 
 /// The whole request, connect included, must finish within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -127,7 +128,7 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// An endpoint with its own HTTP client over `tls` (no redirects: a token request is
-    /// never re-sent elsewhere).
+    /// never re-sent elsewhere; no proxy to a loopback address).
     pub fn new(
         url: Url,
         client_id: String,
@@ -136,11 +137,17 @@ impl Endpoint {
         auth: ClientAuth,
         tls: rustls::ClientConfig,
     ) -> Result<Endpoint, String> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .use_preconfigured_tls(tls)
             .timeout(REQUEST_TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(reqwest::redirect::Policy::none());
+        // The system's proxy (HTTPS_PROXY, NO_PROXY) is used for a remote endpoint, as a
+        // corporate network needs; a local token helper is reached directly.
+        if is_loopback(&url) {
+            builder = builder.no_proxy();
+        }
+        let http = builder
             .build()
             .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Endpoint {
