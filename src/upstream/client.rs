@@ -123,6 +123,16 @@ impl Drop for OpenCount {
 impl Client {
     /// Connects, reads the greeting, says EHLO, does STARTTLS and AUTH as configured.
     pub async fn connect(s: &Settings) -> Result<Client, Error> {
+        if let Some(c) = &s.credentials
+            && let AuthSecret::OAuth2(source) = &c.secret
+        {
+            // The login will need a token: have it (cached, or fetched now) before opening a
+            // connection that would only be dropped while the token endpoint is down.
+            source.token().await.map_err(|source| Error::Token {
+                upstream: s.name.clone(),
+                source,
+            })?;
+        }
         let tcp = match timeout(
             s.timeouts.connect,
             TcpStream::connect((s.host.as_str(), s.port)),

@@ -241,6 +241,11 @@ async fn token_endpoint_down_keeps_mail_queued_until_it_is_back() {
     });
     assert!(refused_logged, "the provider's error is logged");
     assert!(server.sink().received().is_empty());
+    assert_eq!(
+        server.sink().connections(),
+        0,
+        "no connection opened without a token"
+    );
     endpoint.serve_tokens();
     let got = server.sink().wait_for(DELIVERY, |m| !m.is_empty()).await;
     assert_eq!(got.len(), 1);
