@@ -13,13 +13,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
-use tracing::{debug, warn};
+use tracing::{info, warn};
 
 use crate::smtp::reply_parser::{Capabilities, UpstreamReply, parse_reply};
 use crate::stream::Stream;
 use crate::upstream::error::{Error, Stage};
 use crate::upstream::oauth2::sasl::{self, Mechanism, Target};
-use crate::upstream::oauth2::{AccessToken, TokenSource};
+use crate::upstream::oauth2::{AccessToken, TokenError, TokenSource};
 use crate::upstream::settings::{AuthSecret, Credentials, Timeouts, TlsTarget};
 
 /// The connection below the SMTP dialogue: a stream, a read buffer, and timeouts.
@@ -269,6 +269,13 @@ impl Conn {
         }
     }
 
+    fn token_error(&self, source: TokenError) -> Error {
+        Error::Token {
+            upstream: self.name.clone(),
+            source,
+        }
+    }
+
     fn protocol(&self, stage: Stage, detail: String) -> Error {
         Error::Protocol {
             upstream: self.name.clone(),
@@ -290,21 +297,17 @@ impl Conn {
             let detail = "upstream offers no OAuth2 AUTH mechanism (XOAUTH2, OAUTHBEARER)";
             return Err(self.protocol(Stage::Auth, detail.to_owned()));
         };
-        let token_error = |source| Error::Token {
-            upstream: self.name.clone(),
-            source,
-        };
-        let token = source.token().await.map_err(token_error)?;
+        let token = source.token().await.map_err(|e| self.token_error(e))?;
         let reply = self.bearer(mechanism, username, &token, target).await?;
         if reply.code != 535 {
             return self.auth_result(reply);
         }
-        debug!(upstream = %self.name, "token refused with 535; fetching a new one and trying once more");
-        let token_error = |source| Error::Token {
-            upstream: self.name.clone(),
-            source,
-        };
-        let fresh = source.after_rejection(&token).await.map_err(token_error)?;
+        // RFC 4954 4: after a failed AUTH the client may try again on the same session.
+        info!(upstream = %self.name, "OAuth2 token refused with 535; fetching a new one and trying once more");
+        let fresh = source
+            .after_rejection(&token)
+            .await
+            .map_err(|e| self.token_error(e))?;
         let reply = self.bearer(mechanism, username, &fresh, target).await?;
         self.auth_result(reply)
     }
