@@ -366,7 +366,7 @@ impl Checker<'_> {
         self.ensure(
             u.tls() != UpstreamTls::None,
             auth_key.clone(),
-            "AUTH without TLS would send the password in clear text: use tls: starttls or \
+            "AUTH without TLS would send the password or token in clear text: use tls: starttls or \
              implicit",
         )?;
         self.ensure(
