@@ -39,16 +39,7 @@ impl Report {
 /// Whether failing at `stage` means the upstream could not be reached or logged in to
 /// (it is then reported down until an attempt gets further).
 fn unreachable(stage: Stage) -> bool {
-    matches!(
-        stage,
-        Stage::Connect
-            | Stage::TlsHandshake
-            | Stage::Greeting
-            | Stage::Ehlo
-            | Stage::StartTls
-            | Stage::Auth
-            | Stage::Directory
-    )
+    stage.is_session_setup() || stage == Stage::Directory
 }
 
 /// Applies what the upstream answered for the `pending` recipients of `env`.

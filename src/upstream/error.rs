@@ -47,6 +47,21 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// Whether the stage sets the session up (connect, TLS, greeting, EHLO, STARTTLS,
+    /// AUTH): failing there means the upstream could not be reached or logged in to, with
+    /// nothing about any message decided.
+    pub fn is_session_setup(self) -> bool {
+        matches!(
+            self,
+            Stage::Connect
+                | Stage::TlsHandshake
+                | Stage::Greeting
+                | Stage::Ehlo
+                | Stage::StartTls
+                | Stage::Auth
+        )
+    }
+
     /// A short lowercase name for logs and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -260,17 +275,7 @@ impl Error {
     pub fn fails_over(&self) -> bool {
         match self {
             Error::Reply { stage, reply, .. } => {
-                reply.code == 421
-                    || matches!(
-                        stage,
-                        Stage::Connect
-                            | Stage::TlsHandshake
-                            | Stage::Greeting
-                            | Stage::Ehlo
-                            | Stage::StartTls
-                            | Stage::Auth
-                            | Stage::Rset
-                    )
+                reply.code == 421 || stage.is_session_setup() || *stage == Stage::Rset
             }
             Error::MaybeDelivered { .. } | Error::Unsupported { .. } => false,
             Error::Connect { .. }

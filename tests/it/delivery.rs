@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use lettre::transport::smtp::authentication::Mechanism;
 use postern::spool::RcptStatus;
@@ -11,8 +10,8 @@ use postern::spool::RcptStatus;
 use crate::harness::client::{Dialog, Security, lettre_send, step, transport};
 use crate::harness::sink::{Extensions, Fault, Sink, SinkOptions, reserve_port};
 use crate::harness::{
-    DELIVERY, Opts, PASSWORD, TestServer, UPSTREAM_CREDS, USER, Upstream, dot_stuff, field_names,
-    message, queue_id, send_mail, split_prefix,
+    DELIVERY, Opts, PASSWORD, TestServer, UPSTREAM_CREDS, USER, Upstream, dot_stuff, eventually,
+    field_names, message, queue_id, send_mail, split_prefix,
 };
 
 /// Test 1: each listener kind delivers the exact bytes with a Received header prefixed, and
@@ -445,18 +444,6 @@ fn names_in(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
-}
-
-/// Waits (at most [`DELIVERY`]) until `done` holds, checking every 20 ms.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + DELIVERY;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {DELIVERY:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Waits until the spool holds nothing: every message delivered and none failed.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::client::Dialog;
-use crate::harness::http::{Scrape, get};
+use crate::harness::http::get;
 use crate::harness::sink::Fault;
 use crate::harness::{
     DELIVERY, Opts, PLAIN_TOKEN, TestServer, USER, logs, message, queue_id, send_mail,
@@ -16,19 +16,6 @@ use crate::harness::{
 
 /// `AUTH PLAIN` for alice with a wrong password.
 const WRONG_PLAIN: &str = "AUTH PLAIN AGFsaWNlAHdyb25n";
-
-/// Scrapes until `done` holds (bounded), for what happens after a reply: delivery, the
-/// end of a session.
-async fn scrape_until(server: &TestServer, done: impl Fn(&Scrape) -> bool) -> Scrape {
-    let deadline = tokio::time::Instant::now() + DELIVERY;
-    loop {
-        let scrape = server.scrape().await;
-        if done(&scrape) || tokio::time::Instant::now() > deadline {
-            return scrape;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// The captured JSON log lines of `event` about queue id `id`.
 fn events_of(event: &str, id: &str) -> Vec<serde_json::Value> {
@@ -55,11 +42,12 @@ async fn counters_follow_each_outcome() {
     let mut refused = Dialog::connect_from(outsider, server.legacy).await;
     refused.expect("554 5.7.1").await;
 
-    let s = scrape_until(&server, |s| {
-        s.get(r#"postern_messages_completed_total{result="delivered"}"#) >= 1.0
-            && s.get(r#"postern_sessions_active{listener="submission"}"#) == 0.0
-    })
-    .await;
+    let s = server
+        .scrape_until(|s| {
+            s.get(r#"postern_messages_completed_total{result="delivered"}"#) >= 1.0
+                && s.get(r#"postern_sessions_active{listener="submission"}"#) == 0.0
+        })
+        .await;
     s.expect(&[
         (r#"postern_messages_accepted_total{listener="submission"}"#, 1.0),
         (r#"postern_messages_refused_total{listener="submission",reason="sender_not_owned"}"#, 1.0),
@@ -143,10 +131,11 @@ async fn each_refusal_kind_has_its_series() {
         .cmd(&format!("AUTH PLAIN {PLAIN_TOKEN}"), "454 4.7.0")
         .await;
 
-    let s = scrape_until(&server, |s| {
-        s.get(r#"postern_sessions_closed_total{listener="submission",reason="lockout"}"#) >= 1.0
-    })
-    .await;
+    let s = server
+        .scrape_until(|s| {
+            s.get(r#"postern_sessions_closed_total{listener="submission",reason="lockout"}"#) >= 1.0
+        })
+        .await;
     s.expect(&[
         (r#"postern_messages_refused_total{listener="legacy",reason="no_route"}"#, 1.0),
         (r#"postern_messages_refused_total{listener="legacy",reason="bare_line_ending"}"#, 1.0),
@@ -193,10 +182,11 @@ async fn legacy_refusals(server: &TestServer) {
 async fn deferred_then_delivered() {
     let server = TestServer::start(Opts::default()).await;
     let id = send_deferred_once(&server).await;
-    let waiting = scrape_until(&server, |s| {
-        s.get(r#"postern_delivery_attempts_total{result="deferred",upstream="sink"}"#) >= 1.0
-    })
-    .await;
+    let waiting = server
+        .scrape_until(|s| {
+            s.get(r#"postern_delivery_attempts_total{result="deferred",upstream="sink"}"#) >= 1.0
+        })
+        .await;
     waiting.expect(&[("postern_queue_messages", 1.0)]);
     assert!(waiting.get("postern_queue_bytes") > 0.0);
     server.clock.advance(Duration::from_secs(600));
@@ -208,7 +198,9 @@ async fn deferred_then_delivered() {
     );
 
     server.sink().wait(DELIVERY).await;
-    let s = scrape_until(&server, |s| s.get("postern_queue_messages") == 0.0).await;
+    let s = server
+        .scrape_until(|s| s.get("postern_queue_messages") == 0.0)
+        .await;
     s.expect(&[
         (
             r#"postern_delivery_attempts_total{result="deferred",upstream="sink"}"#,
@@ -358,7 +350,7 @@ async fn readiness_names_each_failed_check() {
 async fn failing_route_then_recovery(server: &mut TestServer, d: &mut Dialog) {
     let data = message("r1", "", "x\r\n");
     send_mail(d, "dev@example.com", &["a@example.net"], &data).await;
-    let s = scrape_until(server, |s| s.get("postern_ready") == 0.0).await;
+    let s = server.scrape_until(|s| s.get("postern_ready") == 0.0).await;
     s.expect(&[
         (r#"postern_upstream_up{upstream="sink"}"#, 0.0),
         (
@@ -372,7 +364,7 @@ async fn failing_route_then_recovery(server: &mut TestServer, d: &mut Dialog) {
     server.sink_up().await;
     server.sink().expect(1);
     server.sink().wait(DELIVERY).await;
-    scrape_until(server, |s| s.get("postern_ready") == 1.0).await;
+    server.scrape_until(|s| s.get("postern_ready") == 1.0).await;
     assert_eq!(get(server.http, "/readyz").await.0, 200);
 }
 
@@ -426,10 +418,12 @@ async fn refusal_that_ends_the_session_is_counted() {
     d.send(b"Subject: x\r\n\r\nbare\nLF\r\n.\r\n").await;
     d.expect("550 5.6.0").await;
     d.expect("421 4.7.0").await;
-    let s = scrape_until(&server, |s| {
-        s.get(r#"postern_sessions_closed_total{listener="legacy",reason="too_many_errors"}"#) >= 1.0
-    })
-    .await;
+    let s = server
+        .scrape_until(|s| {
+            s.get(r#"postern_sessions_closed_total{listener="legacy",reason="too_many_errors"}"#)
+                >= 1.0
+        })
+        .await;
     s.expect(&[
         (
             r#"postern_messages_refused_total{listener="legacy",reason="bare_line_ending"}"#,
@@ -465,7 +459,9 @@ async fn cached_auth_failed_handshake_and_maybe_delivered() {
     let data = message("md", "", "x\r\n");
     send_mail(&mut d, "dev@example.com", &["a@example.net"], &data).await;
     server.sink().wait(DELIVERY).await;
-    let s = scrape_until(&server, |s| s.get("postern_queue_messages") == 0.0).await;
+    let s = server
+        .scrape_until(|s| s.get("postern_queue_messages") == 0.0)
+        .await;
     s.expect(&[
         (r#"postern_auth_attempts_total{listener="submission",mechanism="plain",result="success"}"#, 1.0),
         (r#"postern_auth_attempts_total{listener="submission",mechanism="plain",result="cached"}"#, 1.0),
@@ -489,15 +485,15 @@ async fn expiry_is_counted_and_logged() {
     let data = message("e1", "", "x\r\n");
     let reply = send_mail(&mut d, "dev@example.com", &["a@example.net"], &data).await;
     let id = queue_id(reply.first());
-    scrape_until(&server, |s| {
-        s.get(r#"postern_delivery_attempts_total{result="deferred",upstream="sink"}"#) >= 1.0
-    })
-    .await;
+    server
+        .scrape_until(|s| {
+            s.get(r#"postern_delivery_attempts_total{result="deferred",upstream="sink"}"#) >= 1.0
+        })
+        .await;
     server.clock.advance(Duration::from_secs(30 * 86_400));
-    let s = scrape_until(&server, |s| {
-        s.get(r#"postern_messages_completed_total{result="expired"}"#) >= 1.0
-    })
-    .await;
+    let s = server
+        .scrape_until(|s| s.get(r#"postern_messages_completed_total{result="expired"}"#) >= 1.0)
+        .await;
     s.expect(&[
         (r#"postern_messages_completed_total{result="expired"}"#, 1.0),
         ("postern_queue_messages", 0.0),

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use crate::harness::sink::SinkOAuth;
 use crate::harness::token::{CLIENT_ID, Credential, TokenEndpoint, fixture};
-use crate::harness::{DELIVERY, Opts, TestServer, Upstream, logs, message, queue_id, send_mail};
+use crate::harness::{
+    DELIVERY, Opts, TestServer, Upstream, eventually, logs, message, queue_id, send_mail,
+};
 
 /// The mailbox postern logs in as.
 const MAILBOX: &str = "scanner@corp.example";
@@ -223,14 +225,18 @@ async fn token_endpoint_down_keeps_mail_queued_until_it_is_back() {
             })
         }
     };
-    wait_until(deferred("request failed")).await;
+    eventually("deferred: token endpoint down", deferred("request failed")).await;
     endpoint.up();
     endpoint.refuse(
         401,
         "invalid_client",
         "AADSTS7000215: Invalid client secret provided.",
     );
-    wait_until(deferred("HTTP 401: invalid_client: AADSTS7000215")).await;
+    eventually(
+        "deferred: token refused",
+        deferred("HTTP 401: invalid_client: AADSTS7000215"),
+    )
+    .await;
     let url = endpoint.url().to_owned();
     let refused_logged = logs::lines().into_iter().any(|l| {
         let f = &l["fields"];
@@ -264,16 +270,4 @@ async fn token_endpoint_down_keeps_mail_queued_until_it_is_back() {
             >= 1.0
     );
     assert_eq!(endpoint.violations(), Vec::<String>::new());
-}
-
-/// Polls `done` every 50 ms for at most [`DELIVERY`].
-async fn wait_until(done: impl Fn() -> bool) {
-    let deadline = tokio::time::Instant::now() + DELIVERY;
-    while !done() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "condition not met within {DELIVERY:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }

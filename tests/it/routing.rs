@@ -14,7 +14,7 @@ use postern::clock::Clock;
 use crate::harness::client::{Dialog, step};
 use crate::harness::http::{Scrape, get};
 use crate::harness::sink::{Fault, Received, Sink, SinkOptions, reserve_port};
-use crate::harness::{DELIVERY, dot_stuff, logs, message, queue_id, split_prefix};
+use crate::harness::{DELIVERY, dot_stuff, eventually, logs, message, queue_id, split_prefix};
 
 /// A relay with the upstreams and routes a test gives, two plain listeners (`apps` and
 /// `printers`, both open to 127.0.0.0/8), the HTTP endpoint, and a clock the test moves.
@@ -120,14 +120,7 @@ log: {{level: warn}}
     pub(crate) async fn drained(&self) {
         let queue = self.spool().join("queue");
         let empty = || std::fs::read_dir(&queue).map_or(true, |mut d| d.next().is_none());
-        let deadline = tokio::time::Instant::now() + DELIVERY;
-        while !empty() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "queue not empty within {DELIVERY:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually("queue empty", empty).await;
         let failed = self.spool().join("failed");
         assert!(std::fs::read_dir(&failed).map_or(true, |mut d| d.next().is_none()));
     }

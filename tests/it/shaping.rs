@@ -5,27 +5,10 @@
 
 use std::time::Duration;
 
-use crate::harness::http::Scrape;
 use crate::harness::sink::Fault;
 use crate::harness::{
-    DELIVERY, Opts, TestServer, logs, message, queue_id, send_mail, split_prefix,
+    DELIVERY, Opts, TestServer, eventually, logs, message, queue_id, send_mail, split_prefix,
 };
-
-/// Scrapes until `done` holds (bounded by [`DELIVERY`]).
-async fn scrape_until(server: &TestServer, what: &str, done: impl Fn(&Scrape) -> bool) -> Scrape {
-    let deadline = tokio::time::Instant::now() + DELIVERY;
-    loop {
-        let scrape = server.scrape().await;
-        if done(&scrape) {
-            return scrape;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what}: not within {DELIVERY:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 const SHAPED_PER_MINUTE: &str =
     r#"postern_upstream_shaped_total{cap="messages_per_minute",upstream="sink"}"#;
@@ -33,20 +16,13 @@ const SHAPED_THROTTLED: &str = r#"postern_upstream_shaped_total{cap="throttled",
 
 /// The `completed` log line of queue id `id`, once it is logged (bounded).
 async fn completed(id: &str) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + DELIVERY;
-    loop {
-        let line = logs::lines()
+    let line = || {
+        logs::lines()
             .into_iter()
-            .find(|l| l["fields"]["event"] == "completed" && l["fields"]["queue_id"] == id);
-        if let Some(line) = line {
-            return line;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no completed line for {id}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            .find(|l| l["fields"]["event"] == "completed" && l["fields"]["queue_id"] == id)
+    };
+    eventually(&format!("completed line for {id}"), || line().is_some()).await;
+    line().unwrap_or_default()
 }
 
 /// Submits `n` messages on the legacy listener; returns their bytes and queue ids.
@@ -76,11 +52,11 @@ async fn messages_per_minute_holds_mail_back_in_order() {
     let sent = submit(&server, "pace", 5).await;
     server.sink().expect(2);
     server.sink().wait(DELIVERY).await;
-    let s = scrape_until(&server, "three held back", |s| {
-        s.get(SHAPED_PER_MINUTE) == 3.0
-    })
-    .await;
+    let s = server
+        .scrape_until(|s| s.get(SHAPED_PER_MINUTE) == 3.0)
+        .await;
     s.expect(&[
+        (SHAPED_PER_MINUTE, 3.0),
         (
             r#"postern_delivery_attempts_total{result="delivered",upstream="sink"}"#,
             2.0,
@@ -123,11 +99,14 @@ async fn messages_per_minute_holds_mail_back_in_order() {
             split_prefix(&arrived.data, data);
         }
     }
-    let s = scrape_until(&server, "all delivered", |s| {
-        s.get(r#"postern_messages_completed_total{result="delivered"}"#) == 5.0
-    })
-    .await;
+    let s = server
+        .scrape_until(|s| s.get(r#"postern_messages_completed_total{result="delivered"}"#) == 5.0)
+        .await;
     s.expect(&[
+        (
+            r#"postern_messages_completed_total{result="delivered"}"#,
+            5.0,
+        ),
         (
             r#"postern_delivery_attempts_total{result="delivered",upstream="sink"}"#,
             5.0,
@@ -156,17 +135,18 @@ async fn throttling_reply_pauses_the_whole_upstream() {
         .sink()
         .fault(Fault::DataEnd(busy.to_owned()), Some(1));
     let first = submit(&server, "throttled", 1).await;
-    scrape_until(&server, "throttled", |s| {
-        s.get(r#"postern_upstream_throttled_total{upstream="sink"}"#) == 1.0
-    })
-    .await;
+    let throttled = r#"postern_upstream_throttled_total{upstream="sink"}"#;
+    server
+        .scrape_until(|s| s.get(throttled) == 1.0)
+        .await
+        .expect(&[(throttled, 1.0)]);
     let connections = server.sink().connections();
     let second = submit(&server, "waits", 1).await;
-    let s = scrape_until(&server, "second held back", |s| {
-        s.get(SHAPED_THROTTLED) == 1.0
-    })
-    .await;
+    let s = server
+        .scrape_until(|s| s.get(SHAPED_THROTTLED) == 1.0)
+        .await;
     s.expect(&[
+        (SHAPED_THROTTLED, 1.0),
         (
             r#"postern_delivery_attempts_total{result="deferred",upstream="sink"}"#,
             1.0,
@@ -237,7 +217,10 @@ async fn recipients_per_day_survives_a_reload() {
     send_mail(&mut d, "printer@example.com", &rcpts, &second).await;
     d.cmd("QUIT", "221").await;
     let per_day = r#"postern_upstream_shaped_total{cap="recipients_per_day",upstream="sink"}"#;
-    scrape_until(&server, "held back for the day", |s| s.get(per_day) == 1.0).await;
+    server
+        .scrape_until(|s| s.get(per_day) == 1.0)
+        .await
+        .expect(&[(per_day, 1.0)]);
     server.clock.advance(Duration::from_secs(23 * 3600));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(

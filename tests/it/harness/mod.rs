@@ -204,6 +204,20 @@ impl TestServer {
         self.running = Some(running);
     }
 
+    /// Scrapes until `done` holds, or [`DELIVERY`] has passed (then returns the last scrape,
+    /// for the caller's assertions to report), for what happens after a reply: delivery,
+    /// the end of a session.
+    pub async fn scrape_until(&self, done: impl Fn(&http::Scrape) -> bool) -> http::Scrape {
+        let deadline = tokio::time::Instant::now() + DELIVERY;
+        loop {
+            let scrape = self.scrape().await;
+            if done(&scrape) || tokio::time::Instant::now() > deadline {
+                return scrape;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Re-reads the config file, as SIGHUP does.
     pub async fn reload(&self) -> Result<ReloadOutcome, ReloadError> {
         let running = self.running.as_ref().expect("postern is not running");
@@ -378,6 +392,19 @@ pub fn user_entry(username: &str, keys: &str) -> String {
 /// A message with a unique `X-Test` header and the given headers and body lines.
 pub fn message(tag: &str, headers: &str, body: &str) -> Vec<u8> {
     format!("X-Test: {tag}\r\n{headers}Subject: test {tag}\r\n\r\n{body}").into_bytes()
+}
+
+/// Waits (at most [`DELIVERY`]) until `done` holds, checking every 20 ms; panics naming
+/// `what` when it does not.
+pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + DELIVERY;
+    while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {DELIVERY:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Sends one whole transaction on `d` (already greeted and, if needed, authenticated):
