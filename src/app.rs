@@ -9,6 +9,7 @@
 //! - `restart.rs`: the settings a reload cannot apply, pinned to their running values.
 //! - `certwatch.rs`: when the certificate files changed.
 
+pub mod admin;
 mod certwatch;
 mod http;
 pub mod reload;
@@ -27,6 +28,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{info, warn};
 
+use crate::app::admin::Admin;
+use crate::app::admin::token::{self, AdminToken};
 use crate::app::certwatch::PairStamp;
 use crate::app::http::{Endpoint, Health};
 use crate::app::reload::{ReloadError, ReloadOutcome, Reloader};
@@ -56,6 +59,8 @@ pub enum AppError {
     Upstream(String),
     /// The metrics could not be registered (a bug: names are fixed).
     Metrics(prometheus::Error),
+    /// The admin API's token file could not be read or generated.
+    AdminToken(String),
     /// The HTTP endpoint could not bind.
     Http {
         /// Its address.
@@ -81,6 +86,7 @@ impl fmt::Display for AppError {
             AppError::Spool(e) => write!(f, "queue.directory: {e}"),
             AppError::Upstream(e) => write!(f, "upstreams: {e}"),
             AppError::Metrics(e) => write!(f, "metrics: {e}"),
+            AppError::AdminToken(e) => write!(f, "http.admin_token_file: {e}"),
             AppError::Http { address, error } => {
                 write!(f, "http.address: cannot listen on {address}: {error}")
             }
@@ -219,10 +225,27 @@ async fn launch(file: Option<PathBuf>, cfg: Config, clock: Clock) -> Result<Runn
     shutdown
         .tracker
         .spawn(evict_policy_state(rt.clone(), shutdown.clone()));
+    let token = Arc::new(admin_token(&cfg)?);
     let bound = Arc::new(AtomicUsize::new(0));
     let listeners = bind(&cfg, &rt, &shutdown, &bound).await?;
-    let http = match &cfg.http {
+    let grace = cfg.shutdown_grace.get();
+    let http_cfg = cfg.http.clone();
+    let reloader = Arc::new(Reloader::new(
+        file,
+        cfg.clone(),
+        cert_stamp,
+        rt.clone(),
+        shutdown.clone(),
+        token.clone(),
+    ));
+    let http = match &http_cfg {
         Some(h) => {
+            let admin = Arc::new(Admin {
+                token,
+                rt: rt.clone(),
+                reloader: reloader.clone(),
+                shutdown: shutdown.clone(),
+            });
             let health = Health {
                 rt: rt.clone(),
                 shutdown: shutdown.clone(),
@@ -231,7 +254,7 @@ async fn launch(file: Option<PathBuf>, cfg: Config, clock: Clock) -> Result<Runn
                 spool_check: tokio::sync::Mutex::new(None),
                 scraping: tokio::sync::Mutex::new(()),
             };
-            let endpoint = Endpoint::start(h.address, health).await;
+            let endpoint = Endpoint::start(h.address, health, admin).await;
             Some(endpoint.map_err(|error| AppError::Http {
                 address: h.address,
                 error,
@@ -239,8 +262,6 @@ async fn launch(file: Option<PathBuf>, cfg: Config, clock: Clock) -> Result<Runn
         }
         None => None,
     };
-    let grace = cfg.shutdown_grace.get();
-    let reloader = Arc::new(Reloader::new(file, cfg, cert_stamp, rt, shutdown.clone()));
     shutdown.tracker.spawn(reloader.clone().watch_certificate());
     Ok(Running {
         listeners,
@@ -249,6 +270,27 @@ async fn launch(file: Option<PathBuf>, cfg: Config, clock: Clock) -> Result<Runn
         grace,
         http,
     })
+}
+
+/// The admin API's token from `http.admin_token_file` (generated first when asked for and
+/// absent); off when no file is configured.
+fn admin_token(cfg: &Config) -> Result<AdminToken, AppError> {
+    let token = AdminToken::default();
+    let Some(http) = &cfg.http else {
+        return Ok(token);
+    };
+    let Some(path) = &http.admin_token_file else {
+        return Ok(token);
+    };
+    let fail = |e: String| AppError::AdminToken(e);
+    if http.generate_admin_token && token::ensure_token(path).map_err(fail)? {
+        warn!(file = %path.display(), "generated an admin API token");
+    }
+    token.set(Some(&token::read_token(path).map_err(fail)?));
+    if !http.address.ip().is_loopback() {
+        warn!(address = %http.address, "the admin API is on at a non-loopback address: its bearer token travels in plain HTTP");
+    }
+    Ok(token)
 }
 
 /// The metrics of a starting instance: every listener and upstream of `cfg` registered,

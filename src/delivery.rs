@@ -19,25 +19,30 @@
 //! `idle_timeout` periodically, and all idle ones when it stops.
 
 mod body;
+mod control;
 mod failover;
 mod ledger;
 mod outcome;
+pub mod queue;
 mod shape;
+pub mod view;
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+pub use control::{BOUNCED_BY_ADMIN, HELD_BY_ADMIN};
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::time::{MissedTickBehavior, timeout};
 use tracing::{info, warn};
 
 use crate::clock::Clock;
+use crate::config::schema::OnAmbiguous;
 use crate::delivery::ledger::Ledger;
+use crate::delivery::queue::{Answer, Command, ControlError, Queue};
 use crate::rules::{LiveRules, Timing};
 use crate::shutdown::Shutdown;
-use crate::spool::{Envelope, RcptStatus, Spool, schedule};
+use crate::spool::{Envelope, Held, RcptStatus, Spool, schedule};
 use crate::telemetry::events;
 use crate::telemetry::metrics::{Completion, Metrics, RcptOutcome};
 use crate::upstream::Upstreams;
@@ -55,7 +60,7 @@ const QUIT_LIMIT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 enum Job {
     /// A message to deliver, now or when it is due.
-    Deliver(Envelope),
+    Deliver(Box<Envelope>),
     /// A message left the queue (for the queue gauges).
     Left {
         /// When it was received.
@@ -63,6 +68,8 @@ enum Job {
         /// Its queue id.
         id: String,
     },
+    /// An administrator's command, answered on the channel.
+    Control(Command, oneshot::Sender<Result<Answer, ControlError>>),
 }
 
 /// Hands committed messages to the runner.
@@ -75,7 +82,16 @@ impl DeliveryHandle {
     /// Queues a message for delivery now (it is already durable in the spool).
     pub fn submit(&self, env: Envelope) {
         // The runner only stops at shutdown; the message stays in the spool for the next start.
-        let _ = self.tx.send(Job::Deliver(env));
+        let _ = self.tx.send(Job::Deliver(Box::new(env)));
+    }
+
+    /// Carries out an administrator's command in the runner's task and returns its answer.
+    pub async fn control(&self, cmd: Command) -> Result<Answer, ControlError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Control(cmd, tx))
+            .map_err(|_| ControlError::Stopped)?;
+        rx.await.unwrap_or(Err(ControlError::Stopped))
     }
 
     /// Tells the runner a message left the queue.
@@ -133,16 +149,15 @@ impl Runner {
         let this = Arc::new(self);
         let mut ledger = Ledger::new(this.metrics.queue.clone());
         let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-        // Deferred messages by due time; the envelope is small, the body stays on disk.
-        let mut waiting: BinaryHeap<Reverse<(u64, String, EnvelopeBox)>> = BinaryHeap::new();
+        // Every message the runner holds; the envelope is small, the body stays on disk.
+        let mut queue = Queue::default();
         let period = this.upstreams().reap_period();
         let mut reap = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
         reap.set_missed_tick_behavior(MissedTickBehavior::Delay);
         // A test moving the clock on: recompute the sleep to the next due time.
         let mut moved = this.clock.moved();
         loop {
-            let next_due = waiting.peek().map(|Reverse((due, _, _))| *due);
-            let sleep = next_due.map_or(Duration::from_secs(3600), |due| {
+            let sleep = queue.next_due().map_or(Duration::from_secs(3600), |due| {
                 Duration::from_millis(
                     due.saturating_mul(1000)
                         .saturating_sub(this.clock.unix_millis()),
@@ -151,23 +166,24 @@ impl Runner {
             tokio::select! {
                 () = this.shutdown.stop.cancelled() => break,
                 received = rx.recv() => match received {
-                    Some(Job::Left { received_unix, id }) => ledger.left(received_unix, id),
+                    Some(Job::Left { received_unix, id }) => {
+                        queue.remove(&id);
+                        ledger.left(received_unix, id);
+                    }
                     Some(Job::Deliver(env)) => {
                         ledger.arrived(&env);
-                        if env.next_attempt_unix > this.clock.unix() {
-                            waiting.push(Reverse((env.next_attempt_unix, env.id.to_string(), EnvelopeBox(env))));
-                        } else {
+                        if let Some(env) = queue.arrive(*env, this.clock.unix()) {
                             this.clone().spawn_attempt(env, &in_flight).await;
                         }
+                    }
+                    Some(Job::Control(cmd, reply)) => {
+                        let _ = reply.send(this.control(&mut queue, cmd));
                     }
                     None => break,
                 },
                 () = tokio::time::sleep(sleep) => {
-                    let now = this.clock.unix();
-                    while waiting.peek().is_some_and(|Reverse((due, _, _))| *due <= now) {
-                        if let Some(Reverse((_, _, EnvelopeBox(env)))) = waiting.pop() {
-                            this.clone().spawn_attempt(env, &in_flight).await;
-                        }
+                    for env in queue.take_due(this.clock.unix()) {
+                        this.clone().spawn_attempt(env, &in_flight).await;
                     }
                 }
                 _ = reap.tick() => this.spawn_reap(),
@@ -175,7 +191,7 @@ impl Runner {
             }
         }
         info!(
-            deferred = waiting.len(),
+            messages = queue.len(),
             "delivery runner stopped; the spool keeps the rest"
         );
         this.close_connections(&in_flight).await;
@@ -309,6 +325,9 @@ impl Runner {
         // the backoff or the booked time).
         env.next_attempt_unix = due_ms.div_ceil(1000);
         let delay = std::time::Duration::from_millis(due_ms.saturating_sub(now_ms));
+        if matches!(after, After::Ambiguous) && timing.on_ambiguous == OnAmbiguous::Hold {
+            hold_ambiguous(&mut env, self.clock.unix());
+        }
         let id = env.id.as_str();
         if let After::Shaped { .. } = after {
             // Nothing to record: no attempt was made, and after a restart the message is
@@ -320,7 +339,14 @@ impl Runner {
         if let Err(e) = self.spool.update(&env) {
             warn!(queue_id = %id, error = %e, "cannot record delivery state");
         }
-        info!(queue_id = %id, attempts = env.attempts, retry_in = ?delay, "message deferred");
+        match &env.held {
+            Some(held) => {
+                warn!(queue_id = %id, attempts = env.attempts, reason = %held.reason, "message held for an administrator")
+            }
+            None => {
+                info!(queue_id = %id, attempts = env.attempts, retry_in = ?delay, "message deferred")
+            }
+        }
         self.back.submit(env);
     }
 
@@ -330,6 +356,24 @@ impl Runner {
         self.metrics.completed(how);
         self.back.left(env);
     }
+}
+
+/// `queue.on_ambiguous: hold`: a maybe-delivered message waits for an administrator (to
+/// release it, which tries it again at the same upstream, or to bounce or delete it).
+fn hold_ambiguous(env: &mut Envelope, now: u64) {
+    let pins: Vec<String> = env
+        .maybe_delivered
+        .iter()
+        .map(crate::delivery::view::maybe_text)
+        .collect();
+    let reason = match pins.is_empty() {
+        true => "maybe delivered; queue.on_ambiguous: hold".to_owned(),
+        false => format!("{}; queue.on_ambiguous: hold", pins.join("; ")),
+    };
+    env.held = Some(Held {
+        at_unix: now,
+        reason,
+    });
 }
 
 /// Marks every pending recipient failed with `why`; `upstream` names where (`-`: nowhere).
@@ -362,24 +406,4 @@ enum After {
         /// Unix milliseconds.
         until_ms: u64,
     },
-}
-
-/// An envelope in the waiting heap, ordered only by the (due, id) beside it.
-struct EnvelopeBox(Envelope);
-
-impl PartialEq for EnvelopeBox {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
-impl Eq for EnvelopeBox {}
-impl PartialOrd for EnvelopeBox {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for EnvelopeBox {
-    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
-        std::cmp::Ordering::Equal
-    }
 }

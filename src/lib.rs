@@ -12,15 +12,17 @@
 //!   header-section collector, From/Sender extraction and From rewriting.
 //! - [`spool`]: the durable queue (group-committed fsync) and retry schedule.
 //! - [`upstream`]: routes, the SMTP client, connection pools, the directory upstream.
-//! - [`delivery`]: the queue runner: retries, failover, per-recipient bookkeeping.
+//! - [`delivery`]: the queue runner: retries, failover, per-recipient bookkeeping; the
+//!   queue book and the admin commands it carries out (list, hold, release, ...).
 //! - [`rules`]: the rules snapshot built from one config and swapped whole on reload.
 //! - [`server`]: accept loops, the per-connection shell that drives the engine (`conn`), and
 //!   the back end that answers its questions (`backend`); the process-lifetime `Runtime`.
 //! - [`reason`]: the one vocabulary of refusal reasons; [`clock`]: the injected clock;
 //!   [`stream`]: the TLS-or-plain stream both sides use.
 //! - [`telemetry`]: logging set-up and the mail-log vocabulary.
-//! - [`app`]: wiring, live reload (SIGHUP, certificate watcher) and shutdown; [`cli`]: the
-//!   subcommands.
+//! - [`app`]: wiring, live reload (SIGHUP, certificate watcher), shutdown, the HTTP endpoint
+//!   and its admin API; [`cli`]: the subcommands, the queue tools (admin API clients) and
+//!   the upstream probe.
 //!
 //! Dependencies point down only: `cli -> app -> {server, delivery} -> {policy, users,
 //! spool, upstream, message, telemetry} -> {smtp, config}`; the one sideways edge is

@@ -81,6 +81,8 @@ pub struct Timing {
     pub max_age: std::time::Duration,
     /// The wait before a message that may have been delivered is tried again.
     pub ambiguous_retry: std::time::Duration,
+    /// Retry or hold a maybe-delivered message (`queue.on_ambiguous`).
+    pub on_ambiguous: crate::config::schema::OnAmbiguous,
 }
 
 /// Everything sessions and deliveries decide by, from one config.
@@ -148,6 +150,7 @@ impl Rules {
                 max_backoff: cfg.queue.max_backoff.get(),
                 max_age: cfg.queue.max_age.get(),
                 ambiguous_retry: cfg.queue.ambiguous_retry.get(),
+                on_ambiguous: cfg.queue.on_ambiguous,
             },
             rate_limits,
         }

@@ -1,6 +1,9 @@
 //! One shutdown signal that every loop selects on, and a tracker that the drain waits on
 //! (mini-redis `Shutdown` / `shutdown_complete`), built from tokio-util's token and tracker.
 
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -14,4 +17,8 @@ pub struct Shutdown {
     pub force: CancellationToken,
     /// Session and delivery tasks.
     pub tracker: TaskTracker,
+    /// Set while a queue drain runs (`postern queue drain`): listeners answer new
+    /// connections `421 4.3.2` and `/readyz` fails, while delivery goes on. Unlike `stop`
+    /// it can be undone (`DELETE /api/v1/drain`).
+    pub draining: Arc<AtomicBool>,
 }

@@ -6,7 +6,8 @@
 //! capped, and each must send its request head within seconds and is closed after a minute,
 //! so a slow or idle client cannot hold descriptors the SMTP side needs. It keeps serving
 //! through a drain, answering `/readyz` with 503 `draining` so that a load balancer moves
-//! traffic away, and stops when postern does.
+//! traffic away, and stops when postern does. The admin API (`/api/v1/`, admin.rs) is served
+//! here too, behind its bearer token.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::app::admin::{self, Admin};
 use crate::server::Runtime;
 use crate::shutdown::Shutdown;
 use crate::upstream::breaker::Shown;
@@ -75,6 +77,11 @@ impl Health {
         }
         if self.shutdown.stop.is_cancelled() {
             problems.push("draining: shutting down, not taking new sessions".to_owned());
+        } else if self.shutdown.draining.load(Ordering::Relaxed) {
+            problems.push(
+                "draining: queue drain in progress (postern queue drain), not taking new sessions"
+                    .to_owned(),
+            );
         }
         if let Err(why) = self.spool_writable().await {
             problems.push(format!("spool: not writable: {why}"));
@@ -171,14 +178,19 @@ pub(crate) struct Endpoint {
 
 impl Endpoint {
     /// Binds `address` and serves until [`Endpoint::stop`].
-    pub(crate) async fn start(address: SocketAddr, health: Health) -> std::io::Result<Endpoint> {
+    pub(crate) async fn start(
+        address: SocketAddr,
+        health: Health,
+        admin: Arc<Admin>,
+    ) -> std::io::Result<Endpoint> {
         let socket = TcpListener::bind(address).await?;
         let address = socket.local_addr()?;
         let app = Router::new()
             .route("/metrics", get(metrics))
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
-            .with_state(Arc::new(health));
+            .with_state(Arc::new(health))
+            .merge(admin::routes(admin));
         let stop = CancellationToken::new();
         let task = tokio::spawn(serve(socket, app, stop.clone()));
         info!(%address, "HTTP endpoint listening: /metrics /healthz /readyz");

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::{Mutex, Notify};
 use tracing::{error, info, warn};
 
+use crate::app::admin::token::{AdminToken, read_token};
 use crate::app::certwatch::{CertState, IDLE_RECHECK, PairStamp, Seen};
 use crate::app::{certificate_expiry, restart, stamped_server_tls};
 use crate::config::schema::{Config, UserConfig};
@@ -44,6 +45,13 @@ pub enum ReloadError {
         /// Why.
         source: TlsError,
     },
+    /// The admin API's token file (`http.admin_token_file`) does not read.
+    AdminToken {
+        /// The config file.
+        file: PathBuf,
+        /// Why.
+        source: String,
+    },
     /// An upstream cannot be built (a password or CA file is unreadable).
     Upstream {
         /// The config file.
@@ -60,6 +68,9 @@ impl fmt::Display for ReloadError {
             ReloadError::Config(e) => write!(f, "{e}"),
             ReloadError::Tls { file, source } => write!(f, "{}: tls: {source}", file.display()),
             ReloadError::Upstream { file, source } => write!(f, "{}: {source}", file.display()),
+            ReloadError::AdminToken { file, source } => {
+                write!(f, "{}: http.admin_token_file: {source}", file.display())
+            }
         }
     }
 }
@@ -122,6 +133,8 @@ pub struct Reloader {
     state: Mutex<State>,
     /// Wakes the certificate watcher after a reload, which may have changed its interval.
     reloaded: Notify,
+    /// The admin API's token, read again at each reload (its file's path needs a restart).
+    admin_token: Arc<AdminToken>,
 }
 
 /// What the reloader compares the next reload and check against.
@@ -142,11 +155,13 @@ impl Reloader {
         cert: Option<PairStamp>,
         rt: Arc<Runtime>,
         shutdown: Shutdown,
+        admin_token: Arc<AdminToken>,
     ) -> Reloader {
         Reloader {
             file,
             rt,
             shutdown,
+            admin_token,
             state: Mutex::new(State {
                 config,
                 cert: CertState::loaded(cert),
@@ -188,7 +203,15 @@ impl Reloader {
                 source,
             }
         })?;
+        let token = match cfg.http.as_ref().and_then(|h| h.admin_token_file.as_ref()) {
+            Some(path) => Some(read_token(path).map_err(|source| ReloadError::AdminToken {
+                file: file.to_owned(),
+                source,
+            })?),
+            None => None,
+        };
         // Everything that can fail has: from here on the reload happens.
+        self.admin_token.set(token.as_deref());
         // Rate-limit rules that did not change keep their buckets; lockout counts stay.
         let rate_limits = Arc::new(previous.rate_limits.reconfigure(&cfg));
         self.rt.lockout.reconfigure(&cfg.auth_lockout);

@@ -123,6 +123,13 @@ pub fn resolve_paths(config: &mut Config, base: &Path) {
         tls.private_key = resolve(base, &tls.private_key);
     }
     config.queue.directory = resolve(base, &config.queue.directory);
+    if let Some(token) = config
+        .http
+        .as_mut()
+        .and_then(|h| h.admin_token_file.as_mut())
+    {
+        *token = resolve(base, token);
+    }
     for upstream in &mut config.upstreams {
         let files = [
             upstream.directory.as_mut(),

@@ -245,9 +245,25 @@ pub struct QueueConfig {
     /// before it is tried again, at the same upstream only. Default: `10m`.
     #[serde(default = "default_ambiguous_retry")]
     pub ambiguous_retry: Duration,
+    /// What happens to a message that may have been delivered: `retry` (at the same upstream
+    /// after `ambiguous_retry`) or `hold` (kept for an administrator to release, bounce or
+    /// delete with `postern queue`). Default: `retry`.
+    #[serde(default)]
+    pub on_ambiguous: OnAmbiguous,
     /// How a message is made durable before its `250`. Default: `fdatasync`.
     #[serde(default)]
     pub sync: QueueSync,
+}
+
+/// What to do with a maybe-delivered message (`queue.on_ambiguous`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnAmbiguous {
+    /// Try it again at the same upstream after `queue.ambiguous_retry`.
+    #[default]
+    Retry,
+    /// Hold it until an administrator releases, bounces or deletes it.
+    Hold,
 }
 
 /// How the spool syncs (`queue.sync`).
@@ -579,6 +595,15 @@ pub struct HttpConfig {
     /// Where it listens, `ip:port`. Keep it on loopback or a management network: it is
     /// plain HTTP without authentication.
     pub address: SocketAddr,
+    /// A file holding the bearer token of the admin API (`/api/v1/`): its first line,
+    /// at least 16 characters. Read at start and at each reload. Unset: the admin API is off
+    /// (its paths answer 404). Relative to the config file's directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Write a random token to `admin_token_file` (mode 0600) on start when the file is
+    /// absent, as `tls.generate_self_signed` does for the certificate. Default: `false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub generate_admin_token: bool,
 }
 
 /// Log output.

@@ -243,6 +243,7 @@ impl Runner {
         let now_ms = self.clock.unix_millis();
         let tried = shape::settle(upstreams, upstream, env, tried, &report, now_ms, &metrics);
         metrics.attempt(report.result);
+        env.last_reply = Some(report.reply.clone());
         events::attempt(&Attempt {
             queue_id: env.id.as_str(),
             upstream,

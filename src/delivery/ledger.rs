@@ -82,6 +82,8 @@ mod tests {
             accepted_ms: 0,
             maybe_delivered: Vec::new(),
             shaped: None,
+            held: None,
+            last_reply: None,
         }
     }
 

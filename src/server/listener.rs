@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -138,7 +139,14 @@ pub async fn run(listener: Listener, rt: Arc<Runtime>, caps: Caps, shutdown: Shu
             .listener(&listener.info.name)
             .unwrap_or(&listener.info)
             .clone();
-        let (refusal, permits) = admit(&listener, &info, &rules, &rt, &caps, peer);
+        let (refusal, permits) = if shutdown.draining.load(Ordering::Relaxed) {
+            // A queue drain: new mail goes elsewhere while the queue empties.
+            listener.metrics.connection(&ConnResult::Draining);
+            let refusal = Some(Reply::shutting_down(&rules.hostname));
+            (refusal, (None, None, None))
+        } else {
+            admit(&listener, &info, &rules, &rt, &caps, peer)
+        };
         let refusing = match refusal {
             None => None,
             Some(_) => match caps.refusals.clone().try_acquire_owned() {

@@ -28,6 +28,7 @@
 //! - `schedule`: pure retry backoff.
 
 pub mod commit;
+pub mod inspect;
 pub mod record;
 pub mod schedule;
 pub mod store;
@@ -37,7 +38,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use commit::{CommitObserver, Durability, FdatasyncEach, SyncFs, SyncMode};
-pub use record::{Ambiguous, Envelope, QueueId, RcptStatus, Recipient, RecordError, Shaped};
+pub use record::{Ambiguous, Envelope, Held, QueueId, RcptStatus, Recipient, RecordError, Shaped};
 pub use store::{Spool, SpoolWriter, StoredBody};
 
 /// Everything that can go wrong in the spool. The SMTP side answers any of these to a DATA

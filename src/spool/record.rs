@@ -211,6 +211,14 @@ pub struct Envelope {
     /// the message is admitted afresh.
     #[serde(skip)]
     pub shaped: Option<Box<Shaped>>,
+    /// Set while the message is held (by an administrator, or by `queue.on_ambiguous:
+    /// hold`): it is never attempted until released. Absent in files written before holds
+    /// existed, which load as not held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Held>,
+    /// The latest attempt's deciding reply (or what went wrong), for the queue listing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reply: Option<String>,
 }
 
 /// Why and until when a message waits for an upstream (see `upstream::shaping`).
@@ -226,6 +234,15 @@ pub struct Shaped {
     /// The time is booked in the upstream's caps: the message goes then without being
     /// counted again.
     pub booked: bool,
+}
+
+/// Why and since when a message is held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    /// When it was held, unix seconds.
+    pub at_unix: u64,
+    /// Who or what held it, for the listing.
+    pub reason: String,
 }
 
 /// Where and when a message (some of its recipients) may have been delivered.
@@ -681,6 +698,8 @@ pub(crate) mod tests {
             accepted_ms: 0,
             maybe_delivered: Vec::new(),
             shaped: None,
+            held: None,
+            last_reply: None,
         }
     }
 
@@ -796,6 +815,32 @@ pub(crate) mod tests {
             decode_envelope(bad_id.as_bytes()),
             Err(RecordError::Envelope(_))
         ));
+    }
+
+    /// A hold and the last reply survive a round trip through a state file; a file written
+    /// before they existed (no such keys) loads as not held, with no last reply.
+    #[test]
+    fn held_and_last_reply_round_trip_and_default_when_absent() {
+        let mut env = sample("0123456789ABCDEF".parse().unwrap());
+        env.held = Some(Held {
+            at_unix: 1_700_000_100,
+            reason: "held by an administrator".into(),
+        });
+        env.last_reply = Some("451 4.3.0 try later".into());
+        let state = encode_state(&env).unwrap();
+        assert_eq!(decode_state(&state).unwrap(), env);
+        let json = String::from_utf8(encode_envelope(&env).unwrap()).unwrap();
+        assert!(
+            json.contains(r#""held":{"at_unix":1700000100,"reason":"held by an administrator"}"#)
+        );
+        env.held = None;
+        env.last_reply = None;
+        let old = String::from_utf8(encode_envelope(&env).unwrap()).unwrap();
+        assert!(
+            !old.contains("held") && !old.contains("last_reply"),
+            "{old}"
+        );
+        assert_eq!(decode_envelope(old.as_bytes()).unwrap(), env);
     }
 
     fn message_bytes(body: &[u8], prefix: &[u8], env: &Envelope) -> Vec<u8> {

@@ -279,6 +279,12 @@ impl Spool {
         written.and(removed)
     }
 
+    /// The spool directory (the parent of `queue/`), for the read-only looks of
+    /// [`crate::spool::inspect`].
+    pub fn dir(&self) -> &Path {
+        self.inner.queue.parent().unwrap_or(&self.inner.queue)
+    }
+
     /// Messages currently in the queue (committed, not yet removed or dead-lettered).
     pub fn count(&self) -> usize {
         self.inner.queued.load(Ordering::Relaxed)
@@ -595,6 +601,8 @@ mod tests {
             accepted_ms: 0,
             maybe_delivered: Vec::new(),
             shaped: None,
+            held: None,
+            last_reply: None,
         }
     }
 

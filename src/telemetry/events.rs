@@ -31,6 +31,8 @@ pub enum Event {
     Completed,
     /// An upstream's circuit breaker changed state.
     CircuitBreaker,
+    /// An administrator's command through the admin API (`postern queue ...`).
+    Admin,
 }
 
 impl Event {
@@ -44,6 +46,7 @@ impl Event {
             Event::Recipient => "recipient",
             Event::Completed => "completed",
             Event::CircuitBreaker => "circuit_breaker",
+            Event::Admin => "admin",
         }
     }
 }
@@ -260,6 +263,19 @@ pub fn circuit_breaker(upstream: &str, transition: Transition) {
             "circuit breaker of upstream {upstream} closed: the upstream is used again"
         ),
     }
+}
+
+/// Logs an administrator's command: `action` (`hold`, `release`, `retry`, `delete`,
+/// `bounce`, `drain`, `resume`, `purge_failed`), the message it concerns (`-`: all), and what
+/// it did.
+pub fn admin(action: &'static str, queue_id: &str, detail: &str) {
+    tracing::warn!(
+        event = Event::Admin.as_str(),
+        action,
+        queue_id,
+        detail,
+        "admin: {action} {queue_id}: {detail}"
+    );
 }
 
 fn millis(d: Duration) -> u64 {

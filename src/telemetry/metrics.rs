@@ -316,7 +316,7 @@ pub struct Families {
     delivery_recipients: IntCounterVec,
     delivery_latency: HistogramVec,
     /// By [`Completion`], in `Completion::ALL` order.
-    completed: [IntCounter; 3],
+    completed: [IntCounter; 4],
     upstream_open: IntGaugeVec,
     upstream_busy: IntGaugeVec,
     upstream_failures: IntCounterVec,

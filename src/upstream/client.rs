@@ -18,6 +18,7 @@ use crate::smtp::reply_parser::{Capabilities, UpstreamReply};
 use crate::upstream::conn::Conn;
 use crate::upstream::error::{Capability, Error, Stage};
 use crate::upstream::oauth2::sasl::Target;
+use crate::upstream::probe::StepObserver;
 pub use crate::upstream::settings::{
     AuthSecret, Credentials, Security, Settings, Timeouts, TlsTarget,
 };
@@ -123,6 +124,19 @@ impl Drop for OpenCount {
 impl Client {
     /// Connects, reads the greeting, says EHLO, does STARTTLS and AUTH as configured.
     pub async fn connect(s: &Settings) -> Result<Client, Error> {
+        Client::connect_observed(s, None).await
+    }
+
+    /// [`Client::connect`] telling `observer` of each step (`postern probe`): the same
+    /// session set-up as delivery, seen from outside.
+    pub async fn probe(s: &Settings, observer: Arc<dyn StepObserver>) -> Result<Client, Error> {
+        Client::connect_observed(s, Some(observer)).await
+    }
+
+    async fn connect_observed(
+        s: &Settings,
+        observer: Option<Arc<dyn StepObserver>>,
+    ) -> Result<Client, Error> {
         if let Some(c) = &s.credentials
             && let AuthSecret::OAuth2(source) = &c.secret
         {
@@ -155,7 +169,11 @@ impl Client {
         };
         // Commands are small and answered one round trip at a time: no Nagle delay.
         let _ = tcp.set_nodelay(true);
+        if let (Some(o), Ok(peer)) = (&observer, tcp.peer_addr()) {
+            o.connected(peer);
+        }
         let mut conn = Conn::new(tcp, s.name.clone(), s.timeouts);
+        conn.observer = observer;
         if let Security::Implicit(target) = &s.security {
             conn = conn.start_tls(target).await?;
         }
@@ -271,6 +289,9 @@ impl Client {
     pub async fn quit(mut self) {
         let limit = self.conn.timeouts.command.min(Duration::from_secs(10));
         let _ = timeout(limit, async {
+            if let Some(o) = &self.conn.observer {
+                o.sent(Stage::Rset, "QUIT");
+            }
             self.conn.write(b"QUIT\r\n", Stage::Rset).await?;
             self.conn.read_reply(Stage::Rset, limit).await
         })

@@ -5,6 +5,7 @@
 //! Split from `client.rs` so that file holds the transaction logic only.
 
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -20,6 +21,7 @@ use crate::stream::Stream;
 use crate::upstream::error::{Error, Stage};
 use crate::upstream::oauth2::sasl::{self, Mechanism, Target};
 use crate::upstream::oauth2::{AccessToken, TokenError, TokenSource};
+use crate::upstream::probe::{self, StepObserver};
 use crate::upstream::settings::{AuthSecret, Credentials, Timeouts, TlsTarget};
 
 /// The connection below the SMTP dialogue: a stream, a read buffer, and timeouts.
@@ -31,6 +33,8 @@ pub(crate) struct Conn {
     /// Upstream name, for errors.
     pub(crate) name: String,
     pub(crate) timeouts: Timeouts,
+    /// Told of each line and reply (`postern probe`); `None` in delivery.
+    pub(crate) observer: Option<Arc<dyn StepObserver>>,
 }
 
 impl Conn {
@@ -41,6 +45,7 @@ impl Conn {
             rbuf: Vec::new(),
             name,
             timeouts,
+            observer: None,
         }
     }
 
@@ -88,7 +93,12 @@ impl Conn {
                 upstream: self.name.clone(),
                 stage,
             }),
-            Ok(result) => result,
+            Ok(result) => {
+                if let (Some(o), Ok(reply)) = (&self.observer, &result) {
+                    o.reply(stage, reply);
+                }
+                result
+            }
         }
     }
 
@@ -129,6 +139,9 @@ impl Conn {
         line: &str,
         stage: Stage,
     ) -> Result<UpstreamReply, Error> {
+        if let Some(o) = &self.observer {
+            o.sent(stage, &probe::redact(stage, line));
+        }
         let mut bytes = Vec::with_capacity(line.len() + 2);
         bytes.extend_from_slice(line.as_bytes());
         bytes.extend_from_slice(b"\r\n");
@@ -187,6 +200,7 @@ impl Conn {
             rbuf,
             name,
             timeouts,
+            observer,
         } = self;
         let Stream::Plain(tcp) = stream else {
             let detail = "TLS requested on a TLS connection".to_owned();
@@ -213,11 +227,15 @@ impl Conn {
             }
             Ok(Ok(tls)) => tls,
         };
+        if let Some(o) = &observer {
+            o.tls(&probe::tls_info(tls.get_ref().1));
+        }
         Ok(Conn {
             stream: Stream::from(tls),
             rbuf,
             name,
             timeouts,
+            observer,
         })
     }
 

@@ -28,6 +28,7 @@ pub mod error;
 mod hints;
 pub mod oauth2;
 pub mod pool;
+pub mod probe;
 pub mod route;
 pub mod settings;
 pub mod shaping;

@@ -55,6 +55,11 @@ pub struct Pool {
 
 impl Pool {
     /// A pool for the upstream described by `settings`. `max_connections` of 0 is taken as 1.
+    /// The connection settings (for `postern probe`).
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
     pub fn new(settings: Settings, max_connections: usize, idle_timeout: Duration) -> Pool {
         let max = max_connections.clamp(1, Semaphore::MAX_PERMITS);
         Pool {

@@ -12,6 +12,7 @@
 
 mod harness;
 
+mod admin;
 mod auth;
 mod binary;
 mod delivery;

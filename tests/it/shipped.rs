@@ -126,11 +126,36 @@ async fn default_config_works_as_the_readme_says() {
     }
 
     assert_scraped(SocketAddr::from(([127, 0, 0, 1], metrics_port))).await;
+    let token = assert_admin_api(&config, &var).await;
 
     postern.sigterm();
     let status = postern.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "postern exited with {status}");
-    assert_no_password(&dir.path().join("postern.log"));
+    assert_no_password(&dir.path().join("postern.log"), &token);
+}
+
+/// The admin API is on with a token generated on first start (mode 0600, never logged):
+/// `postern queue list` answers through it with the empty queue.
+async fn assert_admin_api(config: &Path, var: &Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let file = var.join("admin.token");
+    let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "admin.token mode");
+    let token = std::fs::read_to_string(&file).unwrap().trim().to_owned();
+    assert_eq!(token.len(), 64, "{token}");
+    let out = crate::harness::admin::run_cli(&["queue", "list", "--json"], config.to_owned()).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(body["messages"], serde_json::json!([]));
+    assert_eq!(
+        body["draining"], false,
+        "answered by the running relay: {body}"
+    );
+    token
 }
 
 /// `config/postern.yaml` with its three listener ports and its metrics port moved to free
@@ -164,9 +189,10 @@ async fn assert_scraped(http: SocketAddr) {
 
 /// The demo password went over the wire three times, never into the log (nor its AUTH
 /// LOGIN and PLAIN encodings).
-fn assert_no_password(log: &Path) {
+fn assert_no_password(log: &Path, admin_token: &str) {
     let log = std::fs::read_to_string(log).unwrap();
     for secret in [
+        admin_token,
         "demo-password",
         "ZGVtby1wYXNzd29yZA==",
         "AGRlbW8AZGVtby1wYXNzd29yZA==",

@@ -10,6 +10,12 @@ impl Checker<'_> {
         let Some(http) = http else {
             return Ok(());
         };
+        if http.generate_admin_token && http.admin_token_file.is_none() {
+            return self.fail(
+                "http.generate_admin_token",
+                "needs http.admin_token_file: the file to write the token to",
+            );
+        }
         match listeners
             .iter()
             .enumerate()

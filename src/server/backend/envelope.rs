@@ -66,6 +66,8 @@ impl Backend {
             accepted_ms: 0,
             maybe_delivered: Vec::new(),
             shaped: None,
+            held: None,
+            last_reply: None,
         };
         (env, prefix)
     }

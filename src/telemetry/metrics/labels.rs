@@ -13,11 +13,18 @@ pub enum ConnResult {
     ConnectionRate(String),
     /// Over a connection cap.
     ConnectionCap,
+    /// Refused with `421 4.3.2` while a queue drain is in progress.
+    Draining,
 }
 
 /// The `result` label values of `postern_connections_total`, in [`ConnResult::index`] order.
-pub(super) const CONN_RESULTS: [&str; 4] =
-    ["accepted", "allowlist", "connection_rate", "connection_cap"];
+pub(super) const CONN_RESULTS: [&str; 5] = [
+    "accepted",
+    "allowlist",
+    "connection_rate",
+    "connection_cap",
+    "draining",
+];
 
 impl ConnResult {
     pub(super) fn index(&self) -> usize {
@@ -26,6 +33,7 @@ impl ConnResult {
             ConnResult::Allowlist => 1,
             ConnResult::ConnectionRate(_) => 2,
             ConnResult::ConnectionCap => 3,
+            ConnResult::Draining => 4,
         }
     }
 }
@@ -149,15 +157,18 @@ pub enum Completion {
     Failed,
     /// `queue.max_age` reached with recipients pending: moved to `failed/`.
     Expired,
+    /// Removed from the queue by an administrator (`postern queue delete`).
+    Deleted,
 }
 
 impl Completion {
     /// Every value in declaration order, so that `value as usize` indexes this array and the
     /// handles resolved from it.
-    pub(super) const ALL: [Completion; 3] = [
+    pub(super) const ALL: [Completion; 4] = [
         Completion::Delivered,
         Completion::Failed,
         Completion::Expired,
+        Completion::Deleted,
     ];
 
     /// The label value and log field.
@@ -166,6 +177,7 @@ impl Completion {
             Completion::Delivered => "delivered",
             Completion::Failed => "failed",
             Completion::Expired => "expired",
+            Completion::Deleted => "deleted",
         }
     }
 }

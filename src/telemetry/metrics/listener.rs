@@ -15,7 +15,7 @@ use crate::smtp::sasl::Mechanism;
 #[derive(Debug)]
 pub struct ListenerMetrics {
     name: String,
-    connections: [IntCounter; 4],
+    connections: [IntCounter; 5],
     active: IntGauge,
     closed: Vec<(Reason, IntCounter)>,
     tls: [IntCounter; 3],

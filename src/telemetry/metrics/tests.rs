@@ -28,6 +28,8 @@ fn registers_and_preregisters() {
         r#"postern_delivery_attempts_total{result="maybe_delivered",upstream="relay"}"#,
         r#"postern_upstream_failures_total{stage="final_dot",upstream="relay"}"#,
         r#"postern_messages_completed_total{result="expired"}"#,
+        r#"postern_messages_completed_total{result="deleted"}"#,
+        r#"postern_connections_total{listener="submission",result="draining"}"#,
         r#"postern_config_reloads_total{result="failure"}"#,
     ] {
         assert_eq!(value(&text, series), Some(0.0), "{series} in\n{text}");

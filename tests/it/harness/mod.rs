@@ -8,6 +8,7 @@
 //! - `submissions`: implicit TLS, AUTH required (port 465 style);
 //! - `legacy`: plain text, no AUTH, only from 127.0.0.1/32 (the printer case).
 
+pub mod admin;
 pub mod ca;
 pub mod client;
 pub mod http;
@@ -82,6 +83,12 @@ pub struct Opts {
     pub upstream_auth: Option<String>,
     /// With [`Upstream::StartTlsAuth`]: the sink requires OAuth2 instead of a password.
     pub sink_oauth: Option<SinkOAuth>,
+    /// The `queue` mapping's retry keys, replacing the quick default
+    /// (`min_backoff: 1s, max_backoff: 2s, ambiguous_retry: 1s`), e.g. `"min_backoff: 1h,
+    /// max_backoff: 1h"`.
+    pub queue: String,
+    /// Configure `http.admin_token_file` (holding [`admin::TOKEN`]): the admin API is on.
+    pub admin_api: bool,
 }
 
 impl Default for Opts {
@@ -98,6 +105,8 @@ impl Default for Opts {
             upstream_keys: String::new(),
             upstream_auth: None,
             sink_oauth: None,
+            queue: String::new(),
+            admin_api: true,
         }
     }
 }
@@ -170,6 +179,11 @@ impl TestServer {
             (Some(sink), port)
         };
         let config = dir.path().join("postern.yaml");
+        std::fs::write(
+            dir.path().join("admin.token"),
+            format!("{}\n", admin::TOKEN),
+        )
+        .unwrap();
         std::fs::write(&config, config_yaml(dir.path(), &ca, sink_port, &opts)).unwrap();
         let unbound = SocketAddr::from(([127, 0, 0, 1], 0));
         let mut server = TestServer {
@@ -352,12 +366,22 @@ listeners:
 tls: {{certificate: {cert}, private_key: {key}}}
 users:
   - {{username: {USER}, password_hash: "{hash}", senders: ["{USER}@example.com", "@alice.example"]{alice}}}
-{users}queue: {{directory: {d}/spool, min_backoff: 1s, max_backoff: 2s, ambiguous_retry: 1s}}
+{users}queue: {{directory: {d}/spool, {queue}}}
 upstreams:
   - {{name: sink, address: "127.0.0.1:{sink_port}", connect_timeout: 2s, {upstream_security}{upstream_keys}}}
 log: {{level: warn}}
-http: {{address: "127.0.0.1:0"}}
+http: {{address: "127.0.0.1:0"{token}}}
 {extra}"#,
+        queue = if opts.queue.is_empty() {
+            "min_backoff: 1s, max_backoff: 2s, ambiguous_retry: 1s"
+        } else {
+            &opts.queue
+        },
+        token = if opts.admin_api {
+            format!(", admin_token_file: {d}/admin.token")
+        } else {
+            String::new()
+        },
         cert = ca.cert_file.display(),
         key = ca.key_file.display(),
         hash = password_hash(),

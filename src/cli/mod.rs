@@ -1,4 +1,10 @@
-//! Subcommands: `run`, `check-config`, `hash-password`.
+//! Subcommands: `run`, `check-config`, `hash-password`; the admin tools `queue ...` and
+//! `reload` (queue.rs, over the admin API through api.rs) and `probe upstream` (probe.rs).
+
+mod api;
+mod probe;
+mod queue;
+mod table;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -36,6 +42,23 @@ pub enum Command {
     },
     /// Read a password from standard input and print its argon2id PHC hash for `users:`.
     HashPassword,
+    /// Queue administration through the admin API (`http.admin_token_file`).
+    Queue {
+        /// What to do.
+        #[command(subcommand)]
+        command: queue::QueueCommand,
+    },
+    /// Reload the running relay's configuration (as SIGHUP does) and print the outcome.
+    Reload {
+        #[command(flatten)]
+        api: queue::ApiArgs,
+    },
+    /// Connect to an upstream as delivery would and print each step; sends no mail.
+    Probe {
+        /// What to probe.
+        #[command(subcommand)]
+        target: probe::ProbeTarget,
+    },
 }
 
 /// Parses the command line and runs the subcommand.
@@ -53,6 +76,9 @@ pub fn main() -> ExitCode {
             }
         },
         Command::HashPassword => hash_password(),
+        Command::Queue { command } => queue::run(command),
+        Command::Reload { api } => queue::reload(&api),
+        Command::Probe { target } => probe::run(target),
     }
 }
 

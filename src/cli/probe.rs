@@ -1,0 +1,138 @@
+//! `postern probe upstream NAME`: connects to a configured upstream with its TLS and AUTH
+//! settings through the delivery client itself (with a step observer), prints each command
+//! and reply, says QUIT and sends no mail. The first thing to run when a smarthost refuses
+//! the relay. Exit 0 when the session set-up succeeds; 1 with a one-line reason otherwise.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Subcommand;
+
+use crate::config;
+use crate::smtp::reply_parser::UpstreamReply;
+use crate::upstream::Upstreams;
+use crate::upstream::client::Client;
+use crate::upstream::error::Stage;
+use crate::upstream::probe::{StepObserver, TlsInfo};
+
+/// What `probe` connects to.
+#[derive(Debug, Subcommand)]
+pub enum ProbeTarget {
+    /// An upstream of the config, by name.
+    Upstream {
+        /// The upstream's name (`upstreams[].name`).
+        name: String,
+        /// The configuration file.
+        #[arg(long, short, default_value = "config/postern.yaml")]
+        config: PathBuf,
+    },
+}
+
+/// Prints each step as it happens, one line each.
+#[derive(Debug)]
+struct Printer;
+
+/// The step's name as printed; QUIT is sent under the RSET stage.
+fn label(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Rset => "quit",
+        other => other.as_str(),
+    }
+}
+
+impl StepObserver for Printer {
+    fn connected(&self, peer: SocketAddr) {
+        println!("{:<10} connected to {peer}", "connect");
+    }
+
+    fn sent(&self, stage: Stage, line: &str) {
+        println!("{:<10} C: {line}", label(stage));
+    }
+
+    fn reply(&self, stage: Stage, reply: &UpstreamReply) {
+        let last = reply.lines.len().saturating_sub(1);
+        for (i, text) in reply.lines.iter().enumerate() {
+            let sep = if i == last { ' ' } else { '-' };
+            let enhanced = match (i, reply.enhanced) {
+                (0, Some((c, s, d))) => format!("{c}.{s}.{d} "),
+                _ => String::new(),
+            };
+            println!(
+                "{:<10} S: {}{sep}{enhanced}{text}",
+                label(stage),
+                reply.code
+            );
+        }
+    }
+
+    fn tls(&self, info: &TlsInfo) {
+        let unknown = || "(unreadable)".to_owned();
+        println!(
+            "{:<10} {} {}; certificate subject: {}; expires: {}",
+            "tls",
+            info.version,
+            info.cipher,
+            info.subject.clone().unwrap_or_else(unknown),
+            info.not_after.clone().unwrap_or_else(unknown),
+        );
+    }
+}
+
+/// Runs the probe.
+pub fn run(target: ProbeTarget) -> ExitCode {
+    let ProbeTarget::Upstream { name, config } = target;
+    match probe(&name, &config) {
+        Ok(()) => {
+            println!("probe OK: upstream {name} took the session set-up; no mail was sent");
+            ExitCode::SUCCESS
+        }
+        Err(why) => {
+            eprintln!("postern: probe upstream {name}: {why}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn probe(name: &str, file: &std::path::Path) -> Result<(), String> {
+    let cfg = config::load(file).map_err(|e| e.to_string())?;
+    let Some(upstream) = cfg.upstreams.iter().find(|u| u.name == name) else {
+        let names: Vec<&str> = cfg.upstreams.iter().map(|u| u.name.as_str()).collect();
+        return Err(format!(
+            "no such upstream in {} (configured: {})",
+            file.display(),
+            names.join(", ")
+        ));
+    };
+    if upstream.directory.is_some() {
+        return Err("a directory upstream: there is no server to probe".to_owned());
+    }
+    let upstreams = Upstreams::new(&cfg).map_err(|e| e.to_string())?;
+    let settings = upstreams
+        .pool(name)
+        .map(|p| p.settings().clone())
+        .ok_or_else(|| "not an SMTP upstream".to_owned())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    println!(
+        "{:<10} {}:{} (tls: {}, auth: {})",
+        "upstream",
+        settings.host,
+        settings.port,
+        format!("{:?}", upstream.tls).to_lowercase(),
+        match &settings.credentials {
+            Some(c) => format!("as {}", c.username),
+            None => "none".to_owned(),
+        }
+    );
+    rt.block_on(async {
+        let client = Client::probe(&settings, Arc::new(Printer))
+            .await
+            .map_err(|e| e.to_string())?;
+        client.quit().await;
+        Ok(())
+    })
+}
