@@ -101,6 +101,8 @@ def main() -> None:
         "mail-params": b"MAIL FROM:<app1@corp.example> SIZE=20 BODY=8BITMIME AUTH=<>",
         "mail-quoted-utf8": b'MAIL FROM:<"x> y"@b\xc3\xbc.example> SMTPUTF8',
         "mail-null": b"MAIL FROM:<>",
+        "mail-dsn": b"MAIL FROM:<a@b.example> RET=HDRS ENVID=QQ+2B1",
+        "rcpt-dsn": b"RCPT TO:<u@x.example> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;U+2Bx@x.example",
         "rcpt-route-literal": b"RCPT TO:<@r.example,@s.example:u@[IPv6:2001:db8::1]>",
         "rcpt-postmaster": b"rcpt to: <Postmaster>",
         "auth-plain": b"AUTH PLAIN AGFwcDEAc2VjcmV0",

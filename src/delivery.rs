@@ -19,11 +19,13 @@
 //! `idle_timeout` periodically, and all idle ones when it stops.
 
 mod body;
+mod bounce;
 mod control;
 mod failover;
 mod ledger;
 mod outcome;
 pub mod queue;
+mod report;
 mod shape;
 pub mod view;
 
@@ -245,9 +247,9 @@ impl Runner {
         });
     }
 
-    /// Removes, dead-letters or reschedules the message after an attempt; `after` says how
-    /// long a message with recipients left waits.
-    fn finish(&self, mut env: Envelope, timing: Timing, after: After) {
+    /// Reports outcomes (bounce.rs), then removes, dead-letters or reschedules the message
+    /// after an attempt; `after` says how long a message with recipients left waits.
+    async fn finish(&self, mut env: Envelope, timing: Timing, after: After) {
         let pending = env
             .recipients
             .iter()
@@ -261,6 +263,13 @@ impl Runner {
                 "message expired in the queue (queue.max_age)",
             );
         }
+        let reported = self.report_outcomes(&mut env, timing).await;
+        let failed = env
+            .recipients
+            .iter()
+            .any(|r| matches!(r.status, RcptStatus::Failed { .. }));
+        // `failed/` keeps a failed message for the admin even if its bounce is not queued.
+        let kept = failed && timing.bounces.dead_letter();
         let age = Duration::from_secs(self.clock.unix().saturating_sub(env.received_unix));
         let id = env.id.to_string();
         if env
@@ -268,18 +277,14 @@ impl Runner {
             .iter()
             .any(|r| r.status == RcptStatus::Pending)
         {
+            self.warn_delay(&mut env, timing).await;
             self.defer(env, timing, after);
-        } else if env
-            .recipients
-            .iter()
-            .any(|r| matches!(r.status, RcptStatus::Failed { .. }))
-        {
-            match self.spool.move_to_failed(&env) {
-                Ok(()) => {
-                    warn!(queue_id = %id, "message failed for some recipients; kept in the failed directory")
-                }
-                Err(e) => warn!(queue_id = %id, error = %e, "cannot move to the failed directory"),
-            }
+        } else if !reported && !kept {
+            // A notification is not queued yet and nothing else keeps the message: it
+            // stays until one is.
+            self.defer(env, timing, After::Backoff);
+        } else if failed {
+            self.failed(&env, timing);
             let how = if pending && expired {
                 Completion::Expired
             } else {

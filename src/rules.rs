@@ -83,6 +83,10 @@ pub struct Timing {
     pub ambiguous_retry: std::time::Duration,
     /// Retry or hold a maybe-delivered message (`queue.on_ambiguous`).
     pub on_ambiguous: crate::config::schema::OnAmbiguous,
+    /// `queue.bounces`.
+    pub bounces: crate::config::schema::Bounces,
+    /// `queue.delay_warning` (`None`: off).
+    pub delay_warning: Option<std::time::Duration>,
 }
 
 /// Everything sessions and deliveries decide by, from one config.
@@ -151,6 +155,8 @@ impl Rules {
                 max_age: cfg.queue.max_age.get(),
                 ambiguous_retry: cfg.queue.ambiguous_retry.get(),
                 on_ambiguous: cfg.queue.on_ambiguous,
+                bounces: cfg.queue.bounces,
+                delay_warning: cfg.queue.delay_warning.map(|d| d.get()),
             },
             rate_limits,
         }

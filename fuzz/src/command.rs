@@ -4,6 +4,7 @@
 //! well-formed error reply.
 
 use postern::smtp::command::{BodyType, Command, CommandError, MailParams, parse};
+use postern::smtp::dsn::{ENVID_MAX, ORCPT_MAX, RcptParams, is_xtext};
 
 use crate::reply_parser::check_wire_form;
 
@@ -53,8 +54,13 @@ fn check_command(cmd: &Command) {
                 "MAIL does not survive re-formatting as {again:?}"
             );
         }
-        Command::Rcpt { to } => {
-            let again = format!("RCPT TO:<{to}>");
+        Command::Rcpt { to, params } => {
+            // RFC 3461 4.2: what is relayed upstream is valid xtext within the cap.
+            if let Some(orcpt) = &params.orcpt {
+                assert!(is_xtext(&orcpt.xtext), "ORCPT {orcpt:?}");
+                assert!(orcpt.to_param().len() <= ORCPT_MAX, "ORCPT {orcpt:?}");
+            }
+            let again = format!("RCPT TO:<{to}>{}", render_rcpt(params));
             assert_eq!(
                 parse(again.as_bytes()).as_ref(),
                 Ok(cmd),
@@ -86,6 +92,29 @@ fn render(params: &MailParams) -> String {
     }
     if params.smtputf8 {
         out.push_str(" SMTPUTF8");
+    }
+    // RFC 3461 4.3, 4.4: as the upstream client writes them.
+    if let Some(ret) = params.ret {
+        out.push_str(&format!(" RET={}", ret.as_str()));
+    }
+    if let Some(envid) = &params.envid {
+        assert!(
+            is_xtext(envid) && envid.len() <= ENVID_MAX,
+            "ENVID {envid:?}"
+        );
+        out.push_str(&format!(" ENVID={envid}"));
+    }
+    out
+}
+
+/// RCPT parameters in wire form, as the upstream client writes them (RFC 3461 4.1, 4.2).
+fn render_rcpt(params: &RcptParams) -> String {
+    let mut out = String::new();
+    if let Some(notify) = params.notify {
+        out.push_str(&format!(" NOTIFY={notify}"));
+    }
+    if let Some(orcpt) = &params.orcpt {
+        out.push_str(&format!(" ORCPT={}", orcpt.to_param()));
     }
     out
 }

@@ -385,7 +385,7 @@ impl Shell {
                 assert!(n >= 1 && n <= self.cfg.max_recipients, "{n} recipients");
                 if !envelope.params.smtputf8 {
                     assert!(envelope.from.is_ascii());
-                    assert!(envelope.rcpts.iter().all(|r| r.0.is_ascii()));
+                    assert!(envelope.rcpts.iter().all(|r| r.to.0.is_ascii()));
                 }
             }
         }

@@ -253,6 +253,39 @@ pub struct QueueConfig {
     /// How a message is made durable before its `250`. Default: `fdatasync`.
     #[serde(default)]
     pub sync: QueueSync,
+    /// What happens to a message with recipients that failed for good. Default: `both`.
+    #[serde(default)]
+    pub bounces: Bounces,
+    /// Send one `Action: delayed` notification once a message has waited this long with
+    /// recipients still pending. Default: off.
+    #[serde(default)]
+    pub delay_warning: Option<Duration>,
+}
+
+/// `queue.bounces`: how failed recipients are reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Bounces {
+    /// A delivery status notification (RFC 3464) to the envelope sender; the message is
+    /// removed once it is queued.
+    Dsn,
+    /// The message is kept in the spool's `failed/` directory for the admin; no DSN.
+    DeadLetter,
+    /// Both: a DSN, and the message kept in `failed/`.
+    #[default]
+    Both,
+}
+
+impl Bounces {
+    /// A DSN is sent.
+    pub fn dsn(self) -> bool {
+        self != Bounces::DeadLetter
+    }
+
+    /// The message is kept in `failed/`.
+    pub fn dead_letter(self) -> bool {
+        self != Bounces::Dsn
+    }
 }
 
 /// What to do with a maybe-delivered message (`queue.on_ambiguous`).

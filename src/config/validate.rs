@@ -283,7 +283,20 @@ impl Checker<'_> {
                 q.min_backoff, q.max_backoff
             ),
         )?;
-        self.at_least_a_second("queue.ambiguous_retry", q.ambiguous_retry)
+        self.at_least_a_second("queue.ambiguous_retry", q.ambiguous_retry)?;
+        if let Some(after) = q.delay_warning {
+            self.at_least_a_second("queue.delay_warning", after)?;
+            // A warning due after the message has expired would never be sent.
+            self.ensure(
+                after < q.max_age,
+                "queue.delay_warning",
+                format!(
+                    "{after} is not shorter than queue.max_age ({}): the warning would never be sent",
+                    q.max_age
+                ),
+            )?;
+        }
+        Ok(())
     }
 
     /// At least one upstream; unique names; each either SMTP or a directory.

@@ -3,6 +3,7 @@
 //! release) writes its state file first and changes nothing when that fails; a message in an
 //! attempt is left alone (the command answers a conflict and can be repeated a moment later).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::telemetry::events;
@@ -22,7 +23,11 @@ pub const HELD_BY_ADMIN: &str = "held by an administrator (postern queue hold)";
 
 impl Runner {
     /// Carries out `cmd` on `queue`.
-    pub(super) fn control(&self, queue: &mut Queue, cmd: Command) -> Result<Answer, ControlError> {
+    pub(super) fn control(
+        self: &Arc<Self>,
+        queue: &mut Queue,
+        cmd: Command,
+    ) -> Result<Answer, ControlError> {
         let now = self.clock.unix();
         match cmd {
             Command::List => Ok(Answer::List(queue.list(now))),
@@ -137,7 +142,12 @@ impl Runner {
         Ok(Answer::One(Box::new(shown)))
     }
 
-    fn bounce(&self, queue: &mut Queue, id: &QueueId, now: u64) -> Result<Answer, ControlError> {
+    fn bounce(
+        self: &Arc<Self>,
+        queue: &mut Queue,
+        id: &QueueId,
+        now: u64,
+    ) -> Result<Answer, ControlError> {
         let mut env = self.take(queue, id, Want::Any)?;
         events::admin("bounce", id.as_str(), "pending recipients failed");
         fail_pending(&mut env, "-", BOUNCED_BY_ADMIN);
@@ -146,7 +156,13 @@ impl Runner {
         shown.state = crate::delivery::view::State::Failed;
         shown.next_attempt_unix = None;
         // The normal path for a message with failed recipients: dead letter, bounce, count.
-        self.finish(env, self.rules.load().timing, After::Backoff);
+        // In a task of its own: queueing the bounce waits for the spool's commit, and the
+        // runner's loop must not.
+        let this = Arc::clone(self);
+        let timing = self.rules.load().timing;
+        self.shutdown.tracker.spawn(async move {
+            this.finish(env, timing, After::Backoff).await;
+        });
         Ok(Answer::One(Box::new(shown)))
     }
 }

@@ -21,14 +21,15 @@ use tracing::{info, warn};
 
 use crate::delivery::body::{BodyReader, body_tail};
 use crate::delivery::outcome::{self, Report};
-use crate::delivery::shape;
 use crate::delivery::{After, Runner, fail_recipients};
+use crate::delivery::{bounce, shape};
+use crate::smtp::dsn::RcptParams;
 use crate::spool::{Ambiguous, Envelope, RcptStatus};
 use crate::telemetry::events::{self, Attempt};
 use crate::telemetry::metrics::UpstreamMetrics;
 use crate::upstream::Upstreams;
 use crate::upstream::breaker::{Admission, Transition, Verdict};
-use crate::upstream::client::{Outgoing, transmitted_size};
+use crate::upstream::client::{DsnParams, Outgoing, transmitted_size};
 use crate::upstream::error::Capability;
 use crate::upstream::route::Origin;
 use crate::upstream::shaping::Cap;
@@ -125,7 +126,8 @@ impl Runner {
             let this = self.deliver_group(upstreams, &group, &mut env, retry).await;
             after = Some(combine(after, this));
         }
-        self.finish(env, rules.timing, after.unwrap_or(After::Backoff));
+        self.finish(env, rules.timing, after.unwrap_or(After::Backoff))
+            .await;
     }
 
     /// Sends one group through its upstreams in failover order; returns how the message
@@ -280,6 +282,10 @@ impl Runner {
             .iter()
             .map(|&i| env.recipients[i].address.clone())
             .collect();
+        let rcpt_dsn: Vec<RcptParams> = pending
+            .iter()
+            .map(|&i| bounce::relayed_params(&env.recipients[i].dsn))
+            .collect();
         // The spool file holds more after the body (prefix, envelope, trailer): the
         // upstream must read exactly `body_len` bytes.
         let mut file = BodyReader {
@@ -295,10 +301,17 @@ impl Runner {
             size: transmitted_size(&body.prefix, body.body_len, &tail),
             body_8bit: env.body_8bit,
             smtputf8: env.smtputf8,
+            dsn: DsnParams {
+                ret: env.dsn.ret,
+                envid: env.dsn.envid.as_deref(),
+                rcpts: &rcpt_dsn,
+            },
+            upstream_dsn: false,
         };
         let id = env.id.to_string();
         let size = out.size;
         let result = upstreams.deliver(upstream, &id, &mut out).await;
+        let upstream_dsn = out.upstream_dsn;
         let accepted_ms = match env.accepted_ms {
             0 => env.received_unix.saturating_mul(1000),
             ms => ms,
@@ -307,6 +320,9 @@ impl Runner {
             Duration::from_millis(self.clock.unix_millis().saturating_sub(accepted_ms));
         let (tried, report) =
             outcome::apply(env, pending, upstream, result, metrics, since_accepted);
+        if !upstream_dsn {
+            bounce::note_relayed(env, pending, upstream);
+        }
         match tried {
             Tried::MaybeDelivered(_) => {
                 settle_pins(env, &addresses);
@@ -482,6 +498,7 @@ routes:
             .map(|a| crate::spool::Recipient {
                 address: (*a).into(),
                 status: RcptStatus::Pending,
+                dsn: Default::default(),
             })
             .collect();
         env

@@ -84,6 +84,7 @@ mod tests {
             shaped: None,
             held: None,
             last_reply: None,
+            dsn: Default::default(),
         }
     }
 

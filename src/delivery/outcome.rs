@@ -126,6 +126,7 @@ fn settle(
             rcpt.status = RcptStatus::Failed {
                 reply: text.clone(),
             };
+            rcpt.dsn.remote = Some(upstream.into());
             (RcptOutcome::Failed, text, Some(stage))
         }
     }
@@ -243,6 +244,9 @@ fn failed(
         rcpt.status = RcptStatus::Failed {
             reply: text.clone(),
         };
+        if e.reply().is_some() {
+            rcpt.dsn.remote = Some(upstream.into());
+        }
     }
     metrics.recipients(RcptOutcome::Failed, pending.len());
     (Tried::Done, report(AttemptResult::Failed))

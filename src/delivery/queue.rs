@@ -252,6 +252,7 @@ mod tests {
             shaped: None,
             held: None,
             last_reply: None,
+            dsn: Default::default(),
         }
     }
 

@@ -182,12 +182,14 @@ mod tests {
                 Recipient {
                     address: "p@example.org".into(),
                     status: RcptStatus::Pending,
+                    dsn: Default::default(),
                 },
                 Recipient {
                     address: "f@example.org".into(),
                     status: RcptStatus::Failed {
                         reply: "550 5.1.1 no".into(),
                     },
+                    dsn: Default::default(),
                 },
             ],
             listener: "legacy".into(),
@@ -203,6 +205,7 @@ mod tests {
             shaped: None,
             held: None,
             last_reply: None,
+            dsn: Default::default(),
         }
     }
 

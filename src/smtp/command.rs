@@ -2,6 +2,7 @@
 //! not. Syntax only: order and policy checks live in the session.
 
 use crate::smtp::address::{ForwardPath, ReversePath, parse_forward_path, parse_reverse_path};
+use crate::smtp::dsn::{self, RcptParams, Ret};
 use crate::smtp::reply::Reply;
 use crate::smtp::sasl::Mechanism;
 
@@ -23,6 +24,10 @@ pub struct MailParams {
     pub body: Option<BodyType>,
     /// RFC 6531 SMTPUTF8.
     pub smtputf8: bool,
+    /// RFC 3461 4.3 RET=.
+    pub ret: Option<Ret>,
+    /// RFC 3461 4.4 ENVID=, still xtext.
+    pub envid: Option<String>,
 }
 
 /// A parsed command.
@@ -39,10 +44,12 @@ pub enum Command {
         /// The parameters.
         params: MailParams,
     },
-    /// RCPT TO:<path>.
+    /// RCPT TO:<path> [params].
     Rcpt {
         /// The forward path.
         to: ForwardPath,
+        /// The parameters (RFC 3461 DSN).
+        params: RcptParams,
     },
     /// DATA.
     Data,
@@ -204,11 +211,13 @@ fn parse_mail(arg: &str) -> Result<Command, CommandError> {
 fn parse_rcpt(arg: &str) -> Result<Command, CommandError> {
     let (path, params) = path_and_params(arg, "TO:", Reply::rcpt_syntax())?;
     let to = parse_forward_path(path).map_err(|_| Reply::bad_recipient())?;
-    // RFC 5321 4.1.1.3: no RCPT parameters are offered (no DSN yet).
-    if !params.trim().is_empty() {
-        return Err(Reply::unsupported_param().into());
+    if !params.is_empty() && !params.starts_with(' ') {
+        // Bytes glued to the closing '>'.
+        return Err(Reply::bad_recipient().into());
     }
-    Ok(Command::Rcpt { to })
+    // RFC 5321 4.1.1.3 Rcpt-parameters: only RFC 3461's NOTIFY and ORCPT are offered.
+    let params = dsn::parse_rcpt_params(params)?;
+    Ok(Command::Rcpt { to, params })
 }
 
 /// RFC 5321 4.1.2: Mail-parameters = esmtp-param *(SP esmtp-param),
@@ -236,7 +245,10 @@ fn parse_mail_params(params: &str) -> Result<MailParams, Reply> {
             ("SMTPUTF8", None) => std::mem::replace(&mut out.smtputf8, true),
             // RFC 4954 5: AUTH=<mailbox> may be accepted and ignored.
             ("AUTH", Some(_)) => std::mem::replace(&mut seen_auth, true),
-            ("SIZE" | "BODY" | "AUTH", None) | ("SMTPUTF8", Some(_)) => {
+            // RFC 3461 4.3, 4.4.
+            ("RET", Some(v)) => out.ret.replace(dsn::parse_ret(v)?).is_some(),
+            ("ENVID", Some(v)) => out.envid.replace(dsn::parse_envid(v)?).is_some(),
+            ("SIZE" | "BODY" | "AUTH" | "RET" | "ENVID", None) | ("SMTPUTF8", Some(_)) => {
                 return Err(Reply::bad_param_value());
             }
             _ => return Err(Reply::unsupported_param()),
@@ -339,9 +351,31 @@ mod tests {
                         size: Some(100),
                         body: Some(BodyType::EightBitMime),
                         smtputf8: true,
+                        ..p.clone()
                     },
                 ),
             ),
+            (
+                "MAIL FROM:<a@b.example> RET=hdrs ENVID=QQ+2B1",
+                mail(
+                    "a",
+                    "b.example",
+                    MailParams {
+                        ret: Some(Ret::Hdrs),
+                        envid: Some("QQ+2B1".into()),
+                        ..p.clone()
+                    },
+                ),
+            ),
+            (
+                "MAIL FROM:<a@b.example> RET=FULL RET=HDRS",
+                err(Reply::duplicate_param()),
+            ),
+            (
+                "MAIL FROM:<a@b.example> ENVID=a=b",
+                err(Reply::new(501, (5, 5, 4), "ENVID is not valid xtext")),
+            ),
+            ("MAIL FROM:<a@b.example> RET", err(Reply::bad_param_value())),
             (
                 "MAIL FROM:<a@b.example> BODY=7BIT",
                 mail(
@@ -393,7 +427,7 @@ mod tests {
                 err(Reply::bad_param_value()),
             ),
             (
-                "MAIL FROM:<a@b.example> RET=HDRS",
+                "MAIL FROM:<a@b.example> XRET=HDRS",
                 err(Reply::unsupported_param()),
             ),
             ("MAIL FROM:<a@b.example>SIZE=1", err(Reply::bad_sender())),
@@ -405,16 +439,36 @@ mod tests {
                 "RCPT TO:<u@x.example>",
                 Ok(Command::Rcpt {
                     to: ForwardPath(mb("u", "x.example")),
+                    params: RcptParams::default(),
                 }),
             ),
             (
                 "rcpt to: <postmaster>",
                 Ok(Command::Rcpt {
                     to: ForwardPath(mb("postmaster", "")),
+                    params: RcptParams::default(),
                 }),
             ),
             (
                 "RCPT TO:<u@x.example> NOTIFY=NEVER",
+                Ok(Command::Rcpt {
+                    to: ForwardPath(mb("u", "x.example")),
+                    params: RcptParams {
+                        notify: Some(crate::smtp::dsn::Notify::NEVER),
+                        orcpt: None,
+                    },
+                }),
+            ),
+            (
+                "RCPT TO:<u@x.example> NOTIFY=NEVER,DELAY",
+                err(Reply::new(501, (5, 5, 4), "NOTIFY=NEVER must stand alone")),
+            ),
+            (
+                "RCPT TO:<u@x.example>NOTIFY=NEVER",
+                err(Reply::bad_recipient()),
+            ),
+            (
+                "RCPT TO:<u@x.example> FOO=1",
                 err(Reply::unsupported_param()),
             ),
             ("RCPT TO:<>", err(Reply::bad_recipient())),

@@ -25,6 +25,8 @@ pub fn capabilities(host: &str, offer: Offer) -> Reply {
         "8BITMIME".to_owned(),
         "SMTPUTF8".to_owned(),
         "ENHANCEDSTATUSCODES".to_owned(),
+        // RFC 3461 4: delivery status notifications (NOTIFY, ORCPT, RET, ENVID).
+        "DSN".to_owned(),
     ];
     if offer.starttls {
         lines.push("STARTTLS".to_owned());
@@ -42,19 +44,15 @@ mod tests {
     #[test]
     fn capability_rows() {
         let base = "250-mx.example\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n\
-                    250-SMTPUTF8\r\n";
+                    250-SMTPUTF8\r\n250-ENHANCEDSTATUSCODES\r\n";
         let rows = [
-            (false, false, "250 ENHANCEDSTATUSCODES\r\n"),
-            (true, false, "250-ENHANCEDSTATUSCODES\r\n250 STARTTLS\r\n"),
-            (
-                false,
-                true,
-                "250-ENHANCEDSTATUSCODES\r\n250 AUTH PLAIN LOGIN\r\n",
-            ),
+            (false, false, "250 DSN\r\n"),
+            (true, false, "250-DSN\r\n250 STARTTLS\r\n"),
+            (false, true, "250-DSN\r\n250 AUTH PLAIN LOGIN\r\n"),
             (
                 true,
                 true,
-                "250-ENHANCEDSTATUSCODES\r\n250-STARTTLS\r\n250 AUTH PLAIN LOGIN\r\n",
+                "250-DSN\r\n250-STARTTLS\r\n250 AUTH PLAIN LOGIN\r\n",
             ),
         ];
         for (starttls, auth, tail) in rows {

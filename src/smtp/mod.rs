@@ -10,6 +10,7 @@
 pub mod address;
 pub mod command;
 pub mod data;
+pub mod dsn;
 pub mod ehlo;
 pub mod line;
 pub mod refusals;

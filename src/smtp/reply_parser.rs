@@ -267,6 +267,8 @@ pub struct Capabilities {
     pub auth: Vec<String>,
     /// `ENHANCEDSTATUSCODES` (RFC 2034).
     pub enhanced: bool,
+    /// `DSN` (RFC 3461): NOTIFY, ORCPT, RET and ENVID may be sent.
+    pub dsn: bool,
 }
 
 impl Capabilities {
@@ -286,6 +288,7 @@ impl Capabilities {
                 "8BITMIME" => caps.eightbitmime = true,
                 "SMTPUTF8" => caps.smtputf8 = true,
                 "ENHANCEDSTATUSCODES" => caps.enhanced = true,
+                "DSN" => caps.dsn = true,
                 // RFC 1870 4: "SIZE" [SP number]; a missing or unparsable number means no
                 // fixed limit was announced.
                 "SIZE" => caps.size = Some(words.next().and_then(|n| n.parse().ok()).unwrap_or(0)),
@@ -512,12 +515,13 @@ mod tests {
             smtputf8: true,
             auth: vec!["PLAIN".into(), "LOGIN".into(), "XOAUTH2".into()],
             enhanced: true,
+            dsn: true,
         };
         let rows: &[(&str, Capabilities)] = &[
             (
                 "250-mx.example Hello\r\n250-SIZE 35882577\r\n250-8BITMIME\r\n250-pipelining\r\n\
                  250-STARTTLS\r\n250-AUTH PLAIN login XOAUTH2\r\n250-AUTH=LOGIN\r\n\
-                 250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250 SMTPUTF8\r\n",
+                 250-ENHANCEDSTATUSCODES\r\n250-CHUNKING\r\n250-dsn\r\n250 SMTPUTF8\r\n",
                 full,
             ),
             ("250 mx.example\r\n", Capabilities::default()),

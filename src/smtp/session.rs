@@ -14,6 +14,7 @@ use crate::reason::Reason;
 use crate::smtp::address::{ForwardPath, ReversePath};
 use crate::smtp::command::{self, CommandError, MailParams};
 use crate::smtp::data::{BareLf, DataDecoder, DataEnd};
+use crate::smtp::dsn::RcptParams;
 use crate::smtp::line::{AUTH_LINE_CAP, COMMAND_LINE_CAP, Frame, LineFramer};
 use crate::smtp::reply::Reply;
 use crate::smtp::sasl::{Mechanism, SaslStep};
@@ -175,7 +176,16 @@ pub struct Envelope {
     /// MAIL FROM parameters.
     pub params: MailParams,
     /// Accepted recipients, in order.
-    pub rcpts: Vec<ForwardPath>,
+    pub rcpts: Vec<Rcpt>,
+}
+
+/// One accepted recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rcpt {
+    /// RCPT TO.
+    pub to: ForwardPath,
+    /// Its parameters (RFC 3461 NOTIFY, ORCPT).
+    pub params: RcptParams,
 }
 
 /// The client's EHLO/HELO.
@@ -192,7 +202,7 @@ pub(super) struct Helo {
 pub(super) struct Transaction {
     pub(super) from: ReversePath,
     pub(super) params: MailParams,
-    pub(super) rcpts: Vec<ForwardPath>,
+    pub(super) rcpts: Vec<Rcpt>,
 }
 
 /// What a [`Phase::Deciding`] waits for, with what the answer needs.
@@ -207,7 +217,7 @@ pub(super) enum Pending {
     },
     Rcpt {
         tx: Transaction,
-        to: ForwardPath,
+        rcpt: Rcpt,
     },
     Data {
         tx: Transaction,

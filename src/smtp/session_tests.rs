@@ -5,17 +5,18 @@
 use crate::smtp::address::{ForwardPath, Mailbox, ReversePath};
 use crate::smtp::command::MailParams;
 use crate::smtp::dialog_tests::{Harness, config};
+use crate::smtp::dsn::RcptParams;
 use crate::smtp::reply::Reply;
 use crate::smtp::sasl::Mechanism;
-use crate::smtp::session::{Envelope, Question, Session, Step, Verdict};
+use crate::smtp::session::{Envelope, Question, Rcpt, Session, Step, Verdict};
 use crate::test_rng::Rng;
 
 const EHLO_PLAIN: &str = "250-mx.test|250-PIPELINING|250-SIZE 10240|250-8BITMIME|250-SMTPUTF8|\
-                          250-ENHANCEDSTATUSCODES|250 STARTTLS";
+                          250-ENHANCEDSTATUSCODES|250-DSN|250 STARTTLS";
 const EHLO_NONE: &str = "250-mx.test|250-PIPELINING|250-SIZE 10240|250-8BITMIME|250-SMTPUTF8|\
-                         250 ENHANCEDSTATUSCODES";
+                         250-ENHANCEDSTATUSCODES|250 DSN";
 const EHLO_TLS: &str = "250-mx.test|250-PIPELINING|250-SIZE 10240|250-8BITMIME|250-SMTPUTF8|\
-                        250-ENHANCEDSTATUSCODES|250 AUTH PLAIN LOGIN";
+                        250-ENHANCEDSTATUSCODES|250-DSN|250 AUTH PLAIN LOGIN";
 
 /// Runs `chunks` through a fresh session and returns the reply lines after
 /// the banner, joined by '|'.
@@ -361,10 +362,17 @@ fn envelope_and_accessors() {
             size: Some(10),
             body: Some(crate::smtp::command::BodyType::EightBitMime),
             smtputf8: false,
+            ..MailParams::default()
         },
         rcpts: vec![
-            ForwardPath(mb("c", "d.example")),
-            ForwardPath(mb("postmaster", "")),
+            Rcpt {
+                to: ForwardPath(mb("c", "d.example")),
+                params: RcptParams::default(),
+            },
+            Rcpt {
+                to: ForwardPath(mb("postmaster", "")),
+                params: RcptParams::default(),
+            },
         ],
     };
     assert_eq!(h.messages, vec![(want, b"hi\r\n".to_vec())]);

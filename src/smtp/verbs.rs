@@ -3,14 +3,15 @@
 //! checks live here; syntax is already checked by `command.rs`.
 
 use crate::reason::Reason;
-use crate::smtp::address::{ForwardPath, ReversePath};
+use crate::smtp::address::ReversePath;
 use crate::smtp::command::{Command, MailParams};
 use crate::smtp::data::DataDecoder;
 use crate::smtp::ehlo::{self, Offer};
 use crate::smtp::reply::Reply;
 use crate::smtp::sasl::{self, Credentials, Mechanism, SaslProgress};
 use crate::smtp::session::{
-    AuthPolicy, Ctx, Helo, Next, Pending, Phase, Question, Step, TlsOffer, Transaction, Verdict,
+    AuthPolicy, Ctx, Helo, Next, Pending, Phase, Question, Rcpt, Step, TlsOffer, Transaction,
+    Verdict,
 };
 
 /// Handles one parsed command outside DATA and SASL.
@@ -19,7 +20,7 @@ pub(super) fn command(ctx: &mut Ctx, phase: Phase, cmd: Command) -> Next {
         Command::Ehlo(name) => hello(ctx, name, true),
         Command::Helo(name) => hello(ctx, name, false),
         Command::Mail { from, params } => mail(ctx, phase, from, params),
-        Command::Rcpt { to } => rcpt(ctx, phase, to),
+        Command::Rcpt { to, params } => rcpt(ctx, phase, Rcpt { to, params }),
         Command::Data => data(ctx, phase),
         Command::Auth { mechanism, initial } => auth(ctx, phase, mechanism, initial),
         Command::StartTls => starttls(ctx, phase),
@@ -112,7 +113,7 @@ fn mail(ctx: &mut Ctx, phase: Phase, from: ReversePath, params: MailParams) -> N
 }
 
 /// RFC 5321 4.1.1.3 RCPT; 4.5.3.1.10 recipient cap.
-fn rcpt(ctx: &mut Ctx, phase: Phase, to: ForwardPath) -> Next {
+fn rcpt(ctx: &mut Ctx, phase: Phase, rcpt: Rcpt) -> Next {
     let (helo, tx) = match phase {
         Phase::Transaction { helo, tx } => (helo, tx),
         Phase::Greeted | Phase::Ready { .. } => return ctx.reject(Reply::need_mail(), phase),
@@ -126,7 +127,7 @@ fn rcpt(ctx: &mut Ctx, phase: Phase, to: ForwardPath) -> Next {
         ctx.send(&Reply::too_many_recipients());
         return (Phase::Transaction { helo, tx }, None);
     }
-    let refusal = if !tx.params.smtputf8 && !to.0.is_ascii() {
+    let refusal = if !tx.params.smtputf8 && !rcpt.to.0.is_ascii() {
         // RFC 6531 3.4: UTF-8 addresses only in SMTPUTF8 transactions.
         Some(Reply::non_ascii_recipient())
     } else {
@@ -135,8 +136,10 @@ fn rcpt(ctx: &mut Ctx, phase: Phase, to: ForwardPath) -> Next {
     if let Some(refusal) = refusal {
         return ctx.reject(refusal, Phase::Transaction { helo, tx });
     }
-    let question = Question::Rcpt { to: to.clone() };
-    let pending = Pending::Rcpt { tx, to };
+    let question = Question::Rcpt {
+        to: rcpt.to.clone(),
+    };
+    let pending = Pending::Rcpt { tx, rcpt };
     (
         Phase::Deciding { helo, pending },
         Some(Step::Decide(question)),
@@ -309,8 +312,8 @@ fn accept(ctx: &mut Ctx, helo: Helo, pending: Pending, verdict: Verdict) -> Next
             };
             (Reply::mail_ok(), Phase::Transaction { helo, tx })
         }
-        (Pending::Rcpt { mut tx, to }, Verdict::Accept) => {
-            tx.rcpts.push(to);
+        (Pending::Rcpt { mut tx, rcpt }, Verdict::Accept) => {
+            tx.rcpts.push(rcpt);
             (Reply::rcpt_ok(), Phase::Transaction { helo, tx })
         }
         (Pending::Data { tx }, Verdict::Accept) => {

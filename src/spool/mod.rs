@@ -26,9 +26,11 @@
 //! - `store`: the `Spool` facade: open/recover, begin/write/commit, update, remove, dead letters.
 //! - `commit`: the group-commit thread and the `Durability` implementations.
 //! - `schedule`: pure retry backoff.
+//! - `notify`: the DSN parameters and which notifications were sent.
 
 pub mod commit;
 pub mod inspect;
+pub mod notify;
 pub mod record;
 pub mod schedule;
 pub mod store;
@@ -38,6 +40,7 @@ use std::io;
 use std::path::PathBuf;
 
 pub use commit::{CommitObserver, Durability, FdatasyncEach, SyncFs, SyncMode};
+pub use notify::{MessageDsn, RcptDsn};
 pub use record::{Ambiguous, Envelope, Held, QueueId, RcptStatus, Recipient, RecordError, Shaped};
 pub use store::{Spool, SpoolWriter, StoredBody};
 

@@ -42,6 +42,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use crate::spool::SpoolError;
+use crate::spool::notify::{MessageDsn, RcptDsn};
 
 /// Length of the message-file header.
 pub const HEADER_LEN: u64 = 16;
@@ -219,6 +220,9 @@ pub struct Envelope {
     /// The latest attempt's deciding reply (or what went wrong), for the queue listing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reply: Option<String>,
+    /// DSN parameters and the notifications already sent (RFC 3461).
+    #[serde(default, skip_serializing_if = "MessageDsn::is_empty")]
+    pub dsn: MessageDsn,
 }
 
 /// Why and until when a message waits for an upstream (see `upstream::shaping`).
@@ -297,6 +301,9 @@ pub struct Recipient {
     pub address: String,
     /// Delivery state of this recipient.
     pub status: RcptStatus,
+    /// Its DSN parameters and whether its failure was reported (RFC 3461).
+    #[serde(default, skip_serializing_if = "RcptDsn::is_empty")]
+    pub dsn: RcptDsn,
 }
 
 /// Delivery state of one recipient.
@@ -661,6 +668,7 @@ pub fn decode_state(bytes: &[u8]) -> Result<Envelope, RecordError> {
 #[allow(clippy::unwrap_used, reason = "tests")]
 pub(crate) mod tests {
     use super::*;
+    use crate::smtp::dsn::{Notify, Orcpt, Ret};
     use std::io::Cursor;
 
     pub(crate) fn sample(id: QueueId) -> Envelope {
@@ -672,6 +680,7 @@ pub(crate) mod tests {
                 Recipient {
                     address: "a@example.org".into(),
                     status: RcptStatus::Pending,
+                    dsn: Default::default(),
                 },
                 Recipient {
                     address: "b@example.org".into(),
@@ -679,11 +688,30 @@ pub(crate) mod tests {
                         upstream: "m365".into(),
                         reply: "250 ok".into(),
                     },
+                    dsn: RcptDsn {
+                        notify: Some(Notify {
+                            success: true,
+                            failure: true,
+                            delay: false,
+                        }),
+                        orcpt: Some(Orcpt {
+                            addr_type: "rfc822".into(),
+                            xtext: "b+2Bx@example.org".into(),
+                        }),
+                        remote: None,
+                        relayed: false,
+                        reported: false,
+                    },
                 },
                 Recipient {
                     address: "ç@example.org".into(),
                     status: RcptStatus::Failed {
                         reply: "550 5.1.1 no".into(),
+                    },
+                    dsn: RcptDsn {
+                        remote: Some("m365".into()),
+                        reported: true,
+                        ..RcptDsn::default()
                     },
                 },
             ],
@@ -700,6 +728,11 @@ pub(crate) mod tests {
             shaped: None,
             held: None,
             last_reply: None,
+            dsn: MessageDsn {
+                ret: Some(Ret::Hdrs),
+                envid: Some("QQ+2B1".into()),
+                delay_warned: true,
+            },
         }
     }
 
@@ -800,6 +833,26 @@ pub(crate) mod tests {
         );
         assert!(json.contains(r#"{"state":"delivered","upstream":"m365","reply":"250 ok"}"#));
         assert_eq!(decode_envelope(json.as_bytes()).unwrap(), env);
+        // The DSN fields are stored, under their own names.
+        for field in [
+            r#""dsn":{"notify":"SUCCESS,FAILURE","orcpt":{"addr_type":"rfc822","xtext":"b+2Bx@example.org"}}"#,
+            r#""dsn":{"remote":"m365","reported":true}"#,
+            r#""dsn":{"ret":"hdrs","envid":"QQ+2B1","delay_warned":true}"#,
+        ] {
+            assert!(json.contains(field), "{field} in {json}");
+        }
+        // An envelope written before DSN support (no "dsn" anywhere) still loads, with
+        // empty DSN state; an empty DSN state is not written at all.
+        let mut old = env.clone();
+        old.dsn = MessageDsn::default();
+        for r in &mut old.recipients {
+            r.dsn = RcptDsn::default();
+        }
+        let old_json = String::from_utf8(encode_envelope(&old).unwrap()).unwrap();
+        assert!(!old_json.contains("dsn"), "{old_json}");
+        assert_eq!(decode_envelope(old_json.as_bytes()).unwrap(), old);
+        let bad_notify = json.replace("SUCCESS,FAILURE", "NEVER,SUCCESS");
+        assert!(decode_envelope(bad_notify.as_bytes()).is_err());
         let table: &[(&str, RecordError)] = &[
             (
                 r#"{"v":2,"envelope":{}}"#,

@@ -584,10 +584,12 @@ mod tests {
                 Recipient {
                     address: "a@example.org".into(),
                     status: RcptStatus::Pending,
+                    dsn: Default::default(),
                 },
                 Recipient {
                     address: "b@example.org".into(),
                     status: RcptStatus::Pending,
+                    dsn: Default::default(),
                 },
             ],
             listener: "submission".into(),
@@ -603,6 +605,7 @@ mod tests {
             shaped: None,
             held: None,
             last_reply: None,
+            dsn: Default::default(),
         }
     }
 

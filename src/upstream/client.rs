@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use crate::smtp::dsn::{RcptParams, Ret};
 use crate::smtp::reply_parser::{Capabilities, UpstreamReply};
 use crate::upstream::conn::Conn;
 use crate::upstream::error::{Capability, Error, Stage};
@@ -51,6 +52,25 @@ pub struct Outgoing<'a> {
     pub body_8bit: bool,
     /// The envelope or headers need SMTPUTF8 (RFC 6531).
     pub smtputf8: bool,
+    /// The client's DSN parameters, carried to an upstream that offers DSN (RFC 3461).
+    pub dsn: DsnParams<'a>,
+    /// Set by [`Client::send`]: the upstream offered DSN, so it received the parameters
+    /// and notifies from further down; when it did not, a success notice asked for with
+    /// NOTIFY=SUCCESS is the relay's to send (RFC 3461 4.1, "relayed").
+    pub upstream_dsn: bool,
+}
+
+/// RFC 3461 parameters to relay (5.2.1: a relay passes them on to a server that offers
+/// DSN, and sends none to one that does not).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DsnParams<'a> {
+    /// `RET=` for MAIL FROM.
+    pub ret: Option<Ret>,
+    /// `ENVID=` for MAIL FROM, xtext.
+    pub envid: Option<&'a str>,
+    /// `NOTIFY=` and `ORCPT=` per recipient, in the order of [`Outgoing::recipients`]
+    /// (shorter or empty: the rest have none).
+    pub rcpts: &'a [RcptParams],
 }
 
 impl fmt::Debug for Outgoing<'_> {
@@ -231,10 +251,15 @@ impl Client {
     /// [`Error::Unsupported`] and the local refusal of an unusable sender are the
     /// exceptions: they come before anything is written, and the client stays reusable.
     pub async fn send(&mut self, msg: &mut Outgoing<'_>) -> Result<Vec<RcptOutcome>, Error> {
+        msg.upstream_dsn = self.caps.dsn;
         let mail = self.mail_command(msg)?;
         self.broken = true;
         self.transactions = self.transactions.saturating_add(1);
         let (mut outcomes, valid) = screen_recipients(msg.recipients);
+        let valid: Vec<(usize, String)> = valid
+            .into_iter()
+            .map(|(i, rcpt)| (i, self.rcpt_command(msg, i, rcpt)))
+            .collect();
         if valid.is_empty() {
             self.broken = false;
             return Ok(outcomes);
@@ -299,7 +324,8 @@ impl Client {
         let _ = timeout(limit, self.conn.stream.shutdown()).await;
     }
 
-    /// Builds `MAIL FROM:<sender> [SIZE=n] [BODY=8BITMIME] [SMTPUTF8]`, or refuses locally:
+    /// Builds `MAIL FROM:<sender> [SIZE=n] [BODY=8BITMIME] [SMTPUTF8] [RET=] [ENVID=]`, or
+    /// refuses locally:
     /// [`Error::Unsupported`] when this upstream lacks what the message needs (another
     /// upstream of the route may have it), a permanent 501 when the sender cannot be written
     /// on a command line at all.
@@ -333,7 +359,32 @@ impl Client {
         if msg.smtputf8 {
             line.push_str(" SMTPUTF8");
         }
+        // RFC 3461 4.3, 4.4, 5.2.1: only to a server that offers DSN.
+        if self.caps.dsn {
+            if let Some(ret) = msg.dsn.ret {
+                line.push_str(&format!(" RET={}", ret.as_str()));
+            }
+            if let Some(envid) = msg.dsn.envid {
+                line.push_str(&format!(" ENVID={envid}"));
+            }
+        }
         Ok(line)
+    }
+
+    /// `RCPT TO:<rcpt>`, with NOTIFY and ORCPT when the upstream offers DSN (RFC 3461
+    /// 4.1, 4.2, 5.2.1).
+    fn rcpt_command(&self, msg: &Outgoing<'_>, index: usize, rcpt: &str) -> String {
+        let mut line = format!("RCPT TO:<{rcpt}>");
+        let params = msg.dsn.rcpts.get(index).filter(|_| self.caps.dsn);
+        if let Some(params) = params {
+            if let Some(notify) = params.notify {
+                line.push_str(&format!(" NOTIFY={notify}"));
+            }
+            if let Some(orcpt) = &params.orcpt {
+                line.push_str(&format!(" ORCPT={}", orcpt.to_param()));
+            }
+        }
+        line
     }
 
     /// RFC 2920 3.1: MAIL, the RCPTs and DATA in as few writes as possible, then the
@@ -341,16 +392,12 @@ impl Client {
     async fn envelope_pipelined(
         &mut self,
         mail: &str,
-        valid: &[(usize, &str)],
+        valid: &[(usize, String)],
         outcomes: &mut [RcptOutcome],
     ) -> Result<Option<UpstreamReply>, Error> {
         let mut commands = Vec::with_capacity(valid.len() + 2);
         commands.push((mail.to_owned(), Stage::Mail));
-        commands.extend(
-            valid
-                .iter()
-                .map(|(_, rcpt)| (format!("RCPT TO:<{rcpt}>"), Stage::Rcpt)),
-        );
+        commands.extend(valid.iter().map(|(_, rcpt)| (rcpt.clone(), Stage::Rcpt)));
         commands.push(("DATA".to_owned(), Stage::Data));
         let mut replies = Vec::with_capacity(commands.len());
         for group in commands.chunks(PIPELINE_GROUP) {
@@ -386,7 +433,7 @@ impl Client {
     async fn envelope_serial(
         &mut self,
         mail: &str,
-        valid: &[(usize, &str)],
+        valid: &[(usize, String)],
         outcomes: &mut [RcptOutcome],
     ) -> Result<Option<UpstreamReply>, Error> {
         let reply = self.conn.command(mail, Stage::Mail).await?;
@@ -394,11 +441,9 @@ impl Client {
             return Err(self.conn.refused(Stage::Mail, reply));
         }
         let mut accepted = false;
-        for &(i, rcpt) in valid {
-            let reply = self
-                .conn
-                .command(&format!("RCPT TO:<{rcpt}>"), Stage::Rcpt)
-                .await?;
+        for (i, rcpt) in valid {
+            let i = *i;
+            let reply = self.conn.command(rcpt, Stage::Rcpt).await?;
             accepted |= reply.is_positive();
             record_rcpt(outcomes, i, reply);
         }

@@ -151,6 +151,8 @@ mod tests {
             size: 0,
             body_8bit: true,
             smtputf8: false,
+            dsn: Default::default(),
+            upstream_dsn: false,
         };
         let outcomes = up.deliver("Q123-a_b.c", &mut msg).await.unwrap();
         let accepted = |index| RcptOutcome {
@@ -192,6 +194,8 @@ mod tests {
                 size: 1,
                 body_8bit: false,
                 smtputf8: false,
+                dsn: Default::default(),
+                upstream_dsn: false,
             };
             let err = up.deliver(id, &mut msg).await.unwrap_err();
             assert!(

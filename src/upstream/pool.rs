@@ -96,6 +96,11 @@ impl Pool {
         &self.settings.name
     }
 
+    /// The upstream's host name (a DSN's Remote-MTA).
+    pub fn host(&self) -> &str {
+        &self.settings.host
+    }
+
     /// How long a connection may stay idle before it is closed.
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout

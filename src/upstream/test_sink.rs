@@ -21,6 +21,8 @@ pub(crate) struct Script {
     pub size: Option<u64>,
     pub eightbitmime: bool,
     pub smtputf8: bool,
+    /// Offer DSN (RFC 3461).
+    pub dsn: bool,
     /// Offer STARTTLS with this config.
     pub starttls: Option<Arc<ServerConfig>>,
     /// TLS from the first byte with this config.
@@ -53,6 +55,7 @@ impl Default for Script {
             size: None,
             eightbitmime: false,
             smtputf8: false,
+            dsn: false,
             starttls: None,
             implicit: None,
             auth: &[],
@@ -140,6 +143,7 @@ fn ehlo(script: &Script, tls: bool) -> String {
         (size.is_some(), size.as_deref().unwrap_or_default()),
         (script.eightbitmime, "8BITMIME"),
         (script.smtputf8, "SMTPUTF8"),
+        (script.dsn, "DSN"),
         (script.starttls.is_some() && !tls, "STARTTLS"),
     ];
     let mut lines = vec!["sink.test greets you".to_string()];

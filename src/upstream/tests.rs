@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::client::{Client, RcptResult, transmitted_size};
+use super::client::{Client, DsnParams, RcptResult, transmitted_size};
 use super::error::Capability;
 use super::sink::{self, Line, Message, Script};
 use super::*;
@@ -66,6 +66,17 @@ async fn send(
     prefix: &[u8],
     body: &[u8],
 ) -> Result<Vec<RcptOutcome>, Error> {
+    send_dsn(s, to, prefix, body, DsnParams::default()).await
+}
+
+/// [`send`] with DSN parameters.
+async fn send_dsn(
+    s: &Settings,
+    to: &[String],
+    prefix: &[u8],
+    body: &[u8],
+    dsn: DsnParams<'_>,
+) -> Result<Vec<RcptOutcome>, Error> {
     let mut client = Client::connect(s).await?;
     let mut source = body;
     let mut msg = Outgoing {
@@ -80,8 +91,73 @@ async fn send(
         ),
         body_8bit: prefix.iter().chain(body).any(|b| *b >= 0x80),
         smtputf8: false,
+        dsn,
+        upstream_dsn: false,
     };
     client.send(&mut msg).await
+}
+
+/// RFC 3461 5.2.1: RET, ENVID, NOTIFY and ORCPT go to an upstream that offers DSN, with
+/// and without PIPELINING, and none of them to one that does not.
+#[tokio::test]
+async fn dsn_parameters_only_where_offered() {
+    use crate::smtp::dsn::{Notify, Orcpt, RcptParams, Ret};
+    let params = [
+        RcptParams {
+            notify: Some(Notify::NEVER),
+            orcpt: Some(Orcpt {
+                addr_type: "rfc822".into(),
+                xtext: "A+2Bb@x.example".into(),
+            }),
+        },
+        RcptParams::default(),
+        RcptParams {
+            notify: Some(Notify {
+                success: true,
+                failure: false,
+                delay: true,
+            }),
+            orcpt: None,
+        },
+    ];
+    let dsn = DsnParams {
+        ret: Some(Ret::Hdrs),
+        envid: Some("QQ+2B1"),
+        rcpts: &params,
+    };
+    let to = rcpts(&["a@x.example", "b@x.example", "c@x.example"]);
+    for (offered, pipelining) in [(true, true), (true, false), (false, true)] {
+        let script = Script {
+            pipelining,
+            dsn: offered,
+            ..Default::default()
+        };
+        let (addr, rec) = sink::start(script).await;
+        let out = send_dsn(&settings(addr, Security::Plain), &to, b"", b"x\r\n", dsn)
+            .await
+            .unwrap();
+        assert_eq!(out, vec![accepted(0), accepted(1), accepted(2)]);
+        let envelope: Vec<String> = texts(&rec)
+            .into_iter()
+            .filter(|l| l.starts_with("MAIL") || l.starts_with("RCPT"))
+            .collect();
+        let want: &[&str] = if offered {
+            &[
+                "MAIL FROM:<app@corp.example> RET=HDRS ENVID=QQ+2B1",
+                "RCPT TO:<a@x.example> NOTIFY=NEVER ORCPT=rfc822;A+2Bb@x.example",
+                "RCPT TO:<b@x.example>",
+                "RCPT TO:<c@x.example> NOTIFY=SUCCESS,DELAY",
+            ]
+        } else {
+            &[
+                "MAIL FROM:<app@corp.example>",
+                "RCPT TO:<a@x.example>",
+                "RCPT TO:<b@x.example>",
+                "RCPT TO:<c@x.example>",
+            ]
+        };
+        assert_eq!(envelope, want, "offered {offered} pipelining {pipelining}");
+    }
 }
 
 fn lines(rec: &sink::Shared) -> Vec<Line> {
@@ -444,6 +520,8 @@ async fn local_refusals() {
             size,
             body_8bit,
             smtputf8,
+            dsn: Default::default(),
+            upstream_dsn: false,
         };
         let err = client.send(&mut msg).await.unwrap_err();
         assert_eq!(err.is_permanent(), missing.is_none(), "{err}");
@@ -462,6 +540,8 @@ async fn local_refusals() {
         size: 1_000_000,
         body_8bit: false,
         smtputf8: false,
+        dsn: Default::default(),
+        upstream_dsn: false,
     };
     assert_eq!(client.send(&mut msg).await.unwrap(), vec![accepted(0)]);
     assert_eq!(texts(&rec)[1], "MAIL FROM:<app@x> SIZE=1000000");
@@ -680,6 +760,8 @@ async fn pool_send(pool: &Pool, to: &[String]) -> Result<Vec<RcptOutcome>, Error
         size: 8,
         body_8bit: false,
         smtputf8: false,
+        dsn: Default::default(),
+        upstream_dsn: false,
     };
     pool.deliver(&mut msg).await
 }
@@ -780,6 +862,8 @@ async fn pool_keeps_connection_after_unsupported() {
         size: 3,
         body_8bit: false,
         smtputf8: true,
+        dsn: Default::default(),
+        upstream_dsn: false,
     };
     let err = pool.deliver(&mut msg).await.unwrap_err();
     assert_eq!(err.unsupported(), Some(&Capability::SmtpUtf8));
@@ -976,6 +1060,8 @@ async fn facade_from_config() {
             size: 12,
             body_8bit: false,
             smtputf8: false,
+            dsn: Default::default(),
+            upstream_dsn: false,
         };
         assert_eq!(
             ups.deliver(upstream, "Q1", &mut msg).await.unwrap(),
@@ -1000,6 +1086,8 @@ async fn facade_from_config() {
         size: 0,
         body_8bit: false,
         smtputf8: false,
+        dsn: Default::default(),
+        upstream_dsn: false,
     };
     assert!(ups.deliver("nope", "Q2", &mut msg).await.is_err());
     assert!(ups.pool("smart").is_some() && ups.pool("files").is_none());

@@ -347,16 +347,20 @@ struct RouteOpts {
     backoff: &'static str,
     /// Every upstream's `idle_timeout`.
     idle_timeout: &'static str,
+    /// `queue.bounces`.
+    bounces: &'static str,
 }
 
 const QUICK_RETRY: RouteOpts = RouteOpts {
     backoff: "1s",
     idle_timeout: "30s",
+    bounces: "both",
 };
 
 const NO_RETRY: RouteOpts = RouteOpts {
     backoff: "1h",
     idle_timeout: "30s",
+    bounces: "both",
 };
 
 impl Routed {
@@ -377,7 +381,7 @@ impl Routed {
             r#"hostname: relay.test
 listeners:
   - {{name: legacy, address: "127.0.0.1:0", tls: none, auth: none, allow_networks: [127.0.0.1/32]}}
-queue: {{directory: {d}/spool, min_backoff: {b}, max_backoff: {b}, ambiguous_retry: {b}}}
+queue: {{directory: {d}/spool, min_backoff: {b}, max_backoff: {b}, ambiguous_retry: {b}, bounces: {bounces}}}
 upstreams:
 {list}routes:
   - {{senders: ["*"], upstreams: [{names}]}}
@@ -385,6 +389,7 @@ log: {{level: warn}}
 "#,
             d = dir.path().display(),
             b = opts.backoff,
+            bounces = opts.bounces,
             names = names.join(", "),
         );
         let config = dir.path().join("postern.yaml");
@@ -615,8 +620,13 @@ async fn message_no_upstream_can_take_fails_for_good() {
             .copied()
             .zip(sinks.iter().map(Sink::port))
             .collect();
-        // No retry within the test: a failure must be decided by the first attempt.
-        let relay = Routed::start(&route, NO_RETRY).await;
+        // No retry within the test: a failure must be decided by the first attempt. No
+        // bounce either (tests/it/bounces.rs has those): only the dead letter is checked.
+        let dead_letter = RouteOpts {
+            bounces: "dead_letter",
+            ..NO_RETRY
+        };
+        let relay = Routed::start(&route, dead_letter).await;
         let mut d = relay.session().await;
         let mail = format!("MAIL FROM:<dev@example.net>{}", needs.params);
         let rcpts = [needs.rcpt, "other@example.org"];

@@ -15,6 +15,7 @@ mod harness;
 mod admin;
 mod auth;
 mod binary;
+mod bounces;
 mod delivery;
 mod dialogs;
 mod drain;

@@ -473,7 +473,8 @@ async fn cached_auth_failed_handshake_and_maybe_delivered() {
 }
 
 /// A message that outlives `queue.max_age` leaves the queue as expired: counted, logged
-/// with its recipients failed locally, and kept in `failed/`.
+/// with its recipients failed locally, and kept in `failed/`; its bounce to the sender is
+/// the one message left in the queue (the upstream is still down).
 #[tokio::test]
 async fn expiry_is_counted_and_logged() {
     let server = TestServer::start(Opts {
@@ -491,13 +492,25 @@ async fn expiry_is_counted_and_logged() {
         })
         .await;
     server.clock.advance(Duration::from_secs(30 * 86_400));
+    // The bounce is queued before the original leaves, so once the gauge is back to one
+    // message that message is the bounce (checked in the spool below).
     let s = server
-        .scrape_until(|s| s.get(r#"postern_messages_completed_total{result="expired"}"#) >= 1.0)
+        .scrape_until(|s| {
+            s.get(r#"postern_messages_completed_total{result="expired"}"#) >= 1.0
+                && s.get("postern_queue_messages") == 1.0
+        })
         .await;
     s.expect(&[
         (r#"postern_messages_completed_total{result="expired"}"#, 1.0),
-        ("postern_queue_messages", 0.0),
+        ("postern_queue_messages", 1.0),
     ]);
+    let queued: Vec<String> = std::fs::read_dir(server.spool().join("queue"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| !name.ends_with(".state"))
+        .collect();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_ne!(queued[0], id);
     let done = events_of("completed", &id);
     assert_eq!(done.len(), 1, "{done:#?}");
     assert_eq!(done[0]["fields"]["result"], "expired");

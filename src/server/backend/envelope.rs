@@ -18,7 +18,7 @@ impl Backend {
         envelope: &Envelope,
         facts: SessionFacts<'_>,
     ) -> (spool::Envelope, Vec<u8>) {
-        let recipients: Vec<String> = envelope.rcpts.iter().map(|r| r.to_string()).collect();
+        let recipients: Vec<String> = envelope.rcpts.iter().map(|r| r.to.to_string()).collect();
         let now = self.rt.clock.wall();
         // RFC 6531 3.4: a sender rewritten to a UTF-8 address needs SMTPUTF8 upstream even
         // when the client's own envelope was ASCII.
@@ -50,9 +50,18 @@ impl Backend {
             sender: tx.sender.clone(),
             recipients: recipients
                 .into_iter()
-                .map(|address| spool::Recipient {
+                .zip(&envelope.rcpts)
+                .map(|(address, rcpt)| spool::Recipient {
                     address,
                     status: spool::RcptStatus::Pending,
+                    // RFC 3461 4.1, 4.2: kept to act on and to relay.
+                    dsn: spool::RcptDsn {
+                        notify: rcpt.params.notify,
+                        orcpt: rcpt.params.orcpt.clone(),
+                        remote: None,
+                        relayed: false,
+                        reported: false,
+                    },
                 })
                 .collect(),
             listener: self.listener.name.clone(),
@@ -68,6 +77,12 @@ impl Backend {
             shaped: None,
             held: None,
             last_reply: None,
+            // RFC 3461 4.3, 4.4.
+            dsn: spool::MessageDsn {
+                ret: envelope.params.ret,
+                envid: envelope.params.envid.clone(),
+                delay_warned: false,
+            },
         };
         (env, prefix)
     }

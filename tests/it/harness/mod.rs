@@ -27,7 +27,7 @@ use tempfile::TempDir;
 
 use self::ca::TestCa;
 use self::client::Dialog;
-use self::sink::{Sink, SinkOAuth, SinkOptions, reserve_port};
+use self::sink::{Extensions, Sink, SinkOAuth, SinkOptions, reserve_port};
 
 /// The user every test server knows.
 pub const USER: &str = "alice";
@@ -89,6 +89,8 @@ pub struct Opts {
     pub queue: String,
     /// Configure `http.admin_token_file` (holding [`admin::TOKEN`]): the admin API is on.
     pub admin_api: bool,
+    /// The sink offers DSN (RFC 3461).
+    pub sink_dsn: bool,
 }
 
 impl Default for Opts {
@@ -107,6 +109,7 @@ impl Default for Opts {
             sink_oauth: None,
             queue: String::new(),
             admin_api: true,
+            sink_dsn: false,
         }
     }
 }
@@ -144,6 +147,7 @@ pub struct TestServer {
     pub clock: postern::clock::Clock,
     sink: Option<Sink>,
     sink_opts: SinkOptions,
+    sink_ext: Extensions,
     running: Option<Running>,
 }
 
@@ -171,10 +175,14 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new(dir.path());
         let sink_opts = sink_options(&ca, &opts);
+        let sink_ext = Extensions {
+            dsn: opts.sink_dsn,
+            ..Extensions::default()
+        };
         let (sink, sink_port) = if opts.sink_down {
             (None, reserve_port())
         } else {
-            let sink = Sink::start(sink_opts.clone()).await;
+            let sink = Sink::start_with(0, sink_opts.clone(), sink_ext).await;
             let port = sink.port();
             (Some(sink), port)
         };
@@ -198,6 +206,7 @@ impl TestServer {
             clock: postern::clock::Clock::new(),
             sink,
             sink_opts,
+            sink_ext,
             running: None,
         };
         server.restart().await;
@@ -269,7 +278,8 @@ impl TestServer {
     /// Brings the sink up on its reserved port.
     pub async fn sink_up(&mut self) {
         assert!(self.sink.is_none(), "the sink is already up");
-        self.sink = Some(Sink::start_on(self.sink_port, self.sink_opts.clone()).await);
+        let sink = Sink::start_with(self.sink_port, self.sink_opts.clone(), self.sink_ext).await;
+        self.sink = Some(sink);
     }
 
     /// The spool directory.

@@ -71,6 +71,9 @@ pub struct Extensions {
     /// Advertise SIZE with this fixed maximum (RFC 1870; 0: no fixed maximum). A message
     /// declared or received larger is refused with `552 5.3.4`.
     pub size: Option<u64>,
+    /// Advertise DSN (RFC 3461). Off by default, so a DSN parameter sent unasked is a
+    /// violation in every test that does not turn it on.
+    pub dsn: bool,
 }
 
 impl Default for Extensions {
@@ -79,6 +82,7 @@ impl Default for Extensions {
             eightbitmime: true,
             smtputf8: true,
             size: Some(104_857_600),
+            dsn: false,
         }
     }
 }
@@ -117,6 +121,8 @@ pub struct Received {
     pub mail_params: Vec<String>,
     /// The accepted forward paths in order, without angle brackets.
     pub rcpt_to: Vec<String>,
+    /// Each accepted recipient's parameters (e.g. `NOTIFY=NEVER`), as sent.
+    pub rcpt_params: Vec<Vec<String>>,
     /// The message exactly as received after dot-unstuffing, without the final `.\r\n`.
     pub data: Vec<u8>,
 }
@@ -601,6 +607,9 @@ fn ehlo_lines(opts: &SinkOptions, ext: Extensions, tls: bool, extended: bool) ->
     if let Some(limit) = ext.size {
         caps.push(format!("SIZE {limit}"));
     }
+    if ext.dsn {
+        caps.push("DSN".into());
+    }
     if opts.starttls.is_some() && !tls {
         caps.push("STARTTLS".into());
     }
@@ -749,6 +758,8 @@ fn check_mail_params<S>(c: &Conn<S>, from: &str, params: &[String]) -> Option<&'
                 }
                 ext.size.is_some()
             }
+            // RFC 3461 4.3, 4.4.
+            "RET" | "ENVID" => ext.dsn,
             _ => false,
         };
         if !offered {
@@ -826,6 +837,7 @@ async fn mail<S: AsyncRead + AsyncWrite + Unpin>(
         mail_from: from,
         mail_params: params,
         rcpt_to: Vec::new(),
+        rcpt_params: Vec::new(),
         data: Vec::new(),
     });
     c.reply("250 2.1.0 Ok").await
@@ -839,7 +851,7 @@ async fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
     let Some(tx) = s.tx.as_mut() else {
         return c.reply("503 5.5.1 Need MAIL command").await;
     };
-    let Some((to, _)) = path_and_params(arg, "TO:") else {
+    let Some((to, params)) = path_and_params(arg, "TO:") else {
         return c.reply("501 5.5.4 Syntax: RCPT TO:<address>").await;
     };
     if !to.is_ascii() && !has_param(&tx.mail_params, "SMTPUTF8") {
@@ -853,7 +865,19 @@ async fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
     if let Some(Fault::Rcpt(_, reply)) = scripted {
         return c.reply(&reply).await;
     }
+    // RFC 3461 4.1, 4.2: NOTIFY and ORCPT only when DSN was offered.
+    let dsn = c.state.extensions.dsn;
+    for p in &params {
+        let key = p.split_once('=').map_or(p.as_str(), |(k, _)| k);
+        let known = key.eq_ignore_ascii_case("NOTIFY") || key.eq_ignore_ascii_case("ORCPT");
+        if !(known && dsn) {
+            c.state
+                .violation(c.id, format!("RCPT parameter {p} was not offered"));
+            return c.reply("555 5.5.4 Unsupported option").await;
+        }
+    }
     tx.rcpt_to.push(to);
+    tx.rcpt_params.push(params);
     c.reply("250 2.1.5 Ok").await
 }
 
