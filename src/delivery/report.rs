@@ -211,18 +211,16 @@ impl Report<'_> {
         if let Some(mta) = r.remote_mta {
             out.push_str(&format!("Remote-MTA: dns; {mta}\r\n"));
         }
-        // RFC 3464 2.3.6: a reply from an SMTP server is of type smtp.
-        if r.remote_mta.is_some() {
-            out.push_str(&format!(
-                "Diagnostic-Code: smtp; {}\r\n",
-                diagnostic(r.reply)
-            ));
-        } else {
-            out.push_str(&format!(
-                "X-Postern-Diagnostic: {}\r\n",
-                diagnostic(r.reply)
-            ));
-        }
+        // RFC 3464 2.3.6: a reply from an SMTP server is of type smtp; a local reason
+        // (expiry, no upstream could take it) of an extension type, as Postfix's X-Postfix.
+        let diagnostic_type = match r.remote_mta {
+            Some(_) => "smtp",
+            None => "X-Postern",
+        };
+        out.push_str(&format!(
+            "Diagnostic-Code: {diagnostic_type}; {}\r\n",
+            diagnostic(r.reply)
+        ));
         out.push_str(&format!(
             "Last-Attempt-Date: {}\r\n\r\n",
             rfc5322_date(self.now)
@@ -384,7 +382,7 @@ mod tests {
              Final-Recipient: rfc822; carol@example.org\r\n\
              Action: failed\r\n\
              Status: 5.4.7\r\n\
-             X-Postern-Diagnostic: message expired in the queue (queue.max_age)\r\n\
+             Diagnostic-Code: X-Postern; message expired in the queue (queue.max_age)\r\n\
              Last-Attempt-Date: Tue, 14 Nov 2023 22:14:20 +0000\r\n\
              \r\n\
              --{b}\r\n\

@@ -271,7 +271,7 @@ async fn max_age_expiry_bounces_to_the_sender() {
     let text = dsn.text();
     let block = format!(
         "\r\n\r\nFinal-Recipient: rfc822; {late}\r\nAction: failed\r\nStatus: 5.4.7\r\n\
-         X-Postern-Diagnostic: message expired in the queue (queue.max_age)\r\n\
+         Diagnostic-Code: X-Postern; message expired in the queue (queue.max_age)\r\n\
          Last-Attempt-Date: "
     );
     assert!(text.contains(&block), "{text}");
@@ -285,11 +285,11 @@ async fn max_age_expiry_bounces_to_the_sender() {
 }
 
 /// queue.delay_warning: one `Action: delayed` notice once the message has waited that
-/// long, recorded in its state so later attempts send no second one; only for a recipient
-/// that asked for DELAY (or gave no NOTIFY).
+/// long, recorded in its state so later attempts, even after a restart, send no second
+/// one; only for a recipient that asked for DELAY (or gave no NOTIFY).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delay_warning_is_sent_once() {
-    let server = TestServer::start(Opts {
+    let mut server = TestServer::start(Opts {
         queue: queue("delay_warning: 1h"),
         ..Opts::default()
     })
@@ -340,7 +340,9 @@ async fn delay_warning_is_sent_once() {
             .is_ok_and(|s| String::from_utf8_lossy(&s).contains(r#""delay_warned":true"#))
     })
     .await;
-    // Two more deferred attempts: still one warning.
+    // A restart reads the state back; two more deferred attempts: still one warning.
+    server.stop().await;
+    server.restart().await;
     let attempts = |s: &str| s.matches(&format!("RCPT TO:<{}>", late[0])).count();
     let seen = attempts(&server.sink().debug_dump());
     eventually("two more attempts", || {
