@@ -21,6 +21,7 @@ use crate::delivery::report::{Action, RcptReport, Report};
 use crate::rules::Timing;
 use crate::smtp::dsn::{RcptParams, Ret};
 use crate::spool::{Envelope, RcptDsn, RcptStatus, Recipient, SpoolError, SpoolWriter};
+use crate::telemetry::metrics::DsnAction;
 
 /// Bytes read from the original per step while it is copied into a notification.
 const CHUNK: usize = 64 * 1024;
@@ -189,6 +190,11 @@ impl Runner {
         dsn.body_8bit = env.body_8bit || env.smtputf8 || !head.is_ascii();
         writer.commit(dsn.clone(), Vec::new()).await?;
         info!(queue_id = %env.id, dsn_id = %own_id, action = action_name(action), recipients = rcpts.len(), "delivery status notification queued");
+        self.metrics.dsn_queued(match action {
+            Action::Failed => DsnAction::Failed,
+            Action::Delayed => DsnAction::Delayed,
+            Action::Relayed => DsnAction::Relayed,
+        });
         dsn.accepted_ms = self.clock.unix_millis();
         self.back.submit(dsn);
         Ok(())

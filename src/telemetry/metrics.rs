@@ -30,7 +30,7 @@ use prometheus::{
 };
 
 pub use labels::{
-    AttemptResult, AuthResult, Completion, ConnResult, RcptOutcome, STAGES, TlsVersion,
+    AttemptResult, AuthResult, Completion, ConnResult, DsnAction, RcptOutcome, STAGES, TlsVersion,
 };
 pub use listener::{ListenerMetrics, SessionGuard};
 pub use process::ProcessMetrics;
@@ -144,6 +144,11 @@ const COMPLETED: Spec = spec(
     "postern_messages_completed_total",
     "Messages leaving the queue, by how.",
     &["result"],
+);
+const DSN_QUEUED: Spec = spec(
+    "postern_dsn_queued_total",
+    "Delivery status notifications queued to senders, by action.",
+    &["action"],
 );
 // Delivery and upstreams.
 const DELIVERY_ATTEMPTS: Spec = spec(
@@ -317,6 +322,8 @@ pub struct Families {
     delivery_latency: HistogramVec,
     /// By [`Completion`], in `Completion::ALL` order.
     completed: [IntCounter; 4],
+    /// By [`DsnAction`], in `DsnAction::ALL` order.
+    dsn_queued: [IntCounter; 3],
     upstream_open: IntGaugeVec,
     upstream_busy: IntGaugeVec,
     upstream_failures: IntCounterVec,
@@ -372,6 +379,10 @@ impl Families {
             completed: {
                 let vec = COMPLETED.counter(&r)?;
                 Completion::ALL.map(|c| vec.with_label_values(&[c.as_str()]))
+            },
+            dsn_queued: {
+                let vec = DSN_QUEUED.counter(&r)?;
+                DsnAction::ALL.map(|a| vec.with_label_values(&[a.as_str()]))
             },
             upstream_open: UPSTREAM_OPEN.gauge(&r)?,
             upstream_busy: UPSTREAM_BUSY.gauge(&r)?,
@@ -540,6 +551,11 @@ impl Metrics {
     /// Counts a message leaving the queue.
     pub fn completed(&self, how: Completion) {
         self.completed[how as usize].inc();
+    }
+
+    /// Counts a delivery status notification queued to a sender.
+    pub fn dsn_queued(&self, action: DsnAction) {
+        self.dsn_queued[action as usize].inc();
     }
 
     /// Counts a reload; a good one also stamps the time.

@@ -160,6 +160,11 @@ async fn permanent_failure_bounces_once_with_the_headers() {
     .await;
     assert_eq!(notifications(&server.sink().received()).len(), 1);
     assert_eq!(server.sink().violations(), Vec::<String>::new());
+    server.scrape().await.expect(&[
+        (r#"postern_dsn_queued_total{action="failed"}"#, 1.0),
+        (r#"postern_dsn_queued_total{action="delayed"}"#, 0.0),
+        (r#"postern_dsn_queued_total{action="relayed"}"#, 0.0),
+    ]);
 }
 
 /// RET=FULL returns the whole message as message/rfc822; RET=HDRS only its headers.
@@ -340,6 +345,10 @@ async fn delay_warning_is_sent_once() {
             .is_ok_and(|s| String::from_utf8_lossy(&s).contains(r#""delay_warned":true"#))
     })
     .await;
+    server
+        .scrape()
+        .await
+        .expect(&[(r#"postern_dsn_queued_total{action="delayed"}"#, 1.0)]);
     // A restart reads the state back; two more deferred attempts: still one warning.
     server.stop().await;
     server.restart().await;
@@ -350,6 +359,11 @@ async fn delay_warning_is_sent_once() {
     })
     .await;
     assert_eq!(notifications(&server.sink().received()).len(), 1);
+    // Counted since the restart: none.
+    server
+        .scrape()
+        .await
+        .expect(&[(r#"postern_dsn_queued_total{action="delayed"}"#, 0.0)]);
 }
 
 /// EHLO lists DSN; RET, ENVID, NOTIFY and ORCPT reach an upstream that offers DSN as the
@@ -464,6 +478,10 @@ async fn notify_success_is_relayed_only_without_upstream_dsn() {
             }
             assert!(!text.contains("quiet@example.org"), "{text}");
         }
+        server
+            .scrape()
+            .await
+            .expect(&[(r#"postern_dsn_queued_total{action="relayed"}"#, want as f64)]);
         assert_eq!(server.sink().violations(), Vec::<String>::new());
     }
 }

@@ -153,7 +153,8 @@ impl RcptOutcome {
 pub enum Completion {
     /// Every recipient delivered.
     Delivered,
-    /// Some recipient failed for good: moved to `failed/`.
+    /// Some recipient failed for good: moved to `failed/` (or removed once its bounce is
+    /// queued, with `queue.bounces: dsn`).
     Failed,
     /// `queue.max_age` reached with recipients pending: moved to `failed/`.
     Expired,
@@ -178,6 +179,33 @@ impl Completion {
             Completion::Failed => "failed",
             Completion::Expired => "expired",
             Completion::Deleted => "deleted",
+        }
+    }
+}
+
+/// What a delivery status notification reports (RFC 3464 2.3.3 Action).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DsnAction {
+    /// Recipients that failed for good (a bounce).
+    Failed,
+    /// Recipients still pending after `queue.delay_warning`.
+    Delayed,
+    /// NOTIFY=SUCCESS recipients handed to an upstream without DSN.
+    Relayed,
+}
+
+impl DsnAction {
+    /// Every value in declaration order, so that `value as usize` indexes this array and the
+    /// handles resolved from it.
+    pub(super) const ALL: [DsnAction; 3] =
+        [DsnAction::Failed, DsnAction::Delayed, DsnAction::Relayed];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DsnAction::Failed => "failed",
+            DsnAction::Delayed => "delayed",
+            DsnAction::Relayed => "relayed",
         }
     }
 }

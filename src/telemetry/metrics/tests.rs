@@ -159,6 +159,9 @@ fn label_arrays_are_in_declaration_order() {
     for (i, r) in Completion::ALL.iter().enumerate() {
         assert_eq!(*r as usize, i, "{r:?}");
     }
+    for (i, a) in DsnAction::ALL.iter().enumerate() {
+        assert_eq!(*a as usize, i, "{a:?}");
+    }
     for (i, c) in crate::upstream::shaping::Cap::ALL.iter().enumerate() {
         assert_eq!(*c as usize, i, "{c:?}");
     }
