@@ -485,3 +485,34 @@ async fn notify_success_is_relayed_only_without_upstream_dsn() {
         assert_eq!(server.sink().violations(), Vec::<String>::new());
     }
 }
+
+/// queue.bounces: `dsn` bounces and removes the failed message; `dead_letter` keeps it in
+/// `failed/` and sends no DSN (`both`, the default, is every other test here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounces_mode_chooses_dsn_or_dead_letter() {
+    for (mode, dsn, kept) in [("dsn", 1, false), ("dead_letter", 0, true)] {
+        let server = refusing(Opts {
+            queue: format!("bounces: {mode}"),
+            ..Opts::default()
+        })
+        .await;
+        let mut d = server.legacy_session().await;
+        let sent = message(mode, "", "x\r\n");
+        let mail = format!("MAIL FROM:<{SENDER}>");
+        let id = submit(&mut d, &mail, &[&format!("RCPT TO:<{BAD}>")], &sent).await;
+        let spool = server.spool();
+        let queue = spool.join("queue");
+        // Done once the queue is empty: the original left, and any bounce was delivered.
+        eventually(&format!("{mode}: queue empty"), || {
+            std::fs::read_dir(&queue).map_or(0, |e| e.count()) == 0
+        })
+        .await;
+        assert_eq!(spool.join("failed").join(&id).is_file(), kept, "{mode}");
+        let got = server.sink().received();
+        assert_eq!(notifications(&got).len(), dsn, "{mode}: {got:#?}");
+        server
+            .scrape()
+            .await
+            .expect(&[(r#"postern_dsn_queued_total{action="failed"}"#, dsn as f64)]);
+    }
+}
