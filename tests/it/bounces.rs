@@ -492,7 +492,7 @@ async fn notify_success_is_relayed_only_without_upstream_dsn() {
 async fn bounces_mode_chooses_dsn_or_dead_letter() {
     for (mode, dsn, kept) in [("dsn", 1, false), ("dead_letter", 0, true)] {
         let server = refusing(Opts {
-            queue: format!("bounces: {mode}"),
+            queue: queue(&format!("bounces: {mode}")),
             ..Opts::default()
         })
         .await;
