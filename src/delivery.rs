@@ -179,7 +179,7 @@ impl Runner {
                         }
                     }
                     Some(Job::Control(cmd, reply)) => {
-                        let _ = reply.send(this.control(&mut queue, cmd));
+                        let _ = reply.send(this.control(&mut queue, cmd).await);
                     }
                     None => break,
                 },

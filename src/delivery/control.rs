@@ -3,7 +3,6 @@
 //! release) writes its state file first and changes nothing when that fails; a message in an
 //! attempt is left alone (the command answers a conflict and can be repeated a moment later).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::telemetry::events;
@@ -23,8 +22,8 @@ pub const HELD_BY_ADMIN: &str = "held by an administrator (postern queue hold)";
 
 impl Runner {
     /// Carries out `cmd` on `queue`.
-    pub(super) fn control(
-        self: &Arc<Self>,
+    pub(super) async fn control(
+        &self,
         queue: &mut Queue,
         cmd: Command,
     ) -> Result<Answer, ControlError> {
@@ -52,7 +51,7 @@ impl Runner {
             Command::Hold(id) => self.hold(queue, &id, now),
             Command::Release(id) => self.release(queue, &id, now),
             Command::Delete(id) => self.delete(queue, &id, now),
-            Command::Bounce(id) => self.bounce(queue, &id, now),
+            Command::Bounce(id) => self.bounce(queue, &id, now).await,
         }
     }
 
@@ -142,8 +141,8 @@ impl Runner {
         Ok(Answer::One(Box::new(shown)))
     }
 
-    fn bounce(
-        self: &Arc<Self>,
+    async fn bounce(
+        &self,
         queue: &mut Queue,
         id: &QueueId,
         now: u64,
@@ -155,14 +154,11 @@ impl Runner {
         let mut shown = crate::delivery::view::MessageView::of(&env, now);
         shown.state = crate::delivery::view::State::Failed;
         shown.next_attempt_unix = None;
-        // The normal path for a message with failed recipients: dead letter, bounce, count.
-        // In a task of its own: queueing the bounce waits for the spool's commit, and the
-        // runner's loop must not.
-        let this = Arc::clone(self);
-        let timing = self.rules.load().timing;
-        self.shutdown.tracker.spawn(async move {
-            this.finish(env, timing, After::Backoff).await;
-        });
+        // The normal path for a message with failed recipients: bounce, dead letter, count.
+        // Awaited, so the answer comes once the message is in `failed/` and its DSN queued
+        // (the runner's loop waits for that one spool commit: admin commands are rare).
+        self.finish(env, self.rules.load().timing, After::Backoff)
+            .await;
         Ok(Answer::One(Box::new(shown)))
     }
 }

@@ -219,7 +219,8 @@ async fn delete_removes_the_message() {
 }
 
 /// `bounce` fails the pending recipients with the administrator's reason; the message moves
-/// to the dead letters, where `list --failed` shows it and `purge-failed` removes it.
+/// to the dead letters, where `list --failed` shows it and `purge-failed` removes it; its
+/// DSN to the sender is the one message left queued (the upstream is down).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bounce_fails_pending_recipients_with_the_admin_reason() {
     let server = sink_down().await;
@@ -231,7 +232,11 @@ async fn bounce_fails_pending_recipients_with_the_admin_reason() {
     let m = json(&out);
     assert_eq!(m["failed"][0]["address"], "x@example.org");
     assert_eq!(m["failed"][0]["reply"], reason);
-    assert_eq!(messages(&server).await, Vec::<Value>::new());
+    let queued = messages(&server).await;
+    assert_eq!(queued.len(), 1, "{queued:#?}");
+    assert_ne!(queued[0]["id"], id.as_str());
+    assert_eq!(queued[0]["sender"], "");
+    assert_eq!(queued[0]["pending"], serde_json::json!(["dev@example.net"]));
 
     let out = server.cli(&["queue", "list", "--failed", "--json"]).await;
     assert!(out.status.success(), "{}", stderr(&out));
