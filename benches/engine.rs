@@ -6,7 +6,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use postern::smtp::data::BareLf;
+use postern::smtp::data::{BareLf, LongLines};
 use postern::smtp::session::{
     AuthPolicy, Question, Session, SessionConfig, Step, TlsOffer, Verdict,
 };
@@ -20,6 +20,7 @@ fn config() -> SessionConfig {
         max_recipients: 100,
         max_errors: 10,
         bare_line_endings: BareLf::Reject,
+        long_lines: LongLines::Wrap,
         max_junk_commands: 100,
     }
 }

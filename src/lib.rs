@@ -11,7 +11,8 @@
 //! - [`message`]: the headers postern adds (Received, Date, Message-ID); the bounded
 //!   header-section collector, From/Sender extraction and From rewriting.
 //! - [`spool`]: the durable queue (group-committed fsync) and retry schedule.
-//! - [`upstream`]: routes, the SMTP client, connection pools, the directory upstream.
+//! - [`upstream`]: routes, the SMTP client, connection pools, the directory upstream, and the
+//!   wrapping of lines too long for the wire.
 //! - [`delivery`]: the queue runner: retries, failover, per-recipient bookkeeping; the
 //!   queue book and the admin commands it carries out (list, hold, release, ...).
 //! - [`rules`]: the rules snapshot built from one config and swapped whole on reload.

@@ -51,6 +51,8 @@ pub enum Reason {
     NoRoute,
     /// A bare CR or LF in DATA: `550 5.6.0`.
     BareLineEnding,
+    /// A line over 998 octets in DATA under `smtp.long_lines: reject`: `550 5.6.0`.
+    LongLine,
     /// The spool could not take the message: `451 4.3.0`.
     QueueError,
     /// The server is draining: `421 4.3.2`.
@@ -84,6 +86,7 @@ impl Reason {
             Reason::TooManyErrors => "too_many_errors",
             Reason::NoRoute => "no_route",
             Reason::BareLineEnding => "bare_line_ending",
+            Reason::LongLine => "long_line",
             Reason::QueueError => "queue_error",
             Reason::ShuttingDown => "shutting_down",
             Reason::StaleRules => "stale_rules",
@@ -91,7 +94,7 @@ impl Reason {
     }
 
     /// Every reason, for exhaustive tables (metrics pre-registration, docs).
-    pub const ALL: [Reason; 23] = [
+    pub const ALL: [Reason; 24] = [
         Reason::RateLimit,
         Reason::ConnectionRate,
         Reason::Lockout,
@@ -112,6 +115,7 @@ impl Reason {
         Reason::TooManyErrors,
         Reason::NoRoute,
         Reason::BareLineEnding,
+        Reason::LongLine,
         Reason::QueueError,
         Reason::ShuttingDown,
         Reason::StaleRules,

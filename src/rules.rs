@@ -11,8 +11,8 @@ use ipnet::IpNet;
 
 use crate::clock::Clock;
 use crate::config::schema::{
-    AuthMode, BareLineEndings, Config, HeadersConfig, ListenerConfig, ListenerTls, SenderCheck,
-    TimeoutsConfig,
+    AuthMode, BareLineEndings, Config, HeadersConfig, ListenerConfig, ListenerTls, LongLinesPolicy,
+    SenderCheck, TimeoutsConfig,
 };
 use crate::policy::Policy;
 use crate::policy::ratelimit::RateLimits;
@@ -60,6 +60,8 @@ pub struct SessionLimits {
     pub max_errors: u32,
     /// Bare CR/LF handling in DATA.
     pub bare_line_endings: BareLineEndings,
+    /// Lines over 998 octets in DATA.
+    pub long_lines: LongLinesPolicy,
     /// Slowest DATA, bytes per second (0: off).
     pub min_data_rate: u64,
     /// Messages per session (0: no cap).
@@ -141,6 +143,7 @@ impl Rules {
                 max_recipients: cfg.limits.max_recipients,
                 max_errors: cfg.limits.max_errors,
                 bare_line_endings: cfg.smtp.bare_line_endings,
+                long_lines: cfg.smtp.long_lines,
                 min_data_rate: cfg.limits.min_data_rate,
                 max_messages_per_session: cfg.limits.max_messages_per_session,
                 max_junk_commands: cfg.limits.max_junk_commands,

@@ -21,3 +21,4 @@ pub mod line;
 pub mod reply_parser;
 pub mod sasl;
 pub mod session;
+pub mod wrap;

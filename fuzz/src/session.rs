@@ -22,7 +22,7 @@
 //! - Unless STARTTLS (which drops buffered input by design) happened, the
 //!   transcript is the same when the whole input arrives in one read.
 
-use postern::smtp::data::BareLf;
+use postern::smtp::data::{BareLf, LongLines};
 use postern::smtp::line::AUTH_LINE_CAP;
 use postern::smtp::reply::Reply;
 use postern::smtp::reply_parser::parse_reply;
@@ -64,7 +64,7 @@ struct Transcript {
 }
 
 /// Reads the listener settings from three header bytes (byte 0: TLS offer,
-/// AUTH policy, TLS already started, bare-LF policy; byte 1: size cap and
+/// AUTH policy, TLS already started, bare-LF policy, long-line policy; byte 1: size cap and
 /// recipient cap; byte 2: error cap).
 pub fn session_config(input: &mut Input<'_>) -> (SessionConfig, bool) {
     let b = input.byte();
@@ -76,6 +76,11 @@ pub fn session_config(input: &mut Input<'_>) -> (SessionConfig, bool) {
         BareLf::Normalise
     } else {
         BareLf::Reject
+    };
+    let long_lines = if b / 36 % 2 == 1 {
+        LongLines::Reject
+    } else {
+        LongLines::Wrap
     };
     let b = usize::from(input.byte());
     let max_message_size = [10240, 0, 1, 16, 100, 1000, 35_882_577][b % 7];
@@ -89,6 +94,7 @@ pub fn session_config(input: &mut Input<'_>) -> (SessionConfig, bool) {
         max_recipients,
         max_errors,
         bare_line_endings,
+        long_lines,
         max_junk_commands: [100, 0, 1, 3][usize::from(input.byte() % 4)],
     };
     let tls_active = tls == TlsOffer::Implicit || (tls == TlsOffer::StartTls && started);

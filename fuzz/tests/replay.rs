@@ -16,6 +16,7 @@ const TARGETS: &[(&str, Check)] = &[
     ("session_raw", postern_fuzz::session::check),
     ("session_alphabet", postern_fuzz::alphabet::check),
     ("headers", postern_fuzz::headers::check),
+    ("wrap", postern_fuzz::wrap::check),
 ];
 
 /// Runs every file under `<dir>/<target>/`; returns how many ran.

@@ -155,7 +155,9 @@ mod tests {
     use std::time::Duration as StdDuration;
 
     use super::*;
-    use crate::config::schema::{AuthMode, BareLineEndings, ListenerTls, LogFormat, UpstreamTls};
+    use crate::config::schema::{
+        AuthMode, BareLineEndings, ListenerTls, LogFormat, LongLinesPolicy, UpstreamTls,
+    };
 
     /// Where the golden configs live; `CARGO_MANIFEST_DIR` is the crate root.
     fn configs_dir() -> PathBuf {
@@ -266,6 +268,7 @@ mod tests {
         assert_eq!(c.timeouts.data.get(), secs(180));
         assert_eq!(c.timeouts.tls_handshake.get(), secs(30));
         assert_eq!(c.smtp.bare_line_endings, BareLineEndings::Reject);
+        assert_eq!(c.smtp.long_lines, LongLinesPolicy::Wrap);
         assert!(c.headers.add_date && c.headers.add_message_id);
         assert_eq!(c.auth_cache.ttl.get(), secs(300));
         assert_eq!(c.auth_cache.size, 10_000);
@@ -324,6 +327,7 @@ mod tests {
             c.routes[1].listeners.as_deref(),
             Some(&["legacy".to_string()][..])
         );
+        assert_eq!(c.smtp.long_lines, LongLinesPolicy::Reject);
     }
 
     #[test]

@@ -198,6 +198,22 @@ pub struct SmtpConfig {
     /// `reject` or `normalise`: see [`BareLineEndings`]. Default: `reject`.
     #[serde(default)]
     pub bare_line_endings: BareLineEndings,
+    /// `wrap` or `reject`: see [`LongLinesPolicy`]. Default: `wrap`.
+    #[serde(default)]
+    pub long_lines: LongLinesPolicy,
+}
+
+/// What to do with a message that has a line over 998 octets (RFC 5322 2.1.1; postern never
+/// sends one, RFC 5321 4.5.3.1.6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LongLinesPolicy {
+    /// Accept it and wrap the lines when relaying: header fields folded at whitespace,
+    /// body lines broken with CRLF SPACE as Postfix does.
+    #[default]
+    Wrap,
+    /// Refuse the message at the end of DATA with `550 5.6.0`.
+    Reject,
 }
 
 /// Header fix-ups.

@@ -22,6 +22,7 @@ use crate::rules::Timing;
 use crate::smtp::dsn::{RcptParams, Ret};
 use crate::spool::{Envelope, RcptDsn, RcptStatus, Recipient, SpoolError, SpoolWriter};
 use crate::telemetry::metrics::DsnAction;
+use crate::upstream::wrap::{Count, Wrapper};
 
 /// Bytes read from the original per step while it is copied into a notification.
 const CHUNK: usize = 64 * 1024;
@@ -183,11 +184,14 @@ impl Runner {
             full: env.dsn.ret == Some(Ret::Full) && action == Action::Failed,
         };
         let head = report.head();
-        writer.write(head.as_bytes())?;
-        let ends_in_crlf = self.copy_original(env, &mut writer, report.full)?;
-        writer.write(report.tail(ends_in_crlf).as_bytes())?;
+        let mut out = Out::new(&mut writer);
+        out.write(head.as_bytes())?;
+        let ends_in_crlf = self.copy_original(env, &mut out, report.full)?;
+        out.write(report.tail(ends_in_crlf).as_bytes())?;
+        let wrap_octets = out.added();
         let mut dsn = notification_envelope(env, writer.id().clone(), self.clock.unix());
         dsn.body_8bit = env.body_8bit || env.smtputf8 || !head.is_ascii();
+        dsn.wrap_octets = wrap_octets;
         writer.commit(dsn.clone(), Vec::new()).await?;
         info!(queue_id = %env.id, dsn_id = %own_id, action = action_name(action), recipients = rcpts.len(), "delivery status notification queued");
         self.metrics.dsn_queued(match action {
@@ -205,7 +209,7 @@ impl Runner {
     fn copy_original(
         &self,
         env: &Envelope,
-        writer: &mut SpoolWriter,
+        writer: &mut Out<'_>,
         full: bool,
     ) -> Result<bool, SpoolError> {
         let stored = self.spool.open_body(&env.id)?;
@@ -229,6 +233,36 @@ impl Runner {
             }
         }
         Ok(last == *b"\r\n")
+    }
+}
+
+/// Writes a notification into the spool and counts the octets that wrapping its lines
+/// over 998 octets will add on the way out (a returned original may have such lines), for
+/// the SIZE declared upstream (RFC 1870).
+struct Out<'a> {
+    writer: &'a mut SpoolWriter,
+    wrapper: Wrapper,
+    added: Count,
+}
+
+impl<'a> Out<'a> {
+    fn new(writer: &'a mut SpoolWriter) -> Out<'a> {
+        Out {
+            writer,
+            wrapper: Wrapper::new(),
+            added: Count::default(),
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) -> Result<(), SpoolError> {
+        self.wrapper.push(data, &mut self.added);
+        self.writer.write(data)
+    }
+
+    /// The octets wrapping adds to everything written.
+    fn added(mut self) -> u64 {
+        self.wrapper.finish(&mut self.added);
+        self.added.0
     }
 }
 
@@ -307,6 +341,7 @@ fn notification_envelope(env: &Envelope, id: crate::spool::QueueId, now: u64) ->
         held: None,
         last_reply: None,
         dsn: Default::default(),
+        wrap_octets: 0,
     }
 }
 

@@ -297,8 +297,10 @@ impl Runner {
             recipients: &addresses,
             prefix: &body.prefix,
             body: &mut file,
-            // RFC 1870 5: what is transmitted, the prefix included, not only the body.
-            size: transmitted_size(&body.prefix, body.body_len, &tail),
+            // RFC 1870 5: what is transmitted, the prefix included, not only the body, and
+            // what wrapping lines over 998 octets adds (counted at acceptance).
+            size: transmitted_size(&body.prefix, body.body_len, &tail)
+                .saturating_add(env.wrap_octets),
             body_8bit: env.body_8bit,
             smtputf8: env.smtputf8,
             dsn: DsnParams {

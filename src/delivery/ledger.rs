@@ -85,6 +85,7 @@ mod tests {
             held: None,
             last_reply: None,
             dsn: Default::default(),
+            wrap_octets: 0,
         }
     }
 

@@ -206,6 +206,7 @@ mod tests {
             held: None,
             last_reply: None,
             dsn: Default::default(),
+            wrap_octets: 0,
         }
     }
 

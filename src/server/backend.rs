@@ -7,6 +7,8 @@
 
 mod envelope;
 
+use envelope::wrap_octets;
+
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -26,6 +28,7 @@ use crate::spool::SpoolWriter;
 use crate::telemetry::events::{self, MessageSummary};
 use crate::telemetry::metrics::{AuthResult, ListenerMetrics};
 use crate::upstream::route::Origin;
+use crate::upstream::wrap;
 use crate::users::AuthCheck;
 
 /// The transaction-scoped state kept beside the engine's.
@@ -46,6 +49,8 @@ struct Tx {
     headers: Option<HeaderStage>,
     /// The message will be refused at its end (header check, header too large).
     refusal: Option<(Reply, Reason)>,
+    /// The header stage wrote a line over 998 octets (a rewrite can lengthen one).
+    head_long: bool,
 }
 
 impl Tx {
@@ -75,6 +80,7 @@ impl Tx {
                 self.headers = None;
                 match head {
                     Ok(head) => {
+                        self.head_long = !wrap::fits(&head);
                         self.write(&head);
                         self.write(rest);
                     }
@@ -405,6 +411,7 @@ impl Backend {
                 self.tx.refusal = None;
                 self.tx.scan = HeaderScan::default();
                 self.tx.eight_bit = false;
+                self.tx.head_long = false;
                 Verdict::Accept
             }
             Err(e) => {
@@ -492,7 +499,17 @@ impl Backend {
             return self.queue_refused(&tx.sender, size);
         }
         let id = writer.id().to_string();
-        let (env, prefix) = self.envelope(&tx, &writer, &envelope, facts);
+        let (mut env, prefix) = self.envelope(&tx, &writer, &envelope, facts);
+        let mut writer = writer;
+        match wrap_octets(&tx, &mut writer, &envelope, &prefix) {
+            Ok(n) => env.wrap_octets = n,
+            Err(e) => {
+                warn!(error = %e, "cannot read the spool file back");
+                let size = writer.written();
+                writer.abort();
+                return self.queue_refused(&tx.sender, size);
+            }
+        }
         match writer.commit(env.clone(), prefix).await {
             Ok(()) => {
                 events::message(&MessageSummary {

@@ -16,7 +16,7 @@ use tracing::{debug, info};
 
 use tokio::time::Instant;
 
-use crate::config::schema::{AuthMode, BareLineEndings, ListenerTls};
+use crate::config::schema::{AuthMode, BareLineEndings, ListenerTls, LongLinesPolicy};
 use crate::policy::Caps;
 use crate::reason::Reason;
 use crate::rules::{ListenerInfo, Rules};
@@ -24,7 +24,7 @@ use crate::server::Runtime;
 use crate::server::backend::{Backend, SessionFacts};
 use crate::server::deadline::{Deadlines, SlowClientLimits};
 use crate::shutdown::Shutdown;
-use crate::smtp::data::BareLf;
+use crate::smtp::data::{BareLf, LongLines};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{AuthPolicy, Question, Session, SessionConfig, Step, TlsOffer, Verdict};
 use crate::stream::Stream;
@@ -196,6 +196,10 @@ fn session_config(rules: &Rules, listener: &ListenerInfo, caps: Caps) -> Session
         bare_line_endings: match limits.bare_line_endings {
             BareLineEndings::Reject => BareLf::Reject,
             BareLineEndings::Normalise => BareLf::Normalise,
+        },
+        long_lines: match limits.long_lines {
+            LongLinesPolicy::Wrap => LongLines::Wrap,
+            LongLinesPolicy::Reject => LongLines::Reject,
         },
         max_junk_commands: limits.max_junk_commands,
     }

@@ -24,6 +24,19 @@ pub enum BareLf {
     Normalise,
 }
 
+/// What to do with a message that has a line over 998 octets (RFC 5322 2.1.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LongLines {
+    /// Take it; the lines are wrapped when relayed. The default.
+    #[default]
+    Wrap,
+    /// Read on to the real end, then refuse the message with 550 5.6.0.
+    Reject,
+}
+
+/// RFC 5322 2.1.1: a line is at most 998 octets, CRLF excluded.
+pub const MAX_LINE: usize = 998;
+
 /// How a message ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataEnd {
@@ -33,6 +46,9 @@ pub enum DataEnd {
     TooBig,
     /// A bare CR or LF was seen under [`BareLf::Reject`]; refuse with 550 5.6.0.
     BareLineEnding,
+    /// A line over [`MAX_LINE`] octets was seen under [`LongLines::Reject`]; refuse with
+    /// 550 5.6.0.
+    LongLine,
 }
 
 /// Position inside the byte stream.
@@ -64,6 +80,12 @@ pub struct DataDecoder {
     too_big: bool,
     /// A bare CR/LF was seen under `Reject`: discard the rest.
     bare_seen: bool,
+    /// Policy for lines over [`MAX_LINE`] octets.
+    long_lines: LongLines,
+    /// Octets of the current line of body emitted so far.
+    line: usize,
+    /// The longest line of the body so far, CRLF excluded.
+    longest: usize,
 }
 
 impl DataDecoder {
@@ -78,12 +100,28 @@ impl DataDecoder {
             size: 0,
             too_big: false,
             bare_seen: false,
+            long_lines: LongLines::Wrap,
+            line: 0,
+            longest: 0,
         }
+    }
+
+    /// The same decoder with `policy` for lines over [`MAX_LINE`] octets (default: wrap).
+    pub fn with_long_lines(mut self, policy: LongLines) -> DataDecoder {
+        self.long_lines = policy;
+        self
     }
 
     /// Bytes of body emitted so far.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The longest line of the body, in octets without its CRLF (the line being read
+    /// counts too). Measured as the body is decoded, at no extra pass over it, so that
+    /// wrapping on the way out costs nothing for mail that does not need it.
+    pub fn longest_line(&self) -> usize {
+        self.longest.max(self.line)
     }
 
     /// Decodes `input`, appending body bytes to `body`. Returns the bytes
@@ -164,6 +202,8 @@ impl DataDecoder {
             DataEnd::BareLineEnding
         } else if self.too_big {
             DataEnd::TooBig
+        } else if self.long_lines == LongLines::Reject && self.longest_line() > MAX_LINE {
+            DataEnd::LongLine
         } else {
             DataEnd::Complete
         }
@@ -182,7 +222,8 @@ impl DataDecoder {
     /// Appends body bytes unless the message is already refused.
     /// RFC 1870 6.3: past the cap, keep reading but store nothing.
     fn emit(&mut self, body: &mut Vec<u8>, bytes: &[u8]) {
-        if self.too_big || self.bare_seen {
+        self.measure(bytes);
+        if self.too_big || self.bare_seen || self.refusing_long_line() {
             return;
         }
         let len = bytes.len() as u64;
@@ -192,6 +233,24 @@ impl DataDecoder {
         }
         self.size += len;
         body.extend_from_slice(bytes);
+    }
+
+    /// Line lengths: `bytes` is a run inside a line, or ends one with CRLF (the decoder
+    /// emits a line end only as CRLF, and never inside a run).
+    fn measure(&mut self, bytes: &[u8]) {
+        match bytes.strip_suffix(b"\r\n") {
+            Some(content) => {
+                self.longest = self.longest.max(self.line + content.len());
+                self.line = 0;
+            }
+            None => self.line += bytes.len(),
+        }
+    }
+
+    /// RFC 5322 2.1.1 under [`LongLines::Reject`]: once a line is over the limit the
+    /// message will be refused, so the rest is not stored.
+    fn refusing_long_line(&self) -> bool {
+        self.long_lines == LongLines::Reject && self.longest_line() > MAX_LINE
     }
 }
 
@@ -311,6 +370,60 @@ mod tests {
         let mut body = Vec::new();
         assert_eq!(dec.feed(b"0123456789", &mut body), (10, None));
         assert_eq!((body.len(), dec.size()), (0, 0));
+    }
+
+    /// The longest line is measured on the decoded body (a stuffing dot does not count,
+    /// CRLF does not count), at every split point; under `Reject` a line over 998 octets
+    /// refuses the message at the real end, and nothing after it is stored.
+    #[test]
+    fn long_lines() {
+        let line = |n: usize, lead: &[u8]| [lead, &vec![b'x'; n], b"\r\n"].concat();
+        let rows: Vec<(Vec<u8>, usize)> = vec![
+            (b".\r\n".to_vec(), 0),
+            ([line(998, b""), b".\r\n".to_vec()].concat(), 998),
+            ([line(997, b".."), b".\r\n".to_vec()].concat(), 998),
+            ([line(999, b""), b".\r\n".to_vec()].concat(), 999),
+            (
+                [
+                    b"a\r\n".to_vec(),
+                    line(5000, b""),
+                    line(3, b""),
+                    b".\r\n".to_vec(),
+                ]
+                .concat(),
+                5000,
+            ),
+        ];
+        for (input, longest) in &rows {
+            for at in (0..=input.len()).step_by(97) {
+                for policy in [LongLines::Wrap, LongLines::Reject] {
+                    let mut dec = DataDecoder::new(BareLf::Reject, 1 << 20).with_long_lines(policy);
+                    let mut body = Vec::new();
+                    let (a, b) = input.split_at(at);
+                    let (n, mut end) = dec.feed(a, &mut body);
+                    if end.is_none() {
+                        assert_eq!(n, a.len());
+                        end = dec.feed(b, &mut body).1;
+                    }
+                    assert_eq!(dec.longest_line(), *longest, "split {at}");
+                    let refused = policy == LongLines::Reject && *longest > MAX_LINE;
+                    let want = if refused {
+                        DataEnd::LongLine
+                    } else {
+                        DataEnd::Complete
+                    };
+                    assert_eq!(end, Some(want), "split {at} {policy:?}");
+                    if refused {
+                        assert!(body.len() < 999 + 3, "stored on after the long line");
+                    }
+                }
+            }
+        }
+        // Smuggling still wins over a long line.
+        let input = [line(1200, b""), b"a\nb\r\n.\r\n".to_vec()].concat();
+        let mut dec = DataDecoder::new(BareLf::Reject, 1 << 20).with_long_lines(LongLines::Reject);
+        let mut body = Vec::new();
+        assert_eq!(dec.feed(&input, &mut body).1, Some(DataEnd::BareLineEnding));
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::collections::VecDeque;
 mod script;
 pub(super) use script::unescape;
 
-use crate::smtp::data::BareLf;
+use crate::smtp::data::{BareLf, LongLines};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{
     AuthPolicy, Envelope, Question, Session, SessionConfig, Step, TlsOffer, Verdict,
@@ -147,6 +147,7 @@ pub(super) fn config(header: &str) -> (SessionConfig, bool) {
         max_recipients: 100,
         max_errors: 10,
         bare_line_endings: BareLf::Reject,
+        long_lines: LongLines::Wrap,
         max_junk_commands: 100,
     };
     let mut tls_active = None;

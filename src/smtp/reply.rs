@@ -314,6 +314,16 @@ impl Reply {
         )
     }
 
+    /// 550 a line over 998 octets under `smtp.long_lines: reject` (RFC 5322 2.1.1,
+    /// RFC 5321 4.5.3.1.6).
+    pub fn long_line() -> Reply {
+        r(
+            550,
+            (5, 6, 0),
+            "Error: message has a line longer than 998 octets (RFC 5322 2.1.1)",
+        )
+    }
+
     /// 553 non-ASCII sender without SMTPUTF8 (RFC 6531 3.4).
     pub fn non_ascii_sender() -> Reply {
         r(553, (5, 6, 7), "Non-ASCII address requires SMTPUTF8")

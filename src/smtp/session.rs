@@ -13,7 +13,7 @@ use std::fmt;
 use crate::reason::Reason;
 use crate::smtp::address::{ForwardPath, ReversePath};
 use crate::smtp::command::{self, CommandError, MailParams};
-use crate::smtp::data::{BareLf, DataDecoder, DataEnd};
+use crate::smtp::data::{BareLf, DataDecoder, DataEnd, LongLines};
 use crate::smtp::dsn::RcptParams;
 use crate::smtp::line::{AUTH_LINE_CAP, COMMAND_LINE_CAP, Frame, LineFramer};
 use crate::smtp::reply::Reply;
@@ -59,6 +59,8 @@ pub struct SessionConfig {
     pub max_errors: u32,
     /// Policy for bare CR / LF in DATA.
     pub bare_line_endings: BareLf,
+    /// Policy for lines over 998 octets in DATA (RFC 5322 2.1.1).
+    pub long_lines: LongLines,
     /// Commands without progress (NOOP, RSET, VRFY, HELP) before `421 4.7.0` and close;
     /// the count restarts with each queued message. 0: no cap.
     pub max_junk_commands: u32,
@@ -177,6 +179,9 @@ pub struct Envelope {
     pub params: MailParams,
     /// Accepted recipients, in order.
     pub rcpts: Vec<Rcpt>,
+    /// The longest line of the message as received, in octets without CRLF: over 998
+    /// (RFC 5322 2.1.1), it will be wrapped on the way out, which adds to its size.
+    pub longest_line: usize,
 }
 
 /// One accepted recipient.
@@ -444,7 +449,7 @@ impl Session {
     /// The DATA decoder reached the terminator.
     fn data_end(&mut self, end: DataEnd) -> Option<Step> {
         let phase = std::mem::replace(&mut self.phase, Phase::Closing);
-        let Phase::Receiving { helo, tx, .. } = phase else {
+        let Phase::Receiving { helo, tx, decoder } = phase else {
             let next = self.ctx.logic_error();
             return self.set(next);
         };
@@ -454,6 +459,7 @@ impl Session {
                     from: tx.from,
                     params: tx.params,
                     rcpts: tx.rcpts,
+                    longest_line: decoder.longest_line(),
                 };
                 let pending = Pending::Message;
                 self.phase = Phase::Deciding { helo, pending };
@@ -461,6 +467,7 @@ impl Session {
             }
             DataEnd::TooBig => (Reply::message_too_big(), Reason::Size),
             DataEnd::BareLineEnding => (Reply::bare_line_ending(), Reason::BareLineEnding),
+            DataEnd::LongLine => (Reply::long_line(), Reason::LongLine),
         };
         // RFC 5321 4.1.1.4: a failed DATA clears the transaction.
         self.body.clear();

@@ -374,6 +374,7 @@ fn envelope_and_accessors() {
                 params: RcptParams::default(),
             },
         ],
+        longest_line: 2,
     };
     assert_eq!(h.messages, vec![(want, b"hi\r\n".to_vec())]);
     h.feed(b"HELO other\r\n");

@@ -317,7 +317,8 @@ fn accept(ctx: &mut Ctx, helo: Helo, pending: Pending, verdict: Verdict) -> Next
             (Reply::rcpt_ok(), Phase::Transaction { helo, tx })
         }
         (Pending::Data { tx }, Verdict::Accept) => {
-            let decoder = DataDecoder::new(ctx.cfg.bare_line_endings, ctx.cfg.max_message_size);
+            let decoder = DataDecoder::new(ctx.cfg.bare_line_endings, ctx.cfg.max_message_size)
+                .with_long_lines(ctx.cfg.long_lines);
             let phase = Phase::Receiving { helo, tx, decoder };
             (Reply::start_data(), phase)
         }

@@ -223,6 +223,16 @@ pub struct Envelope {
     /// DSN parameters and the notifications already sent (RFC 3461).
     #[serde(default, skip_serializing_if = "MessageDsn::is_empty")]
     pub dsn: MessageDsn,
+    /// Octets that wrapping lines over 998 octets (RFC 5322 2.1.1) adds on the way out,
+    /// counted at acceptance so that the SIZE declared upstream covers what is sent
+    /// (RFC 1870 5); 0 (and not stored) for mail without such lines.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub wrap_octets: u64,
+}
+
+/// For `skip_serializing_if`: a field that is 0 is left out of the record.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Why and until when a message waits for an upstream (see `upstream::shaping`).
@@ -733,6 +743,7 @@ pub(crate) mod tests {
                 envid: Some("QQ+2B1".into()),
                 delay_warned: true,
             },
+            wrap_octets: 0,
         }
     }
 

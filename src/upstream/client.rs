@@ -23,6 +23,7 @@ use crate::upstream::probe::StepObserver;
 pub use crate::upstream::settings::{
     AuthSecret, Credentials, Security, Settings, Timeouts, TlsTarget,
 };
+use crate::upstream::wrap::{Sink, Wrapper};
 
 /// Bytes read from the body source and written to the upstream per step. The message is
 /// streamed; it is never held whole in memory.
@@ -44,7 +45,8 @@ pub struct Outgoing<'a> {
     pub body: &'a mut (dyn AsyncRead + Unpin + Send),
     /// The octets sent between the 354 and the final dot, before dot-stuffing (the message
     /// size of RFC 1870 5): declared as `SIZE=` and checked against the upstream's limit.
-    /// Compute it with [`transmitted_size`].
+    /// Compute it with [`transmitted_size`], plus what wrapping lines over 998 octets adds
+    /// ([`crate::upstream::wrap`]).
     pub size: u64,
     /// The body has 8-bit content (or was declared so): it needs `BODY=8BITMIME`, so an
     /// upstream without 8BITMIME cannot take it (RFC 6152 3). A `prefix` with 8-bit octets
@@ -455,15 +457,18 @@ impl Client {
 
     /// Streams prefix and body, dot-stuffed, then the final dot; returns the final reply.
     /// From the moment the final dot is written, a failure is [`Error::MaybeDelivered`].
+    ///
+    /// Lines over 998 octets are wrapped on the way ([`Wrapper`]); `msg.size` must count
+    /// the octets that adds (RFC 1870 5).
     async fn send_body(&mut self, msg: &mut Outgoing<'_>) -> Result<UpstreamReply, Error> {
-        let mut stuffer = DotStuffer::new();
-        let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
+        let mut wrapper = Wrapper::new();
+        let mut stuffer = DotStuffer::new(Vec::with_capacity(CHUNK + CHUNK / 8));
         let mut chunk = vec![0; CHUNK];
-        stuffer.push(msg.prefix, &mut out);
+        wrapper.push(msg.prefix, &mut stuffer);
         loop {
-            if out.len() >= CHUNK {
-                self.conn.write(&out, Stage::Body).await?;
-                out.clear();
+            if stuffer.out.len() >= CHUNK {
+                self.conn.write(&stuffer.out, Stage::Body).await?;
+                stuffer.out.clear();
             }
             let n = match msg.body.read(&mut chunk).await {
                 Ok(n) => n,
@@ -472,9 +477,10 @@ impl Client {
             let Some(data) = chunk.get(..n).filter(|d| !d.is_empty()) else {
                 break;
             };
-            stuffer.push(data, &mut out);
+            wrapper.push(data, &mut stuffer);
         }
-        stuffer.finish(&mut out);
+        wrapper.finish(&mut stuffer);
+        let out = stuffer.finish();
         self.conn.write(&out, Stage::Body).await?;
         // RFC 5321 4.1.1.4: the terminator, alone, so the "maybe" window is just these bytes.
         let maybe = |e: Error| Error::MaybeDelivered {
@@ -527,7 +533,8 @@ fn needs_8bitmime(msg: &Outgoing<'_>) -> bool {
 
 /// The octets the client sends between the 354 and the final dot, before dot-stuffing:
 /// `prefix`, the body, and the CRLF [`DotStuffer::finish`] adds when the content does not
-/// end in one. RFC 1870 5 defines the message size this way ("including CR-LF pairs, but
+/// end in one. Lines over 998 octets add what wrapping inserts: the caller adds that
+/// (recorded at acceptance, [`crate::spool::Envelope::wrap_octets`]). RFC 1870 5 defines the message size this way ("including CR-LF pairs, but
 /// not the SMTP DATA command's terminating dot or doubled quoting dots").
 ///
 /// `body_tail` is the body's last two octets (fewer only when the body is shorter).
@@ -628,8 +635,14 @@ fn closing_quote(s: &str) -> Option<usize> {
 /// Dot-stuffing across chunk boundaries (RFC 5321 4.5.2): a line that begins with "." gets
 /// one more. A line begins after LF, so even a stray bare LF followed by "." is stuffed and
 /// cannot end the message early at a lenient upstream (smuggling, CVE-2023-51764 class).
+///
+/// Fed by a [`Wrapper`], whose pieces never hold an LF before their last octet: a piece
+/// starts a line exactly when the one before it ended with LF, so only first octets need a
+/// look (no second scan of the message).
 #[derive(Debug)]
 struct DotStuffer {
+    /// The stuffed output not yet written.
+    out: Vec<u8>,
     /// The next byte starts a line.
     at_line_start: bool,
     /// The last two bytes pushed; starts as CRLF (the DATA line's end), so an empty
@@ -638,31 +651,35 @@ struct DotStuffer {
 }
 
 impl DotStuffer {
-    fn new() -> Self {
+    fn new(out: Vec<u8>) -> Self {
         DotStuffer {
+            out,
             at_line_start: true,
             last: *b"\r\n",
         }
     }
 
-    /// Appends `data`, stuffed, to `out`.
-    fn push(&mut self, data: &[u8], out: &mut Vec<u8>) {
-        for piece in data.split_inclusive(|&b| b == b'\n') {
-            if self.at_line_start && piece.first() == Some(&b'.') {
-                out.push(b'.');
-            }
-            out.extend_from_slice(piece);
-            self.at_line_start = piece.last() == Some(&b'\n');
-        }
-        self.last = shift_last(self.last, data);
-    }
-
-    /// Makes sure the content ends with CRLF, so the terminator that follows is a line.
-    fn finish(&mut self, out: &mut Vec<u8>) {
+    /// Makes sure the content ends with CRLF, so the terminator that follows is a line;
+    /// returns the output.
+    fn finish(mut self) -> Vec<u8> {
         if self.last != *b"\r\n" {
-            out.extend_from_slice(b"\r\n");
-            self.last = *b"\r\n";
+            self.out.extend_from_slice(b"\r\n");
         }
+        self.out
+    }
+}
+
+impl Sink for DotStuffer {
+    fn put(&mut self, piece: &[u8]) {
+        let Some(&end) = piece.last() else {
+            return;
+        };
+        if self.at_line_start && piece.first() == Some(&b'.') {
+            self.out.push(b'.');
+        }
+        self.out.extend_from_slice(piece);
+        self.at_line_start = end == b'\n';
+        self.last = shift_last(self.last, piece);
     }
 }
 
@@ -678,6 +695,67 @@ fn shift_last(last: [u8; 2], data: &[u8]) -> [u8; 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `send_body` writes between the 354 and the final dot for these pieces.
+    fn wrap_and_stuff(pieces: &[&[u8]]) -> Vec<u8> {
+        let mut wrapper = Wrapper::new();
+        let mut stuffer = DotStuffer::new(Vec::new());
+        for piece in pieces {
+            wrapper.push(piece, &mut stuffer);
+        }
+        wrapper.finish(&mut stuffer);
+        stuffer.finish()
+    }
+
+    /// Removes the transparency dots (RFC 5321 4.5.2) from `wire`, checking that no line
+    /// is then over 998 octets (RFC 5321 4.5.3.1.6 does not count the doubled dot).
+    fn unstuff(wire: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for line in wire.split_inclusive(|&b| b == b'\n') {
+            let line = line.strip_prefix(b".").unwrap_or(line);
+            let content = line.strip_suffix(b"\r\n").unwrap_or(line);
+            assert!(
+                content.len() <= crate::upstream::wrap::MAX_LINE,
+                "{}",
+                content.len()
+            );
+            out.extend_from_slice(line);
+        }
+        out
+    }
+
+    /// Wrapped pieces and dot-stuffing together: a long line that starts with "." is
+    /// stuffed once, its continuation lines (which start with the inserted space) never,
+    /// and un-stuffing gives exactly the wrapped message, at every split point.
+    #[test]
+    fn dot_stuffing_of_wrapped_lines() {
+        let dots = vec![b'.'; 2500];
+        let input = [b"Subject: x\r\n\r\n".as_slice(), &dots, b"\r\n.\r\n"].concat();
+        let mut wrapped = Vec::new();
+        let mut wrapper = Wrapper::new();
+        wrapper.push(&input, &mut wrapped);
+        wrapper.finish(&mut wrapped);
+        let expected_wrapped = [
+            b"Subject: x\r\n\r\n".as_slice(),
+            &dots[..998],
+            b"\r\n ",
+            &dots[..997],
+            b"\r\n ",
+            &dots[..505],
+            b"\r\n.\r\n",
+        ]
+        .concat();
+        assert_eq!(wrapped, expected_wrapped);
+        for cut in (0..=input.len()).step_by(7) {
+            let wire = wrap_and_stuff(&[&input[..cut], &input[cut..]]);
+            let stuffed_lines = wire
+                .split_inclusive(|&b| b == b'\n')
+                .filter(|l| l.starts_with(b".."))
+                .count();
+            assert_eq!(stuffed_lines, 2, "cut {cut}");
+            assert_eq!(unstuff(&wire), expected_wrapped, "cut {cut}");
+        }
+    }
 
     /// Un-stuffing the output of one `push` of the whole input must equal what comes out when
     /// the input is pushed in two pieces, at every split point (RFC 5321 4.5.2).
@@ -696,11 +774,7 @@ mod tests {
         ];
         for (input, expected) in rows {
             for cut in 0..=input.len() {
-                let mut stuffer = DotStuffer::new();
-                let mut out = Vec::new();
-                stuffer.push(&input[..cut], &mut out);
-                stuffer.push(&input[cut..], &mut out);
-                stuffer.finish(&mut out);
+                let out = wrap_and_stuff(&[&input[..cut], &input[cut..]]);
                 assert_eq!(out, *expected, "input {input:?} cut {cut}");
             }
         }
@@ -765,11 +839,7 @@ mod tests {
             let tail = &body[body.len().saturating_sub(2)..];
             let size = transmitted_size(prefix, body.len() as u64, tail);
             assert_eq!(size, expected, "{prefix:?} {body:?}");
-            let mut stuffer = DotStuffer::new();
-            let mut out = Vec::new();
-            stuffer.push(prefix, &mut out);
-            stuffer.push(body, &mut out);
-            stuffer.finish(&mut out);
+            let out = wrap_and_stuff(&[prefix, body]);
             let unstuffed = out
                 .split_inclusive(|&b| b == b'\n')
                 .map(|line| line.strip_prefix(b".").unwrap_or(line).len() as u64)

@@ -1,5 +1,6 @@
 //! The `directory` upstream: each message becomes `<dir>/<id>.eml` (exactly the bytes an
-//! SMTP upstream would get after un-stuffing: prefix then body, CRLF kept) and
+//! SMTP upstream would get after un-stuffing: prefix then body, CRLF kept, lines over 998
+//! octets wrapped) and
 //! `<dir>/<id>.json` (`{"sender", "recipients", "received"}`).
 //!
 //! For labs, tests, and handing mail to a script. Readers never see a partial file: each is
@@ -17,6 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::upstream::client::{Outgoing, RcptOutcome, RcptResult};
 use crate::upstream::error::{Error, Stage};
+use crate::upstream::wrap::Wrapper;
 
 /// Read size when copying the body.
 const CHUNK: usize = 64 * 1024;
@@ -77,11 +79,8 @@ impl Directory {
         json.push(b'\n');
         let json_tmp = self.dir.join(format!(".{queue_id}.json.tmp"));
         let eml_tmp = self.dir.join(format!(".{queue_id}.eml.tmp"));
-        write_file(&json_tmp, &json, None).await.map_err(io)?;
-        let prefix = msg.prefix;
-        write_file(&eml_tmp, prefix, Some(&mut *msg))
-            .await
-            .map_err(io)?;
+        write_file(&json_tmp, &json).await.map_err(io)?;
+        write_message(&eml_tmp, msg).await.map_err(io)?;
         tokio::fs::rename(&json_tmp, self.dir.join(format!("{queue_id}.json")))
             .await
             .map_err(io)?;
@@ -113,20 +112,36 @@ fn safe_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
 }
 
-/// Creates `path` with `head` followed by the body of `msg` (if given), then fsyncs it.
-async fn write_file(path: &Path, head: &[u8], msg: Option<&mut Outgoing<'_>>) -> io::Result<()> {
+/// Creates `path` with `head`, then fsyncs it.
+async fn write_file(path: &Path, head: &[u8]) -> io::Result<()> {
     let mut file = File::create(path).await?;
     file.write_all(head).await?;
-    if let Some(msg) = msg {
-        let mut chunk = vec![0; CHUNK];
-        loop {
-            let n = msg.body.read(&mut chunk).await?;
-            let Some(data) = chunk.get(..n).filter(|d| !d.is_empty()) else {
-                break;
-            };
-            file.write_all(data).await?;
+    file.flush().await?;
+    file.sync_all().await
+}
+
+/// Creates `path` with the prefix and body of `msg`, lines over 998 octets wrapped exactly
+/// as the SMTP client wraps them (so "never sends a longer line" holds for every upstream),
+/// then fsyncs it.
+async fn write_message(path: &Path, msg: &mut Outgoing<'_>) -> io::Result<()> {
+    let mut file = File::create(path).await?;
+    let mut wrapper = Wrapper::new();
+    let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
+    let mut chunk = vec![0; CHUNK];
+    wrapper.push(msg.prefix, &mut out);
+    loop {
+        let n = msg.body.read(&mut chunk).await?;
+        let Some(data) = chunk.get(..n).filter(|d| !d.is_empty()) else {
+            break;
+        };
+        wrapper.push(data, &mut out);
+        if out.len() >= CHUNK {
+            file.write_all(&out).await?;
+            out.clear();
         }
     }
+    wrapper.finish(&mut out);
+    file.write_all(&out).await?;
     file.flush().await?;
     file.sync_all().await
 }
@@ -178,6 +193,41 @@ mod tests {
             .collect();
         names.sort();
         assert_eq!(names, ["Q123-a_b.c.eml", "Q123-a_b.c.json"]);
+    }
+
+    /// The file gets the same wrapped lines an SMTP upstream gets: a 5,000-octet header
+    /// field folded at its spaces, a 5,000-octet body line broken with CRLF SPACE.
+    #[tokio::test]
+    async fn long_lines_are_wrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = Directory::new("files", dir.path().to_owned());
+        let words = "word ".repeat(1000);
+        let line = "x".repeat(5000);
+        let body = format!("Subject: {words}\r\n\r\n{line}\r\n");
+        let recipients = vec!["a@x.example".to_string()];
+        let mut source: &[u8] = body.as_bytes();
+        let mut msg = Outgoing {
+            sender: "s@corp.example",
+            recipients: &recipients,
+            prefix: b"Received: by test\r\n",
+            body: &mut source,
+            size: 0,
+            body_8bit: false,
+            smtputf8: false,
+            dsn: Default::default(),
+            upstream_dsn: false,
+        };
+        up.deliver("Q1", &mut msg).await.unwrap();
+        let eml = std::fs::read(dir.path().join("Q1.eml")).unwrap();
+        let mut expected = b"Received: by test\r\n".to_vec();
+        let mut wrapper = Wrapper::new();
+        wrapper.push(body.as_bytes(), &mut expected);
+        wrapper.finish(&mut expected);
+        assert_eq!(eml, expected);
+        let text = String::from_utf8(eml).unwrap();
+        assert!(text.lines().all(|l| l.len() <= 998));
+        assert!(text.contains(&format!("\r\n {}\r\n", &line[998..1995])));
+        assert_eq!(text.replace("\r\n ", " ").matches("word").count(), 1000);
     }
 
     #[tokio::test]

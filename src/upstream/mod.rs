@@ -18,6 +18,7 @@
 //! - `route.rs`: sender, recipient, listener and identity → upstream names.
 //! - `breaker.rs`: the circuit breaker that skips an upstream failing again and again.
 //! - `directory.rs`: the `directory:` upstream.
+//! - `wrap.rs`: lines over 998 octets wrapped on the way to any upstream.
 //! - `error.rs`: the error enum and its classification.
 
 pub mod breaker;
@@ -33,6 +34,7 @@ pub mod route;
 pub mod settings;
 pub mod shaping;
 pub mod tls;
+pub mod wrap;
 
 use std::collections::HashMap;
 use std::fmt;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::client::{Client, DsnParams, RcptResult, transmitted_size};
 use super::error::Capability;
 use super::sink::{self, Line, Message, Script};
+use super::wrap;
 use super::*;
 use crate::smtp::reply_parser::UpstreamReply;
 
@@ -88,7 +89,11 @@ async fn send_dsn(
             prefix,
             body.len() as u64,
             &body[body.len().saturating_sub(2)..],
-        ),
+        ) + wrap::added_octets(prefix, |f| {
+            f(body);
+            Ok::<_, ()>(())
+        })
+        .unwrap(),
         body_8bit: prefix.iter().chain(body).any(|b| *b >= 0x80),
         smtputf8: false,
         dsn,
@@ -175,8 +180,13 @@ fn messages(rec: &sink::Shared) -> Vec<Message> {
 /// Byte-exact bodies after the sink un-stuffs them: (prefix, body, what the sink must get).
 #[tokio::test]
 async fn body_bytes_arrive_exactly() {
-    let mut big = vec![b'a'; 64 * 1024 - 2];
+    // Lines that fit, and a dot at the first octet of the second 64 KiB chunk.
+    let mut big = [[b'a'; 98].as_slice(), b"\r\n"].concat().repeat(655);
+    big.extend_from_slice(&[b'a'; 34]);
     big.extend_from_slice(b"\r\n.starts the second chunk\r\n");
+    // A line over 998 octets arrives wrapped (RFC 5322 2.1.1), as Postfix wraps it.
+    let long = [b"\r\n".as_slice(), &[b'.'; 1000], b"\r\n"].concat();
+    let long_wrapped = [b"\r\n".as_slice(), &[b'.'; 998], b"\r\n ..\r\n"].concat();
     let rows: Vec<(&[u8], Vec<u8>, Vec<u8>)> = vec![
         (
             b"",
@@ -206,6 +216,7 @@ async fn body_bytes_arrive_exactly() {
         (b"", b"ends in CR\r".to_vec(), b"ends in CR\r\r\n".to_vec()),
         (b"", Vec::new(), Vec::new()),
         (b"", big.clone(), big),
+        (b"", long, long_wrapped),
     ];
     for pipelining in [true, false] {
         let (addr, rec) = sink::start(Script {

@@ -21,6 +21,7 @@ mod dialogs;
 mod drain;
 mod external;
 mod headers;
+mod lines;
 mod lockout;
 mod metrics;
 mod oauth2;

@@ -6,7 +6,8 @@ use super::{Backend, SessionFacts, Tx};
 use crate::message::{self, Trace};
 use crate::smtp::command::BodyType;
 use crate::smtp::session::Envelope;
-use crate::spool::{self, SpoolWriter};
+use crate::spool::{self, SpoolError, SpoolWriter};
+use crate::upstream::wrap::{self, MAX_LINE};
 
 impl Backend {
     /// The spool envelope and the header prefix (Received, and Date / Message-ID where
@@ -83,7 +84,26 @@ impl Backend {
                 envid: envelope.params.envid.clone(),
                 delay_warned: false,
             },
+            wrap_octets: 0,
         };
         (env, prefix)
     }
+}
+
+/// The octets wrapping will add to the message on the way out (RFC 5322 2.1.1: no line over
+/// 998 octets), for the SIZE declared upstream (RFC 1870 5). The cheap path decides: the
+/// DATA decoder measured the client's lines as it decoded them, a header rewrite measured
+/// its own, and a prefix shorter than a line cannot hold a long one. Only a message with a
+/// long line is read back and counted.
+pub(super) fn wrap_octets(
+    tx: &Tx,
+    writer: &mut SpoolWriter,
+    envelope: &Envelope,
+    prefix: &[u8],
+) -> Result<u64, SpoolError> {
+    let long_prefix = prefix.len() > MAX_LINE && !wrap::fits(prefix);
+    if envelope.longest_line <= MAX_LINE && !tx.head_long && !long_prefix {
+        return Ok(0);
+    }
+    wrap::added_octets(prefix, |each| writer.read_back(each))
 }

@@ -224,13 +224,14 @@ pub(super) const CLOSE_REASONS: [Reason; 9] = [
 ];
 
 /// The reasons a transaction or message is refused (pre-registered for every listener).
-pub(super) const REFUSAL_REASONS: [Reason; 9] = [
+pub(super) const REFUSAL_REASONS: [Reason; 10] = [
     Reason::SenderNotOwned,
     Reason::AuthRequired,
     Reason::NoRoute,
     Reason::RateLimit,
     Reason::Size,
     Reason::BareLineEnding,
+    Reason::LongLine,
     Reason::HeaderSenderNotOwned,
     Reason::HeaderTooLarge,
     Reason::QueueError,

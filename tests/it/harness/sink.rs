@@ -6,7 +6,8 @@
 //! end in CRLF, nothing may follow STARTTLS/DATA/EHLO in the same write, and nothing may be
 //! pipelined unless PIPELINING was offered; MAIL parameters must have been offered
 //! ([`Extensions`]); 8-bit content needs `BODY=8BITMIME` (RFC 6152 3) and non-ASCII
-//! addresses `SMTPUTF8` (RFC 6531 3.4). Breaches are answered normally where possible
+//! addresses `SMTPUTF8` (RFC 6531 3.4); no line may be over 998 octets (RFC 5322 2.1.1) and
+//! a declared SIZE may not be smaller than the message (RFC 1870 5). Breaches are answered normally where possible
 //! but recorded in [`Sink::violations`] so tests can assert there are none.
 
 use std::collections::VecDeque;
@@ -881,6 +882,34 @@ async fn rcpt<S: AsyncRead + AsyncWrite + Unpin>(
     c.reply("250 2.1.5 Ok").await
 }
 
+/// RFC 5322 2.1.1 / RFC 5321 4.5.3.1.6: no line over 998 octets plus CRLF (the dot doubled
+/// for transparency not counted: `body` is already un-stuffed); RFC 1870 5: a declared
+/// SIZE is not smaller than what was sent. Either breach is a violation.
+fn check_lines_and_size<S>(c: &Conn<S>, tx: &Received, body: &[u8]) {
+    for (i, line) in body.split_inclusive(|&b| b == b'\n').enumerate() {
+        let content = line.strip_suffix(b"\r\n").unwrap_or(line);
+        if content.len() > 998 {
+            c.state.violation(
+                c.id,
+                format!("line {} is {} octets (over 998)", i + 1, content.len()),
+            );
+        }
+    }
+    let declared = tx.mail_params.iter().find_map(|p| {
+        let (key, value) = p.split_once('=')?;
+        key.eq_ignore_ascii_case("SIZE")
+            .then(|| value.parse::<u64>().ok())?
+    });
+    if let Some(declared) = declared
+        && (body.len() as u64) > declared
+    {
+        c.state.violation(
+            c.id,
+            format!("SIZE={declared} declared but {} octets sent", body.len()),
+        );
+    }
+}
+
 /// DATA through the final reply; `false` when the connection is to be dropped.
 async fn data<S: AsyncRead + AsyncWrite + Unpin>(
     c: &mut Conn<S>,
@@ -913,6 +942,7 @@ async fn data<S: AsyncRead + AsyncWrite + Unpin>(
         c.state
             .violation(c.id, "8-bit content without BODY=8BITMIME");
     }
+    check_lines_and_size(c, &tx, &body);
     let limit = c.state.extensions.size.unwrap_or(0);
     if limit > 0 && body.len() as u64 > limit {
         c.reply("552 5.3.4 Message size exceeds fixed maximum message size")
