@@ -93,19 +93,14 @@ async fn default_config_works_as_the_readme_says() {
         .collect();
 
     // Delivery to the directory upstream is asynchronous: wait (bounded) for all three.
+    // The `.eml` is renamed into place last: once it is there, so is its `.json`.
     let mail = var.join("mail");
-    let mut envelopes = Vec::new();
-    for _ in 0..200 {
-        envelopes = ids
-            .iter()
-            .filter_map(|id| std::fs::read_to_string(mail.join(format!("{id}.json"))).ok())
-            .collect();
-        if envelopes.len() == ids.len() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(envelopes.len(), 3, "not all of {ids:?} arrived in var/mail");
+    let arrived = || ids.iter().all(|id| mail.join(format!("{id}.eml")).exists());
+    crate::harness::eventually("all three in var/mail", arrived).await;
+    let envelopes: Vec<String> = ids
+        .iter()
+        .map(|id| std::fs::read_to_string(mail.join(format!("{id}.json"))).unwrap())
+        .collect();
     let senders: Vec<String> = envelopes
         .iter()
         .map(|e| {
