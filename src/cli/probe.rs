@@ -43,6 +43,14 @@ fn label(stage: Stage) -> &'static str {
 }
 
 impl StepObserver for Printer {
+    fn token(&self, token_url: &str, expires_in: std::time::Duration) {
+        println!(
+            "{:<10} OAuth2 access token from {token_url}, valid for {} s",
+            "token",
+            expires_in.as_secs()
+        );
+    }
+
     fn connected(&self, peer: SocketAddr) {
         println!("{:<10} connected to {peer}", "connect");
     }

@@ -168,6 +168,9 @@ impl Client {
                 upstream: s.name.clone(),
                 source,
             })?;
+            if let Some(o) = &observer {
+                o.token(source.token_url(), source.valid_for().await);
+            }
         }
         let tcp = match timeout(
             s.timeouts.connect,

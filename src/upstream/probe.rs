@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use crate::smtp::reply_parser::UpstreamReply;
 use crate::upstream::error::Stage;
@@ -32,6 +33,9 @@ pub trait StepObserver: Send + Sync + fmt::Debug {
     fn reply(&self, stage: Stage, reply: &UpstreamReply);
     /// A TLS handshake completed.
     fn tls(&self, info: &TlsInfo);
+    /// An OAuth2 access token is at hand (cached, or just issued by `token_url`) and is
+    /// valid for `expires_in` more.
+    fn token(&self, token_url: &str, expires_in: Duration);
 }
 
 /// What an observer may see of a command line: AUTH arguments (RFC 4954 initial

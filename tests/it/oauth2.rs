@@ -271,3 +271,55 @@ async fn token_endpoint_down_keeps_mail_queued_until_it_is_back() {
     );
     assert_eq!(endpoint.violations(), Vec::<String>::new());
 }
+
+/// `postern probe upstream` with OAuth2: the token step (where from, how long it is valid),
+/// then the session set-up with `AUTH XOAUTH2` redacted and accepted; the token never
+/// printed, and no mail sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_gets_a_token_and_logs_in_without_printing_it() {
+    let endpoint = TokenEndpoint::start(Credential::Secret, false, M365_SCOPE, 3600).await;
+    let oauth2 = format!(
+        "provider: microsoft, client_secret_file: {}",
+        fixture("oauth-client.secret")
+    );
+    let (server, _sink) = start(&endpoint, &["XOAUTH2"], &oauth2).await;
+    let out = server.cli(&["probe", "upstream", "sink"]).await;
+    let text = crate::harness::admin::stdout(&out);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        crate::harness::admin::stderr(&out)
+    );
+    let token_line = format!("token      OAuth2 access token from {}", endpoint.url());
+    let expected_in_order = [
+        token_line.as_str(),
+        "connect    connected to 127.0.0.1:",
+        "starttls   C: STARTTLS",
+        "auth       C: AUTH XOAUTH2 <redacted>",
+        "auth       S: 235",
+        "quit       C: QUIT",
+    ];
+    let lines: Vec<&str> = text.lines().collect();
+    let mut at = 0;
+    for want in expected_in_order {
+        match lines[at..].iter().position(|l| l.starts_with(want)) {
+            Some(i) => at += i + 1,
+            None => panic!("{want:?} missing (in order) from:\n{text}"),
+        }
+    }
+    let valid = lines[0..]
+        .iter()
+        .find(|l| l.starts_with("token "))
+        .and_then(|l| l.strip_prefix(token_line.as_str()))
+        .and_then(|rest| rest.strip_prefix(", valid for "))
+        .and_then(|rest| rest.strip_suffix(" s"))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(valid.is_some_and(|s| s > 3500 && s <= 3600), "{text}");
+    let issued = endpoint.issued();
+    assert_eq!(issued.len(), 1, "one token for the probe");
+    assert!(
+        !text.contains(issued[0].as_str()),
+        "the token was printed:\n{text}"
+    );
+    assert_eq!(server.sink().received(), vec![]);
+}

@@ -70,6 +70,21 @@ impl TokenSource {
         }
     }
 
+    /// The token endpoint's URL.
+    pub fn token_url(&self) -> &str {
+        self.endpoint.url.as_str()
+    }
+
+    /// How long the cached token is still valid (zero when there is none).
+    pub async fn valid_for(&self) -> Duration {
+        let cache = self.cache.lock().await;
+        let now = self.clock.now();
+        cache
+            .token
+            .as_ref()
+            .map_or(Duration::ZERO, |c| c.expires.saturating_duration_since(now))
+    }
+
     /// The grant this source uses.
     pub fn grant(&self) -> GrantKind {
         self.endpoint.grant
