@@ -308,7 +308,7 @@ impl Runner {
         let now_ms = self.clock.unix_millis();
         let due_ms = match after {
             // Not an attempt: the counter stays, and it goes when the cap allows.
-            After::Shaped { until_ms } => until_ms.max(now_ms),
+            After::Shaped { until_ms, .. } => until_ms.max(now_ms),
             After::Ambiguous | After::Backoff => {
                 env.attempts += 1;
                 let seed = env.received_unix ^ u64::from(env.attempts);
@@ -334,8 +334,8 @@ impl Runner {
             hold_ambiguous(&mut env, self.clock.unix());
         }
         let id = env.id.as_str();
-        if let After::Shaped { .. } = after {
-            // Nothing to record: no attempt was made, and after a restart the message is
+        if let After::Shaped { record: false, .. } = after {
+            // Nothing to record: nothing was sent, and after a restart the message is
             // admitted afresh.
             info!(queue_id = %id, wait = ?delay, "message waits for its upstream's cap");
             self.back.submit(env);
@@ -345,6 +345,9 @@ impl Runner {
             warn!(queue_id = %id, error = %e, "cannot record delivery state");
         }
         match &env.held {
+            _ if matches!(after, After::Shaped { .. }) => {
+                info!(queue_id = %id, wait = ?delay, "message waits for its upstream's pause")
+            }
             Some(held) => {
                 warn!(queue_id = %id, attempts = env.attempts, reason = %held.reason, "message held for an administrator")
             }
@@ -410,5 +413,8 @@ enum After {
     Shaped {
         /// Unix milliseconds.
         until_ms: u64,
+        /// A transaction did take place (the upstream answered with a throttling reply,
+        /// maybe after taking some recipients): the new state must be recorded.
+        record: bool,
     },
 }

@@ -175,7 +175,19 @@ impl Runner {
         }
         match (tried.last(), shape::only_held_back(&tried)) {
             (Some((_, Tried::MaybeDelivered(_))), _) => After::Ambiguous,
-            (_, Some(until_ms)) => After::Shaped { until_ms },
+            (_, Some(until_ms)) => After::Shaped {
+                until_ms,
+                // A throttling reply may have come after recipients were taken.
+                record: tried.iter().any(|(_, t)| {
+                    matches!(
+                        t,
+                        Tried::Shaped {
+                            cap: Cap::Throttled,
+                            ..
+                        }
+                    )
+                }),
+            },
             _ => After::Backoff,
         }
     }
@@ -446,9 +458,19 @@ fn combine(a: Option<After>, b: After) -> After {
         (None, b) => b,
         (Some(After::Ambiguous), _) | (_, After::Ambiguous) => After::Ambiguous,
         (Some(After::Backoff), _) | (_, After::Backoff) => After::Backoff,
-        (Some(After::Shaped { until_ms: x }), After::Shaped { until_ms: y }) => {
-            After::Shaped { until_ms: x.min(y) }
-        }
+        (
+            Some(After::Shaped {
+                until_ms: x,
+                record: r,
+            }),
+            After::Shaped {
+                until_ms: y,
+                record: s,
+            },
+        ) => After::Shaped {
+            until_ms: x.min(y),
+            record: r || s,
+        },
     }
 }
 

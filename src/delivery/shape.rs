@@ -25,16 +25,58 @@ pub(super) fn admit(
     metrics: &UpstreamMetrics,
 ) -> Option<Tried> {
     let shaper = upstreams.shaper(upstream)?;
-    if let Some(booked) = env.shaped.take_if(|s| s.upstream == upstream && s.booked)
-        && booked.until_ms <= now_ms
+    if let Some(until_ms) = shaper.paused_until(now_ms) {
+        // A pause the upstream asked for holds booked mail too (the booking is kept).
+        let booked = env.shaped.as_ref().is_some_and(|s| s.booked);
+        return Some(held(
+            env,
+            upstream,
+            until_ms,
+            Cap::Throttled,
+            !booked,
+            now_ms,
+            metrics,
+        ));
+    }
+    if let Some(booked) = env
+        .shaped
+        .as_ref()
+        .filter(|s| s.upstream == upstream && s.booked)
     {
-        // Its time, already counted when it was booked.
-        return None;
+        if booked.until_ms <= now_ms {
+            // Its time, already counted when it was booked.
+            env.shaped = None;
+            return None;
+        }
+        // Tried before its time (an administrator's retry): it keeps its place instead
+        // of booking, and counting, a second one.
+        let cap = Cap::ALL
+            .into_iter()
+            .find(|c| c.as_str() == booked.cap)
+            .unwrap_or(Cap::MessagesPerMinute);
+        return Some(Tried::Shaped {
+            until_ms: booked.until_ms,
+            cap,
+        });
     }
     let Admission::Wait { until_ms, cap } = shaper.admit(now_ms, pending) else {
         env.shaped = None;
         return None;
     };
+    Some(held(env, upstream, until_ms, cap, true, now_ms, metrics))
+}
+
+/// Logs and counts a message held back by `cap` until `until_ms`; `record`: note the wait
+/// in `env.shaped` (for the queue listing; a capped wait is a booking).
+fn held(
+    env: &mut Envelope,
+    upstream: &str,
+    until_ms: u64,
+    cap: Cap,
+    record: bool,
+    now_ms: u64,
+    metrics: &UpstreamMetrics,
+) -> Tried {
     info!(
         upstream = %upstream,
         cap = cap.as_str(),
@@ -42,13 +84,15 @@ pub(super) fn admit(
         "held back for the upstream's cap; not an attempt"
     );
     metrics.shaped(cap);
-    env.shaped = Some(Box::new(Shaped {
-        upstream: upstream.to_owned(),
-        until_ms,
-        cap: cap.as_str(),
-        booked: cap != Cap::Throttled,
-    }));
-    Some(Tried::Shaped { until_ms, cap })
+    if record {
+        env.shaped = Some(Box::new(Shaped {
+            upstream: upstream.to_owned(),
+            until_ms,
+            cap: cap.as_str(),
+            booked: cap != Cap::Throttled,
+        }));
+    }
+    Tried::Shaped { until_ms, cap }
 }
 
 /// After an attempt at `upstream`: a throttling reply pauses the whole upstream (and the

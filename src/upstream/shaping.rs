@@ -246,6 +246,12 @@ impl Shaper {
         }
     }
 
+    /// Until when the upstream is paused by a throttling reply, if it is at `now_ms`.
+    pub fn paused_until(&self, now_ms: u64) -> Option<u64> {
+        let until = self.lock().paused_until_ms;
+        (until > now_ms).then_some(until)
+    }
+
     /// A throttling reply: pauses the upstream and returns until when.
     pub fn throttled(&self, now_ms: u64) -> u64 {
         let mut s = self.lock();

@@ -235,3 +235,53 @@ async fn recipients_per_day_survives_a_reload() {
     split_prefix(&got[0].data, &second);
     assert_eq!(got[0].rcpt_to, rcpts);
 }
+
+/// A throttling reply to one recipient after another was taken: the upstream is paused,
+/// and what the transaction settled is recorded at once, so a restart during the pause
+/// sends only the recipient that is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_after_a_recipient_was_taken_records_it() {
+    let mut server = TestServer::start(Opts::default()).await;
+    let busy = "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded";
+    server
+        .sink()
+        .fault(Fault::Rcpt("b@example.org".into(), busy.into()), Some(1));
+    let mut d = server.legacy_session().await;
+    let data = message("partly", "", "two recipients\r\n");
+    let reply = send_mail(
+        &mut d,
+        "printer@example.com",
+        &["a@example.org", "b@example.org"],
+        &data,
+    )
+    .await;
+    let id = queue_id(reply.first());
+    d.cmd("QUIT", "221").await;
+    server.sink().expect(1);
+    let first = server.sink().wait(DELIVERY).await;
+    assert_eq!(first[0].rcpt_to, ["a@example.org"]);
+    let state = server.spool().join("queue").join(format!("{id}.state"));
+    let recorded = || {
+        let bytes = std::fs::read(&state).ok()?;
+        postern::spool::record::decode_state(&bytes).ok()
+    };
+    eventually("a recorded as delivered", || {
+        recorded().is_some_and(|env| {
+            matches!(
+                env.recipients[0].status,
+                postern::spool::RcptStatus::Delivered { .. }
+            )
+        })
+    })
+    .await;
+    assert_eq!(recorded().unwrap().attempts, 0, "a pause is not an attempt");
+    server.stop().await;
+    server.restart().await;
+    // Its recorded next attempt is the end of the pause.
+    server.clock.advance(Duration::from_secs(31));
+    server.sink().expect(1);
+    let second = server.sink().wait(DELIVERY).await;
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].rcpt_to, ["b@example.org"]);
+    split_prefix(&second[0].data, &data);
+}
