@@ -110,6 +110,13 @@ fn error(status: StatusCode, why: &str) -> Failure {
 }
 
 impl Admin {
+    /// The token of an `Authorization: Bearer <token>` value; the scheme's name is
+    /// case-insensitive (RFC 7235 2.1).
+    fn bearer(value: &[u8]) -> Option<&[u8]> {
+        let (scheme, token) = value.split_at_checked(7)?;
+        scheme.eq_ignore_ascii_case(b"Bearer ").then_some(token)
+    }
+
     /// RFC 6750 2.1: `Authorization: Bearer <token>`; 404 while the API is off, 401 (with
     /// the challenge of RFC 6750 3) for a missing or wrong token.
     fn check(&self, headers: &HeaderMap) -> Result<(), Failure> {
@@ -121,7 +128,7 @@ impl Admin {
         }
         let presented = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "));
+            .and_then(|v| Self::bearer(v.as_bytes()));
         match presented {
             Some(token) if self.token.matches(token) => Ok(()),
             _ => {
@@ -336,5 +343,27 @@ async fn reload(State(admin): State<Arc<Admin>>, headers: HeaderMap) -> Answered
             StatusCode::UNPROCESSABLE_ENTITY,
             &format!("reload refused, the running configuration stays: {e}"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Admin;
+
+    /// RFC 7235 2.1: the scheme is case-insensitive; the token is taken as it stands.
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let rows: &[(&[u8], Option<&[u8]>)] = &[
+            (b"Bearer abc", Some(b"abc")),
+            (b"bearer abc", Some(b"abc")),
+            (b"BEARER abc", Some(b"abc")),
+            (b"Bearer  abc", Some(b" abc")),
+            (b"Basic abcdef", None),
+            (b"Bearer", None),
+            (b"", None),
+        ];
+        for (value, token) in rows {
+            assert_eq!(Admin::bearer(value), *token, "{value:?}");
+        }
     }
 }

@@ -66,15 +66,20 @@ impl Runner {
     /// asked for success notices, each set in one notification. Returns false when a
     /// wanted notification could not be queued: the message must then stay in the queue so
     /// the next pass tries again.
+    ///
+    /// With `queue.bounces: dead_letter` only the recipients that asked for failure notices
+    /// with NOTIFY get one: DSN is advertised, so an explicit request is honoured (RFC 3461
+    /// 4.1); the others are left to the dead-letter directory.
     pub(super) async fn report_outcomes(&self, env: &mut Envelope, timing: Timing) -> bool {
         let failed = self.report(env, Action::Failed, timing.bounces.dsn()).await;
         let relayed = self.report(env, Action::Relayed, true).await;
         failed && relayed
     }
 
-    /// Reports the recipients [`due`] as `action`, if `enabled` and they want it; marks
-    /// them reported once the notification is queued (or none is wanted).
-    async fn report(&self, env: &mut Envelope, action: Action, enabled: bool) -> bool {
+    /// Reports the recipients [`due`] as `action` that want it (all who want it when
+    /// `by_default`, else only those who asked with NOTIFY); marks them reported once the
+    /// notification is queued (or none is wanted).
+    async fn report(&self, env: &mut Envelope, action: Action, by_default: bool) -> bool {
         if !env.recipients.iter().any(|r| due(r, action)) {
             return true;
         }
@@ -84,11 +89,12 @@ impl Runner {
                 due(r, action)
                     && match action {
                         Action::Relayed => r.dsn.wants_success(),
-                        _ => r.dsn.wants_failure(),
+                        _ if by_default => r.dsn.wants_failure(),
+                        _ => r.dsn.asked_for_failure(),
                     }
             })
             .collect();
-        let send = enabled && !env.sender.is_empty() && !wanted.is_empty();
+        let send = !env.sender.is_empty() && !wanted.is_empty();
         if send && let Err(e) = self.notify(env, &wanted, action).await {
             warn!(queue_id = %env.id, error = %e, action = action_name(action), "cannot queue the delivery status notification; will try again");
             return false;
@@ -182,6 +188,7 @@ impl Runner {
             // RFC 3461 4.3: without RET the choice is the server's; headers only, as
             // Postfix. A delay warning never returns the whole message.
             full: env.dsn.ret == Some(Ret::Full) && action == Action::Failed,
+            eight_bit: env.body_8bit || env.smtputf8,
         };
         let head = report.head();
         let mut out = Out::new(&mut writer);
@@ -192,6 +199,9 @@ impl Runner {
         let mut dsn = notification_envelope(env, writer.id().clone(), self.clock.unix());
         dsn.body_8bit = env.body_8bit || env.smtputf8 || !head.is_ascii();
         dsn.wrap_octets = wrap_octets;
+        // What the commit will store (it sets its own copy's size): the queue gauges and
+        // the listing read this one.
+        dsn.size = writer.written();
         writer.commit(dsn.clone(), Vec::new()).await?;
         info!(queue_id = %env.id, dsn_id = %own_id, action = action_name(action), recipients = rcpts.len(), "delivery status notification queued");
         self.metrics.dsn_queued(match action {

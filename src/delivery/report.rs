@@ -72,6 +72,10 @@ pub struct Report<'a> {
     pub rcpts: Vec<RcptReport<'a>>,
     /// The whole message is returned (RET=FULL), not only its header section.
     pub full: bool,
+    /// The returned original has 8-bit octets (RFC 6152 BODY=8BITMIME, or SMTPUTF8
+    /// headers): its part says `Content-Transfer-Encoding: 8bit` (RFC 2045 6.1, RFC 2046
+    /// 5.2.1; the default, 7bit, would be false).
+    pub eight_bit: bool,
 }
 
 impl Report<'_> {
@@ -90,11 +94,22 @@ impl Report<'_> {
             Action::Delayed => "Delayed Mail (still being retried)",
             Action::Relayed => "Successful Mail Delivery Report",
         };
-        let third = if self.full {
-            "Content-Description: Undelivered Message\r\nContent-Type: message/rfc822\r\n"
-        } else {
-            "Content-Description: Undelivered Message Headers\r\n\
-             Content-Type: text/rfc822-headers\r\n"
+        let third = match (self.full, self.eight_bit) {
+            (true, false) => {
+                "Content-Description: Undelivered Message\r\nContent-Type: message/rfc822\r\n"
+            }
+            (true, true) => {
+                "Content-Description: Undelivered Message\r\nContent-Type: message/rfc822\r\n\
+                 Content-Transfer-Encoding: 8bit\r\n"
+            }
+            (false, false) => {
+                "Content-Description: Undelivered Message Headers\r\n\
+                 Content-Type: text/rfc822-headers\r\n"
+            }
+            (false, true) => {
+                "Content-Description: Undelivered Message Headers\r\n\
+                 Content-Type: text/rfc822-headers\r\nContent-Transfer-Encoding: 8bit\r\n"
+            }
         };
         format!(
             "From: Mail Delivery System <MAILER-DAEMON@{host}>\r\n\
@@ -335,6 +350,7 @@ mod tests {
                 },
             ],
             full: false,
+            eight_bit: false,
         };
         let b = "=_postern_0000000000000002_0000000000000001";
         let want = format!(
@@ -391,6 +407,16 @@ mod tests {
              \r\n"
         );
         assert_eq!(report.head(), want);
+        // A returned original with 8-bit octets says so (RFC 2045 6.1: 7bit otherwise).
+        let eight = Report {
+            full: true,
+            eight_bit: true,
+            ..report.clone()
+        };
+        assert!(eight.head().ends_with(
+            "Content-Description: Undelivered Message\r\nContent-Type: message/rfc822\r\n\
+             Content-Transfer-Encoding: 8bit\r\n\r\n"
+        ));
         assert_eq!(report.tail(true), format!("\r\n--{b}--\r\n"));
         assert_eq!(report.tail(false), format!("\r\n\r\n--{b}--\r\n"));
     }

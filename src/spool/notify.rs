@@ -65,6 +65,13 @@ impl RcptDsn {
         self.notify.is_none_or(|n| n.failure)
     }
 
+    /// The client asked for failure notices in so many words (`NOTIFY=...FAILURE...`):
+    /// RFC 3461 4.1 makes that a request the server must honour, whatever its own choice
+    /// for recipients without NOTIFY.
+    pub fn asked_for_failure(&self) -> bool {
+        self.notify.is_some_and(|n| n.failure)
+    }
+
     /// RFC 3461 4.1: a delay is reported when NOTIFY has DELAY, or was not given (the
     /// server's choice; postern, as Postfix, then warns).
     pub fn wants_delay(&self) -> bool {

@@ -516,3 +516,33 @@ async fn bounces_mode_chooses_dsn_or_dead_letter() {
             .expect(&[(r#"postern_dsn_queued_total{action="failed"}"#, dsn as f64)]);
     }
 }
+
+/// With `queue.bounces: dead_letter` a recipient that asked for failure notices with
+/// `NOTIFY=FAILURE` still gets one (DSN is advertised: RFC 3461 4.1 makes the request
+/// binding); the message is kept in `failed/` as the mode says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_still_honours_an_explicit_notify() {
+    let server = refusing(Opts {
+        queue: queue("bounces: dead_letter"),
+        ..Opts::default()
+    })
+    .await;
+    let mut d = server.legacy_session().await;
+    let sent = message("asked", "", "x\r\n");
+    let mail = format!("MAIL FROM:<{SENDER}>");
+    let rcpt = format!("RCPT TO:<{BAD}> NOTIFY=FAILURE");
+    let id = submit(&mut d, &mail, &[&rcpt], &sent).await;
+    let spool = server.spool();
+    let queue = spool.join("queue");
+    eventually("queue empty", || {
+        std::fs::read_dir(&queue).map_or(0, |e| e.count()) == 0
+    })
+    .await;
+    assert!(spool.join("failed").join(&id).is_file());
+    let got = server.sink().received();
+    assert_eq!(notifications(&got).len(), 1, "{got:#?}");
+    server
+        .scrape()
+        .await
+        .expect(&[(r#"postern_dsn_queued_total{action="failed"}"#, 1.0)]);
+}
