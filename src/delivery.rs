@@ -279,10 +279,12 @@ impl Runner {
         {
             self.warn_delay(&mut env, timing).await;
             self.defer(env, timing, after);
-        } else if !reported && !kept {
+        } else if !reported && !kept && !expired {
             // A notification is not queued yet and nothing else keeps the message: it
-            // stays until one is.
+            // stays until one is, up to queue.max_age.
             self.defer(env, timing, After::Backoff);
+        } else if !reported && !kept {
+            self.abandon_notification(&env, age);
         } else if failed {
             self.failed(&env, timing);
             let how = if pending && expired {
@@ -300,6 +302,21 @@ impl Runner {
             }
             self.completed(&env, Completion::Delivered, age);
         }
+    }
+
+    /// Past `queue.max_age` and its delivery status notification still not queued: the
+    /// message is kept in `failed/` for the admin rather than retried for ever.
+    fn abandon_notification(&self, env: &Envelope, age: Duration) {
+        let id = env.id.as_str();
+        match self.spool.move_to_failed(env) {
+            Ok(()) => {
+                warn!(queue_id = %id, "its delivery status notification could not be queued before queue.max_age; kept in the failed directory")
+            }
+            Err(e) => {
+                warn!(queue_id = %id, error = %e, "cannot move the message to the failed directory")
+            }
+        }
+        self.completed(env, Completion::Failed, age);
     }
 
     /// Schedules the next attempt (with backoff, unless the message was only held back),

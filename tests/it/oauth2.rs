@@ -17,7 +17,9 @@ const MAILBOX: &str = "scanner@corp.example";
 const M365_SCOPE: &str = "https://outlook.office365.com/.default";
 
 /// A server whose upstream logs in with `oauth2` (flow-mapping keys after `provider`), to a
-/// sink offering `mechanisms`; one message per connection, so each delivery logs in anew.
+/// sink offering `mechanisms`; one message per connection, so each delivery logs in anew;
+/// no circuit breaker, so that the retries of a test that keeps the token endpoint down
+/// for a while are not also held off by its cool-down.
 async fn start(
     endpoint: &TokenEndpoint,
     mechanisms: &[&'static str],
@@ -25,7 +27,7 @@ async fn start(
 ) -> (TestServer, SinkOAuth) {
     let sink = SinkOAuth::new(MAILBOX, mechanisms, endpoint.tokens());
     let auth = format!(
-        "auth: {{username: \"{MAILBOX}\", oauth2: {{client_id: \"{CLIENT_ID}\", token_url: \"{}\", {oauth2}}}}}, messages_per_connection: 1",
+        "auth: {{username: \"{MAILBOX}\", oauth2: {{client_id: \"{CLIENT_ID}\", token_url: \"{}\", {oauth2}}}}}, messages_per_connection: 1, circuit_breaker: {{failures: 0}}",
         endpoint.url()
     );
     let opts = Opts {

@@ -23,6 +23,11 @@ use crate::clock::Clock;
 /// lifetime, whichever is more; at most half of it).
 const MIN_MARGIN: Duration = Duration::from_secs(60);
 
+/// After a failed request, callers get its error for this long without asking again, so
+/// the connections queued behind a request that timed out do not each wait out a timeout
+/// of their own.
+const FAILURE_HOLD: Duration = Duration::from_secs(5);
+
 /// The tokens of one upstream. `Debug` shows no token.
 #[derive(Debug)]
 pub struct TokenSource {
@@ -38,6 +43,8 @@ struct Cache {
     token: Option<Cached>,
     /// The refresh token in use: the file's, or the latest the endpoint rotated in.
     refresh_token: Option<Secret>,
+    /// The latest failed request's error, and until when it stands.
+    failed: Option<(Instant, TokenError)>,
 }
 
 #[derive(Debug)]
@@ -66,6 +73,7 @@ impl TokenSource {
             cache: Mutex::new(Cache {
                 token: None,
                 refresh_token,
+                failed: None,
             }),
         }
     }
@@ -119,21 +127,35 @@ impl TokenSource {
     }
 
     async fn fetch(&self, cache: &mut Cache, now: Instant) -> Result<AccessToken, TokenError> {
-        let result = self
-            .endpoint
-            .request(cache.refresh_token.as_ref(), self.clock.unix())
-            .await;
+        let held = match &cache.failed {
+            Some((until, e)) if now < *until => Some(e.clone()),
+            _ => None,
+        };
+        let result = match held {
+            Some(e) => Err(e),
+            None => {
+                let result = self
+                    .endpoint
+                    .request(cache.refresh_token.as_ref(), self.clock.unix())
+                    .await;
+                if let Err(e) = &result {
+                    self.count(e.result());
+                    self.log_failure(e);
+                    cache.failed = Some((self.clock.now() + FAILURE_HOLD, e.clone()));
+                }
+                result
+            }
+        };
         let issued = match result {
             Ok(issued) => issued,
             Err(e) => {
-                self.count(e.result());
-                self.log_failure(&e);
                 return match &cache.token {
                     Some(c) if now < c.expires => Ok(c.token.clone()),
                     _ => Err(e),
                 };
             }
         };
+        cache.failed = None;
         self.count(TokenResult::Issued);
         if let Some(rotated) = issued.refresh_token {
             cache.refresh_token = Some(rotated);

@@ -144,6 +144,11 @@ async fn refresh_timing_fallback_and_rejection() {
         "HTTP 503: the answer is not a JSON token response"
     );
     fake.fail.store(false, Ordering::SeqCst);
+    // For a few seconds after a failure the error stands without a request, so the
+    // connections queued behind a timed-out request do not each wait out their own.
+    assert_eq!(src.token().await.unwrap_err(), err);
+    assert_eq!(fake.requests.load(Ordering::SeqCst), 3);
+    clock.advance(Duration::from_secs(5));
     let second = src.token().await.unwrap();
     assert_eq!(second.expose(), "t4");
     // Another connection's 535 about the old token does not cost a request.
