@@ -297,7 +297,12 @@ impl Runner {
             match self.spool.remove(&env.id) {
                 Ok(()) => info!(queue_id = %id, "message delivered and removed from the queue"),
                 Err(e) => {
-                    warn!(queue_id = %id, error = %e, "delivered, but cannot remove the spool file")
+                    warn!(queue_id = %id, error = %e, "delivered, but cannot remove the spool file");
+                    // Record that every recipient is done, so that a restart finishes the
+                    // file instead of delivering the message again.
+                    if let Err(e) = self.spool.update(&env) {
+                        warn!(queue_id = %id, error = %e, "cannot record delivery state");
+                    }
                 }
             }
             self.completed(&env, Completion::Delivered, age);

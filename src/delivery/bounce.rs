@@ -122,7 +122,12 @@ impl Runner {
                 warn!(queue_id = %id, "message failed for some recipients; removed after its bounce")
             }
             (Err(e), _) => {
-                warn!(queue_id = %id, error = %e, "cannot move the failed message out of the queue")
+                warn!(queue_id = %id, error = %e, "cannot move the failed message out of the queue");
+                // Record its final state (and that its bounce is queued), so that a restart
+                // finishes it instead of trying or bouncing it again.
+                if let Err(e) = self.spool.update(env) {
+                    warn!(queue_id = %id, error = %e, "cannot record delivery state");
+                }
             }
         }
     }
