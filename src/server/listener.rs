@@ -17,6 +17,7 @@ use crate::reason::Reason;
 use crate::rules::{ListenerInfo, Rules};
 use crate::server::Runtime;
 use crate::server::conn;
+use crate::server::fdlimit::Spare;
 use crate::shutdown::Shutdown;
 use crate::smtp::reply::Reply;
 use crate::telemetry::metrics::{ConnResult, ListenerMetrics};
@@ -112,6 +113,7 @@ impl Caps {
 /// Accepts until shutdown; each connection runs in its own tracked task.
 pub async fn run(listener: Listener, rt: Arc<Runtime>, caps: Caps, shutdown: Shutdown) {
     let mut backoff = Duration::from_millis(5);
+    let mut spare = Spare::new();
     loop {
         let accepted = tokio::select! {
             () = shutdown.stop.cancelled() => break,
@@ -122,9 +124,23 @@ pub async fn run(listener: Listener, rt: Arc<Runtime>, caps: Caps, shutdown: Shu
                 backoff = Duration::from_millis(5);
                 pair
             }
+            Err(e)
+                if Spare::is_exhaustion(&e)
+                    && spare
+                        .refuse_one(
+                            &listener.socket,
+                            &rt.rules().hostname,
+                            &listener.info.name,
+                            &listener.metrics,
+                        )
+                        .await =>
+            {
+                continue;
+            }
             Err(e) => {
-                // Out of descriptors or memory: wait and try again rather than spin
-                // (mini-redis accept backoff), doubling up to one second.
+                // Out of memory, or of descriptors with no spare to give up: wait and try
+                // again rather than spin (mini-redis accept backoff), doubling up to one
+                // second.
                 warn!(listener = %listener.info.name, error = %e, "accept failed");
                 tokio::select! {
                     () = shutdown.stop.cancelled() => break,

@@ -8,6 +8,7 @@
 pub mod backend;
 pub mod conn;
 pub mod deadline;
+mod fdlimit;
 pub mod headers;
 pub mod listener;
 pub mod tls;

@@ -151,6 +151,16 @@ impl Reply {
         Reply::new(421, (4, 3, 2), format!("{host} Service shutting down"))
     }
 
+    /// 421 to a connection accepted only to be turned away: the process is out of file
+    /// descriptors (see `server::fdlimit`).
+    pub fn out_of_descriptors(host: &str) -> Reply {
+        Reply::new(
+            421,
+            (4, 3, 2),
+            format!("{host} Error: too many open files, try again later"),
+        )
+    }
+
     /// 421 after `max_errors` client errors.
     pub fn too_many_errors(host: &str) -> Reply {
         Reply::new(421, (4, 7, 0), format!("{host} Error: too many errors"))

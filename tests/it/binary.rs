@@ -12,12 +12,17 @@ use tokio::sync::watch;
 
 use crate::harness::sink::{Sink, SinkOptions, reserve_port};
 
-const BIN: &str = env!("CARGO_BIN_EXE_postern");
+pub const BIN: &str = env!("CARGO_BIN_EXE_postern");
 
 /// Kills (SIGKILL) and reaps the child when dropped, so a failing test leaves no process.
 pub struct Postern(Child);
 
 impl Postern {
+    /// Takes charge of a child that runs postern (started some other way).
+    pub fn from_child(child: Child) -> Postern {
+        Postern(child)
+    }
+
     /// `postern run --config CONFIG`, logging into `DIR/postern-N.log`.
     pub fn run(config: &Path, log: &Path) -> Postern {
         let log = std::fs::File::create(log).unwrap();

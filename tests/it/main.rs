@@ -20,6 +20,7 @@ mod delivery;
 mod dialogs;
 mod drain;
 mod external;
+mod fdlimit;
 mod headers;
 mod lines;
 mod lockout;

@@ -15,15 +15,18 @@ pub enum ConnResult {
     ConnectionCap,
     /// Refused with `421 4.3.2` while a queue drain is in progress.
     Draining,
+    /// Refused with `421 4.3.2`: out of file descriptors.
+    FdLimit,
 }
 
 /// The `result` label values of `postern_connections_total`, in [`ConnResult::index`] order.
-pub(super) const CONN_RESULTS: [&str; 5] = [
+pub(super) const CONN_RESULTS: [&str; 6] = [
     "accepted",
     "allowlist",
     "connection_rate",
     "connection_cap",
     "draining",
+    "fd_limit",
 ];
 
 impl ConnResult {
@@ -34,6 +37,7 @@ impl ConnResult {
             ConnResult::ConnectionRate(_) => 2,
             ConnResult::ConnectionCap => 3,
             ConnResult::Draining => 4,
+            ConnResult::FdLimit => 5,
         }
     }
 }

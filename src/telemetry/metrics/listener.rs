@@ -15,7 +15,7 @@ use crate::smtp::sasl::Mechanism;
 #[derive(Debug)]
 pub struct ListenerMetrics {
     name: String,
-    connections: [IntCounter; 5],
+    connections: [IntCounter; 6],
     active: IntGauge,
     closed: Vec<(Reason, IntCounter)>,
     tls: [IntCounter; 3],
