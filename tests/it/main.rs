@@ -37,3 +37,4 @@ mod sessions;
 mod shaping;
 mod shipped;
 mod slow;
+mod tls_versions;
