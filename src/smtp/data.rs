@@ -220,10 +220,12 @@ impl DataDecoder {
     }
 
     /// Appends body bytes unless the message is already refused.
-    /// RFC 1870 6.3: past the cap, keep reading but store nothing.
+    /// RFC 1870 6.3: past the cap, keep reading but store nothing. A message refused for a
+    /// long line is still measured against the cap (stored or not), so which refusal it
+    /// gets does not depend on where the reads happened to split it.
     fn emit(&mut self, body: &mut Vec<u8>, bytes: &[u8]) {
         self.measure(bytes);
-        if self.too_big || self.bare_seen || self.refusing_long_line() {
+        if self.too_big || self.bare_seen {
             return;
         }
         let len = bytes.len() as u64;
@@ -232,6 +234,9 @@ impl DataDecoder {
             return;
         }
         self.size += len;
+        if self.refusing_long_line() {
+            return;
+        }
         body.extend_from_slice(bytes);
     }
 
@@ -424,6 +429,21 @@ mod tests {
         let mut dec = DataDecoder::new(BareLf::Reject, 1 << 20).with_long_lines(LongLines::Reject);
         let mut body = Vec::new();
         assert_eq!(dec.feed(&input, &mut body).1, Some(DataEnd::BareLineEnding));
+        // Over the size cap and with a long line: too big, wherever the reads split it (a
+        // fuzzer found the verdict following the split when the long line stopped the
+        // size count).
+        let input = [line(1200, b""), b".\r\n".to_vec()].concat();
+        for at in 0..=input.len() {
+            let mut dec = DataDecoder::new(BareLf::Reject, 100).with_long_lines(LongLines::Reject);
+            let mut body = Vec::new();
+            let (a, b) = input.split_at(at);
+            let (n, mut end) = dec.feed(a, &mut body);
+            if end.is_none() {
+                assert_eq!(n, a.len());
+                end = dec.feed(b, &mut body).1;
+            }
+            assert_eq!(end, Some(DataEnd::TooBig), "split {at}");
+        }
     }
 
     #[test]
