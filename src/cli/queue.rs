@@ -136,30 +136,28 @@ impl QueueCommand {
 /// Runs a queue command.
 pub fn run(cmd: QueueCommand) -> ExitCode {
     let api = cmd.api().clone();
-    let client = match Client::new(&api.config) {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
-    };
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        return fail("cannot start the runtime");
+    let (client, rt) = match connect(&api) {
+        Ok(pair) => pair,
+        Err(code) => return code,
     };
     rt.block_on(dispatch(&client, &api, cmd))
 }
 
-/// Runs `postern reload`.
-pub fn reload(api: &ApiArgs) -> ExitCode {
-    let client = match Client::new(&api.config) {
-        Ok(c) => c,
-        Err(e) => return fail(&e),
-    };
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+/// The API client of `api`'s config and a runtime to call it on.
+fn connect(api: &ApiArgs) -> Result<(Client, tokio::runtime::Runtime), ExitCode> {
+    let client = Client::new(&api.config).map_err(|e| fail(&e))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-    else {
-        return fail("cannot start the runtime");
+        .map_err(|_| fail("cannot start the runtime"))?;
+    Ok((client, rt))
+}
+
+/// Runs `postern reload`.
+pub fn reload(api: &ApiArgs) -> ExitCode {
+    let (client, rt) = match connect(api) {
+        Ok(pair) => pair,
+        Err(code) => return code,
     };
     rt.block_on(async {
         let body = match expect_ok(client.call("POST", "/api/v1/reload").await, api.json) {

@@ -333,30 +333,21 @@ fn rcpt_report<'a>(r: &'a Recipient, remote_mta: Option<&'a str>) -> RcptReport<
 /// The envelope of a notification about `env`: from the null sender (RFC 3461 6.2, RFC
 /// 5321 4.5.5) to `env`'s sender.
 fn notification_envelope(env: &Envelope, id: crate::spool::QueueId, now: u64) -> Envelope {
+    let to = Recipient {
+        address: env.sender.clone(),
+        status: RcptStatus::Pending,
+        dsn: RcptDsn::default(),
+    };
     Envelope {
-        id,
-        received_unix: now,
-        sender: String::new(),
-        recipients: vec![Recipient {
-            address: env.sender.clone(),
-            status: RcptStatus::Pending,
-            dsn: RcptDsn::default(),
-        }],
-        listener: env.listener.clone(),
-        client_ip: IpAddr::V6(Ipv6Addr::LOCALHOST),
-        identity: None,
         smtputf8: env.smtputf8 || !env.sender.is_ascii(),
-        body_8bit: false,
-        attempts: 0,
-        next_attempt_unix: 0,
-        size: 0,
-        accepted_ms: 0,
-        maybe_delivered: Vec::new(),
-        shaped: None,
-        held: None,
-        last_reply: None,
-        dsn: Default::default(),
-        wrap_octets: 0,
+        ..Envelope::new(
+            id,
+            now,
+            String::new(),
+            vec![to],
+            env.listener.clone(),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        )
     }
 }
 

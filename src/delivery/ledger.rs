@@ -67,25 +67,15 @@ mod tests {
 
     fn env(id: &str, received: u64, size: u64) -> Envelope {
         Envelope {
-            id: id.parse::<QueueId>().unwrap(),
-            received_unix: received,
-            sender: String::new(),
-            recipients: Vec::new(),
-            listener: "legacy".into(),
-            client_ip: "192.0.2.1".parse().unwrap(),
-            identity: None,
-            smtputf8: false,
-            body_8bit: false,
-            attempts: 0,
-            next_attempt_unix: 0,
             size,
-            accepted_ms: 0,
-            maybe_delivered: Vec::new(),
-            shaped: None,
-            held: None,
-            last_reply: None,
-            dsn: Default::default(),
-            wrap_octets: 0,
+            ..Envelope::new(
+                id.parse::<QueueId>().unwrap(),
+                received,
+                String::new(),
+                Vec::new(),
+                "legacy".into(),
+                "192.0.2.1".parse().unwrap(),
+            )
         }
     }
 

@@ -235,25 +235,17 @@ mod tests {
 
     fn env(n: u64, due: u64) -> Envelope {
         Envelope {
-            id: format!("{n:016x}").parse::<QueueId>().unwrap(),
-            received_unix: n,
-            sender: String::new(),
-            recipients: Vec::new(),
-            listener: "legacy".into(),
-            client_ip: "192.0.2.1".parse().unwrap(),
-            identity: None,
-            smtputf8: false,
-            body_8bit: false,
             attempts: 1,
             next_attempt_unix: due,
             size: 1,
-            accepted_ms: 0,
-            maybe_delivered: Vec::new(),
-            shaped: None,
-            held: None,
-            last_reply: None,
-            dsn: Default::default(),
-            wrap_octets: 0,
+            ..Envelope::new(
+                format!("{n:016x}").parse::<QueueId>().unwrap(),
+                n,
+                String::new(),
+                Vec::new(),
+                "legacy".into(),
+                "192.0.2.1".parse().unwrap(),
+            )
         }
     }
 

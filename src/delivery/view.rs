@@ -174,39 +174,31 @@ mod tests {
     use crate::spool::{QueueId, Recipient};
 
     fn env() -> Envelope {
+        let recipients = vec![
+            Recipient {
+                address: "p@example.org".into(),
+                status: RcptStatus::Pending,
+                dsn: Default::default(),
+            },
+            Recipient {
+                address: "f@example.org".into(),
+                status: RcptStatus::Failed {
+                    reply: "550 5.1.1 no".into(),
+                },
+                dsn: Default::default(),
+            },
+        ];
         Envelope {
-            id: "0000000000000001".parse::<QueueId>().unwrap(),
-            received_unix: 100,
-            sender: "a@example.com".into(),
-            recipients: vec![
-                Recipient {
-                    address: "p@example.org".into(),
-                    status: RcptStatus::Pending,
-                    dsn: Default::default(),
-                },
-                Recipient {
-                    address: "f@example.org".into(),
-                    status: RcptStatus::Failed {
-                        reply: "550 5.1.1 no".into(),
-                    },
-                    dsn: Default::default(),
-                },
-            ],
-            listener: "legacy".into(),
-            client_ip: "192.0.2.1".parse().unwrap(),
-            identity: None,
-            smtputf8: false,
-            body_8bit: false,
-            attempts: 0,
             next_attempt_unix: 160,
             size: 10,
-            accepted_ms: 0,
-            maybe_delivered: Vec::new(),
-            shaped: None,
-            held: None,
-            last_reply: None,
-            dsn: Default::default(),
-            wrap_octets: 0,
+            ..Envelope::new(
+                "0000000000000001".parse::<QueueId>().unwrap(),
+                100,
+                "a@example.com".into(),
+                recipients,
+                "legacy".into(),
+                "192.0.2.1".parse().unwrap(),
+            )
         }
     }
 

@@ -230,6 +230,41 @@ pub struct Envelope {
     pub wrap_octets: u64,
 }
 
+impl Envelope {
+    /// A newly accepted message: no attempt made, no delivery state, no extension
+    /// needed; the caller sets what differs (`Envelope { .., ..Envelope::new(..) }`).
+    pub fn new(
+        id: QueueId,
+        received_unix: u64,
+        sender: String,
+        recipients: Vec<Recipient>,
+        listener: String,
+        client_ip: IpAddr,
+    ) -> Envelope {
+        Envelope {
+            id,
+            received_unix,
+            sender,
+            recipients,
+            listener,
+            client_ip,
+            identity: None,
+            smtputf8: false,
+            body_8bit: false,
+            attempts: 0,
+            next_attempt_unix: 0,
+            size: 0,
+            accepted_ms: 0,
+            maybe_delivered: Vec::new(),
+            shaped: None,
+            held: None,
+            last_reply: None,
+            dsn: MessageDsn::default(),
+            wrap_octets: 0,
+        }
+    }
+}
+
 /// For `skip_serializing_if`: a field that is 0 is left out of the record.
 fn is_zero(n: &u64) -> bool {
     *n == 0

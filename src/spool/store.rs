@@ -637,37 +637,22 @@ mod tests {
     use std::time::{Duration, Instant};
 
     fn envelope(id: &QueueId) -> Envelope {
-        Envelope {
-            id: id.clone(),
-            received_unix: 1_700_000_000,
-            sender: String::new(),
-            recipients: vec![
-                Recipient {
-                    address: "a@example.org".into(),
-                    status: RcptStatus::Pending,
-                    dsn: Default::default(),
-                },
-                Recipient {
-                    address: "b@example.org".into(),
-                    status: RcptStatus::Pending,
-                    dsn: Default::default(),
-                },
-            ],
-            listener: "submission".into(),
-            client_ip: "192.0.2.7".parse().unwrap(),
-            identity: Some("app1".into()),
-            smtputf8: false,
-            body_8bit: true,
-            attempts: 0,
-            next_attempt_unix: 0,
-            size: 0,
-            accepted_ms: 0,
-            maybe_delivered: Vec::new(),
-            shaped: None,
-            held: None,
-            last_reply: None,
+        let pending = |address: &str| Recipient {
+            address: address.into(),
+            status: RcptStatus::Pending,
             dsn: Default::default(),
-            wrap_octets: 0,
+        };
+        Envelope {
+            identity: Some("app1".into()),
+            body_8bit: true,
+            ..Envelope::new(
+                id.clone(),
+                1_700_000_000,
+                String::new(),
+                vec![pending("a@example.org"), pending("b@example.org")],
+                "submission".into(),
+                "192.0.2.7".parse().unwrap(),
+            )
         }
     }
 

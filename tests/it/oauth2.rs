@@ -301,14 +301,8 @@ async fn probe_gets_a_token_and_logs_in_without_printing_it() {
         "auth       S: 235",
         "quit       C: QUIT",
     ];
+    crate::harness::assert_lines_in_order(&text, &expected_in_order);
     let lines: Vec<&str> = text.lines().collect();
-    let mut at = 0;
-    for want in expected_in_order {
-        match lines[at..].iter().position(|l| l.starts_with(want)) {
-            Some(i) => at += i + 1,
-            None => panic!("{want:?} missing (in order) from:\n{text}"),
-        }
-    }
     let valid = lines[0..]
         .iter()
         .find(|l| l.starts_with("token "))

@@ -45,46 +45,41 @@ impl Backend {
             headers.add_date && !tx.scan.has_date,
             headers.add_message_id && !tx.scan.has_message_id,
         );
+        let recipients = recipients
+            .into_iter()
+            .zip(&envelope.rcpts)
+            .map(|(address, rcpt)| spool::Recipient {
+                address,
+                status: spool::RcptStatus::Pending,
+                // RFC 3461 4.1, 4.2: kept to act on and to relay.
+                dsn: spool::RcptDsn {
+                    notify: rcpt.params.notify,
+                    orcpt: rcpt.params.orcpt.clone(),
+                    remote: None,
+                    relayed: false,
+                    reported: false,
+                },
+            })
+            .collect();
         let env = spool::Envelope {
-            id: writer.id().clone(),
-            received_unix: now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-            sender: tx.sender.clone(),
-            recipients: recipients
-                .into_iter()
-                .zip(&envelope.rcpts)
-                .map(|(address, rcpt)| spool::Recipient {
-                    address,
-                    status: spool::RcptStatus::Pending,
-                    // RFC 3461 4.1, 4.2: kept to act on and to relay.
-                    dsn: spool::RcptDsn {
-                        notify: rcpt.params.notify,
-                        orcpt: rcpt.params.orcpt.clone(),
-                        remote: None,
-                        relayed: false,
-                        reported: false,
-                    },
-                })
-                .collect(),
-            listener: self.listener.name.clone(),
-            client_ip: self.ip,
             identity: self.label.clone(),
             smtputf8,
             body_8bit: envelope.params.body == Some(BodyType::EightBitMime) || tx.eight_bit,
-            attempts: 0,
-            next_attempt_unix: 0,
             size: prefix.len() as u64 + writer.written(),
-            accepted_ms: 0,
-            maybe_delivered: Vec::new(),
-            shaped: None,
-            held: None,
-            last_reply: None,
             // RFC 3461 4.3, 4.4.
             dsn: spool::MessageDsn {
                 ret: envelope.params.ret,
                 envid: envelope.params.envid.clone(),
                 delay_warned: false,
             },
-            wrap_octets: 0,
+            ..spool::Envelope::new(
+                writer.id().clone(),
+                now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                tx.sender.clone(),
+                recipients,
+                self.listener.name.clone(),
+                self.ip,
+            )
         };
         (env, prefix)
     }

@@ -35,14 +35,8 @@ async fn probe_shows_each_step_and_sends_no_mail() {
         "quit       S: 221",
         "probe OK: upstream sink took the session set-up; no mail was sent",
     ];
+    crate::harness::assert_lines_in_order(&text, &expected_in_order);
     let lines: Vec<&str> = text.lines().collect();
-    let mut at = 0;
-    for want in expected_in_order {
-        match lines[at..].iter().position(|l| l.starts_with(want)) {
-            Some(i) => at += i + 1,
-            None => panic!("{want:?} missing (in order) from:\n{text}"),
-        }
-    }
     let tls = lines.iter().find(|l| l.starts_with("tls ")).unwrap();
     assert!(tls.contains("certificate subject: "), "{tls}");
     assert!(tls.contains("expires: "), "{tls}");

@@ -428,6 +428,19 @@ pub fn message(tag: &str, headers: &str, body: &str) -> Vec<u8> {
     format!("X-Test: {tag}\r\n{headers}Subject: test {tag}\r\n\r\n{body}").into_bytes()
 }
 
+/// Asserts that `text` has a line starting with each of `wants`, in that order (other
+/// lines may come between).
+pub fn assert_lines_in_order(text: &str, wants: &[&str]) {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut at = 0;
+    for want in wants {
+        match lines[at..].iter().position(|l| l.starts_with(want)) {
+            Some(i) => at += i + 1,
+            None => panic!("{want:?} missing (in order) from:\n{text}"),
+        }
+    }
+}
+
 /// Waits (at most [`DELIVERY`]) until `done` holds, checking every 20 ms; panics naming
 /// `what` when it does not.
 pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
