@@ -12,7 +12,7 @@ use ipnet::IpNet;
 use crate::clock::Clock;
 use crate::config::schema::{
     AuthMode, BareLineEndings, Config, HeadersConfig, ListenerConfig, ListenerTls, LongLinesPolicy,
-    SenderCheck, TimeoutsConfig,
+    ProxyProtocolConfig, SenderCheck, TimeoutsConfig,
 };
 use crate::policy::Policy;
 use crate::policy::ratelimit::RateLimits;
@@ -35,6 +35,8 @@ pub struct ListenerInfo {
     pub allow_networks: Vec<IpNet>,
     /// Its own `sender_check`, if set.
     pub sender_check: Option<SenderCheck>,
+    /// Its PROXY protocol settings, if any (read per connection, so a reload applies).
+    pub proxy_protocol: Option<ProxyProtocolConfig>,
 }
 
 impl From<&ListenerConfig> for ListenerInfo {
@@ -45,6 +47,7 @@ impl From<&ListenerConfig> for ListenerInfo {
             auth: l.auth,
             allow_networks: l.allow_networks.clone(),
             sender_check: l.sender_check,
+            proxy_protocol: l.proxy_protocol.clone(),
         }
     }
 }

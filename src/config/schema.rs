@@ -108,6 +108,26 @@ pub struct ListenerConfig {
     /// setting overrides this one). Default: inherited.
     #[serde(default)]
     pub sender_check: Option<SenderCheck>,
+    /// PROXY protocol (v1 or v2) from the load balancers in `trusted`, so that the real
+    /// client address drives allowlists, limits and logs. Default: off (every client is
+    /// taken at its TCP address).
+    #[serde(default)]
+    pub proxy_protocol: Option<ProxyProtocolConfig>,
+}
+
+/// A listener's PROXY protocol settings (HAProxy's `send-proxy` / `send-proxy-v2`; the model
+/// is Dovecot's `haproxy_trusted_networks`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyProtocolConfig {
+    /// The load balancers (CIDR). A connection from one of them must start with a PROXY
+    /// header, read before the banner within `timeouts.proxy_header`. Required, not empty.
+    pub trusted: Vec<IpNet>,
+    /// `true`: every connection must come from `trusted` with a header; others are closed
+    /// at once. `false`: other addresses are served directly at their TCP address, and
+    /// closed if they send a PROXY header themselves. Default: `false`.
+    #[serde(default)]
+    pub required: bool,
 }
 
 /// TLS mode of a listener.
@@ -178,6 +198,10 @@ pub struct TimeoutsConfig {
     /// to finish). Default: `1h`.
     #[serde(default = "default_session_timeout")]
     pub session: Duration,
+    /// Receiving the PROXY header on a listener with `proxy_protocol`, counted from the
+    /// connection; a load balancer sends it at once. Default: `5s`.
+    #[serde(default = "default_proxy_header_timeout")]
+    pub proxy_header: Duration,
 }
 
 /// What to do with a bare CR or bare LF inside DATA.
@@ -685,6 +709,7 @@ impl Default for TimeoutsConfig {
             data: default_data_timeout(),
             tls_handshake: default_tls_timeout(),
             session: default_session_timeout(),
+            proxy_header: default_proxy_header_timeout(),
         }
     }
 }
@@ -736,6 +761,9 @@ fn default_tls_check_interval() -> Duration {
 }
 fn default_tls_timeout() -> Duration {
     Duration::secs(30)
+}
+fn default_proxy_header_timeout() -> Duration {
+    Duration::secs(5)
 }
 fn yes() -> bool {
     true

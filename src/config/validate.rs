@@ -149,6 +149,19 @@ impl Checker<'_> {
             l.max_connections != Some(0),
             format!("{key}.max_connections"),
             "must be at least 1 (leave it out for no per-listener cap)",
+        )?;
+        // The PROXY protocol spec (haproxy.org proxy-protocol.txt, section 1): a receiver
+        // must only accept headers from known senders, so an empty list would trust nobody
+        // and (with `required`) refuse everyone.
+        let no_trusted = l
+            .proxy_protocol
+            .as_ref()
+            .is_some_and(|p| p.trusted.is_empty());
+        self.ensure(
+            !no_trusted,
+            format!("{key}.proxy_protocol.trusted"),
+            "must list the load balancers' networks (CIDR); leave proxy_protocol out to turn \
+             it off",
         )
     }
 
@@ -247,7 +260,8 @@ impl Checker<'_> {
         self.at_least_a_second("timeouts.command", t.command)?;
         self.at_least_a_second("timeouts.data", t.data)?;
         self.at_least_a_second("timeouts.tls_handshake", t.tls_handshake)?;
-        self.at_least_a_second("timeouts.session", t.session)
+        self.at_least_a_second("timeouts.session", t.session)?;
+        self.at_least_a_second("timeouts.proxy_header", t.proxy_header)
     }
 
     /// A timeout of at least one second at `key`.

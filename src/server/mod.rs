@@ -11,6 +11,7 @@ pub mod deadline;
 mod fdlimit;
 pub mod headers;
 pub mod listener;
+pub mod proxy;
 pub mod tls;
 
 use std::sync::Arc;

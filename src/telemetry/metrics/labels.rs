@@ -17,16 +17,26 @@ pub enum ConnResult {
     Draining,
     /// Refused with `421 4.3.2`: out of file descriptors.
     FdLimit,
+    /// Closed: a PROXY header from an address not in `proxy_protocol.trusted`, or (with
+    /// `required: true`) any connection from such an address.
+    ProxyUntrusted,
+    /// Closed: a trusted peer sent a malformed or oversized PROXY header.
+    ProxyInvalid,
+    /// Closed: a trusted peer sent no PROXY header in time (or closed before one).
+    ProxyMissing,
 }
 
 /// The `result` label values of `postern_connections_total`, in [`ConnResult::index`] order.
-pub(super) const CONN_RESULTS: [&str; 6] = [
+pub(super) const CONN_RESULTS: [&str; 9] = [
     "accepted",
     "allowlist",
     "connection_rate",
     "connection_cap",
     "draining",
     "fd_limit",
+    "proxy_untrusted",
+    "proxy_invalid",
+    "proxy_missing",
 ];
 
 impl ConnResult {
@@ -38,6 +48,9 @@ impl ConnResult {
             ConnResult::ConnectionCap => 3,
             ConnResult::Draining => 4,
             ConnResult::FdLimit => 5,
+            ConnResult::ProxyUntrusted => 6,
+            ConnResult::ProxyInvalid => 7,
+            ConnResult::ProxyMissing => 8,
         }
     }
 }

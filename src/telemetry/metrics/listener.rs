@@ -15,7 +15,7 @@ use crate::smtp::sasl::Mechanism;
 #[derive(Debug)]
 pub struct ListenerMetrics {
     name: String,
-    connections: [IntCounter; 6],
+    connections: [IntCounter; CONN_RESULTS.len()],
     active: IntGauge,
     closed: Vec<(Reason, IntCounter)>,
     tls: [IntCounter; 3],

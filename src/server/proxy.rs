@@ -1,0 +1,200 @@
+//! The PROXY protocol header (HAProxy's `send-proxy` and `send-proxy-v2`): who the client
+//! really is when a load balancer relays the connection.
+//!
+//! Spec: haproxy.org `proxy-protocol.txt` (v1 section 2.1, v2 section 2.2). The header is
+//! read before the banner, and read exactly: v1 up to its CRLF, v2 its 16-byte fixed part
+//! and then the length that part announces. Nothing after the header is consumed, so on an
+//! implicit-TLS listener the ClientHello HAProxy sends right behind it reaches the TLS
+//! handshake intact. Parsing itself is the `ppp` crate's.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// v1: `PROXY` and a space; no SMTP command starts like this.
+const V1_PREFIX: &[u8] = b"PROXY ";
+/// v1 section 2.1: the longest header, CRLF included.
+const V1_MAX: usize = 107;
+/// v2 section 2.2: the 12-byte signature (it contains `QUIT\n`, so a server that does not
+/// speak the protocol hangs up).
+const V2_SIGNATURE: &[u8] = ppp::v2::PROTOCOL_PREFIX;
+/// v2: signature, version/command, family/protocol, 2-byte length.
+const V2_FIXED: usize = 16;
+/// The most v2 address-and-TLV bytes taken. Addresses take at most 216 (AF_UNIX); HAProxy's
+/// TLVs (unique id up to 128 bytes, ALPN, authority, SSL details) fit well within the rest.
+/// A longer header is refused rather than buffered: the length is the sender's word.
+pub const V2_MAX_BODY: usize = 2048;
+
+/// What a header said about the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// The client's address; `None` for a v2 `LOCAL` (HAProxy's own health checks), a v1
+    /// `UNKNOWN`, or an address family without one: then the TCP peer is the client.
+    pub source: Option<SocketAddr>,
+    /// 1 or 2.
+    pub version: u8,
+    /// The v2 unique-id TLV (HAProxy's `unique-id-format`, `send-proxy-v2` with
+    /// `proxy-v2-options unique-id`), printable ASCII only, for the logs.
+    pub unique_id: Option<String>,
+}
+
+/// Why no usable header was read.
+#[derive(Debug)]
+pub enum HeaderError {
+    /// Nothing within the deadline, or the peer closed before a whole header.
+    Missing(&'static str),
+    /// Bytes that are not a valid header (including one over the size bounds).
+    Invalid(String),
+}
+
+impl std::fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HeaderError::Missing(why) => write!(f, "no PROXY header: {why}"),
+            HeaderError::Invalid(why) => write!(f, "invalid PROXY header: {why}"),
+        }
+    }
+}
+
+/// Reads one header from `r` within `limit`, consuming exactly its bytes.
+pub async fn read<R: AsyncRead + Unpin>(r: &mut R, limit: Duration) -> Result<Header, HeaderError> {
+    match tokio::time::timeout(limit, read_header(r)).await {
+        Ok(result) => result,
+        Err(_) => Err(HeaderError::Missing("timed out")),
+    }
+}
+
+async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<Header, HeaderError> {
+    // Both versions are at least this long and tell themselves apart within it.
+    let mut buf = vec![0u8; V1_PREFIX.len()];
+    fill(r, &mut buf).await?;
+    if buf == V1_PREFIX {
+        return read_v1(r, buf).await;
+    }
+    if V2_SIGNATURE.starts_with(&buf) {
+        return read_v2(r, buf).await;
+    }
+    Err(HeaderError::Invalid(format!(
+        "starts with {:?}",
+        String::from_utf8_lossy(&buf)
+    )))
+}
+
+/// Reads the rest of a v1 line one byte at a time, so nothing past its CRLF is taken.
+async fn read_v1<R: AsyncRead + Unpin>(r: &mut R, mut buf: Vec<u8>) -> Result<Header, HeaderError> {
+    while !buf.ends_with(b"\r\n") {
+        if buf.len() >= V1_MAX {
+            return Err(HeaderError::Invalid(format!(
+                "v1 header longer than {V1_MAX} bytes"
+            )));
+        }
+        let mut byte = [0u8];
+        fill(r, &mut byte).await?;
+        buf.push(byte[0]);
+    }
+    let header = ppp::v1::Header::try_from(buf.as_slice())
+        .map_err(|e| HeaderError::Invalid(format!("v1: {e}")))?;
+    let source = match header.addresses {
+        ppp::v1::Addresses::Tcp4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
+        ppp::v1::Addresses::Tcp6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
+        ppp::v1::Addresses::Unknown => None,
+    };
+    Ok(Header {
+        source,
+        version: 1,
+        unique_id: None,
+    })
+}
+
+/// Reads the rest of the v2 fixed part, then exactly the length it announces.
+async fn read_v2<R: AsyncRead + Unpin>(r: &mut R, mut buf: Vec<u8>) -> Result<Header, HeaderError> {
+    let start = buf.len();
+    buf.resize(V2_FIXED, 0);
+    fill(r, &mut buf[start..]).await?;
+    if &buf[..V2_SIGNATURE.len()] != V2_SIGNATURE {
+        return Err(HeaderError::Invalid("bad v2 signature".into()));
+    }
+    let length = usize::from(u16::from_be_bytes([buf[14], buf[15]]));
+    if length > V2_MAX_BODY {
+        return Err(HeaderError::Invalid(format!(
+            "v2 header announces {length} bytes, more than {V2_MAX_BODY}"
+        )));
+    }
+    buf.resize(V2_FIXED + length, 0);
+    fill(r, &mut buf[V2_FIXED..]).await?;
+    let header = ppp::v2::Header::try_from(buf.as_slice())
+        .map_err(|e| HeaderError::Invalid(format!("v2: {e}")))?;
+    // v2 section 2.2: with LOCAL the receiver must use the real connection endpoints.
+    let source = match (header.command, header.addresses) {
+        (ppp::v2::Command::Local, _) => None,
+        (_, ppp::v2::Addresses::IPv4(a)) => {
+            Some(SocketAddr::from((a.source_address, a.source_port)))
+        }
+        (_, ppp::v2::Addresses::IPv6(a)) => {
+            Some(SocketAddr::from((a.source_address, a.source_port)))
+        }
+        // UNSPEC or AF_UNIX: no IP address to take.
+        (_, _) => None,
+    };
+    Ok(Header {
+        source,
+        version: 2,
+        unique_id: unique_id(&header),
+    })
+}
+
+/// The unique-id TLV (v2 section 2.2.5), when present and printable.
+fn unique_id(header: &ppp::v2::Header<'_>) -> Option<String> {
+    let unique = ppp::v2::Type::UniqueId as u8;
+    let tlv = header
+        .tlvs()
+        .filter_map(Result::ok)
+        .find(|t| t.kind == unique)?;
+    let printable = tlv.value.iter().all(|b| b.is_ascii_graphic());
+    (printable && !tlv.value.is_empty()).then(|| String::from_utf8_lossy(&tlv.value).into_owned())
+}
+
+/// Fills `buf` exactly; an early end is a missing header.
+async fn fill<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(), HeaderError> {
+    match r.read_exact(buf).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            Err(HeaderError::Missing("connection closed"))
+        }
+        Err(_) => Err(HeaderError::Missing("read failed")),
+    }
+}
+
+/// Whether bytes a client sent could be (the start of) a PROXY header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniff {
+    /// They start with a v1 or v2 header's signature.
+    Header,
+    /// Too few to tell: a strict prefix of a signature.
+    Undecided,
+    /// Not a header.
+    No,
+}
+
+/// Looks at the first bytes of a connection from an untrusted peer, which must not send a
+/// header (it could claim any address). Only the signatures are compared: a client that
+/// starts with `PROXY ` is refused however the rest of its line reads.
+pub fn sniff(first: &[u8]) -> Sniff {
+    let mut undecided = false;
+    for signature in [V1_PREFIX, V2_SIGNATURE] {
+        if first.starts_with(signature) {
+            return Sniff::Header;
+        }
+        undecided |= signature.starts_with(first);
+    }
+    if undecided {
+        Sniff::Undecided
+    } else {
+        Sniff::No
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests;
