@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use tokio::time::Instant;
 
@@ -23,13 +23,14 @@ use crate::rules::{ListenerInfo, Rules};
 use crate::server::Runtime;
 use crate::server::backend::{Backend, SessionFacts};
 use crate::server::deadline::{Deadlines, SlowClientLimits};
+use crate::server::proxy::{self, Sniff};
 use crate::shutdown::Shutdown;
 use crate::smtp::data::{BareLf, LongLines};
 use crate::smtp::reply::Reply;
 use crate::smtp::session::{AuthPolicy, Question, Session, SessionConfig, Step, TlsOffer, Verdict};
 use crate::stream::Stream;
 use crate::telemetry::events::{self, SessionEnd, SessionSummary};
-use crate::telemetry::metrics::{ListenerMetrics, TlsVersion};
+use crate::telemetry::metrics::{ConnResult, ListenerMetrics, TlsVersion};
 
 /// How many bytes one read may add to the buffer.
 const READ_CHUNK: usize = 16 * 1024;
@@ -45,6 +46,7 @@ enum End {
     Eof,
     Tls(String),
     WriteTimeout,
+    ProxyHeader,
 }
 
 impl std::fmt::Display for End {
@@ -54,6 +56,7 @@ impl std::fmt::Display for End {
             End::Eof => f.write_str("client closed the connection"),
             End::Tls(e) => write!(f, "TLS: {e}"),
             End::WriteTimeout => f.write_str("client stopped reading replies (write timed out)"),
+            End::ProxyHeader => f.write_str("PROXY header from an untrusted peer"),
         }
     }
 }
@@ -75,6 +78,9 @@ pub struct Conn {
     deadlines: Deadlines,
     /// Every byte read from the client, for the DATA rate.
     bytes_read: u64,
+    /// Until its first line is seen: a direct client on a listener that takes PROXY
+    /// headers, which must not send one.
+    watch_proxy: bool,
 }
 
 impl std::fmt::Debug for Conn {
@@ -96,6 +102,9 @@ pub struct Accepted {
     /// A reply to send instead of the greeting (allowlist, connection caps), after the TLS
     /// handshake on implicit listeners.
     pub refusal: Option<Reply>,
+    /// Close the connection if its first line is a PROXY header (a direct client on a
+    /// listener with `proxy_protocol`, `required: false`).
+    pub watch_proxy: bool,
 }
 
 /// Serves one accepted connection to the end.
@@ -107,7 +116,12 @@ pub async fn serve(
     metrics: Arc<ListenerMetrics>,
     shutdown: Shutdown,
 ) {
-    let Accepted { tcp, peer, refusal } = accepted;
+    let Accepted {
+        tcp,
+        peer,
+        refusal,
+        watch_proxy,
+    } = accepted;
     let _ = tcp.set_nodelay(true);
     // A refused connection is logged and counted where it was refused.
     let admitted = refusal.is_none();
@@ -150,6 +164,7 @@ pub async fn serve(
         peer,
         deadlines: Deadlines::new(limits, Instant::now()),
         bytes_read: 0,
+        watch_proxy,
     };
     let end = conn.run(refusal, shutdown).await;
     conn.finish(end, started, admitted);
@@ -261,6 +276,7 @@ impl Conn {
                 Err(End::Io(_)) => SessionEnd::IoError,
                 Err(End::Tls(_)) => SessionEnd::TlsError,
                 Err(End::WriteTimeout) => SessionEnd::WriteTimeout,
+                Err(End::ProxyHeader) => SessionEnd::ServerClosed,
             },
         });
     }
@@ -358,6 +374,9 @@ impl Conn {
     /// Feeds buffered input to the engine until it needs more; returns true when the
     /// session is over.
     async fn process_input(&mut self, shutdown: &Shutdown) -> Result<bool, End> {
+        if self.watch_proxy && !self.first_line_is_not_a_proxy_header()? {
+            return Ok(false);
+        }
         let mut pos = 0;
         let result = loop {
             // Draining: once a transaction is over, commands pipelined behind it are left
@@ -395,6 +414,26 @@ impl Conn {
             self.buf = Vec::new();
         }
         result
+    }
+
+    /// For a watched client (see [`Accepted::watch_proxy`]): `Ok(true)` once its first
+    /// bytes are not a PROXY header, `Ok(false)` while too few have come to tell, and an
+    /// error (logged and counted) when they are one: a peer that is not trusted could name
+    /// any address in it.
+    fn first_line_is_not_a_proxy_header(&mut self) -> Result<bool, End> {
+        match proxy::sniff(&self.buf) {
+            Sniff::No => {
+                self.watch_proxy = false;
+                Ok(true)
+            }
+            Sniff::Undecided => Ok(false),
+            Sniff::Header => {
+                let result = ConnResult::ProxyUntrusted;
+                warn!(listener = %self.backend.listener.name, tcp_peer = %self.peer, reason = result.as_str(), "PROXY protocol: header from an untrusted peer, connection closed");
+                self.backend.metrics.connection(&result);
+                Err(End::ProxyHeader)
+            }
+        }
     }
 
     async fn start_tls(&mut self) -> Result<(), End> {

@@ -1,80 +1,26 @@
-//! Accept loops: one per listener, with the global and per-listener connection caps, the
-//! per-IP cap, the allowlist, and backoff when accept itself fails (EMFILE and friends).
+//! Accept loops: one per listener, with backoff when accept itself fails (EMFILE and
+//! friends). Each connection then runs in its own task: the PROXY header if the listener
+//! takes one, admission on the client's real address, and the session.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, info, warn};
 
-use crate::policy::networks;
-use crate::policy::ratelimit::{Counted, Hit, Keys};
-use crate::reason::Reason;
+use crate::config::schema::ListenerTls;
 use crate::rules::{ListenerInfo, Rules};
 use crate::server::Runtime;
+use crate::server::admission::{Caps, Gate, Permits, Refusal};
 use crate::server::conn;
 use crate::server::fdlimit::Spare;
+use crate::server::proxy::{self, Client, Refused};
 use crate::shutdown::Shutdown;
 use crate::smtp::reply::Reply;
 use crate::telemetry::metrics::{ConnResult, ListenerMetrics};
-
-/// Concurrent sessions per client address, for `limits.max_connections_per_ip`.
-#[derive(Debug, Default)]
-pub struct PerIp {
-    limit: usize,
-    counts: Mutex<HashMap<IpAddr, usize>>,
-}
-
-/// Holds one slot of a client's per-IP count; frees it on drop.
-#[derive(Debug)]
-pub struct IpSlot {
-    table: Arc<PerIp>,
-    ip: IpAddr,
-}
-
-impl PerIp {
-    /// A table with this cap (0 = unlimited).
-    pub fn new(limit: usize) -> Arc<PerIp> {
-        Arc::new(PerIp {
-            limit,
-            counts: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// Takes a slot for `ip`, or None when it already has `limit` sessions.
-    fn acquire(self: &Arc<Self>, ip: IpAddr) -> Option<Option<IpSlot>> {
-        if self.limit == 0 {
-            return Some(None);
-        }
-        let mut counts = self.counts.lock().ok()?;
-        let n = counts.entry(ip).or_insert(0);
-        if *n >= self.limit {
-            return None;
-        }
-        *n += 1;
-        Some(Some(IpSlot {
-            table: self.clone(),
-            ip,
-        }))
-    }
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        if let Ok(mut counts) = self.table.counts.lock()
-            && let Some(n) = counts.get_mut(&self.ip)
-        {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.ip);
-            }
-        }
-    }
-}
 
 /// A bound listener ready to serve.
 #[derive(Debug)]
@@ -89,25 +35,6 @@ pub struct Listener {
     pub own_cap: Option<Arc<Semaphore>>,
     /// Its metrics.
     pub metrics: Arc<ListenerMetrics>,
-}
-
-/// The caps every listener shares.
-#[derive(Debug, Clone)]
-pub struct Caps {
-    /// `limits.max_connections`.
-    pub global: Arc<Semaphore>,
-    /// `limits.max_connections_per_ip`.
-    pub per_ip: Arc<PerIp>,
-    /// Refusals being written (allowlist, caps). They hold no connection slot, so they get
-    /// their own small cap: past it a refused connection is closed without a reply, which
-    /// keeps a flood of refused clients (each owed a TLS handshake on an implicit listener)
-    /// from costing unbounded descriptors and CPU.
-    pub refusals: Arc<Semaphore>,
-}
-
-impl Caps {
-    /// Concurrent refusals in progress before further refused connections are just closed.
-    pub const MAX_REFUSALS: usize = 64;
 }
 
 /// Accepts until shutdown; each connection runs in its own tracked task.
@@ -155,112 +82,187 @@ pub async fn run(listener: Listener, rt: Arc<Runtime>, caps: Caps, shutdown: Shu
             .listener(&listener.info.name)
             .unwrap_or(&listener.info)
             .clone();
-        let (refusal, permits) = if shutdown.draining.load(Ordering::Relaxed) {
-            // A queue drain: new mail goes elsewhere while the queue empties.
-            listener.metrics.connection(&ConnResult::Draining);
-            let refusal = Some(Reply::shutting_down(&rules.hostname));
-            (refusal, (None, None, None))
-        } else {
-            admit(&listener, &info, &rules, &rt, &caps, peer)
-        };
-        let refusing = match refusal {
-            None => None,
-            Some(_) => match caps.refusals.clone().try_acquire_owned() {
+        let reserved = reserve(&listener, &rules, &info, &rt, &caps, &shutdown, peer);
+        // A refusal holds no connection slot while its header is read and its reply
+        // written, only one of the few refusal slots; past them it is closed at once.
+        let refusing = match &reserved {
+            Ok(_) => None,
+            Err(refusal) => match caps.refusals.clone().try_acquire_owned() {
                 Ok(permit) => Some(permit),
                 Err(_) => {
-                    debug!(listener = %listener.info.name, client = %peer, "refusal cap reached: closed without a reply");
-                    drop(tcp);
+                    refused_silently(&listener.metrics, &info.name, peer, &refusal.result);
                     continue;
                 }
             },
         };
-        let span = tracing::info_span!("session", session = %session_id(), listener = %listener.info.name, client = %peer);
-        let accepted = conn::Accepted { tcp, peer, refusal };
-        let metrics = listener.metrics.clone();
-        let task = conn::serve(accepted, rt.clone(), rules, info, metrics, shutdown.clone());
-        shutdown.tracker.spawn(
-            async move {
-                let _permits = (permits, refusing);
-                task.await;
-            }
-            .instrument(span),
+        let span = tracing::info_span!(
+            "session",
+            session = %session_id(),
+            listener = %listener.info.name,
+            client = tracing::field::Empty,
+            proxy = tracing::field::Empty,
         );
+        let arrival = Arrival {
+            tcp,
+            peer,
+            rules,
+            info,
+            reserved,
+            refusing,
+            own_cap: listener.own_cap.clone(),
+            metrics: listener.metrics.clone(),
+        };
+        let task = connection(arrival, rt.clone(), caps.clone(), shutdown.clone());
+        shutdown.tracker.spawn(task.instrument(span));
     }
     info!(listener = %listener.info.name, "stopped accepting");
 }
 
-/// Slots held for the life of a session.
-type Permits = (
-    Option<OwnedSemaphorePermit>,
-    Option<OwnedSemaphorePermit>,
-    Option<IpSlot>,
-);
-
-/// Decides whether a new connection may be served, and takes its slots.
-fn admit(
+/// In the accept loop, in order of arrival: the drain's refusal, or the caps that do not
+/// depend on the client's address (see [`Gate::reserve`]).
+fn reserve(
     listener: &Listener,
-    info: &ListenerInfo,
     rules: &Rules,
+    info: &ListenerInfo,
     rt: &Runtime,
     caps: &Caps,
+    shutdown: &Shutdown,
     peer: SocketAddr,
-) -> (Option<Reply>, Permits) {
-    let (refusal, permits, result) = admit_or_refuse(listener, info, rules, caps, peer);
-    if let ConnResult::ConnectionRate(rule) = &result {
-        rt.metrics.rate_limit_hit(rule);
+) -> Result<Permits, Refusal> {
+    if shutdown.draining.load(Ordering::Relaxed) {
+        // A queue drain: new mail goes elsewhere while the queue empties.
+        return Err(Refusal {
+            reply: Reply::shutting_down(&rules.hostname),
+            result: ConnResult::Draining,
+        });
     }
-    listener.metrics.connection(&result);
-    (refusal, permits)
+    let gate = Gate {
+        rt,
+        rules,
+        info,
+        caps,
+        own_cap: listener.own_cap.as_ref(),
+    };
+    gate.reserve(peer)
 }
 
-/// [`admit`], with what became of the connection for the metrics.
-fn admit_or_refuse(
-    listener: &Listener,
-    info: &ListenerInfo,
-    rules: &Rules,
-    caps: &Caps,
+/// One accepted connection, with what its task needs.
+struct Arrival {
+    tcp: TcpStream,
     peer: SocketAddr,
-) -> (Option<Reply>, Permits, ConnResult) {
-    let refused = |reply: Reply, result| (Some(reply), (None, None, None), result);
-    let ip = networks::canonical(peer.ip());
-    if !networks::allowed(&info.allow_networks, ip) {
-        info!(listener = %listener.info.name, client = %peer, reason = %Reason::Allowlist, "client not in allow_networks");
-        return refused(Reply::not_allowed_client(), ConnResult::Allowlist);
-    }
-    if let Err(hit) = connection_rate(rules, &info.name, ip) {
-        warn!(listener = %listener.info.name, client = %peer, reason = %Reason::ConnectionRate, rule = %hit.rule, limit = %hit.description, "connection rate limit reached");
-        let reply = Reply::connection_rate(&hit.rule, hit.retry_after);
-        return refused(reply, ConnResult::ConnectionRate(hit.rule));
-    }
-    let Ok(global) = caps.global.clone().try_acquire_owned() else {
-        warn!(listener = %listener.info.name, client = %peer, reason = %Reason::ConnectionCap, "global connection limit reached");
-        return refused(Reply::too_many_connections(), ConnResult::ConnectionCap);
+    /// The rules snapshot the connection is admitted and served under.
+    rules: Arc<Rules>,
+    /// The listener's settings in it.
+    info: Arc<ListenerInfo>,
+    /// The slots [`reserve`] took, or its refusal.
+    reserved: Result<Permits, Refusal>,
+    /// The refusal slot held for that refusal.
+    refusing: Option<OwnedSemaphorePermit>,
+    own_cap: Option<Arc<Semaphore>>,
+    metrics: Arc<ListenerMetrics>,
+}
+
+/// One connection from accept to close: the PROXY header, admission on the client's
+/// address, and the session or its refusal.
+async fn connection(arrival: Arrival, rt: Arc<Runtime>, caps: Caps, shutdown: Shutdown) {
+    let Arrival {
+        mut tcp,
+        peer,
+        rules,
+        info,
+        reserved,
+        mut refusing,
+        own_cap,
+        metrics,
+    } = arrival;
+    let client = match identify(&mut tcp, peer, &rules, &info).await {
+        Ok(client) => client,
+        Err(refused) => return closed(&metrics, &info.name, peer, &refused),
     };
-    let own = match &listener.own_cap {
-        Some(sem) => match sem.clone().try_acquire_owned() {
-            Ok(p) => Some(p),
-            Err(_) => {
-                warn!(listener = %listener.info.name, client = %peer, reason = %Reason::ConnectionCap, "listener connection limit reached");
-                return refused(Reply::too_many_connections(), ConnResult::ConnectionCap);
+    let gate = Gate {
+        rt: &rt,
+        rules: &rules,
+        info: &info,
+        caps: &caps,
+        own_cap: own_cap.as_ref(),
+    };
+    let verdict = match reserved {
+        Ok(held) => gate.admit(client.addr, held).await,
+        Err(refusal) => Err(refusal),
+    };
+    let (refusal, permits) = match verdict {
+        Ok(permits) => (None, permits),
+        Err(refusal) => {
+            if refusing.is_none() {
+                let Ok(permit) = caps.refusals.clone().try_acquire_owned() else {
+                    return refused_silently(&metrics, &info.name, client.addr, &refusal.result);
+                };
+                refusing = Some(permit);
             }
-        },
-        None => None,
+            (Some(refusal), Permits::default())
+        }
     };
-    let Some(slot) = caps.per_ip.acquire(ip) else {
-        warn!(listener = %listener.info.name, client = %peer, reason = %Reason::ConnectionCap, "per-IP connection limit reached");
-        return refused(Reply::too_many_connections(), ConnResult::ConnectionCap);
+    metrics.connection(
+        refusal
+            .as_ref()
+            .map_or(&ConnResult::Accepted, |r| &r.result),
+    );
+    let accepted = conn::Accepted {
+        tcp,
+        peer: client.addr,
+        refusal: refusal.map(|r| r.reply),
+        watch_proxy: client.watch,
     };
-    (None, (Some(global), own, slot), ConnResult::Accepted)
+    let _held = (permits, refusing);
+    conn::serve(accepted, rt.clone(), rules.clone(), info, metrics, shutdown).await;
 }
 
-/// Counts the connection against the `connections` rate rules (a device's own, if its
-/// `networks` entry has some).
-fn connection_rate(rules: &Rules, listener: &str, ip: IpAddr) -> Result<(), Hit> {
-    let identity = rules.policy.connect_identity(ip);
-    let label = identity.label();
-    let keys = Keys::connection(ip, listener, label.as_deref());
-    let limits = &rules.rate_limits;
-    limits.check(Counted::Connection, &keys, limits.overrides_for(&identity))
+/// The PROXY protocol stage, with the session span's `client` (and `proxy`, the load
+/// balancer) recorded once known.
+async fn identify(
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    rules: &Rules,
+    info: &ListenerInfo,
+) -> Result<Client, Refused> {
+    let span = tracing::Span::current();
+    let hello = (info.tls == ListenerTls::Implicit).then(|| rules.timeouts.tls_handshake.get());
+    let header = rules.timeouts.proxy_header.get();
+    let client = proxy::identify(tcp, peer, info.proxy_protocol.as_ref(), header, hello).await;
+    match &client {
+        Ok(c) => {
+            span.record("client", tracing::field::display(c.addr));
+            if let Some(via) = c.via {
+                span.record("proxy", tracing::field::display(via));
+            }
+        }
+        Err(_) => {
+            span.record("client", tracing::field::display(peer));
+        }
+    }
+    client
+}
+
+/// A connection closed by the PROXY stage: logged and counted.
+fn closed(metrics: &ListenerMetrics, listener: &str, peer: SocketAddr, refused: &Refused) {
+    let result = match refused {
+        Refused::Untrusted(_) => ConnResult::ProxyUntrusted,
+        Refused::Header(proxy::HeaderError::Invalid(_)) => ConnResult::ProxyInvalid,
+        Refused::Header(proxy::HeaderError::Missing(_)) => ConnResult::ProxyMissing,
+    };
+    warn!(listener, tcp_peer = %peer, reason = result.as_str(), error = %refused, "PROXY protocol: connection closed");
+    metrics.connection(&result);
+}
+
+/// A refused connection past the refusal cap: counted, and closed without a reply.
+fn refused_silently(
+    metrics: &ListenerMetrics,
+    listener: &str,
+    peer: SocketAddr,
+    result: &ConnResult,
+) {
+    metrics.connection(result);
+    debug!(listener, client = %peer, "refusal cap reached: closed without a reply");
 }
 
 /// A short random id that names a session in every log line.

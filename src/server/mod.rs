@@ -5,6 +5,7 @@
 //! delivery, argon2 workers, the clock), and the rules snapshot in it, swapped whole on
 //! reload (`crate::rules`). Each session loads the snapshot once when it starts.
 
+pub mod admission;
 pub mod backend;
 pub mod conn;
 pub mod deadline;

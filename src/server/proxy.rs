@@ -11,6 +11,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use crate::config::schema::ProxyProtocolConfig;
+use crate::policy::networks;
 
 /// v1: `PROXY` and a space; no SMTP command starts like this.
 const V1_PREFIX: &[u8] = b"PROXY ";
@@ -55,6 +60,90 @@ impl std::fmt::Display for HeaderError {
             HeaderError::Invalid(why) => write!(f, "invalid PROXY header: {why}"),
         }
     }
+}
+
+/// Who the client of a connection is, once the PROXY protocol has had its say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    /// The client's address: from the header, or the TCP peer.
+    pub addr: SocketAddr,
+    /// The load balancer that relayed it (the TCP peer), when a header named the client.
+    pub via: Option<SocketAddr>,
+    /// A direct client on a listener that takes headers: its first line must not be one.
+    pub watch: bool,
+}
+
+/// Why a connection is closed before its banner.
+#[derive(Debug)]
+pub enum Refused {
+    /// An untrusted peer where `required: true`, or one that sent a header itself.
+    Untrusted(&'static str),
+    /// A trusted peer sent no header (see [`HeaderError`]).
+    Header(HeaderError),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Untrusted(why) => f.write_str(why),
+            Refused::Header(e) => e.fmt(f),
+        }
+    }
+}
+
+/// The PROXY protocol stage of a connection from `peer` on a listener with `cfg`:
+/// - a trusted peer's header is read (within `header_limit`) and names the client;
+/// - with `required`, an untrusted peer is refused at once;
+/// - otherwise an untrusted peer is its own client; on an implicit-TLS listener (where the
+///   client speaks first) its first bytes are looked at within `hello_limit`, and a header
+///   there is refused; on the others its first line is, after the banner ([`Client::watch`]).
+pub async fn identify(
+    tcp: &mut TcpStream,
+    peer: SocketAddr,
+    cfg: Option<&ProxyProtocolConfig>,
+    header_limit: Duration,
+    hello_limit: Option<Duration>,
+) -> Result<Client, Refused> {
+    let direct = Client {
+        addr: peer,
+        via: None,
+        watch: false,
+    };
+    let Some(cfg) = cfg else {
+        return Ok(direct);
+    };
+    let ip = networks::canonical(peer.ip());
+    if cfg.trusted.iter().any(|net| net.contains(&ip)) {
+        let header = read(tcp, header_limit).await.map_err(Refused::Header)?;
+        debug!(version = header.version, source = ?header.source, unique_id = ?header.unique_id, "PROXY header");
+        return Ok(match header.source {
+            Some(addr) => Client {
+                addr,
+                via: Some(peer),
+                watch: false,
+            },
+            None => direct,
+        });
+    }
+    if cfg.required {
+        return Err(Refused::Untrusted("peer not in proxy_protocol.trusted"));
+    }
+    let Some(limit) = hello_limit else {
+        return Ok(Client {
+            watch: true,
+            ..direct
+        });
+    };
+    // A TLS ClientHello starts with 0x16; one peek (which waits for the first bytes) tells
+    // it from a header's first bytes. A silent client is left to the handshake's timeout.
+    let mut first = [0u8; 12];
+    if let Ok(Ok(n)) = tokio::time::timeout(limit, tcp.peek(&mut first)).await
+        && n > 0
+        && sniff(&first[..n]) != Sniff::No
+    {
+        return Err(Refused::Untrusted("PROXY header from an untrusted peer"));
+    }
+    Ok(direct)
 }
 
 /// Reads one header from `r` within `limit`, consuming exactly its bytes.

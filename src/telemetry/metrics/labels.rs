@@ -40,6 +40,11 @@ pub(super) const CONN_RESULTS: [&str; 9] = [
 ];
 
 impl ConnResult {
+    /// The `result` label value, for logs.
+    pub fn as_str(&self) -> &'static str {
+        CONN_RESULTS[self.index()]
+    }
+
     pub(super) fn index(&self) -> usize {
         match self {
             ConnResult::Accepted => 0,
