@@ -28,6 +28,7 @@ mod metrics;
 mod oauth2;
 mod prometheus;
 mod protocol;
+mod proxy;
 mod ratelimit;
 mod reload;
 mod restart;

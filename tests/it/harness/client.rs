@@ -210,6 +210,15 @@ impl Dialog {
         self.stream = Stream::Tls(Box::new(handshake(tcp, ca).await));
     }
 
+    /// The client side's address (its port names the session in postern's logs).
+    pub fn local_addr(&self) -> SocketAddr {
+        match &self.stream {
+            Stream::Plain(tcp) => tcp.local_addr().unwrap(),
+            Stream::Tls(tls) => tls.get_ref().0.local_addr().unwrap(),
+            Stream::Closed => panic!("dialog: stream already closed"),
+        }
+    }
+
     /// The certificate the server presented (leaf first), once TLS is up.
     pub fn peer_certificate(&self) -> Option<Vec<u8>> {
         let Stream::Tls(tls) = &self.stream else {

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod ca;
 pub mod client;
+pub mod haproxy;
 pub mod http;
 pub mod logs;
 pub mod sink;
@@ -70,8 +71,12 @@ pub struct Opts {
     pub extra: String,
     /// Extra keys for the `legacy` listener's flow mapping, e.g. `"max_connections: 1"`.
     pub legacy: String,
+    /// The `legacy` listener's `allow_networks` (default `127.0.0.1/32`).
+    pub legacy_allow: String,
     /// Extra keys for the `submission` listener's flow mapping.
     pub submission: String,
+    /// Extra keys for the `submissions` (implicit TLS) listener's flow mapping.
+    pub submissions: String,
     /// Extra keys for alice's `users` entry, e.g. `"max_recipients: 5"`.
     pub alice: String,
     /// More `users` entries, one YAML list item per line (see [`user_entry`]).
@@ -101,7 +106,9 @@ impl Default for Opts {
             sink_down: false,
             extra: String::new(),
             legacy: String::new(),
+            legacy_allow: "127.0.0.1/32".to_owned(),
             submission: String::new(),
+            submissions: String::new(),
             alice: String::new(),
             users: String::new(),
             upstream_keys: String::new(),
@@ -371,8 +378,8 @@ fn config_yaml(dir: &Path, ca: &TestCa, sink_port: u16, opts: &Opts) -> String {
         r#"hostname: relay.test
 listeners:
   - {{name: submission, address: "127.0.0.1:0", tls: starttls, auth: required{submission}}}
-  - {{name: submissions, address: "127.0.0.1:0", tls: implicit, auth: required}}
-  - {{name: legacy, address: "127.0.0.1:0", tls: none, auth: none, allow_networks: [127.0.0.1/32]{legacy}}}
+  - {{name: submissions, address: "127.0.0.1:0", tls: implicit, auth: required{submissions}}}
+  - {{name: legacy, address: "127.0.0.1:0", tls: none, auth: none, allow_networks: [{legacy_allow}]{legacy}}}
 tls: {{certificate: {cert}, private_key: {key}}}
 users:
   - {{username: {USER}, password_hash: "{hash}", senders: ["{USER}@example.com", "@alice.example"]{alice}}}
@@ -398,6 +405,8 @@ http: {{address: "127.0.0.1:0"{token}}}
         extra = opts.extra,
         submission = more_keys(&opts.submission),
         legacy = more_keys(&opts.legacy),
+        legacy_allow = opts.legacy_allow,
+        submissions = more_keys(&opts.submissions),
         alice = more_keys(&opts.alice),
         users = opts.users,
         upstream_keys = more_keys(&opts.upstream_keys),
