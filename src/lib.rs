@@ -16,8 +16,9 @@
 //! - [`delivery`]: the queue runner: retries, failover, per-recipient bookkeeping; the
 //!   queue book and the admin commands it carries out (list, hold, release, ...).
 //! - [`rules`]: the rules snapshot built from one config and swapped whole on reload.
-//! - [`server`]: accept loops, the per-connection shell that drives the engine (`conn`), and
-//!   the back end that answers its questions (`backend`); the process-lifetime `Runtime`.
+//! - [`server`]: accept loops, the PROXY protocol header (`proxy`), admission (`admission`),
+//!   the per-connection shell that drives the engine (`conn`), and the back end that answers
+//!   its questions (`backend`); the process-lifetime `Runtime`.
 //! - [`reason`]: the one vocabulary of refusal reasons; [`clock`]: the injected clock;
 //!   [`stream`]: the TLS-or-plain stream both sides use.
 //! - [`telemetry`]: logging set-up and the mail-log vocabulary.
