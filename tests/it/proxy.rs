@@ -237,21 +237,30 @@ fn ppp_v2_local() -> Vec<u8> {
     h
 }
 
-/// `required: true`: a peer outside `trusted` is closed at once, before any banner.
+/// `required: true`: a peer outside `trusted` is closed at once, before any banner. The
+/// setting applies on reload, to the next connection.
 #[tokio::test]
 async fn required_refuses_untrusted_peers_at_once() {
-    let server = TestServer::start(Opts {
-        legacy: "proxy_protocol: {trusted: [192.0.2.0/24], required: true}".into(),
-        ..Opts::default()
-    })
-    .await;
+    let server = TestServer::start(Opts::default()).await;
+    let mut before = server.legacy_session().await;
+    let required = "proxy_protocol: {trusted: [192.0.2.0/24], required: true}";
+    server.edit_config(|yaml| {
+        yaml.replace(
+            "allow_networks: [127.0.0.1/32]",
+            &format!("allow_networks: [127.0.0.1/32], {required}"),
+        )
+    });
+    let outcome = server.reload().await.unwrap();
+    assert!(outcome.needs_restart.is_empty(), "{outcome:?}");
     let mut d = Dialog::connect_silent(server.legacy).await;
     d.expect_closed().await;
+    // The session that began before the reload goes on.
+    before.cmd("NOOP", "250").await;
     let scrape = server
         .scrape_until(|s| counted(s, "legacy", "proxy_untrusted") >= 1.0)
         .await;
     assert_eq!(counted(&scrape, "legacy", "proxy_untrusted"), 1.0);
-    assert_eq!(counted(&scrape, "legacy", "accepted"), 0.0);
+    assert_eq!(counted(&scrape, "legacy", "accepted"), 1.0);
 }
 
 /// A trusted peer that sends SMTP instead of a header is closed (`proxy_invalid`); one
