@@ -154,66 +154,103 @@ pub async fn read<R: AsyncRead + Unpin>(r: &mut R, limit: Duration) -> Result<He
     }
 }
 
+/// Reads exactly as many bytes as [`parse`] asks for, until it has a verdict.
 async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<Header, HeaderError> {
-    // Both versions are at least this long and tell themselves apart within it.
-    let mut buf = vec![0u8; V1_PREFIX.len()];
-    fill(r, &mut buf).await?;
-    if buf == V1_PREFIX {
-        return read_v1(r, buf).await;
+    let mut buf = Vec::with_capacity(V2_FIXED);
+    loop {
+        match parse(&buf) {
+            Parsed::Need(n) => {
+                let start = buf.len();
+                buf.resize(start + n, 0);
+                fill(r, &mut buf[start..]).await?;
+            }
+            Parsed::Header(header) => return Ok(header),
+            Parsed::Invalid(why) => return Err(HeaderError::Invalid(why)),
+        }
     }
-    if V2_SIGNATURE.starts_with(&buf) {
-        return read_v2(r, buf).await;
-    }
-    Err(HeaderError::Invalid(format!(
-        "starts with {:?}",
-        String::from_utf8_lossy(&buf)
-    )))
 }
 
-/// Reads the rest of a v1 line one byte at a time, so nothing past its CRLF is taken.
-async fn read_v1<R: AsyncRead + Unpin>(r: &mut R, mut buf: Vec<u8>) -> Result<Header, HeaderError> {
-    while !buf.ends_with(b"\r\n") {
-        if buf.len() >= V1_MAX {
-            return Err(HeaderError::Invalid(format!(
-                "v1 header longer than {V1_MAX} bytes"
-            )));
-        }
-        let mut byte = [0u8];
-        fill(r, &mut byte).await?;
-        buf.push(byte[0]);
+/// What [`parse`] makes of the bytes read so far.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// The header needs at least this many more bytes (never more than it has: a reader
+    /// that reads exactly this many takes nothing past the header's end).
+    Need(usize),
+    /// The bytes are exactly one whole header.
+    Header(Header),
+    /// Not a valid header, whatever follows.
+    Invalid(String),
+}
+
+/// The header parser over the bytes read so far, all of which belong to the header (the
+/// reader only ever reads what [`Parsed::Need`] asks for): pure, so incomplete input is a
+/// value, and fuzzed.
+pub fn parse(buf: &[u8]) -> Parsed {
+    // Both versions are at least this long and tell themselves apart within it.
+    if buf.len() < V1_PREFIX.len() {
+        return Parsed::Need(V1_PREFIX.len() - buf.len());
     }
-    let header = ppp::v1::Header::try_from(buf.as_slice())
-        .map_err(|e| HeaderError::Invalid(format!("v1: {e}")))?;
+    if buf.starts_with(V1_PREFIX) {
+        return parse_v1(buf);
+    }
+    if V2_SIGNATURE.starts_with(&buf[..V1_PREFIX.len()]) {
+        return parse_v2(buf);
+    }
+    Parsed::Invalid(format!(
+        "starts with {:?}",
+        String::from_utf8_lossy(&buf[..V1_PREFIX.len()])
+    ))
+}
+
+/// v1 section 2.1: a line up to CRLF, taken one byte at a time so nothing past it is read.
+fn parse_v1(buf: &[u8]) -> Parsed {
+    if !buf.ends_with(b"\r\n") {
+        return match buf.len() < V1_MAX {
+            true => Parsed::Need(1),
+            false => Parsed::Invalid(format!("v1 header longer than {V1_MAX} bytes")),
+        };
+    }
+    let header = match ppp::v1::Header::try_from(buf) {
+        Ok(header) => header,
+        Err(e) => return Parsed::Invalid(format!("v1: {e}")),
+    };
+    // The crate parses up to the first CR: a line with an earlier one is not a header.
+    if header.header.len() != buf.len() {
+        return Parsed::Invalid("v1: CR inside the line".into());
+    }
     let source = match header.addresses {
         ppp::v1::Addresses::Tcp4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
         ppp::v1::Addresses::Tcp6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
         ppp::v1::Addresses::Unknown => None,
     };
-    Ok(Header {
+    Parsed::Header(Header {
         source,
         version: 1,
         unique_id: None,
     })
 }
 
-/// Reads the rest of the v2 fixed part, then exactly the length it announces.
-async fn read_v2<R: AsyncRead + Unpin>(r: &mut R, mut buf: Vec<u8>) -> Result<Header, HeaderError> {
-    let start = buf.len();
-    buf.resize(V2_FIXED, 0);
-    fill(r, &mut buf[start..]).await?;
+/// v2 section 2.2: the 16-byte fixed part, then exactly the length it announces.
+fn parse_v2(buf: &[u8]) -> Parsed {
+    if buf.len() < V2_FIXED {
+        return Parsed::Need(V2_FIXED - buf.len());
+    }
     if &buf[..V2_SIGNATURE.len()] != V2_SIGNATURE {
-        return Err(HeaderError::Invalid("bad v2 signature".into()));
+        return Parsed::Invalid("bad v2 signature".into());
     }
     let length = usize::from(u16::from_be_bytes([buf[14], buf[15]]));
     if length > V2_MAX_BODY {
-        return Err(HeaderError::Invalid(format!(
+        return Parsed::Invalid(format!(
             "v2 header announces {length} bytes, more than {V2_MAX_BODY}"
-        )));
+        ));
     }
-    buf.resize(V2_FIXED + length, 0);
-    fill(r, &mut buf[V2_FIXED..]).await?;
-    let header = ppp::v2::Header::try_from(buf.as_slice())
-        .map_err(|e| HeaderError::Invalid(format!("v2: {e}")))?;
+    if buf.len() < V2_FIXED + length {
+        return Parsed::Need(V2_FIXED + length - buf.len());
+    }
+    let header = match ppp::v2::Header::try_from(buf) {
+        Ok(header) => header,
+        Err(e) => return Parsed::Invalid(format!("v2: {e}")),
+    };
     // v2 section 2.2: with LOCAL the receiver must use the real connection endpoints.
     let source = match (header.command, header.addresses) {
         (ppp::v2::Command::Local, _) => None,
@@ -226,7 +263,7 @@ async fn read_v2<R: AsyncRead + Unpin>(r: &mut R, mut buf: Vec<u8>) -> Result<He
         // UNSPEC or AF_UNIX: no IP address to take.
         (_, _) => None,
     };
-    Ok(Header {
+    Parsed::Header(Header {
         source,
         version: 2,
         unique_id: unique_id(&header),

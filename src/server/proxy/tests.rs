@@ -165,6 +165,11 @@ async fn malformed_and_oversized_headers_are_invalid() {
             "v1 bare LF",
             b"PROXY TCP4 127.0.0.1 127.0.0.1 1 2\n\r\n".to_vec(),
         ),
+        ("v1 CR before the end", b"PROXY UNKNOWN\r\r\n".to_vec()),
+        (
+            "v1 CR inside",
+            b"PROXY TCP4 127.0.0.1\r127.0.0.1 1 2\r\n".to_vec(),
+        ),
         (
             "v1 too long",
             [b"PROXY UNKNOWN ".as_slice(), &[b'x'; 200]].concat(),
