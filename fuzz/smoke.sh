@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 seconds=${FUZZ_SECONDS:-15}
-targets=${FUZZ_TARGETS:-line command data reply_parser sasl session_raw session_alphabet headers wrap}
+targets=${FUZZ_TARGETS:-line command data reply_parser sasl session_raw session_alphabet headers wrap proxy_header}
 host=$(rustc -vV | sed -n 's/^host: //p')
 
 # What `cargo fuzz build --sanitizer none` passes (cargo-fuzz 0.13), minus

@@ -18,6 +18,7 @@ pub mod data;
 pub mod headers;
 pub mod input;
 pub mod line;
+pub mod proxy_header;
 pub mod reply_parser;
 pub mod sasl;
 pub mod session;

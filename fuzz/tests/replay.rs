@@ -17,6 +17,7 @@ const TARGETS: &[(&str, Check)] = &[
     ("session_alphabet", postern_fuzz::alphabet::check),
     ("headers", postern_fuzz::headers::check),
     ("wrap", postern_fuzz::wrap::check),
+    ("proxy_header", postern_fuzz::proxy_header::check),
 ];
 
 /// Runs every file under `<dir>/<target>/`; returns how many ran.
