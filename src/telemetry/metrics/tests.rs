@@ -30,6 +30,9 @@ fn registers_and_preregisters() {
         r#"postern_messages_completed_total{result="expired"}"#,
         r#"postern_messages_completed_total{result="deleted"}"#,
         r#"postern_connections_total{listener="submission",result="draining"}"#,
+        r#"postern_connections_total{listener="submission",result="proxy_untrusted"}"#,
+        r#"postern_connections_total{listener="submission",result="proxy_invalid"}"#,
+        r#"postern_connections_total{listener="submission",result="proxy_missing"}"#,
         r#"postern_config_reloads_total{result="failure"}"#,
     ] {
         assert_eq!(value(&text, series), Some(0.0), "{series} in\n{text}");
