@@ -204,20 +204,26 @@ pub fn parse(buf: &[u8]) -> Parsed {
 
 /// v1 section 2.1: a line up to CRLF, taken one byte at a time so nothing past it is read.
 fn parse_v1(buf: &[u8]) -> Parsed {
-    if !buf.ends_with(b"\r\n") {
-        return match buf.len() < V1_MAX {
-            true => Parsed::Need(1),
-            false => Parsed::Invalid(format!("v1 header longer than {V1_MAX} bytes")),
+    // One line: CR and LF only as its final CRLF. (ppp accepts anything after `UNKNOWN`,
+    // which the spec lets a receiver ignore, but a line break there is no header.)
+    let body = buf.strip_suffix(b"\r\n");
+    let Some(body) = body else {
+        return match buf {
+            [.., b'\n'] => Parsed::Invalid("v1: bare LF".into()),
+            [.., b'\r', _] => Parsed::Invalid("v1: bare CR".into()),
+            _ if buf.len() >= V1_MAX => {
+                Parsed::Invalid(format!("v1 header longer than {V1_MAX} bytes"))
+            }
+            _ => Parsed::Need(1),
         };
+    };
+    if body.iter().any(|&b| b == b'\r' || b == b'\n') {
+        return Parsed::Invalid("v1: line break inside the header".into());
     }
     let header = match ppp::v1::Header::try_from(buf) {
         Ok(header) => header,
         Err(e) => return Parsed::Invalid(format!("v1: {e}")),
     };
-    // The crate parses up to the first CR: a line with an earlier one is not a header.
-    if header.header.len() != buf.len() {
-        return Parsed::Invalid("v1: CR inside the line".into());
-    }
     let source = match header.addresses {
         ppp::v1::Addresses::Tcp4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
         ppp::v1::Addresses::Tcp6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),

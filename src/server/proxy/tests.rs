@@ -166,6 +166,11 @@ async fn malformed_and_oversized_headers_are_invalid() {
             b"PROXY TCP4 127.0.0.1 127.0.0.1 1 2\n\r\n".to_vec(),
         ),
         ("v1 CR before the end", b"PROXY UNKNOWN\r\r\n".to_vec()),
+        // Found by the proxy_header fuzz target: ppp takes anything after UNKNOWN.
+        (
+            "v1 LF inside UNKNOWN",
+            b"PROXY UNKNOWN 1UT\n!!\r\n".to_vec(),
+        ),
         (
             "v1 CR inside",
             b"PROXY TCP4 127.0.0.1\r127.0.0.1 1 2\r\n".to_vec(),
