@@ -53,12 +53,16 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsEr
     }
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| pem_err(key, e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = ServerConfig::builder_with_provider(provider)
+    let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .map_err(TlsError::Rustls)?
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .map_err(TlsError::Rustls)?;
+    // The server's order (rustls's: AES-256-GCM, AES-128-GCM, ChaCha20-Poly1305, all with
+    // forward secrecy) decides, not the client's: scanners such as testssl.sh flag a server
+    // without a cipher order (RFC 9325 section 4.2 leaves it to the server).
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 

@@ -38,4 +38,5 @@ mod sessions;
 mod shaping;
 mod shipped;
 mod slow;
+mod testssl;
 mod tls_versions;

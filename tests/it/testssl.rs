@@ -1,0 +1,74 @@
+//! The TLS listeners pass testssl.sh (issue 9, section 4): `deploy/testssl/scan.sh` scans
+//! the STARTTLS and the implicit-TLS listener of a running postern and exits 0 only when
+//! no finding about protocols, ciphers, cipher order, forward secrecy or vulnerabilities is
+//! above OK/INFO. The test certificate comes from a private CA, so the certificate findings
+//! (untrusted chain, no OCSP URI) are reported by the script and do not fail it.
+//!
+//! About a minute and a half on loopback (each listener ~45 s).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::harness::{Opts, TestServer};
+
+/// Longest the two scans may take together: they take about 90 s on an idle machine.
+const SCAN_LIMIT: Duration = Duration::from_secs(600);
+
+/// The protocol findings of one listener's scan: (id, finding) pairs.
+fn protocols(json: &Path) -> Vec<(String, String)> {
+    let text = std::fs::read_to_string(json).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    doc["scanResult"][0]["protocols"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no protocols section in {}", json.display()))
+        .iter()
+        .map(|f| {
+            let field = |k: &str| f[k].as_str().unwrap_or_default().to_owned();
+            (field("id"), field("finding"))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_tls_listeners_pass_testssl() {
+    let server = TestServer::start(Opts::default()).await;
+    let scan_dir: PathBuf = server.dir.path().join("testssl");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/testssl/scan.sh");
+    let mut cmd = Command::new(script);
+    cmd.arg(server.submission.to_string())
+        .arg(server.submissions.to_string())
+        .env("SCAN_DIR", &scan_dir);
+    let run = tokio::task::spawn_blocking(move || cmd.output().unwrap());
+    let out: Output = tokio::time::timeout(SCAN_LIMIT, run)
+        .await
+        .expect("the testssl scan did not finish within 10 minutes")
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned()
+        + &String::from_utf8_lossy(&out.stderr);
+    eprintln!("{report}");
+    assert!(out.status.success(), "testssl found problems:\n{report}");
+    for listener in ["starttls", "implicit"] {
+        assert!(
+            report.contains(&format!("{listener} (127.0.0.1:")) && report.contains("pass ("),
+            "no verdict for {listener}:\n{report}"
+        );
+        let found = protocols(&scan_dir.join(format!("{listener}.json")));
+        let finding = |id: &str| {
+            found
+                .iter()
+                .find(|(i, _)| i == id)
+                .map(|(_, f)| f.as_str())
+                .unwrap_or_else(|| panic!("{listener}: no {id} finding in {found:?}"))
+        };
+        for old in ["SSLv2", "SSLv3", "TLS1", "TLS1_1"] {
+            assert_eq!(finding(old), "not offered", "{listener}: {old}");
+        }
+        assert_eq!(finding("TLS1_2"), "offered", "{listener}");
+        assert!(
+            finding("TLS1_3").starts_with("offered"),
+            "{listener}: TLS1_3 {:?}",
+            finding("TLS1_3")
+        );
+    }
+}
