@@ -30,17 +30,18 @@ use tracing::{info, warn};
 
 use crate::app::admin::Admin;
 use crate::app::admin::token::{self, AdminToken};
-use crate::app::certwatch::PairStamp;
+use crate::app::certwatch::FilesStamp;
 use crate::app::http::{Endpoint, Health};
 use crate::app::reload::{ReloadError, ReloadOutcome, Reloader};
 use crate::clock::Clock;
-use crate::config::schema::{Config, ListenerTls, QueueSync, TlsConfig};
+use crate::config::schema::{Config, ListenerTls, QueueSync};
 use crate::delivery;
 use crate::policy::lockout::{self, Lockout};
 use crate::policy::ratelimit;
 use crate::rules::{ListenerInfo, Rules};
 use crate::server::admission::{Caps, PerIp};
 use crate::server::listener::{self, Listener};
+use crate::server::tls::ServerTls;
 use crate::server::{Runtime, tls};
 use crate::shutdown::Shutdown;
 use crate::spool::{Envelope, Spool, SyncMode};
@@ -83,7 +84,7 @@ pub enum AppError {
 impl fmt::Display for AppError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            AppError::Tls(e) => write!(f, "tls: {e}"),
+            AppError::Tls(e) => write!(f, "{e}"),
             AppError::Spool(e) => write!(f, "queue.directory: {e}"),
             AppError::Upstream(e) => write!(f, "upstreams: {e}"),
             AppError::Metrics(e) => write!(f, "metrics: {e}"),
@@ -195,13 +196,13 @@ pub async fn start_file(file: &Path, cfg: Config, clock: Clock) -> Result<Runnin
 async fn launch(file: Option<PathBuf>, cfg: Config, clock: Clock) -> Result<Running, AppError> {
     let (server_tls, cert_stamp) = stamped_server_tls(&cfg).map_err(AppError::Tls)?;
     let (spool, recovered) = open_spool(&cfg)?;
-    let metrics = start_metrics(&cfg, &clock)?;
+    let metrics = start_metrics(&cfg, &server_tls, &clock)?;
     spool.observe(Box::new(metrics.spool.clone()));
     let upstreams = upstream::Context {
         clock: clock.clone(),
         tokens: Some(metrics.clone()),
     };
-    let rules = Rules::build(&cfg, server_tls, &clock, upstreams)
+    let rules = Rules::build(&cfg, Arc::new(server_tls), &clock, upstreams)
         .map_err(|e| AppError::Upstream(e.to_string()))?;
     metrics.register_rules(rules.rate_limits.rule_names());
     let rules = Arc::new(ArcSwap::from_pointee(rules));
@@ -295,30 +296,13 @@ fn admin_token(cfg: &Config) -> Result<AdminToken, AppError> {
 }
 
 /// The metrics of a starting instance: every listener and upstream of `cfg` registered,
-/// the start counted as a good load, the certificate's expiry read.
-fn start_metrics(cfg: &Config, clock: &Clock) -> Result<Arc<Metrics>, AppError> {
+/// the start counted as a good load, the certificates' expiry set.
+fn start_metrics(cfg: &Config, tls: &ServerTls, clock: &Clock) -> Result<Arc<Metrics>, AppError> {
     let metrics = Metrics::new().map_err(AppError::Metrics)?;
     metrics.register_upstreams(cfg.upstreams.iter().map(|u| u.name.as_str()));
     metrics.started(clock.unix());
-    certificate_expiry(&metrics, cfg);
+    metrics.certificate_expiries(tls.expiries());
     Ok(Arc::new(metrics))
-}
-
-/// Sets the certificate-expiry gauge from the listeners' certificate file; 0 when no
-/// listener uses TLS (the alert rule skips 0) or the file cannot be read.
-pub(crate) fn certificate_expiry(metrics: &Metrics, cfg: &Config) {
-    let in_use = cfg.listeners.iter().any(|l| l.tls != ListenerTls::None);
-    let expiry = match &cfg.tls {
-        Some(t) if in_use => {
-            let expiry = tls::certificate_expiry(&t.certificate);
-            if expiry.is_none() {
-                warn!(certificate = %t.certificate.display(), "cannot read the certificate's expiry");
-            }
-            expiry.unwrap_or(0)
-        }
-        _ => 0,
-    };
-    metrics.cert_expiry.set(expiry as f64);
 }
 
 /// Opens the spool and returns it with the messages found in it.
@@ -379,40 +363,30 @@ async fn bind(
     Ok(bound)
 }
 
-/// The listeners' TLS configuration (`None` when no listener uses TLS) from the config's
-/// certificate and key, generated first when asked for and absent, with the stamp of the
-/// files: taken after any generation and before reading them, so that a change made
-/// meanwhile shows at the watcher's next check. Start and reload share it.
-fn stamped_server_tls(cfg: &Config) -> Result<(ServerTls, Option<PairStamp>), tls::TlsError> {
-    let paths = tls_in_use(cfg)?;
-    let stamp = cfg.tls.as_ref().map(PairStamp::of);
-    let server = match paths {
-        Some(t) => Some(tls::server_config(&t.certificate, &t.private_key)?),
-        None => None,
-    };
-    Ok((server, stamp))
+/// The listeners' TLS configurations from the config's certificate sets, the top-level
+/// one generated first when asked for and absent, with the stamp of the files: taken after
+/// any generation and before reading them, so that a change made meanwhile shows at the
+/// watcher's next check. Start and reload share it.
+fn stamped_server_tls(cfg: &Config) -> Result<(ServerTls, FilesStamp), tls::TlsError> {
+    generate_if_asked(cfg)?;
+    let stamp = FilesStamp::of(cfg);
+    Ok((ServerTls::load(cfg)?, stamp))
 }
 
-/// The listeners' TLS configuration, when any listener uses TLS.
-type ServerTls = Option<Arc<rustls::ServerConfig>>;
-
-/// The `tls:` section when a listener uses TLS (an error when it is missing), after
-/// generating a self-signed pair if asked for and absent.
-fn tls_in_use(cfg: &Config) -> Result<Option<&TlsConfig>, tls::TlsError> {
-    if cfg.listeners.iter().all(|l| l.tls == ListenerTls::None) {
-        return Ok(None);
-    }
-    let Some(t) = &cfg.tls else {
-        return Err(tls::TlsError::Generate(
-            "a listener uses TLS but `tls:` is not configured".into(),
-        ));
+/// Generates the self-signed top-level pair when `tls.generate_self_signed` asks for it,
+/// a TLS listener uses the top-level set, and both files are absent.
+fn generate_if_asked(cfg: &Config) -> Result<(), tls::TlsError> {
+    let Some(t) = cfg.tls.as_ref().filter(|t| t.generate_self_signed) else {
+        return Ok(());
     };
-    if t.generate_self_signed
-        && tls::ensure_self_signed(&t.certificate, &t.private_key, &cfg.hostname)?
-    {
+    let uses_global = cfg
+        .listeners
+        .iter()
+        .any(|l| l.tls != ListenerTls::None && l.certificate.is_none());
+    if uses_global && tls::ensure_self_signed(&t.certificate, &t.private_key, &cfg.hostname)? {
         warn!(certificate = %t.certificate.display(), "generated a self-signed certificate; replace it for production");
     }
-    Ok(Some(t))
+    Ok(())
 }
 
 /// Drops idle rate-limit keys and expired lockout entries periodically, so their memory

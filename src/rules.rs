@@ -16,6 +16,7 @@ use crate::config::schema::{
 };
 use crate::policy::Policy;
 use crate::policy::ratelimit::RateLimits;
+use crate::server::tls::ServerTls;
 use crate::upstream::{BuildError, Context, Upstreams};
 use crate::users::Accounts;
 
@@ -99,8 +100,8 @@ pub struct Timing {
 pub struct Rules {
     /// Our hostname (banner, Received).
     pub hostname: String,
-    /// The listeners' TLS configuration, when any listener uses TLS.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The listeners' TLS configurations (empty when no listener uses TLS).
+    pub tls: Arc<ServerTls>,
     /// Credentials.
     pub accounts: Arc<Accounts>,
     /// Sender rules and device identities.
@@ -122,11 +123,11 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// Builds a snapshot from a validated config, with the server TLS configuration already
-    /// loaded (`None` when no listener uses TLS) and the upstreams already built.
+    /// Builds a snapshot from a validated config, with the server TLS configurations already
+    /// loaded and the upstreams already built.
     pub fn new(
         cfg: &Config,
-        tls: Option<Arc<rustls::ServerConfig>>,
+        tls: Arc<ServerTls>,
         upstreams: Arc<Upstreams>,
         rate_limits: Arc<RateLimits>,
     ) -> Rules {
@@ -172,7 +173,7 @@ impl Rules {
     /// buckets from a validated config.
     pub fn build(
         cfg: &Config,
-        tls: Option<Arc<rustls::ServerConfig>>,
+        tls: Arc<ServerTls>,
         clock: &Clock,
         context: Context,
     ) -> Result<Rules, BuildError> {

@@ -1,17 +1,19 @@
 //! Noticing a renewed certificate: certbot and cert-manager rewrite the certificate and key
 //! files in place, so every `tls.check_interval` the reloader compares each file's identity
-//! (device, inode, size, modification time) with the pair it loaded, and loads the pair
-//! again when either changed ([`super::reload::Reloader::check_certificate`]).
+//! (device, inode, size, modification time) with what it loaded, and loads every set again
+//! when any file of any set (the top-level one with its `sni` entries, and each listener's
+//! own) changed ([`super::reload::Reloader::check_certificate`]).
 //!
-//! The two files are never replaced together: between the certificate's rename and the
-//! key's, the pair does not match, and rustls refuses it. That refusal is the guard: the
-//! running certificate stays, and the next check tries again.
+//! A certificate and its key are never replaced together: between the certificate's rename
+//! and the key's, the pair does not match, and the set is refused. That refusal is the
+//! guard: the running sets stay, and the next check tries again.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::schema::TlsConfig;
+use crate::config::schema::Config;
+use crate::server::tls;
 
 /// One version of a file, as far as `stat` tells: a rename changes the inode, an in-place
 /// rewrite the size or the modification time.
@@ -38,31 +40,33 @@ impl FileStamp {
     }
 }
 
-/// The stamps of a certificate and its key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct PairStamp {
-    cert: Option<FileStamp>,
-    key: Option<FileStamp>,
-}
+/// The stamps of every certificate and key file the TLS listeners use, in config order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct FilesStamp(Vec<(PathBuf, Option<FileStamp>)>);
 
-impl PairStamp {
-    /// Stamps the pair `tls` names. Taken *before* the files are read, so that a change made
-    /// while they are being read shows at the next check.
-    pub(super) fn of(tls: &TlsConfig) -> PairStamp {
-        PairStamp {
-            cert: FileStamp::of(&tls.certificate),
-            key: FileStamp::of(&tls.private_key),
-        }
+impl FilesStamp {
+    /// Stamps the files `cfg` names. Taken *before* the files are read, so that a change
+    /// made while they are being read shows at the next check.
+    pub(super) fn of(cfg: &Config) -> FilesStamp {
+        let files = tls::watched_files(cfg).into_iter();
+        FilesStamp(
+            files
+                .map(|path| {
+                    let stamp = FileStamp::of(&path);
+                    (path, stamp)
+                })
+                .collect(),
+        )
     }
 }
 
 /// What the watcher knows about the files behind the running certificate.
 #[derive(Debug, Default)]
 pub(super) struct CertState {
-    /// The pair the running certificate was loaded from.
-    loaded: Option<PairStamp>,
-    /// The last pair that failed to load, so the failure is logged once, not every check.
-    failed: Option<PairStamp>,
+    /// The files the running certificates were loaded from.
+    loaded: Option<FilesStamp>,
+    /// The last files that failed to load, so the failure is logged once, not every check.
+    failed: Option<FilesStamp>,
 }
 
 /// What a certificate check found.
@@ -78,27 +82,27 @@ pub(super) enum Seen {
 }
 
 impl CertState {
-    /// The state after loading the pair stamped `stamp`.
-    pub(super) fn loaded(stamp: Option<PairStamp>) -> CertState {
+    /// The state after loading the files stamped `stamp`.
+    pub(super) fn loaded(stamp: Option<FilesStamp>) -> CertState {
         CertState {
             loaded: stamp,
             failed: None,
         }
     }
 
-    /// Compares `now` with the loaded pair.
-    pub(super) fn see(&self, now: PairStamp) -> Seen {
-        if self.loaded == Some(now) {
+    /// Compares `now` with the loaded files.
+    pub(super) fn see(&self, now: &FilesStamp) -> Seen {
+        if self.loaded.as_ref() == Some(now) {
             Seen::Same
         } else {
             Seen::Changed {
-                failed_before: self.failed == Some(now),
+                failed_before: self.failed.as_ref() == Some(now),
             }
         }
     }
 
-    /// Notes that the pair stamped `now` did not load.
-    pub(super) fn failed(&mut self, now: PairStamp) {
+    /// Notes that the files stamped `now` did not load.
+    pub(super) fn failed(&mut self, now: FilesStamp) {
         self.failed = Some(now);
     }
 }
@@ -113,56 +117,55 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stamps_see_renames_and_rewrites() {
+    fn stamps_see_renames_and_rewrites_of_every_file() {
         let dir = tempfile::tempdir().unwrap();
-        let tls = TlsConfig {
-            certificate: dir.path().join("cert.pem"),
-            private_key: dir.path().join("key.pem"),
-            generate_self_signed: false,
-            check_interval: crate::config::units::Duration::secs(1),
-        };
-        std::fs::write(&tls.certificate, "one").unwrap();
-        std::fs::write(&tls.private_key, "key").unwrap();
-        let first = PairStamp::of(&tls);
+        let p = |name: &str| dir.path().join(name).display().to_string();
+        let yaml = format!(
+            "listeners:\n  - {{name: a, address: \"127.0.0.1:0\", tls: starttls}}\n  - {{name: \
+             b, address: \"127.0.0.1:0\", tls: implicit, certificate: {}, private_key: {}}}\n\
+             tls: {{certificate: {}, private_key: {}, sni: [{{certificate: {}, private_key: \
+             {}}}]}}\nqueue: {{directory: spool}}\nupstreams: [{{name: o, directory: o}}]\n",
+            p("own.pem"),
+            p("own.key"),
+            p("cert.pem"),
+            p("key.pem"),
+            p("sni.pem"),
+            p("sni.key"),
+        );
+        let cfg: Config = serde_yaml::from_str(&yaml).unwrap();
+        let files = [
+            "cert.pem", "key.pem", "sni.pem", "sni.key", "own.pem", "own.key",
+        ];
+        for f in files {
+            std::fs::write(dir.path().join(f), f).unwrap();
+        }
+        let first = FilesStamp::of(&cfg);
+        assert_eq!(first.0.len(), 6);
         let mut state = CertState::loaded(Some(first));
-        assert_eq!(state.see(PairStamp::of(&tls)), Seen::Same);
+        assert_eq!(state.see(&FilesStamp::of(&cfg)), Seen::Same);
 
-        // Renamed over (certbot's symlink flip and cert-manager's rename both do this).
-        let tmp = dir.path().join("cert.tmp");
-        std::fs::write(&tmp, "two").unwrap();
-        std::fs::rename(&tmp, &tls.certificate).unwrap();
-        let renamed = PairStamp::of(&tls);
-        let seen = state.see(renamed);
-        assert_eq!(
-            seen,
-            Seen::Changed {
-                failed_before: false
+        for (i, f) in files.into_iter().enumerate() {
+            // Renamed over (certbot's symlink flip and cert-manager's rename both do this).
+            let tmp = dir.path().join("tmp");
+            std::fs::write(&tmp, format!("renewed {f}")).unwrap();
+            std::fs::rename(&tmp, dir.path().join(f)).unwrap();
+            let renamed = FilesStamp::of(&cfg);
+            let changed = |failed_before| Seen::Changed { failed_before };
+            assert_eq!(state.see(&renamed), changed(false), "{f}");
+            state.failed(renamed.clone());
+            assert_eq!(state.see(&renamed), changed(true), "{f}");
+            if i == 0 {
+                // Rewritten in place with a different length.
+                std::fs::write(dir.path().join(f), "a longer rewrite").unwrap();
+                assert_eq!(state.see(&FilesStamp::of(&cfg)), changed(false));
             }
-        );
-        state.failed(renamed);
-        assert_eq!(
-            state.see(renamed),
-            Seen::Changed {
-                failed_before: true
-            }
-        );
-
-        // Rewritten in place with a different length.
-        std::fs::write(&tls.private_key, "longer key").unwrap();
-        let rewritten = PairStamp::of(&tls);
-        assert_eq!(
-            state.see(rewritten),
-            Seen::Changed {
-                failed_before: false
-            }
-        );
-        state = CertState::loaded(Some(rewritten));
-        assert_eq!(state.see(rewritten), Seen::Same);
-
+            state = CertState::loaded(Some(FilesStamp::of(&cfg)));
+            assert_eq!(state.see(&FilesStamp::of(&cfg)), Seen::Same, "{f}");
+        }
         // Deleted: a change (that will fail to load), not a crash.
-        std::fs::remove_file(&tls.private_key).unwrap();
+        std::fs::remove_file(dir.path().join("sni.key")).unwrap();
         assert_eq!(
-            state.see(PairStamp::of(&tls)),
+            state.see(&FilesStamp::of(&cfg)),
             Seen::Changed {
                 failed_before: false
             }

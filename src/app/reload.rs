@@ -15,13 +15,13 @@ use tokio::sync::{Mutex, Notify};
 use tracing::{error, info, warn};
 
 use crate::app::admin::token::{AdminToken, read_token};
-use crate::app::certwatch::{CertState, IDLE_RECHECK, PairStamp, Seen};
-use crate::app::{certificate_expiry, restart, stamped_server_tls};
+use crate::app::certwatch::{CertState, FilesStamp, IDLE_RECHECK, Seen};
+use crate::app::{restart, stamped_server_tls};
 use crate::config::schema::{Config, UserConfig};
 use crate::config::{self, ConfigError};
 use crate::rules::Rules;
 use crate::server::Runtime;
-use crate::server::tls::{self, TlsError};
+use crate::server::tls::{ServerTls, TlsError};
 use crate::shutdown::Shutdown;
 use crate::upstream::pool::Pool;
 use crate::upstream::{BuildError, Upstreams};
@@ -38,7 +38,7 @@ pub enum ReloadError {
     NoFile,
     /// The file does not read, parse or validate.
     Config(ConfigError),
-    /// The certificate and key do not load (as a pair).
+    /// A certificate set does not load (a file, a pair, a name).
     Tls {
         /// The config file.
         file: PathBuf,
@@ -66,7 +66,7 @@ impl fmt::Display for ReloadError {
         match self {
             ReloadError::NoFile => write!(f, "started without a config file: nothing to re-read"),
             ReloadError::Config(e) => write!(f, "{e}"),
-            ReloadError::Tls { file, source } => write!(f, "{}: tls: {source}", file.display()),
+            ReloadError::Tls { file, source } => write!(f, "{}: {source}", file.display()),
             ReloadError::Upstream { file, source } => write!(f, "{}: {source}", file.display()),
             ReloadError::AdminToken { file, source } => {
                 write!(f, "{}: http.admin_token_file: {source}", file.display())
@@ -148,11 +148,11 @@ struct State {
 
 impl Reloader {
     /// A reloader for a relay started from `config` (read from `file`, when given), whose
-    /// certificate was loaded from files stamped `cert`.
+    /// certificates were loaded from files stamped `cert`.
     pub(super) fn new(
         file: Option<PathBuf>,
         config: Config,
-        cert: Option<PairStamp>,
+        cert: FilesStamp,
         rt: Arc<Runtime>,
         shutdown: Shutdown,
         admin_token: Arc<AdminToken>,
@@ -164,7 +164,7 @@ impl Reloader {
             admin_token,
             state: Mutex::new(State {
                 config,
-                cert: CertState::loaded(cert),
+                cert: CertState::loaded(Some(cert)),
             }),
             reloaded: Notify::new(),
         }
@@ -216,13 +216,13 @@ impl Reloader {
         let rate_limits = Arc::new(previous.rate_limits.reconfigure(&cfg));
         self.rt.lockout.reconfigure(&cfg.auth_lockout);
         let upstreams = Arc::new(rebuilt.upstreams);
-        let rules = Rules::new(&cfg, tls, upstreams, rate_limits);
+        self.rt.metrics.certificate_expiries(tls.expiries());
+        let rules = Rules::new(&cfg, Arc::new(tls), upstreams, rate_limits);
         let metrics = &self.rt.metrics;
         let names: Vec<&str> = cfg.upstreams.iter().map(|u| u.name.as_str()).collect();
         metrics.retain_upstreams(&names);
         metrics.register_upstreams(names);
         metrics.register_rules(rules.rate_limits.rule_names());
-        certificate_expiry(metrics, &cfg);
         self.rt.rules.store(Arc::new(rules));
         let mut outcome = ReloadOutcome {
             changed: changed_keys(&state.config, &cfg),
@@ -245,7 +245,7 @@ impl Reloader {
         self.retire(rebuilt.retired);
         *state = State {
             config: cfg,
-            cert: CertState::loaded(stamp),
+            cert: CertState::loaded(Some(stamp)),
         };
         self.reloaded.notify_one();
         Ok(outcome)
@@ -263,36 +263,34 @@ impl Reloader {
         });
     }
 
-    /// Loads the certificate again if its files changed since it was loaded, and swaps it
-    /// into the rules (the rest of them unchanged). A pair that does not load (renewal half
-    /// done) is logged once and tried again at the next check. Returns whether it swapped.
+    /// Loads every certificate set again if any of their files changed since they were
+    /// loaded, and swaps them into the rules (the rest of them unchanged). A set that does
+    /// not load (a renewal half done) is logged once and tried again at the next check.
+    /// Returns whether it swapped.
     pub async fn check_certificate(&self) -> bool {
         let mut state = self.state.lock().await;
-        let Some(paths) = state.config.tls.clone() else {
-            return false;
-        };
         let rules = self.rt.rules();
-        if rules.tls.is_none() {
+        if rules.tls.is_empty() {
             // No listener uses TLS: nothing to swap, nothing to look at.
             return false;
         }
-        let now = PairStamp::of(&paths);
-        let Seen::Changed { failed_before } = state.cert.see(now) else {
+        let now = FilesStamp::of(&state.config);
+        let Seen::Changed { failed_before } = state.cert.see(&now) else {
             return false;
         };
-        match tls::server_config(&paths.certificate, &paths.private_key) {
+        match ServerTls::load(&state.config) {
             Ok(server) => {
+                self.rt.metrics.certificate_expiries(server.expiries());
                 let mut next = Rules::clone(&rules);
-                next.tls = Some(server);
+                next.tls = Arc::new(server);
                 self.rt.rules.store(Arc::new(next));
                 state.cert = CertState::loaded(Some(now));
-                certificate_expiry(&self.rt.metrics, &state.config);
-                info!(certificate = %paths.certificate.display(), "certificate files changed; new handshakes use the new certificate");
+                info!("certificate files changed; new handshakes use the new certificates");
                 true
             }
             Err(e) => {
                 if !failed_before {
-                    warn!(error = %e, "certificate files changed but do not load as a pair; keeping the running certificate and trying again");
+                    warn!(error = %e, "certificate files changed but do not load; keeping the running certificates and trying again");
                 }
                 state.cert.failed(now);
                 false
@@ -316,10 +314,14 @@ impl Reloader {
         }
     }
 
-    /// The running `tls.check_interval`; `None` when checks are off or there is no `tls:`.
+    /// The running `tls.check_interval` (its default without `tls:`, when only listeners
+    /// have certificates); `None` when checks are off.
     async fn check_interval(&self) -> Option<Duration> {
         let state = self.state.lock().await;
-        let every = state.config.tls.as_ref()?.check_interval.get();
+        let every = match &state.config.tls {
+            Some(t) => t.check_interval.get(),
+            None => crate::config::schema::default_tls_check_interval().get(),
+        };
         (!every.is_zero()).then_some(every)
     }
 }

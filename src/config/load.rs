@@ -116,11 +116,29 @@ fn plain_type_names(message: &str) -> String {
     message.to_string()
 }
 
+/// Resolves the files of SNI certificate entries against `base`.
+fn resolve_sni(sni: &mut [crate::config::schema::SniCertificate], base: &Path) {
+    for s in sni {
+        s.certificate = resolve(base, &s.certificate);
+        s.private_key = resolve(base, &s.private_key);
+    }
+}
+
 /// Resolves every relative path in `config` against `base` (the config file's directory).
 pub fn resolve_paths(config: &mut Config, base: &Path) {
     if let Some(tls) = &mut config.tls {
         tls.certificate = resolve(base, &tls.certificate);
         tls.private_key = resolve(base, &tls.private_key);
+        resolve_sni(&mut tls.sni, base);
+    }
+    for l in &mut config.listeners {
+        for path in [l.certificate.as_mut(), l.private_key.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            *path = resolve(base, path);
+        }
+        resolve_sni(&mut l.sni, base);
     }
     config.queue.directory = resolve(base, &config.queue.directory);
     if let Some(token) = config

@@ -113,6 +113,18 @@ pub struct ListenerConfig {
     /// taken at its TCP address).
     #[serde(default)]
     pub proxy_protocol: Option<ProxyProtocolConfig>,
+    /// This listener's own default certificate (PEM chain, leaf first), instead of
+    /// `tls.certificate`; with `private_key`. The listener then uses its own set only
+    /// (this and its `sni`), not the top-level one. Default: the top-level `tls` set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<PathBuf>,
+    /// The private key of `certificate`. Required with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key: Option<PathBuf>,
+    /// More certificates of this listener's own set, chosen by SNI (as `tls.sni`); needs
+    /// `certificate`. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<SniCertificate>,
 }
 
 /// A listener's PROXY protocol settings (HAProxy's `send-proxy` / `send-proxy-v2`; the model
@@ -175,6 +187,24 @@ pub struct TlsConfig {
     /// off (SIGHUP still re-reads them). Default: `1m`.
     #[serde(default = "default_tls_check_interval")]
     pub check_interval: Duration,
+    /// More certificates, each chosen when the client's SNI is one of its names; no SNI or
+    /// an unknown one gets `certificate`. Default: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<SniCertificate>,
+}
+
+/// A certificate chosen by SNI.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniCertificate {
+    /// PEM certificate chain, leaf first. Required.
+    pub certificate: PathBuf,
+    /// Its PEM private key. Required.
+    pub private_key: PathBuf,
+    /// The names it is chosen for: DNS names or one-label wildcards (`*.example.com`),
+    /// each covered by the certificate. Default: its DNS subjectAltNames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<Vec<String>>,
 }
 
 /// Server-side timeouts; a session that exceeds one gets `421 4.4.2` and is closed.
@@ -756,7 +786,7 @@ fn default_command_timeout() -> Duration {
 fn default_data_timeout() -> Duration {
     Duration::secs(180)
 }
-fn default_tls_check_interval() -> Duration {
+pub(crate) fn default_tls_check_interval() -> Duration {
     Duration::secs(60)
 }
 fn default_tls_timeout() -> Duration {

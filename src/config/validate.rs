@@ -24,7 +24,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use crate::config::error::{ConfigError, describe_io};
 use crate::config::schema::{
     AuthMode, Config, LimitsConfig, ListenerConfig, ListenerTls, LogConfig, QueueConfig,
-    TimeoutsConfig, TlsConfig, UpstreamConfig, UpstreamTls,
+    TimeoutsConfig, UpstreamConfig, UpstreamTls,
 };
 use crate::config::syntax::{check_host_port, sender_pattern};
 use crate::config::units::Duration;
@@ -35,6 +35,7 @@ mod identity;
 mod oauth2;
 mod policy;
 mod routes;
+mod tls;
 use policy::Owner;
 
 /// The result of one rule or section.
@@ -51,7 +52,7 @@ pub fn validate(config: &Config, file: &Path) -> Checked {
     };
     c.hostname(&config.hostname)?;
     c.listeners(&config.listeners)?;
-    c.tls(config.tls.as_ref(), &config.listeners)?;
+    c.tls(config)?;
     c.users(&config.users, &config.listeners)?;
     c.networks(&config.networks, &config.listeners)?;
     c.limits(&config.limits)?;
@@ -163,58 +164,6 @@ impl Checker<'_> {
             "must list the load balancers' networks (CIDR); leave proxy_protocol out to turn \
              it off",
         )
-    }
-
-    /// RFC 3207 and RFC 8314: a TLS listener needs a certificate and its key.
-    fn tls(&self, tls: Option<&TlsConfig>, listeners: &[ListenerConfig]) -> Checked {
-        let Some(tls) = tls else {
-            let Some((i, l)) = listeners
-                .iter()
-                .enumerate()
-                .find(|(_, l)| l.tls != ListenerTls::None)
-            else {
-                return Ok(());
-            };
-            let problem = format!(
-                "required because listeners[{i}] ({:?}) uses TLS: set tls.certificate and \
-                 tls.private_key",
-                l.name
-            );
-            return self.fail("tls", problem);
-        };
-        self.ensure(
-            !is_empty(&tls.certificate),
-            "tls.certificate",
-            "must not be empty",
-        )?;
-        self.ensure(
-            !is_empty(&tls.private_key),
-            "tls.private_key",
-            "must not be empty",
-        )?;
-        if tls.generate_self_signed {
-            let cert = resolve(self.base, &tls.certificate).exists();
-            let key = resolve(self.base, &tls.private_key).exists();
-            match (cert, key) {
-                // Both are written at start.
-                (false, false) => return Ok(()),
-                (true, false) => return self.half_pair("tls.private_key", &tls.private_key),
-                (false, true) => return self.half_pair("tls.certificate", &tls.certificate),
-                (true, true) => {}
-            }
-        }
-        self.certificates("tls.certificate", &tls.certificate)?;
-        self.private_key("tls.private_key", &tls.private_key)
-    }
-
-    /// One of the self-signed pair exists and the other does not: generating would overwrite
-    /// or mismatch the one that exists.
-    fn half_pair(&self, key: &str, missing: &Path) -> Checked {
-        let problem = format!(
-            "{missing:?} does not exist but the other file of the pair does: supply both, or \
-             remove both to have them generated (generate_self_signed)"
-        );
-        self.fail(key, problem)
     }
 
     /// A non-empty list of valid sender patterns at `key`.

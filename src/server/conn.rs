@@ -186,7 +186,7 @@ async fn open_stream(
         true => rules.timeouts.tls_handshake.get(),
         false => REFUSAL_HANDSHAKE.min(rules.timeouts.tls_handshake.get()),
     };
-    handshake(tcp, rules, limit, metrics)
+    handshake(tcp, rules, &listener.name, limit, metrics)
         .await
         .map(Stream::from)
 }
@@ -225,10 +225,11 @@ fn session_config(rules: &Rules, listener: &ListenerInfo, caps: Caps) -> Session
 async fn handshake(
     tcp: TcpStream,
     rules: &Rules,
+    listener: &str,
     limit: Duration,
     metrics: &ListenerMetrics,
 ) -> Result<TlsStream<TcpStream>, End> {
-    let Some(cfg) = rules.tls.clone() else {
+    let Some(cfg) = rules.tls.for_listener(listener) else {
         return Err(End::Tls("no TLS configuration".into()));
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
@@ -445,7 +446,8 @@ impl Conn {
         };
         let rules = &self.backend.rules;
         let limit = rules.timeouts.tls_handshake.get();
-        let tls = handshake(tcp, rules, limit, &self.backend.metrics).await?;
+        let listener = &self.backend.listener.name;
+        let tls = handshake(tcp, rules, listener, limit, &self.backend.metrics).await?;
         self.stream = Stream::from(tls);
         self.session.tls_established();
         Ok(())

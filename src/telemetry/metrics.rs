@@ -234,8 +234,8 @@ const RELOAD_TIME: Spec = spec(
 );
 const CERT_EXPIRY: Spec = spec(
     "postern_tls_certificate_expiry_timestamp_seconds",
-    "notAfter of the listeners' certificate, unix seconds.",
-    &[],
+    "notAfter of each certificate the TLS listeners use, unix seconds, by its place in the config.",
+    &["certificate"],
 );
 
 /// Message sizes: 1 KiB to 64 MiB in powers of four.
@@ -343,8 +343,9 @@ pub struct Families {
     pub reload_ok: IntGauge,
     /// Unix time of the start or the latest good reload.
     pub reload_time: Gauge,
-    /// The listeners' certificate's notAfter, unix seconds.
-    pub cert_expiry: Gauge,
+    /// Each certificate's notAfter, unix seconds, by config place (`tls`, `tls.sni[0]`,
+    /// `listeners[NAME]`, ...).
+    cert_expiry: IntGaugeVec,
     /// 1 when `/readyz` would answer 200.
     pub ready: IntGauge,
     /// Unix time the instance started.
@@ -407,7 +408,7 @@ impl Families {
             },
             reload_ok: RELOAD_OK.int_gauge(&r)?,
             reload_time: RELOAD_TIME.float_gauge(&r)?,
-            cert_expiry: CERT_EXPIRY.float_gauge(&r)?,
+            cert_expiry: CERT_EXPIRY.gauge(&r)?,
             ready: READY.int_gauge(&r)?,
             start_time: START_TIME.float_gauge(&r)?,
             process: ProcessMetrics::register(&r)?,
@@ -524,6 +525,15 @@ impl Metrics {
             }
         }
         self.upstreams.remove(&gone);
+    }
+
+    /// Sets the expiry gauge to exactly these certificates (label, notAfter): those no
+    /// longer in use lose their series.
+    pub fn certificate_expiries(&self, certificates: &[(String, i64)]) {
+        self.cert_expiry.reset();
+        for (label, not_after) in certificates {
+            self.cert_expiry.with_label_values(&[label]).set(*not_after);
+        }
     }
 
     /// Counts a rate-limit refusal by `rule`.

@@ -44,8 +44,8 @@ async fn both_tls_listeners_pass_testssl() {
         .await
         .expect("the testssl scan did not finish within 10 minutes")
         .unwrap();
-    let report = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let report =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     eprintln!("{report}");
     assert!(out.status.success(), "testssl found problems:\n{report}");
     for listener in ["starttls", "implicit"] {
