@@ -320,6 +320,11 @@ mod tests {
         let tls = c.tls.unwrap();
         assert_eq!(tls.certificate, fixtures.join("cert.pem"));
         assert_eq!(tls.private_key, fixtures.join("key.pem"));
+        assert_eq!(tls.sni[0].certificate, fixtures.join("sni-cert.pem"));
+        assert_eq!(tls.sni[0].private_key, fixtures.join("sni-key.pem"));
+        let own = &c.listeners[1];
+        assert_eq!(own.certificate, Some(fixtures.join("sni-cert.pem")));
+        assert_eq!(own.private_key, Some(fixtures.join("sni-key.pem")));
         assert_eq!(c.queue.directory, PathBuf::from("/var/spool/postern"));
         let auth = c.upstreams[0].auth.as_ref().unwrap();
         assert_eq!(auth.password_file, Some(fixtures.join("upstream.secret")));

@@ -26,7 +26,8 @@ pub struct Config {
     pub hostname: String,
     /// The SMTP listeners. At least one is required.
     pub listeners: Vec<ListenerConfig>,
-    /// The server certificate for listeners with `tls: starttls | implicit`.
+    /// The server certificates for listeners with `tls: starttls | implicit` (a default and
+    /// more chosen by SNI); required unless every TLS listener has its own `certificate`.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
     /// Accounts that may AUTH on listeners with `auth: required | optional`. Default: none.
@@ -182,9 +183,11 @@ pub struct TlsConfig {
     /// `hostname` and write them. For first runs and labs. Default: `false`.
     #[serde(default)]
     pub generate_self_signed: bool,
-    /// How often both files are checked for changes (certbot and cert-manager renew them in
-    /// place); a changed, matching pair is used for new handshakes. `0s` turns the check
-    /// off (SIGHUP still re-reads them). Default: `1m`.
+    /// How often the certificate and key files (of every set: the top-level one with its
+    /// `sni` entries, and each listener's own) are checked for changes (certbot and
+    /// cert-manager renew them in place); changed files that load are used for new
+    /// handshakes. `0s` turns the check off (SIGHUP still re-reads them). Default: `1m`
+    /// (also when only listeners have certificates and there is no `tls:`).
     #[serde(default = "default_tls_check_interval")]
     pub check_interval: Duration,
     /// More certificates, each chosen when the client's SNI is one of its names; no SNI or

@@ -39,4 +39,5 @@ mod shaping;
 mod shipped;
 mod slow;
 mod testssl;
+mod tls_sni;
 mod tls_versions;

@@ -128,3 +128,33 @@ impl Checker<'_> {
         self.fail(key, problem)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use crate::config::load::load_str;
+
+    /// Listeners with certificates of their own need no top-level `tls:`; one without
+    /// still does.
+    #[test]
+    fn listener_certificates_stand_alone() {
+        let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/configs/fixtures");
+        let file = std::path::Path::new(fixtures).join("postern.yaml");
+        let yaml = |second: &str| {
+            format!(
+                "listeners:\n  - {{name: a, address: \"127.0.0.1:0\", certificate: cert.pem, \
+                 private_key: key.pem, sni: [{{certificate: sni-cert.pem, private_key: \
+                 sni-key.pem}}]}}\n  - {{name: b, address: \"127.0.0.1:0\"{second}}}\nqueue: \
+                 {{directory: spool}}\nupstreams: [{{name: o, directory: o}}]\n"
+            )
+        };
+        let own = ", tls: implicit, certificate: sni-cert.pem, private_key: sni-key.pem";
+        load_str(&yaml(own), &file).unwrap();
+        let err = load_str(&yaml(", tls: implicit"), &file).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("tls: required because listeners[1] (\"b\") uses TLS without"),
+            "{err}"
+        );
+    }
+}

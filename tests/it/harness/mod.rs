@@ -77,6 +77,8 @@ pub struct Opts {
     pub submission: String,
     /// Extra keys for the `submissions` (implicit TLS) listener's flow mapping.
     pub submissions: String,
+    /// Extra keys for the top-level `tls` flow mapping, e.g. `"sni: [...]"`.
+    pub tls: String,
     /// Extra keys for alice's `users` entry, e.g. `"max_recipients: 5"`.
     pub alice: String,
     /// More `users` entries, one YAML list item per line (see [`user_entry`]).
@@ -109,6 +111,7 @@ impl Default for Opts {
             legacy_allow: "127.0.0.1/32".to_owned(),
             submission: String::new(),
             submissions: String::new(),
+            tls: String::new(),
             alice: String::new(),
             users: String::new(),
             upstream_keys: String::new(),
@@ -380,7 +383,7 @@ listeners:
   - {{name: submission, address: "127.0.0.1:0", tls: starttls, auth: required{submission}}}
   - {{name: submissions, address: "127.0.0.1:0", tls: implicit, auth: required{submissions}}}
   - {{name: legacy, address: "127.0.0.1:0", tls: none, auth: none, allow_networks: [{legacy_allow}]{legacy}}}
-tls: {{certificate: {cert}, private_key: {key}}}
+tls: {{certificate: {cert}, private_key: {key}{tls}}}
 users:
   - {{username: {USER}, password_hash: "{hash}", senders: ["{USER}@example.com", "@alice.example"]{alice}}}
 {users}queue: {{directory: {d}/spool, {queue}}}
@@ -404,6 +407,7 @@ http: {{address: "127.0.0.1:0"{token}}}
         hash = password_hash(),
         extra = opts.extra,
         submission = more_keys(&opts.submission),
+        tls = more_keys(&opts.tls),
         legacy = more_keys(&opts.legacy),
         legacy_allow = opts.legacy_allow,
         submissions = more_keys(&opts.submissions),
