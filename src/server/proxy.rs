@@ -7,7 +7,7 @@
 //! implicit-TLS listener the ClientHello HAProxy sends right behind it reaches the TLS
 //! handshake intact. Parsing itself is the `ppp` crate's.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -225,8 +225,8 @@ fn parse_v1(buf: &[u8]) -> Parsed {
         Err(e) => return Parsed::Invalid(format!("v1: {e}")),
     };
     let source = match header.addresses {
-        ppp::v1::Addresses::Tcp4(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
-        ppp::v1::Addresses::Tcp6(a) => Some(SocketAddr::from((a.source_address, a.source_port))),
+        ppp::v1::Addresses::Tcp4(a) => Some(client(a.source_address.into(), a.source_port)),
+        ppp::v1::Addresses::Tcp6(a) => Some(client(a.source_address.into(), a.source_port)),
         ppp::v1::Addresses::Unknown => None,
     };
     Parsed::Header(Header {
@@ -260,12 +260,8 @@ fn parse_v2(buf: &[u8]) -> Parsed {
     // v2 section 2.2: with LOCAL the receiver must use the real connection endpoints.
     let source = match (header.command, header.addresses) {
         (ppp::v2::Command::Local, _) => None,
-        (_, ppp::v2::Addresses::IPv4(a)) => {
-            Some(SocketAddr::from((a.source_address, a.source_port)))
-        }
-        (_, ppp::v2::Addresses::IPv6(a)) => {
-            Some(SocketAddr::from((a.source_address, a.source_port)))
-        }
+        (_, ppp::v2::Addresses::IPv4(a)) => Some(client(a.source_address.into(), a.source_port)),
+        (_, ppp::v2::Addresses::IPv6(a)) => Some(client(a.source_address.into(), a.source_port)),
         // UNSPEC or AF_UNIX: no IP address to take.
         (_, _) => None,
     };
@@ -274,6 +270,13 @@ fn parse_v2(buf: &[u8]) -> Parsed {
         version: 2,
         unique_id: unique_id(&header),
     })
+}
+
+/// A header's source address, IPv4-mapped IPv6 (`::ffff:a.b.c.d`, what HAProxy sends in a
+/// `TCP6` header for an IPv4 client of a dual-stack bind) taken as the IPv4 address it is
+/// (RFC 4291 section 2.5.5.2), so logs, metrics, Received and every key name it one way.
+fn client(ip: IpAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(networks::canonical(ip), port)
 }
 
 /// The unique-id TLV (v2 section 2.2.5), when present and printable.

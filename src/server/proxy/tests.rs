@@ -55,6 +55,33 @@ fn valid() -> Vec<(Vec<u8>, Option<SocketAddr>, u8)> {
         ),
         // HAProxy's health checks: the TCP peer is the client.
         (v2(Command::Local, None), None, 2),
+        // IPv4-mapped IPv6 (HAProxy on a dual-stack bind, an IPv4 client) is the IPv4
+        // address, in either version.
+        (
+            b"PROXY TCP6 ::ffff:192.0.2.7 ::ffff:192.0.2.1 1234 25\r\n".to_vec(),
+            Some(addr("192.0.2.7:1234")),
+            1,
+        ),
+        (
+            v2(
+                Command::Proxy,
+                Some(("[::ffff:192.0.2.8]:7000", "[::ffff:192.0.2.1]:25")),
+            ),
+            Some(addr("192.0.2.8:7000")),
+            2,
+        ),
+        // PROXY over AF_UNIX: no IP address to take, the TCP peer is the client.
+        (
+            Builder::with_addresses(
+                Version::Two as u8 | Command::Proxy as u8,
+                Protocol::Stream,
+                ppp::v2::Unix::new([b'a'; 108], [b'b'; 108]),
+            )
+            .build()
+            .unwrap(),
+            None,
+            2,
+        ),
     ]
 }
 
