@@ -105,6 +105,9 @@ pub struct Accepted {
     /// Close the connection if its first line is a PROXY header (a direct client on a
     /// listener with `proxy_protocol`, `required: false`).
     pub watch_proxy: bool,
+    /// Time the implicit-TLS handshake already had: its first bytes were waited for before
+    /// admission (see [`proxy::Client::waited`]). One `timeouts.tls_handshake` in all.
+    pub hello_waited: Duration,
 }
 
 /// Serves one accepted connection to the end.
@@ -121,6 +124,7 @@ pub async fn serve(
         peer,
         refusal,
         watch_proxy,
+        hello_waited,
     } = accepted;
     let _ = tcp.set_nodelay(true);
     // A refused connection is logged and counted where it was refused.
@@ -130,7 +134,7 @@ pub async fn serve(
         events::session_start(&listener.name, peer, listener.tls == ListenerTls::Implicit);
     }
     let started = Instant::now();
-    let stream = match open_stream(tcp, &rules, &listener, &metrics, admitted).await {
+    let stream = match open_stream(tcp, &rules, &listener, &metrics, admitted, hello_waited).await {
         Ok(stream) => stream,
         Err(e) => {
             debug!(error = %e, "TLS handshake failed");
@@ -178,17 +182,23 @@ async fn open_stream(
     listener: &ListenerInfo,
     metrics: &ListenerMetrics,
     admitted: bool,
+    waited: Duration,
 ) -> Result<Stream, End> {
     if listener.tls != ListenerTls::Implicit {
         return Ok(Stream::Plain(tcp));
     }
-    let limit = match admitted {
-        true => rules.timeouts.tls_handshake.get(),
-        false => REFUSAL_HANDSHAKE.min(rules.timeouts.tls_handshake.get()),
-    };
+    let limit = handshake_limit(rules, admitted).saturating_sub(waited);
     handshake(tcp, rules, &listener.name, limit, metrics)
         .await
         .map(Stream::from)
+}
+
+/// The time an implicit-TLS handshake gets, counted from the connection.
+pub fn handshake_limit(rules: &Rules, admitted: bool) -> Duration {
+    match admitted {
+        true => rules.timeouts.tls_handshake.get(),
+        false => REFUSAL_HANDSHAKE.min(rules.timeouts.tls_handshake.get()),
+    }
 }
 
 fn session_config(rules: &Rules, listener: &ListenerInfo, caps: Caps) -> SessionConfig {

@@ -175,7 +175,7 @@ async fn connection(arrival: Arrival, rt: Arc<Runtime>, caps: Caps, shutdown: Sh
         own_cap,
         metrics,
     } = arrival;
-    let client = match identify(&mut tcp, peer, &rules, &info).await {
+    let client = match identify(&mut tcp, peer, &rules, &info, reserved.is_ok()).await {
         Ok(client) => client,
         Err(refused) => return closed(&metrics, &info.name, peer, &refused),
     };
@@ -212,21 +212,24 @@ async fn connection(arrival: Arrival, rt: Arc<Runtime>, caps: Caps, shutdown: Sh
         peer: client.addr,
         refusal: refusal.map(|r| r.reply),
         watch_proxy: client.watch,
+        hello_waited: client.waited,
     };
     let _held = (permits, refusing);
     conn::serve(accepted, rt.clone(), rules.clone(), info, metrics, shutdown).await;
 }
 
 /// The PROXY protocol stage, with the session span's `client` (and `proxy`, the load
-/// balancer) recorded once known.
+/// balancer) recorded once known. On an implicit-TLS listener, waiting for a direct
+/// client's first bytes is part of its handshake's time (shorter for one already refused).
 async fn identify(
     tcp: &mut TcpStream,
     peer: SocketAddr,
     rules: &Rules,
     info: &ListenerInfo,
+    reserved: bool,
 ) -> Result<Client, Refused> {
     let span = tracing::Span::current();
-    let hello = (info.tls == ListenerTls::Implicit).then(|| rules.timeouts.tls_handshake.get());
+    let hello = (info.tls == ListenerTls::Implicit).then(|| conn::handshake_limit(rules, reserved));
     let header = rules.timeouts.proxy_header.get();
     let client = proxy::identify(tcp, peer, info.proxy_protocol.as_ref(), header, hello).await;
     match &client {

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 use tracing::debug;
 
 use crate::config::schema::ProxyProtocolConfig;
@@ -71,6 +72,9 @@ pub struct Client {
     pub via: Option<SocketAddr>,
     /// A direct client on a listener that takes headers: its first line must not be one.
     pub watch: bool,
+    /// How long its first bytes were waited for on an implicit-TLS listener: part of the
+    /// handshake's time, which the handshake then has that much less of.
+    pub waited: Duration,
 }
 
 /// Why a connection is closed before its banner.
@@ -97,6 +101,7 @@ impl std::fmt::Display for Refused {
 /// - otherwise an untrusted peer is its own client; on an implicit-TLS listener (where the
 ///   client speaks first) its first bytes are looked at within `hello_limit`, and a header
 ///   there is refused; on the others its first line is, after the banner ([`Client::watch`]).
+///   `hello_limit` is the handshake's time: the wait is reported in [`Client::waited`].
 pub async fn identify(
     tcp: &mut TcpStream,
     peer: SocketAddr,
@@ -108,6 +113,7 @@ pub async fn identify(
         addr: peer,
         via: None,
         watch: false,
+        waited: Duration::ZERO,
     };
     let Some(cfg) = cfg else {
         return Ok(direct);
@@ -121,6 +127,7 @@ pub async fn identify(
                 addr,
                 via: Some(peer),
                 watch: false,
+                waited: Duration::ZERO,
             },
             None => direct,
         });
@@ -135,7 +142,9 @@ pub async fn identify(
         });
     };
     // A TLS ClientHello starts with 0x16; one peek (which waits for the first bytes) tells
-    // it from a header's first bytes. A silent client is left to the handshake's timeout.
+    // it from a header's first bytes. A silent client is left to the handshake, with what
+    // is left of its time.
+    let started = Instant::now();
     let mut first = [0u8; 12];
     if let Ok(Ok(n)) = tokio::time::timeout(limit, tcp.peek(&mut first)).await
         && n > 0
@@ -143,7 +152,10 @@ pub async fn identify(
     {
         return Err(Refused::Untrusted("PROXY header from an untrusted peer"));
     }
-    Ok(direct)
+    Ok(Client {
+        waited: started.elapsed(),
+        ..direct
+    })
 }
 
 /// Reads one header from `r` within `limit`, consuming exactly its bytes.

@@ -290,3 +290,42 @@ fn sniff_tells_headers_from_smtp_and_tls() {
         assert_eq!(sniff(bytes), *want, "{bytes:?}");
     }
 }
+
+/// A direct client's first bytes on an implicit-TLS listener are waited for within the
+/// handshake's time, and the wait is reported so the handshake gets only the rest of it
+/// (one `timeouts.tls_handshake` in all, not two back to back).
+#[tokio::test(start_paused = true)]
+async fn waiting_for_a_direct_tls_client_is_reported_as_handshake_time() {
+    let cfg = ProxyProtocolConfig {
+        trusted: vec!["192.0.2.0/24".parse().unwrap()],
+        required: false,
+    };
+    let hello = Duration::from_secs(30);
+    for (delay, want) in [
+        (Some(Duration::from_secs(12)), Duration::from_secs(12)),
+        (None, hello),
+    ] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut tcp, peer) = listener.accept().await.unwrap();
+        let writer = tokio::spawn(async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+                client.write_all(b"\x16\x03\x01").await.unwrap();
+            }
+            client
+        });
+        let got = identify(&mut tcp, peer, Some(&cfg), LIMIT, Some(hello))
+            .await
+            .unwrap();
+        assert_eq!((got.addr, got.via, got.watch), (peer, None, false));
+        assert!(
+            got.waited >= want && got.waited < want + Duration::from_secs(1),
+            "{delay:?}: waited {:?}",
+            got.waited
+        );
+        drop(writer.await.unwrap());
+    }
+}
