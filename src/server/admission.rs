@@ -159,13 +159,7 @@ impl Gate<'_> {
     pub async fn admit(&self, client: SocketAddr, held: Permits) -> Result<Permits, Refusal> {
         let name = &self.info.name;
         let ip = networks::canonical(client.ip());
-        if !networks::allowed(&self.info.allow_networks, ip) {
-            info!(listener = %name, client = %client, reason = %Reason::Allowlist, "client not in allow_networks");
-            return Err(Refusal {
-                reply: Reply::not_allowed_client(),
-                result: ConnResult::Allowlist,
-            });
-        }
+        self.allowlist(client)?;
         if let Err(hit) = self.connection_rate(ip).await {
             warn!(listener = %name, client = %client, reason = %Reason::ConnectionRate, rule = %hit.rule, limit = %hit.description, "connection rate limit reached");
             self.rt.metrics.rate_limit_hit(&hit.rule);
@@ -181,6 +175,22 @@ impl Gate<'_> {
         Ok(Permits {
             ip: ip_slot,
             ..held
+        })
+    }
+
+    /// The listener's `allow_networks`, on the client's (real) address. Also run before
+    /// [`Gate::reserve`] on a listener without `proxy_protocol`, whose clients' addresses are
+    /// known at accept: there, as before the PROXY protocol, a client outside the allowlist
+    /// is told `554 5.7.1` even when the connection caps are full, and takes no slot.
+    pub fn allowlist(&self, client: SocketAddr) -> Result<(), Refusal> {
+        let ip = networks::canonical(client.ip());
+        if networks::allowed(&self.info.allow_networks, ip) {
+            return Ok(());
+        }
+        info!(listener = %self.info.name, client = %client, reason = %Reason::Allowlist, "client not in allow_networks");
+        Err(Refusal {
+            reply: Reply::not_allowed_client(),
+            result: ConnResult::Allowlist,
         })
     }
 

@@ -119,7 +119,8 @@ pub async fn run(listener: Listener, rt: Arc<Runtime>, caps: Caps, shutdown: Shu
 }
 
 /// In the accept loop, in order of arrival: the drain's refusal, or the caps that do not
-/// depend on the client's address (see [`Gate::reserve`]).
+/// depend on the client's address (see [`Gate::reserve`]); on a listener without
+/// `proxy_protocol` the allowlist comes first, as it did before ([`Gate::allowlist`]).
 fn reserve(
     listener: &Listener,
     rules: &Rules,
@@ -143,6 +144,9 @@ fn reserve(
         caps,
         own_cap: listener.own_cap.as_ref(),
     };
+    if info.proxy_protocol.is_none() {
+        gate.allowlist(peer)?;
+    }
     gate.reserve(peer)
 }
 

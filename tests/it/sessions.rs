@@ -69,6 +69,30 @@ async fn global_connection_cap() {
     assert_refused(None, server.legacy).await;
 }
 
+/// On a listener without `proxy_protocol` the allowlist is checked before the caps: at the
+/// global cap, an address outside `allow_networks` is still told `554 5.7.1` (and counted
+/// as `allowlist`), not `421` (`connection_cap`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowlist_refusal_comes_before_the_caps() {
+    let server = TestServer::start(Opts::with("limits: {max_connections: 1}\n")).await;
+    let _holder = assert_admitted(None, server.submission).await;
+    let stranger = Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
+    let mut d = connect(stranger, server.legacy).await;
+    d.expect("554 5.7.1").await;
+    d.expect_closed().await;
+    assert_refused(None, server.legacy).await;
+    let count = |s: &crate::harness::http::Scrape, result: &str| {
+        s.get(&format!(
+            r#"postern_connections_total{{listener="legacy",result="{result}"}}"#
+        ))
+    };
+    let scrape = server
+        .scrape_until(|s| count(s, "connection_cap") >= 1.0)
+        .await;
+    assert_eq!(count(&scrape, "allowlist"), 1.0);
+    assert_eq!(count(&scrape, "connection_cap"), 1.0);
+}
+
 /// A listener's own `max_connections: 1` refuses its second session while the other
 /// listeners still admit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
