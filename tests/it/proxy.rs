@@ -290,3 +290,39 @@ async fn trusted_peers_without_a_valid_header_are_closed() {
     assert_eq!(counted(&scrape, "legacy", "proxy_missing"), 1.0);
     assert_eq!(counted(&scrape, "legacy", "accepted"), 0.0);
 }
+
+/// `limits.max_connections_per_ip` counts the client named in the header, not the balancer
+/// every connection comes from: behind HAProxy, 127.0.0.2's second session is refused with
+/// `421 4.7.0` while 127.0.0.3 (same TCP peer, 127.0.0.1) is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_ip_cap_counts_the_real_client() {
+    let server = TestServer::start(Opts {
+        legacy_allow: "127.0.0.0/29".into(),
+        legacy: TRUSTED.into(),
+        extra: "limits: {max_connections_per_ip: 1}\n".into(),
+        ..Opts::default()
+    })
+    .await;
+    let haproxy = Haproxy::start(HaproxyOpts {
+        backends: vec![Backend::smtp(server.legacy)],
+        version: ProxyVersion::V2,
+        health: false,
+    })
+    .await;
+    let mut first = Dialog::connect_from(CLIENT, haproxy.frontend).await;
+    first.expect("220 ").await;
+    first.ehlo("printer.test").await;
+    let mut second = Dialog::connect_from(CLIENT, haproxy.frontend).await;
+    second.expect("421 4.7.0").await;
+    second.expect_closed().await;
+    let mut other = Dialog::connect_from(STRANGER, haproxy.frontend).await;
+    other.expect("220 ").await;
+    other.ehlo("scanner.test").await;
+    let scrape = server
+        .scrape_until(|s| counted(s, "legacy", "accepted") >= 2.0)
+        .await;
+    assert_eq!(counted(&scrape, "legacy", "accepted"), 2.0);
+    assert_eq!(counted(&scrape, "legacy", "connection_cap"), 1.0);
+    first.cmd("QUIT", "221").await;
+    other.cmd("QUIT", "221").await;
+}
