@@ -38,6 +38,12 @@ fn valid() -> Vec<(Vec<u8>, Option<SocketAddr>, u8)> {
             1,
         ),
         (b"PROXY UNKNOWN\r\n".to_vec(), None, 1),
+        // v1 section 2.1: the longest line a receiver must take is 107 bytes, CRLF included.
+        (
+            [b"PROXY UNKNOWN ".as_slice(), &[b'x'; 91], b"\r\n"].concat(),
+            None,
+            1,
+        ),
         (
             b"PROXY UNKNOWN ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff 65535 65535\r\n".to_vec(),
             None,
@@ -167,6 +173,12 @@ async fn malformed_and_oversized_headers_are_invalid() {
     bad_version[12] = 0x11;
     let mut huge = v2(Command::Local, None);
     huge[14..16].copy_from_slice(&u16::MAX.to_be_bytes());
+    // A valid TCP4 header with one byte of its fixed part replaced.
+    let with_byte = |at: usize, value: u8| {
+        let mut h = v2(Command::Proxy, Some(("192.0.2.9:5000", "127.0.0.1:25")));
+        h[at] = value;
+        h
+    };
     let mut short_addresses = v2(Command::Proxy, Some(("192.0.2.9:5000", "127.0.0.1:25")));
     short_addresses[15] = 4;
     let rows: Vec<(&str, Vec<u8>)> = vec![
@@ -211,6 +223,13 @@ async fn malformed_and_oversized_headers_are_invalid() {
             [b"\r\n\r\n\0\r\nQUIT\r".as_slice(), &[0x21, 0x11, 0, 0]].concat(),
         ),
         ("v2 version 1", bad_version),
+        ("v2 command 2", with_byte(12, 0x22)),
+        ("v2 family 4", with_byte(13, 0x41)),
+        ("v2 protocol 3", with_byte(13, 0x13)),
+        (
+            "v1 108 bytes with its CRLF",
+            [b"PROXY UNKNOWN ".as_slice(), &[b'x'; 92], b"\r\n"].concat(),
+        ),
         ("v2 over the length bound", huge),
         ("v2 length shorter than its addresses", short_addresses),
     ];
