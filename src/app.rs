@@ -34,6 +34,7 @@ use crate::app::certwatch::FilesStamp;
 use crate::app::http::{Endpoint, Health};
 use crate::app::reload::{ReloadError, ReloadOutcome, Reloader};
 use crate::clock::Clock;
+use crate::cluster::Redis;
 use crate::config::schema::{Config, ListenerTls, QueueSync};
 use crate::delivery;
 use crate::policy::lockout::{self, Lockout};
@@ -59,6 +60,8 @@ pub enum AppError {
     Spool(String),
     /// An upstream could not be set up.
     Upstream(String),
+    /// The Redis client could not be set up (`redis:`).
+    Redis(crate::cluster::ConnectError),
     /// The metrics could not be registered (a bug: names are fixed).
     Metrics(prometheus::Error),
     /// The admin API's token file could not be read or generated.
@@ -87,6 +90,7 @@ impl fmt::Display for AppError {
             AppError::Tls(e) => write!(f, "{e}"),
             AppError::Spool(e) => write!(f, "queue.directory: {e}"),
             AppError::Upstream(e) => write!(f, "upstreams: {e}"),
+            AppError::Redis(e) => write!(f, "{e}"),
             AppError::Metrics(e) => write!(f, "metrics: {e}"),
             AppError::AdminToken(e) => write!(f, "http.admin_token_file: {e}"),
             AppError::Http { address, error } => {
@@ -207,6 +211,7 @@ async fn launch(file: Option<PathBuf>, cfg: Config, clock: Clock) -> Result<Runn
     metrics.register_rules(rules.rate_limits.rule_names());
     let rules = Arc::new(ArcSwap::from_pointee(rules));
     let shutdown = Shutdown::default();
+    let redis = start_redis(&cfg, &metrics, &shutdown)?;
     let delivery = delivery::start(
         spool.clone(),
         rules.clone(),
@@ -223,6 +228,7 @@ async fn launch(file: Option<PathBuf>, cfg: Config, clock: Clock) -> Result<Runn
         lockout: Lockout::new(&cfg.auth_lockout, &clock),
         clock,
         metrics,
+        redis,
     });
     shutdown
         .tracker
@@ -272,6 +278,22 @@ async fn launch(file: Option<PathBuf>, cfg: Config, clock: Clock) -> Result<Runn
         grace,
         http,
     })
+}
+
+/// The shared Redis when `redis:` is configured, with its prober running until shutdown
+/// (Redis is down until the prober's first PING answers; see [`crate::cluster`]).
+fn start_redis(
+    cfg: &Config,
+    metrics: &Metrics,
+    shutdown: &Shutdown,
+) -> Result<Option<Redis>, AppError> {
+    let Some(redis_cfg) = &cfg.redis else {
+        return Ok(None);
+    };
+    let redis = Redis::new(redis_cfg, metrics.redis.clone()).map_err(AppError::Redis)?;
+    let stop = shutdown.stop.clone();
+    shutdown.tracker.spawn(redis.clone().watch(stop));
+    Ok(Some(redis))
 }
 
 /// The admin API's token from `http.admin_token_file` (generated first when asked for and

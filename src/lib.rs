@@ -21,6 +21,7 @@
 //!   its questions (`backend`); the process-lifetime `Runtime`.
 //! - [`reason`]: the one vocabulary of refusal reasons; [`clock`]: the injected clock;
 //!   [`stream`]: the TLS-or-plain stream both sides use.
+//! - [`cluster`]: the Redis shared by several instances (limits with `scope: cluster`).
 //! - [`telemetry`]: logging set-up and the mail-log vocabulary.
 //! - [`app`]: wiring, live reload (SIGHUP, certificate watcher), shutdown, the HTTP endpoint
 //!   and its admin API; [`cli`]: the subcommands, the queue tools (admin API clients) and
@@ -34,6 +35,7 @@
 pub mod app;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod message;

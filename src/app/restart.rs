@@ -70,6 +70,7 @@ pub(super) fn pin(new: &mut Config, running: &Config) -> Vec<String> {
         &mut keys,
     );
     keep(&mut new.http, &running.http, "http", &mut keys);
+    keep(&mut new.redis, &running.redis, "redis", &mut keys);
     keys
 }
 

@@ -141,6 +141,9 @@ pub fn resolve_paths(config: &mut Config, base: &Path) {
         resolve_sni(&mut l.sni, base);
     }
     config.queue.directory = resolve(base, &config.queue.directory);
+    if let Some(redis) = &mut config.redis {
+        redis.resolve_paths(base);
+    }
     if let Some(token) = config
         .http
         .as_mut()

@@ -4,6 +4,7 @@
 //! # Layout
 //! - [`schema`]: the file's shape (serde, `deny_unknown_fields`), every key with its default.
 //! - [`policy`]: the policy sections: caps, rate limits, AUTH lockout.
+//! - [`redis`]: the Redis shared by several instances (`redis:`).
 //! - [`units`]: durations (`30s`, `3d`) and sizes (`25MiB`).
 //! - [`load`]: read, parse, validate, then resolve relative paths.
 //! - [`oauth2`]: an upstream's OAuth 2.0 token endpoint and scope, from its provider.
@@ -18,6 +19,7 @@ pub mod identity;
 pub mod load;
 pub mod oauth2;
 pub mod policy;
+pub mod redis;
 pub mod schema;
 pub mod syntax;
 pub mod units;

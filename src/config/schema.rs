@@ -16,6 +16,7 @@ use crate::config::units::Duration;
 pub use crate::config::identity::{NetworkConfig, RewriteMode, SenderCheck, UserConfig};
 pub use crate::config::policy::LimitsConfig;
 use crate::config::policy::{AuthLockoutConfig, RateLimitRule};
+pub use crate::config::redis::RedisConfig;
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -76,6 +77,10 @@ pub struct Config {
     /// The HTTP endpoint: `/metrics` (Prometheus), `/healthz`, `/readyz`. Default: off.
     #[serde(default)]
     pub http: Option<HttpConfig>,
+    /// The Redis shared by several instances, for limits with `scope: cluster`
+    /// ([`RedisConfig`]). Default: none (every limit is local).
+    #[serde(default)]
+    pub redis: Option<RedisConfig>,
     /// How long SIGTERM waits for open sessions to finish before closing them. Default: `30s`.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Duration,

@@ -3,7 +3,7 @@
 //!
 //! # Order
 //! Sections are checked in the order of [`Config`]'s fields (hostname, listeners, tls, users,
-//! networks, limits, rate_limits, auth_lockout, timeouts, queue, upstreams, routes, log), each list top to bottom, and the
+//! networks, limits, rate_limits, auth_lockout, timeouts, queue, upstreams, routes, log, http, redis), each list top to bottom, and the
 //! first failure is returned. One error at a time keeps the message short and the golden tests
 //! exact (chasquid does the same); the order makes the answer the same on every run.
 //!
@@ -34,6 +34,7 @@ mod http;
 mod identity;
 mod oauth2;
 mod policy;
+mod redis;
 mod routes;
 mod tls;
 use policy::Owner;
@@ -64,7 +65,8 @@ pub fn validate(config: &Config, file: &Path) -> Checked {
     c.upstreams(&config.upstreams)?;
     c.routes(config)?;
     c.log(&config.log)?;
-    c.http(config.http.as_ref(), &config.listeners)
+    c.http(config.http.as_ref(), &config.listeners)?;
+    c.redis(config.redis.as_ref())
 }
 
 /// Carries the file name into every error and the base directory into every file check.

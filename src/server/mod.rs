@@ -18,6 +18,7 @@ pub mod tls;
 use std::sync::Arc;
 
 use crate::clock::Clock;
+use crate::cluster::Redis;
 use crate::delivery::DeliveryHandle;
 use crate::policy::lockout::Lockout;
 pub use crate::rules::ListenerInfo;
@@ -43,6 +44,9 @@ pub struct Runtime {
     pub lockout: Lockout,
     /// The Prometheus metrics.
     pub metrics: Arc<Metrics>,
+    /// The shared Redis (`redis:`), for limits with `scope: cluster`; set at start only
+    /// (the `redis` section needs a restart).
+    pub redis: Option<Redis>,
 }
 
 impl Runtime {

@@ -14,6 +14,7 @@
 mod labels;
 mod listener;
 mod process;
+mod redis;
 #[cfg(test)]
 mod tests;
 mod upstream;
@@ -34,6 +35,7 @@ pub use labels::{
 };
 pub use listener::{ListenerMetrics, SessionGuard};
 pub use process::ProcessMetrics;
+pub use redis::{CallResult, Feature, RedisMetrics};
 pub use upstream::UpstreamMetrics;
 
 use crate::upstream::oauth2::{TokenObserver, TokenResult};
@@ -238,6 +240,28 @@ const CERT_EXPIRY: Spec = spec(
     &["certificate"],
 );
 
+// The shared Redis (`scope: cluster`).
+const REDIS_UP: Spec = spec(
+    "postern_redis_up",
+    "1 while the shared Redis answers; 0 while it is down (cluster limits fall back).",
+    &[],
+);
+const REDIS_COMMANDS: Spec = spec(
+    "postern_redis_commands_total",
+    "Calls to the shared Redis by result (ok, error, timeout, skipped while down).",
+    &["result"],
+);
+const REDIS_DURATION: Spec = spec(
+    "postern_redis_command_duration_seconds",
+    "Duration of the calls sent to the shared Redis.",
+    &[],
+);
+const REDIS_FALLBACKS: Spec = spec(
+    "postern_redis_fallbacks_total",
+    "Decisions taken without Redis (down or slow), by feature and decision.",
+    &["feature", "decision"],
+);
+
 /// Message sizes: 1 KiB to 64 MiB in powers of four.
 const SIZE_BUCKETS: [f64; 9] = [
     1024.0,
@@ -352,6 +376,8 @@ pub struct Families {
     pub start_time: Gauge,
     /// The `process_*` series, read at scrape time.
     pub process: ProcessMetrics,
+    /// The shared Redis's series.
+    pub redis: RedisMetrics,
 }
 
 impl Families {
@@ -412,6 +438,7 @@ impl Families {
             ready: READY.int_gauge(&r)?,
             start_time: START_TIME.float_gauge(&r)?,
             process: ProcessMetrics::register(&r)?,
+            redis: RedisMetrics::register(&r)?,
             registry: r,
         })
     }

@@ -16,6 +16,7 @@ mod admin;
 mod auth;
 mod binary;
 mod bounces;
+mod cluster;
 mod delivery;
 mod dialogs;
 mod drain;

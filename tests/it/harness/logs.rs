@@ -33,6 +33,7 @@ fn secrets() -> &'static [String] {
         let (relay_user, relay_pw) = super::UPSTREAM_CREDS;
         let mut all = vec![
             super::PASSWORD.to_owned(),
+            crate::cluster::REDIS_PASSWORD.to_owned(),
             super::PLAIN_TOKEN.to_owned(),
             b64(super::PASSWORD),
             relay_pw.to_owned(),

@@ -14,6 +14,7 @@ pub mod client;
 pub mod haproxy;
 pub mod http;
 pub mod logs;
+pub mod redis;
 pub mod sink;
 pub mod token;
 
@@ -459,6 +460,21 @@ pub fn assert_lines_in_order(text: &str, wants: &[&str]) {
 pub async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + DELIVERY;
     while !done() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {DELIVERY:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// [`eventually`] for a check that has to wait on I/O itself.
+pub async fn eventually_async<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut done: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + DELIVERY;
+    while !done().await {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{what}: not within {DELIVERY:?}"

@@ -1,0 +1,225 @@
+//! Against a real `redis-server` ([`RedisServer`]): the GCRA script's decisions, expiry,
+//! outages and recovery, a slow server, the password file.
+//!
+//! GCRA timing is on Redis's clock, so the limits here are per hour: nothing refills during
+//! a test, and no assertion depends on how fast it runs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::gcra::{Charge, Verdict};
+use super::test_server::RedisServer;
+use super::{Redis, Unavailable};
+use crate::config::redis::RedisConfig;
+use crate::config::units::Duration as CfgDuration;
+use crate::telemetry::metrics::Metrics;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn config(url: &str, password_file: Option<PathBuf>, timeout: Duration) -> RedisConfig {
+    RedisConfig {
+        url: url.into(),
+        username: None,
+        password_file,
+        tls: None,
+        key_prefix: "test:".into(),
+        command_timeout: CfgDuration(timeout),
+        connect_timeout: CfgDuration(Duration::from_secs(2)),
+    }
+}
+
+/// A handle on `server` with its prober running (until `stop`), up when returned.
+async fn handle(server: &RedisServer, stop: &CancellationToken) -> (Redis, Metrics) {
+    handle_with(config(&server.url(), None, Duration::from_secs(2)), stop).await
+}
+
+async fn handle_with(cfg: RedisConfig, stop: &CancellationToken) -> (Redis, Metrics) {
+    let metrics = Metrics::new().unwrap();
+    let redis = Redis::new(&cfg, metrics.redis.clone()).unwrap();
+    tokio::spawn(redis.clone().watch(stop.clone()));
+    until(|| redis.is_up(), "redis up").await;
+    (redis, metrics)
+}
+
+/// Waits up to 10 s, every 20 ms, for `done`.
+async fn until(done: impl Fn() -> bool, what: &str) {
+    for _ in 0..500 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{what}: not within 10 s");
+}
+
+fn charge(redis: &Redis, name: &str, limit: u32) -> Charge {
+    Charge {
+        key: redis.key(&["rl", name, "alice"]),
+        emission: HOUR / limit,
+        burst: limit,
+        cost: 1,
+    }
+}
+
+fn metric(m: &Metrics, line: &str) -> bool {
+    m.render().unwrap().lines().any(|l| l == line)
+}
+
+#[tokio::test]
+async fn two_handles_share_one_budget() {
+    let server = RedisServer::start();
+    let stop = CancellationToken::new();
+    let (a, _) = handle(&server, &stop).await;
+    let (b, _) = handle(&server, &stop).await;
+    let rule = [charge(&a, "shared", 3)];
+    for (i, r) in [&a, &b, &a].into_iter().enumerate() {
+        assert_eq!(r.gcra_check(&rule).await, Ok(Verdict::Admitted), "{i}");
+    }
+    let Ok(Verdict::Refused { index, retry_after }) = b.gcra_check(&rule).await else {
+        panic!("the fourth must be refused");
+    };
+    assert_eq!(index, 0);
+    // One cell comes back every 20 minutes.
+    assert!(retry_after > Duration::from_secs(19 * 60) && retry_after <= HOUR / 3);
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_refusal_charges_no_bucket() {
+    let server = RedisServer::start();
+    let stop = CancellationToken::new();
+    let (r, _) = handle(&server, &stop).await;
+    let wide = charge(&r, "wide", 100);
+    let narrow = charge(&r, "narrow", 1);
+    let both = [wide.clone(), narrow.clone()];
+    assert_eq!(r.gcra_check(&both).await, Ok(Verdict::Admitted));
+    let before = server.command(&format!("GET {}", wide.key));
+    for _ in 0..3 {
+        let verdict = r.gcra_check(&both).await.unwrap();
+        assert!(
+            matches!(verdict, Verdict::Refused { index: 1, .. }),
+            "{verdict:?}"
+        );
+    }
+    assert_eq!(server.command(&format!("GET {}", wide.key)), before);
+    // Both keys expire on their own: the wide one when its single cell has come back.
+    for key in [&wide.key, &narrow.key] {
+        let pttl: i64 = server.command(&format!("PTTL {key}"))[1..].parse().unwrap();
+        assert!(pttl > 0 && pttl <= 3_600_001, "{key}: {pttl}");
+    }
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn reserve_always_books_and_returns_the_wait() {
+    let server = RedisServer::start();
+    let stop = CancellationToken::new();
+    let (r, _) = handle(&server, &stop).await;
+    let cap = [charge(&r, "per-minute", 1)];
+    assert_eq!(r.gcra_reserve(&cap).await, Ok(Duration::ZERO));
+    let second = r.gcra_reserve(&cap).await.unwrap();
+    let third = r.gcra_reserve(&cap).await.unwrap();
+    assert!(
+        second > Duration::from_secs(59 * 60) && second <= HOUR,
+        "{second:?}"
+    );
+    assert!(third > second + Duration::from_secs(59 * 60), "{third:?}");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn an_outage_is_skipped_at_once_and_recovered_without_restart() {
+    let mut server = RedisServer::start();
+    let stop = CancellationToken::new();
+    let (r, metrics) = handle(&server, &stop).await;
+    let rule = [charge(&r, "outage", 10)];
+    assert_eq!(r.gcra_check(&rule).await, Ok(Verdict::Admitted));
+    assert!(metric(&metrics, "postern_redis_up 1"));
+    server.stop();
+    assert_eq!(r.gcra_check(&rule).await, Err(Unavailable::Error));
+    assert!(!r.is_up());
+    assert_eq!(r.gcra_check(&rule).await, Err(Unavailable::Down));
+    assert!(metric(&metrics, "postern_redis_up 0"));
+    assert!(metric(
+        &metrics,
+        r#"postern_redis_commands_total{result="error"} 1"#
+    ));
+    assert!(metric(
+        &metrics,
+        r#"postern_redis_commands_total{result="skipped"} 1"#
+    ));
+    server.start_again();
+    until(|| r.is_up(), "redis up again").await;
+    // The restarted server has lost the script and the key: loaded again, counted afresh.
+    assert_eq!(r.gcra_check(&rule).await, Ok(Verdict::Admitted));
+    assert!(metric(&metrics, "postern_redis_up 1"));
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_slow_redis_answers_within_the_command_timeout() {
+    let server = RedisServer::start();
+    let stop = CancellationToken::new();
+    let cfg = config(&server.url(), None, Duration::from_millis(100));
+    let (r, metrics) = handle_with(cfg, &stop).await;
+    let rule = [charge(&r, "slow", 10)];
+    let url = server.url();
+    let sleeper = std::thread::spawn(move || {
+        let port = url.rsplit(':').next().unwrap().to_owned();
+        let mut s =
+            std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+        std::io::Write::write_all(&mut s, b"DEBUG SLEEP 2\r\n").unwrap();
+        let mut reply = [0u8; 5];
+        std::io::Read::read_exact(&mut s, &mut reply).unwrap();
+    });
+    // Let the DEBUG SLEEP reach the server first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(r.gcra_check(&rule).await, Err(Unavailable::Timeout));
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(metric(
+        &metrics,
+        r#"postern_redis_commands_total{result="timeout"} 1"#
+    ));
+    sleeper.join().unwrap();
+    until(|| r.is_up(), "redis up after the sleep").await;
+    assert_eq!(r.gcra_check(&rule).await, Ok(Verdict::Admitted));
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn the_password_file_is_used_and_a_wrong_one_reported() {
+    let server = RedisServer::with_password("s3cret-pass");
+    let good = server.dir().join("good");
+    let bad = server.dir().join("bad");
+    std::fs::write(&good, "s3cret-pass\n").unwrap();
+    std::fs::write(&bad, "xyzzy-not-it\n").unwrap();
+    let stop = CancellationToken::new();
+    let cfg = config(&server.url(), Some(good), Duration::from_secs(2));
+    let (r, _) = handle_with(cfg, &stop).await;
+    assert_eq!(
+        r.gcra_check(&[charge(&r, "pw", 5)]).await,
+        Ok(Verdict::Admitted)
+    );
+    let cfg = config(&server.url(), Some(bad), Duration::from_secs(2));
+    let wrong = Redis::new(&cfg, Metrics::new().unwrap().redis.clone()).unwrap();
+    let error = wrong.probe().await.unwrap_err();
+    assert!(
+        error.to_lowercase().contains("authentication failed"),
+        "{error}"
+    );
+    assert!(
+        !error.contains("xyzzy"),
+        "the password must not be in the error: {error}"
+    );
+    assert!(!format!("{wrong:?}").contains("xyzzy"));
+    stop.cancel();
+}
