@@ -62,9 +62,9 @@ return {1, worst, math.ceil(worst_wait)}
 
 static GCRA: LazyLock<Script> = LazyLock::new(|| Script::new(GCRA_LUA));
 
-/// Every script of this module, for the prober to load when Redis comes up.
-pub(super) fn scripts() -> [&'static Script; 1] {
-    [&GCRA]
+/// The script, for the prober to load when Redis comes up.
+pub(super) fn script() -> &'static Script {
+    &GCRA
 }
 
 /// One bucket charged by a check.

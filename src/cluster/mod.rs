@@ -27,10 +27,12 @@
 //! # Layout
 //! - `connect.rs`: the client from the config (URL, user, password file, TLS).
 //! - [`gcra`]: the rate-limit script (check several buckets at once, or reserve).
+//! - [`lockout`]: the AUTH-lockout script (count failures, hold locks).
 //! - `test_server.rs` (tests only): a real `redis-server` on a free loopback port.
 
 mod connect;
 pub mod gcra;
+pub mod lockout;
 #[cfg(test)]
 pub(crate) mod test_server;
 #[cfg(test)]
@@ -260,7 +262,7 @@ impl Redis {
         let started = Instant::now();
         let ping = async {
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
-            for script in gcra::scripts() {
+            for script in [gcra::script(), lockout::script()] {
                 script.prepare_invoke().load_async(&mut conn).await?;
             }
             Ok::<(), redis::RedisError>(())

@@ -107,6 +107,36 @@ pub struct RateLimitRule {
     /// Listener names this rule applies on. Default: empty, meaning every listener.
     #[serde(default)]
     pub listeners: Vec<String>,
+    /// `local` (this instance's memory) or `cluster` (one budget shared by every instance
+    /// through `redis:`, checked after the local rules). Default: `local`.
+    #[serde(default)]
+    pub scope: Scope,
+    /// With `scope: cluster`: what to do while Redis is down or slow, `allow` or `deny`
+    /// (a temporary refusal). Default: `allow`.
+    #[serde(default)]
+    pub on_redis_error: Option<OnRedisError>,
+}
+
+/// Where a limit's state lives (`scope:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// In this instance's memory.
+    #[default]
+    Local,
+    /// In the shared Redis: one budget for every instance.
+    Cluster,
+}
+
+/// What a `scope: cluster` limit does while Redis cannot answer (`on_redis_error:`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRedisError {
+    /// Admit (the local rules still apply), logged and counted.
+    #[default]
+    Allow,
+    /// Refuse with a temporary reply, logged and counted.
+    Deny,
 }
 
 /// What a rate limit counts separately (`per:`).
@@ -202,6 +232,14 @@ pub struct AuthLockoutConfig {
     /// Default: `false`, since anyone can then lock a known user out.
     #[serde(default)]
     pub per_username: bool,
+    /// `local` (this instance's table) or `cluster` (failures and lockouts shared through
+    /// `redis:`, so a lockout earned on one instance holds on all). Default: `local`.
+    #[serde(default)]
+    pub scope: Scope,
+    /// With `scope: cluster`, while Redis is down or slow: `allow` (fall back to this
+    /// instance's own table) or `deny` (AUTH refused with `454 4.7.0`). Default: `allow`.
+    #[serde(default)]
+    pub on_redis_error: Option<OnRedisError>,
 }
 
 impl Default for AuthLockoutConfig {
@@ -211,6 +249,8 @@ impl Default for AuthLockoutConfig {
             window: default_lockout_window(),
             duration: default_lockout_duration(),
             per_username: false,
+            scope: Scope::Local,
+            on_redis_error: None,
         }
     }
 }
@@ -269,6 +309,8 @@ mod tests {
             interval: default_rate_interval(),
             burst: None,
             listeners: vec![],
+            scope: Scope::Local,
+            on_redis_error: None,
         };
         let rows = [
             (

@@ -50,6 +50,7 @@ pub fn validate(config: &Config, file: &Path) -> Checked {
     let c = Checker {
         file,
         base: config_dir(file),
+        redis: config.redis.is_some(),
     };
     c.hostname(&config.hostname)?;
     c.listeners(&config.listeners)?;
@@ -73,6 +74,8 @@ pub fn validate(config: &Config, file: &Path) -> Checked {
 struct Checker<'a> {
     file: &'a Path,
     base: &'a Path,
+    /// A `redis:` section is configured (`scope: cluster` needs one).
+    redis: bool,
 }
 
 impl Checker<'_> {

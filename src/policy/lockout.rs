@@ -25,6 +25,9 @@
 //!   existing ones are tracked, so there are at most as many as configured users.
 //! - **Reload.** [`Lockout::reconfigure`] changes the settings and keeps every entry; a
 //!   lockout already started keeps its end time.
+//! - **Cluster.** With `scope: cluster` the server calls [`Lockout::check_shared`] and
+//!   [`Lockout::record_failure_shared`] instead: counts and locks live in Redis (`shared.rs`,
+//!   [`crate::cluster::lockout`]), and this table is the fallback while Redis is down.
 
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -36,7 +39,7 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 use crate::clock::Clock;
-use crate::config::policy::AuthLockoutConfig;
+use crate::config::policy::{AuthLockoutConfig, OnRedisError, Scope};
 use crate::policy::networks::client_prefix;
 
 /// Addresses tracked at most (see the module documentation): about 150 MiB of table when
@@ -71,6 +74,8 @@ struct Settings {
     window: Duration,
     duration: Duration,
     per_username: bool,
+    scope: Scope,
+    on_redis_error: OnRedisError,
 }
 
 impl From<&AuthLockoutConfig> for Settings {
@@ -80,6 +85,8 @@ impl From<&AuthLockoutConfig> for Settings {
             window: c.window.get(),
             duration: c.duration.get(),
             per_username: c.per_username,
+            scope: c.scope,
+            on_redis_error: c.on_redis_error.unwrap_or_default(),
         }
     }
 }
@@ -261,5 +268,8 @@ fn count<K: Hash + Eq>(
         .count(now, s)
 }
 
+mod shared;
 #[cfg(test)]
 mod tests;
+
+pub use shared::LockRefusal;

@@ -44,7 +44,7 @@ use governor::{Quota, RateLimiter};
 use ipnet::IpNet;
 
 use crate::clock::Clock;
-use crate::config::policy::{RateLimitRule, RatePer, RateQuantity};
+use crate::config::policy::{OnRedisError, RateLimitRule, RatePer, RateQuantity, Scope};
 use crate::config::schema::Config;
 use crate::policy::Identity;
 use crate::policy::networks::client_prefix;
@@ -182,16 +182,31 @@ struct Spec {
     interval: Duration,
     burst: u32,
     listeners: Vec<String>,
+    scope: Scope,
 }
 
-/// One rule and its buckets.
+/// One rule and its buckets (unused by a `scope: cluster` rule, whose buckets are in
+/// Redis).
 #[derive(Debug)]
 struct Limiter {
     name: String,
     description: String,
     owner: Owner,
     spec: Spec,
+    /// With `scope: cluster`: what to do while Redis cannot answer.
+    on_redis_error: OnRedisError,
     buckets: Arc<Buckets>,
+}
+
+impl Limiter {
+    /// A refusal by this rule.
+    fn hit(&self, retry_after: Duration) -> Hit {
+        Hit {
+            rule: self.name.clone(),
+            description: self.description.clone(),
+            retry_after,
+        }
+    }
 }
 
 /// The rules that apply to one identity (or to everyone): see the module documentation.
@@ -248,40 +263,49 @@ impl RateLimits {
         }
     }
 
-    /// Counts one `what` against every rule of `overrides` (or the global rules) that counts
-    /// it, applies on `keys.listener`, and has its key in `keys`; narrowest key first, stopping
-    /// at the first refusal (see the module documentation for what a refusal costs).
+    /// Counts one `what` against every local rule of `overrides` (or the global rules) that
+    /// counts it, applies on `keys.listener`, and has its key in `keys`; narrowest key first,
+    /// stopping at the first refusal (see the module documentation for what a refusal
+    /// costs). Rules with `scope: cluster` are left to [`RateLimits::check_shared`].
     pub fn check(
         &self,
         what: Counted,
         keys: &Keys<'_>,
         overrides: Option<&RuleSet>,
     ) -> Result<(), Hit> {
-        let set = overrides.unwrap_or(&self.global);
-        for rank in 0..RANKS {
-            for lim in &set.rules {
-                let spec = &lim.spec;
-                if spec.counted != what || breadth(spec.per, keys) != rank {
-                    continue;
-                }
-                if !spec.listeners.is_empty() && !spec.listeners.iter().any(|l| l == keys.listener)
-                {
-                    continue;
-                }
-                let Some(key) = key_for(spec.per, keys) else {
-                    continue;
-                };
-                if let Err(not_until) = lim.buckets.check_key(&key) {
-                    let retry_after = not_until.wait_time_from(Tick(self.clock.now()));
-                    return Err(Hit {
-                        rule: lim.name.clone(),
-                        description: lim.description.clone(),
-                        retry_after,
-                    });
-                }
+        for (lim, key) in self.applicable(what, keys, overrides, Scope::Local) {
+            if let Err(not_until) = lim.buckets.check_key(&key) {
+                let retry_after = not_until.wait_time_from(Tick(self.clock.now()));
+                return Err(lim.hit(retry_after));
             }
         }
         Ok(())
+    }
+
+    /// The rules of `scope` that count `what` for these keys, with each one's key, narrowest
+    /// key first.
+    fn applicable<'s>(
+        &'s self,
+        what: Counted,
+        keys: &'s Keys<'_>,
+        overrides: Option<&'s RuleSet>,
+        scope: Scope,
+    ) -> impl Iterator<Item = (&'s Limiter, Key)> + 's {
+        let set = overrides.unwrap_or(&self.global);
+        (0..RANKS).flat_map(move |rank| {
+            set.rules.iter().filter_map(move |lim| {
+                let spec = &lim.spec;
+                let wanted = spec.scope == scope
+                    && spec.counted == what
+                    && breadth(spec.per, keys) == rank
+                    && (spec.listeners.is_empty()
+                        || spec.listeners.iter().any(|l| l == keys.listener));
+                if !wanted {
+                    return None;
+                }
+                key_for(spec.per, keys).map(|key| (lim.as_ref(), key))
+            })
+        })
     }
 
     /// Drops the keys whose buckets are full again and returns their memory to the maps.
@@ -390,6 +414,7 @@ impl Builder {
             interval,
             burst: burst.get(),
             listeners: rule.listeners.clone(),
+            scope: rule.scope,
         };
         let reused = self
             .pool
@@ -410,6 +435,7 @@ impl Builder {
             description: describe(&spec, quantity),
             owner: owner.clone(),
             spec,
+            on_redis_error: rule.on_redis_error.unwrap_or_default(),
             buckets,
         }))
     }
@@ -438,6 +464,9 @@ fn describe(spec: &Spec, quantity: RateQuantity) -> String {
     if spec.burst != spec.limit {
         s.push_str(&format!(" (burst {})", spec.burst));
     }
+    if spec.scope == Scope::Cluster {
+        s.push_str(" across the cluster");
+    }
     s
 }
 
@@ -462,5 +491,8 @@ fn human(d: Duration) -> String {
     }
 }
 
+mod shared;
 #[cfg(test)]
 mod tests;
+
+pub use shared::Refusal;

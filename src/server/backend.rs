@@ -16,7 +16,8 @@ use tracing::{info, warn};
 
 use crate::config::schema::SenderCheck;
 use crate::message::HeaderScan;
-use crate::policy::ratelimit::{Counted, Hit, Keys};
+use crate::policy::lockout::LockRefusal;
+use crate::policy::ratelimit::{Counted, Keys, Refusal};
 use crate::policy::{Caps, Identity, MailRefusal, networks};
 use crate::reason::Reason;
 use crate::rules::{ListenerInfo, Rules};
@@ -173,8 +174,8 @@ impl Backend {
                 self.metrics.auth(mechanism, result);
                 verdict
             }
-            Question::Mail { from, .. } => self.mail(&from.to_string()),
-            Question::Rcpt { to } => self.rcpt(&to.to_string()),
+            Question::Mail { from, .. } => self.mail(&from.to_string()).await,
+            Question::Rcpt { to } => self.rcpt(&to.to_string()).await,
             Question::Data => self.data(),
             Question::Message { envelope } => Box::pin(self.message(envelope, facts)).await,
         }
@@ -182,13 +183,19 @@ impl Backend {
 
     /// Refuses AUTH before argon2 runs while the address (or username) is locked out: a
     /// locked-out client learns nothing, even with the right password.
-    fn lockout_check(&self, username: &str) -> Result<(), (Verdict, AuthResult)> {
-        match self.rt.lockout.check(self.ip, username) {
+    async fn lockout_check(&self, username: &str) -> Result<(), (Verdict, AuthResult)> {
+        let redis = self.rt.redis.as_ref();
+        match self.rt.lockout.check_shared(redis, self.ip, username).await {
             Ok(()) => Ok(()),
-            Err(locked) => {
+            Err(LockRefusal::Locked(locked)) => {
                 info!(reason = %Reason::Lockout, user = username, by = ?locked.by, remaining = ?locked.remaining, "AUTH refused: locked out");
                 let verdict = Verdict::Reject(Reply::locked_out(locked.remaining));
                 Err((verdict, AuthResult::LockedOut))
+            }
+            // RFC 4954 6: 454, the check cannot be done now (the shared lockout's Redis).
+            Err(LockRefusal::Unavailable) => {
+                let verdict = Verdict::Defer(Reply::temp_auth_failure());
+                Err((verdict, AuthResult::Deferred))
             }
         }
     }
@@ -203,7 +210,7 @@ impl Backend {
         password: &str,
     ) -> (Verdict, AuthResult) {
         // A locked-out client is told so whatever it sends (454, temporary).
-        if let Err(refused) = self.lockout_check(username) {
+        if let Err(refused) = self.lockout_check(username).await {
             return refused;
         }
         // RFC 4616 2: an authorization identity other than the authentication identity
@@ -218,7 +225,7 @@ impl Backend {
         // this one was verified answers it too, right password or not, so parallel guesses
         // past the limit learn nothing.
         if checked != AuthCheck::Busy
-            && let Err(refused) = self.lockout_check(username)
+            && let Err(refused) = self.lockout_check(username).await
         {
             return refused;
         }
@@ -228,7 +235,10 @@ impl Backend {
                 // The password is never logged, only that this user failed.
                 warn!(reason = %Reason::AuthFailed, user = username, "authentication failed");
                 let known = accounts.exists(username);
-                let verdict = match self.rt.lockout.record_failure(self.ip, username, known) {
+                let redis = self.rt.redis.as_ref();
+                let lockout = &self.rt.lockout;
+                let started = lockout.record_failure_shared(redis, self.ip, username, known);
+                let verdict = match started.await {
                     Some(locked) => {
                         warn!(reason = %Reason::Lockout, user = username, by = ?locked.by, duration = ?locked.remaining, "AUTH lockout started: too many failures");
                         self.metrics.lockout();
@@ -295,7 +305,7 @@ impl Backend {
         Verdict::RejectAndClose(reply)
     }
 
-    fn mail(&mut self, from: &str) -> Verdict {
+    async fn mail(&mut self, from: &str) -> Verdict {
         let cap = self.rules.limits.max_messages_per_session;
         if cap > 0 && self.messages >= cap {
             let reply = Reply::too_many_messages(&self.rules.hostname);
@@ -322,9 +332,9 @@ impl Backend {
         {
             return self.refuse(Reply::no_route(), Reason::NoRoute);
         }
-        if let Err(hit) = self.rate(Counted::Message, &sender) {
+        if let Err(refusal) = self.rate(Counted::Message, &sender).await {
             self.metrics.message_refused(Reason::RateLimit);
-            return self.rate_limited(&hit);
+            return self.rate_limited(&refusal);
         }
         self.tx = Tx {
             sender,
@@ -342,22 +352,23 @@ impl Backend {
         }
     }
 
-    fn rcpt(&self, to: &str) -> Verdict {
+    async fn rcpt(&self, to: &str) -> Verdict {
         let origin = self.origin(&self.tx.sender);
         if self.rules.upstreams.router().route(&origin, to).is_none() {
             self.metrics.recipient(false);
             return self.refuse(Reply::no_route_recipient(), Reason::NoRoute);
         }
-        let verdict = match self.rate(Counted::Recipient, &self.tx.sender) {
+        let verdict = match self.rate(Counted::Recipient, &self.tx.sender).await {
             Ok(()) => Verdict::Accept,
-            Err(hit) => self.rate_limited(&hit),
+            Err(refusal) => self.rate_limited(&refusal),
         };
         self.metrics.recipient(verdict == Verdict::Accept);
         verdict
     }
 
-    /// Counts one message or recipient against the rate rules for this client.
-    fn rate(&self, what: Counted, sender: &str) -> Result<(), Hit> {
+    /// Counts one message or recipient against the rate rules for this client, local then
+    /// cluster.
+    async fn rate(&self, what: Counted, sender: &str) -> Result<(), Refusal> {
         let user = match &self.identity {
             Identity::User(u) => Some(u.as_str()),
             _ => None,
@@ -371,13 +382,22 @@ impl Backend {
         }
         .with_sender(sender);
         let limits = &self.rules.rate_limits;
-        limits.check(what, &keys, limits.overrides_for(&self.identity))
+        let overrides = limits.overrides_for(&self.identity);
+        let redis = self.rt.redis.as_ref();
+        limits.check_shared(redis, what, &keys, overrides).await
     }
 
     /// `450 4.7.1` naming the rule and when to retry. Not counted towards `max_errors`
     /// (like the recipient cap): a client that pipelined past a limit must still reach DATA
     /// with what was accepted, not be disconnected and charged again on its retry.
-    fn rate_limited(&self, hit: &Hit) -> Verdict {
+    /// A cluster rule that cannot be checked and says `deny` gets `451 4.3.0` instead.
+    fn rate_limited(&self, refusal: &Refusal) -> Verdict {
+        let hit = match refusal {
+            Refusal::Limit(hit) => hit,
+            Refusal::Unavailable { rule } => {
+                return Verdict::Defer(Reply::rate_limit_unavailable(rule));
+            }
+        };
         info!(reason = %Reason::RateLimit, rule = %hit.rule, limit = %hit.description, retry_after = ?hit.retry_after, "over a rate limit");
         self.rt.metrics.rate_limit_hit(&hit.rule);
         Verdict::Defer(Reply::rate_limit(&hit.rule, hit.retry_after))

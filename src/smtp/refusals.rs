@@ -35,6 +35,26 @@ impl Reply {
         )
     }
 
+    /// 451 4.3.0 a `scope: cluster` rate rule with `on_redis_error: deny` cannot be checked
+    /// now (RFC 5321 4.2.3: 451, a local error in processing; RFC 3463 X.3.0: the mail
+    /// system's own status, here the limit store it shares with its peers).
+    pub fn rate_limit_unavailable(rule: &str) -> Reply {
+        Reply::new(
+            451,
+            (4, 3, 0),
+            format!("Error: rate limit {rule} cannot be checked now, try again later"),
+        )
+    }
+
+    /// 421 4.3.0 at connect: as [`Reply::rate_limit_unavailable`], for a connection rule.
+    pub fn connection_rate_unavailable(rule: &str) -> Reply {
+        Reply::new(
+            421,
+            (4, 3, 0),
+            format!("Error: connection rate limit {rule} cannot be checked now, try again later"),
+        )
+    }
+
     /// 454 4.7.0 AUTH from a locked-out client (RFC 4954 6: temporary), even with the right
     /// password.
     pub fn locked_out(retry_after: Duration) -> Reply {

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration as StdDuration;
 
-use crate::config::policy::{AuthLockoutConfig, RateLimitRule, RatePer, RateQuantity};
+use crate::config::policy::{AuthLockoutConfig, RateLimitRule, RatePer, RateQuantity, Scope};
 use crate::config::schema::ListenerConfig;
 use crate::config::units::ByteSize;
 
@@ -101,7 +101,35 @@ impl Checker<'_> {
                 format!("unknown listener {name:?}"),
             )?;
         }
-        Ok(())
+        self.scope(
+            key,
+            rule.scope,
+            rule.on_redis_error.is_some(),
+            "on_redis_error",
+        )
+    }
+
+    /// `scope: cluster` needs a `redis:` section; `on_redis_error` (named `fallback_key`)
+    /// means something with `scope: cluster` only.
+    pub(super) fn scope(
+        &self,
+        key: &str,
+        scope: Scope,
+        fallback_set: bool,
+        fallback_key: &str,
+    ) -> Checked {
+        match scope {
+            Scope::Cluster => self.ensure(
+                self.redis,
+                format!("{key}.scope"),
+                "cluster needs a redis: section (the Redis the instances share)",
+            ),
+            Scope::Local => self.ensure(
+                !fallback_set,
+                format!("{key}.{fallback_key}"),
+                "applies to scope: cluster only (a local limit needs no Redis)",
+            ),
+        }
     }
 
     /// Connections are counted at accept, before AUTH and MAIL: only keys known then work.
@@ -152,6 +180,8 @@ impl Checker<'_> {
 
     /// A lockout that is on needs a window to count in and a duration to lock for.
     pub(super) fn auth_lockout(&self, l: &AuthLockoutConfig) -> Checked {
+        let fallback = l.on_redis_error.is_some();
+        self.scope("auth_lockout", l.scope, fallback, "on_redis_error")?;
         if l.attempts == 0 {
             return Ok(());
         }

@@ -11,6 +11,7 @@ fn settings(attempts: u32, per_username: bool) -> AuthLockoutConfig {
         window: ConfigDuration::secs(600),
         duration: ConfigDuration::secs(900),
         per_username,
+        ..AuthLockoutConfig::default()
     }
 }
 

@@ -93,7 +93,6 @@ impl RedisServer {
     }
 
     /// Sends one inline command on a new connection and returns the first reply line.
-    #[allow(dead_code, reason = "for the cluster limit tests to read keys")]
     pub async fn command(&self, line: &str) -> String {
         self.try_command(line)
             .await
