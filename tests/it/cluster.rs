@@ -174,3 +174,165 @@ async fn a_lockout_earned_on_one_instance_refuses_auth_on_the_other() {
     let ms: i64 = pttl.trim_start_matches(':').parse().unwrap();
     assert!(ms > 0 && ms <= 900_000, "{pttl}");
 }
+
+/// The two fallbacks, with Redis stopped mid-test: a rule with `on_redis_error: allow`
+/// admits (submission), one with `deny` refuses with `451 4.3.0` (legacy); both counted.
+/// Redis started again: the cluster limit is enforced again, without a restart (the
+/// restarted Redis has lost the keys: two messages pass again, the third is refused).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_allows_or_denies_per_rule_and_recovers() {
+    let mut redis = RedisServer::start().await;
+    let rules = "rate_limits:\n\
+        \x20 - {name: open, per: user, messages: 100, scope: cluster, on_redis_error: allow, listeners: [submission]}\n\
+        \x20 - {name: strict, per: ip, messages: 2, interval: 1h, scope: cluster, on_redis_error: deny, listeners: [legacy]}\n";
+    let yaml = format!("{}{rules}", redis_section(&redis, ""));
+    let server = TestServer::start(Opts::with(&yaml)).await;
+    redis_up_is(&server, 1.0).await;
+    let dev = "dev@example.net";
+    let mut legacy = server.legacy_session().await;
+    send_mail(&mut legacy, dev, X, &message("before", "", "0\r\n")).await;
+    redis.stop();
+    let mut sub = alice(&server).await;
+    send_mail(
+        &mut sub,
+        "alice@example.com",
+        X,
+        &message("allowed", "", "1\r\n"),
+    )
+    .await;
+    let reply = legacy
+        .cmd(&format!("MAIL FROM:<{dev}>"), "451 4.3.0 ")
+        .await;
+    assert_eq!(
+        reply.first(),
+        "451 4.3.0 Error: rate limit strict cannot be checked now, try again later"
+    );
+    server.scrape().await.expect(&[
+        (
+            r#"postern_redis_fallbacks_total{decision="allow",feature="rate_limit"}"#,
+            1.0,
+        ),
+        (
+            r#"postern_redis_fallbacks_total{decision="deny",feature="rate_limit"}"#,
+            1.0,
+        ),
+        ("postern_redis_up", 0.0),
+    ]);
+    redis.start_again().await;
+    redis_up_is(&server, 1.0).await;
+    for tag in ["after-1", "after-2"] {
+        send_mail(&mut legacy, dev, X, &message(tag, "", "2\r\n")).await;
+    }
+    legacy.send(format!("MAIL FROM:<{dev}>\r\n")).await;
+    let reply = legacy.try_reply().await.expect("a refusal");
+    retry_in(
+        reply.first(),
+        "450 4.7.1 Error: rate limit strict exceeded, try again in ",
+        1800,
+    );
+}
+
+/// A Redis that does not answer (`DEBUG SLEEP`): the MAIL gets its answer within the
+/// command timeout (200 ms; asserted under a second), not after the sleep: the deny rule's
+/// `451 4.3.0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_does_not_stall_the_session() {
+    let redis = RedisServer::start().await;
+    let rule = "rate_limits: [{name: strict, per: ip, messages: 100, scope: cluster, on_redis_error: deny}]\n";
+    let yaml = format!("{}{rule}", redis_section(&redis, ""));
+    let server = TestServer::start(Opts::with(&yaml)).await;
+    redis_up_is(&server, 1.0).await;
+    let mut legacy = server.legacy_session().await;
+    let (sleeping, asleep) = tokio::sync::oneshot::channel();
+    let sleeper = async {
+        let _ = sleeping.send(());
+        redis.command("DEBUG SLEEP 2").await
+    };
+    let session = async {
+        let _ = asleep.await;
+        // Give the DEBUG SLEEP a head start to reach Redis first.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let started = std::time::Instant::now();
+        legacy
+            .cmd("MAIL FROM:<dev@example.net>", "451 4.3.0 ")
+            .await;
+        started.elapsed()
+    };
+    let (slept, took) = tokio::join!(sleeper, session);
+    assert_eq!(slept, "+OK");
+    assert!(
+        took < std::time::Duration::from_secs(1),
+        "answered after {took:?}"
+    );
+    // At least this call; the heartbeat PING may have met the sleep too.
+    let scrape = server.scrape().await;
+    let timeouts = scrape.get(r#"postern_redis_commands_total{result="timeout"}"#);
+    assert!(timeouts >= 1.0, "{timeouts}");
+}
+
+/// `auth_lockout` with `scope: cluster, on_redis_error: deny`: while Redis is down AUTH
+/// gets `454 4.7.0` (temporary), counted; with `allow` this instance's own failures still
+/// lock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockout_without_redis_denies_or_falls_back_to_the_local_table() {
+    let mut redis = RedisServer::start().await;
+    let deny = "auth_lockout: {attempts: 2, scope: cluster, on_redis_error: deny}\n";
+    let allow = "auth_lockout: {attempts: 2, scope: cluster, on_redis_error: allow}\n";
+    let strict =
+        TestServer::start(Opts::with(&format!("{}{deny}", redis_section(&redis, "")))).await;
+    let open =
+        TestServer::start(Opts::with(&format!("{}{allow}", redis_section(&redis, "")))).await;
+    redis_up_is(&strict, 1.0).await;
+    redis_up_is(&open, 1.0).await;
+    redis.stop();
+    let mut d = strict.submission_session_unauthenticated().await;
+    d.cmd(
+        &format!("AUTH PLAIN {PLAIN_TOKEN}"),
+        "454 4.7.0 Temporary authentication failure",
+    )
+    .await;
+    strict.scrape().await.expect(&[(
+        r#"postern_redis_fallbacks_total{decision="deny",feature="lockout"}"#,
+        1.0,
+    )]);
+    let mut d = open.submission_session_unauthenticated().await;
+    d.cmd(WRONG_PLAIN, "535 5.7.8 ").await;
+    d.cmd(WRONG_PLAIN, "421 4.7.0 ").await;
+    let mut d = open.submission_session_unauthenticated().await;
+    d.cmd(
+        &format!("AUTH PLAIN {PLAIN_TOKEN}"),
+        "454 4.7.0 Error: too many authentication failures",
+    )
+    .await;
+}
+
+/// `{per: ip, connections: 2, scope: cluster}`: one connection greeted by each instance,
+/// the third, on either, gets `421 4.7.0` naming the rule in place of the greeting; each
+/// connection is counted once, as `accepted` or `connection_rate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_rate_holds_across_two_instances() {
+    let redis = RedisServer::start().await;
+    let rule =
+        "rate_limits: [{name: conns, per: ip, connections: 2, interval: 1h, scope: cluster}]\n";
+    let (a, b) = pair(&redis, rule).await;
+    let _first = a.legacy_session().await;
+    let _second = b.legacy_session().await;
+    for server in [&a, &b] {
+        let mut d = Dialog::connect_silent(server.legacy).await;
+        let reply = d.try_reply().await.expect("closed without a reply");
+        let head = "421 4.7.0 Error: connection rate limit conns exceeded, try again in ";
+        retry_in(reply.first(), head, 1800);
+        d.expect_closed().await;
+        server.scrape().await.expect(&[
+            (
+                r#"postern_connections_total{listener="legacy",result="accepted"}"#,
+                1.0,
+            ),
+            (
+                r#"postern_connections_total{listener="legacy",result="connection_rate"}"#,
+                1.0,
+            ),
+            (r#"postern_rate_limit_hits_total{rule="conns"}"#, 1.0),
+        ]);
+    }
+}

@@ -46,6 +46,18 @@ impl RateLimits {
         overrides: Option<&RuleSet>,
     ) -> Result<(), Refusal> {
         self.check(what, keys, overrides).map_err(Refusal::Limit)?;
+        self.check_cluster(redis, what, keys, overrides).await
+    }
+
+    /// The cluster half of [`RateLimits::check_shared`]: every applicable cluster rule in
+    /// one Redis call.
+    pub async fn check_cluster(
+        &self,
+        redis: Option<&Redis>,
+        what: Counted,
+        keys: &Keys<'_>,
+        overrides: Option<&RuleSet>,
+    ) -> Result<(), Refusal> {
         let rules: Vec<(&Limiter, Key)> = self
             .applicable(what, keys, overrides, Scope::Cluster)
             .collect();
