@@ -219,6 +219,7 @@ async fn launch(file: Option<PathBuf>, cfg: Config, clock: Clock) -> Result<Runn
         recovered,
         shutdown.clone(),
         metrics.clone(),
+        redis.clone(),
     );
     let rt = Arc::new(Runtime {
         rules,

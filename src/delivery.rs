@@ -27,6 +27,7 @@ mod outcome;
 pub mod queue;
 mod report;
 mod shape;
+mod shape_cluster;
 pub mod view;
 
 pub use control::{BOUNCED_BY_ADMIN, HELD_BY_ADMIN};
@@ -39,6 +40,7 @@ use tokio::time::{MissedTickBehavior, timeout};
 use tracing::{info, warn};
 
 use crate::clock::Clock;
+use crate::cluster::Redis;
 use crate::config::schema::OnAmbiguous;
 use crate::delivery::ledger::Ledger;
 use crate::delivery::queue::{Answer, Command, ControlError, Queue};
@@ -113,6 +115,7 @@ pub fn start(
     recovered: Vec<Envelope>,
     shutdown: Shutdown,
     metrics: Arc<Metrics>,
+    redis: Option<Redis>,
 ) -> DeliveryHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let handle = DeliveryHandle { tx };
@@ -123,6 +126,7 @@ pub fn start(
         back: handle.clone(),
         shutdown: shutdown.clone(),
         metrics,
+        redis,
     };
     for env in recovered {
         handle.submit(env);
@@ -139,6 +143,8 @@ struct Runner {
     back: DeliveryHandle,
     shutdown: Shutdown,
     metrics: Arc<Metrics>,
+    /// The shared Redis, for upstreams with `shaping_scope: cluster`.
+    redis: Option<Redis>,
 }
 
 impl Runner {

@@ -94,6 +94,15 @@ pub enum Verdict {
     },
 }
 
+/// What a reservation booked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reservation {
+    /// How long until the booked turn (zero: now).
+    pub wait: Duration,
+    /// The charge that waits longest, when one waits.
+    pub index: Option<usize>,
+}
+
 impl Redis {
     /// Charges every bucket of `charges` if all admit, else none (see the module
     /// documentation). An empty list is admitted without a round trip.
@@ -112,13 +121,16 @@ impl Redis {
     }
 
     /// Books every bucket of `charges` and returns how long to wait before the turn it
-    /// booked (zero when there is room now).
-    pub async fn gcra_reserve(&self, charges: &[Charge]) -> Result<Duration, Unavailable> {
+    /// booked (zero when there is room now), and which charge waits longest.
+    pub async fn gcra_reserve(&self, charges: &[Charge]) -> Result<Reservation, Unavailable> {
         if charges.is_empty() {
-            return Ok(Duration::ZERO);
+            return Ok(Reservation::default());
         }
-        let (_, _, wait) = self.gcra("reserve", charges).await?;
-        Ok(wait)
+        let (_, index, wait) = self.gcra("reserve", charges).await?;
+        Ok(Reservation {
+            wait,
+            index: index.checked_sub(1),
+        })
     }
 
     async fn gcra(

@@ -28,11 +28,13 @@
 //! - `connect.rs`: the client from the config (URL, user, password file, TLS).
 //! - [`gcra`]: the rate-limit script (check several buckets at once, or reserve).
 //! - [`lockout`]: the AUTH-lockout script (count failures, hold locks).
+//! - [`shaping`]: an upstream's shared pause (its caps are GCRA reservations).
 //! - `test_server.rs` (tests only): a real `redis-server` on a free loopback port.
 
 mod connect;
 pub mod gcra;
 pub mod lockout;
+pub mod shaping;
 #[cfg(test)]
 pub(crate) mod test_server;
 #[cfg(test)]
@@ -262,7 +264,7 @@ impl Redis {
         let started = Instant::now();
         let ping = async {
             redis::cmd("PING").query_async::<()>(&mut conn).await?;
-            for script in [gcra::script(), lockout::script()] {
+            for script in [gcra::script(), lockout::script(), shaping::script()] {
                 script.prepare_invoke().load_async(&mut conn).await?;
             }
             Ok::<(), redis::RedisError>(())

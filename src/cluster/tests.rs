@@ -120,9 +120,11 @@ async fn reserve_always_books_and_returns_the_wait() {
     let stop = CancellationToken::new();
     let (r, _) = handle(&server, &stop).await;
     let cap = [charge(&r, "per-minute", 1)];
-    assert_eq!(r.gcra_reserve(&cap).await, Ok(Duration::ZERO));
+    let first = r.gcra_reserve(&cap).await.unwrap();
+    assert_eq!((first.wait, first.index), (Duration::ZERO, None));
     let second = r.gcra_reserve(&cap).await.unwrap();
-    let third = r.gcra_reserve(&cap).await.unwrap();
+    assert_eq!(second.index, Some(0));
+    let (second, third) = (second.wait, r.gcra_reserve(&cap).await.unwrap().wait);
     assert!(
         second > Duration::from_secs(59 * 60) && second <= HOUR,
         "{second:?}"

@@ -15,7 +15,7 @@ use crate::config::units::Duration;
 // Moved to `policy.rs` with the other policy sections; re-exported so paths stay the same.
 pub use crate::config::identity::{NetworkConfig, RewriteMode, SenderCheck, UserConfig};
 pub use crate::config::policy::LimitsConfig;
-use crate::config::policy::{AuthLockoutConfig, RateLimitRule};
+use crate::config::policy::{AuthLockoutConfig, OnRedisError, RateLimitRule, Scope};
 pub use crate::config::redis::RedisConfig;
 
 /// The whole configuration file.
@@ -460,6 +460,16 @@ pub struct UpstreamConfig {
     /// provider's.
     #[serde(default)]
     pub recipients_per_day: Option<u32>,
+    /// `local` (this instance counts its own sends) or `cluster` (the caps and the pause of
+    /// a throttling reply shared by every instance through `redis:`: the account's caps are
+    /// global). Default: `local`.
+    #[serde(default)]
+    pub shaping_scope: Option<Scope>,
+    /// With `shaping_scope: cluster`, while Redis cannot answer: `allow` (shape with this
+    /// instance's own counts) or `deny` (hold the mail until Redis answers). Default:
+    /// `allow`.
+    #[serde(default)]
+    pub shaping_on_redis_error: Option<OnRedisError>,
 }
 
 impl UpstreamConfig {
@@ -490,6 +500,14 @@ impl UpstreamConfig {
             } else {
                 0
             }),
+        }
+    }
+
+    /// Where the caps and the pause are kept.
+    pub fn sharing(&self) -> crate::upstream::shaping::Sharing {
+        crate::upstream::shaping::Sharing {
+            scope: self.shaping_scope.unwrap_or_default(),
+            on_redis_error: self.shaping_on_redis_error.unwrap_or_default(),
         }
     }
 
@@ -542,6 +560,11 @@ impl UpstreamConfig {
             ("provider", self.provider.is_some()),
             ("messages_per_minute", self.messages_per_minute.is_some()),
             ("recipients_per_day", self.recipients_per_day.is_some()),
+            ("shaping_scope", self.shaping_scope.is_some()),
+            (
+                "shaping_on_redis_error",
+                self.shaping_on_redis_error.is_some(),
+            ),
         ]
         .into_iter()
         .filter_map(|(key, set)| set.then_some(key))

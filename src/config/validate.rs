@@ -321,6 +321,9 @@ impl Checker<'_> {
             format!("{key}.circuit_breaker.cooldown"),
             u.circuit_breaker().cooldown,
         )?;
+        let scope = ("shaping_scope", u.shaping_scope.unwrap_or_default());
+        let fallback = (u.shaping_on_redis_error.is_some(), "shaping_on_redis_error");
+        self.scope(key, scope, fallback)?;
         if let Some(ca_file) = &u.ca_file {
             self.certificates(&format!("{key}.ca_file"), ca_file)?;
         }

@@ -246,8 +246,13 @@ impl Runner {
         }
         let metrics = self.metrics.upstream(upstream);
         let now_ms = self.clock.unix_millis();
-        if let Some(held) = shape::admit(upstreams, upstream, env, pending.len(), now_ms, &metrics)
-        {
+        let at = shape::At {
+            upstreams,
+            upstream,
+            metrics: &metrics,
+            redis: self.redis.as_ref(),
+        };
+        if let Some(held) = shape::admit(&at, env, pending.len(), now_ms).await {
             return held;
         }
         let started = std::time::Instant::now();
@@ -255,7 +260,7 @@ impl Runner {
             .send(upstreams, upstream, env, &pending, &metrics)
             .await;
         let now_ms = self.clock.unix_millis();
-        let tried = shape::settle(upstreams, upstream, env, tried, &report, now_ms, &metrics);
+        let tried = shape::settle(&at, env, tried, &report, now_ms).await;
         metrics.attempt(report.result);
         env.last_reply = Some(report.reply.clone());
         events::attempt(&Attempt {

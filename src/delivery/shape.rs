@@ -6,26 +6,49 @@
 
 use tracing::{info, warn};
 
+use crate::cluster::Redis;
+use crate::config::policy::Scope;
 use crate::delivery::failover::Tried;
 use crate::delivery::outcome::Report;
+use crate::delivery::shape_cluster;
 use crate::spool::{Envelope, RcptStatus, Shaped};
 use crate::telemetry::metrics::UpstreamMetrics;
 use crate::upstream::Upstreams;
 use crate::upstream::shaping::{Admission, Cap};
 
+/// The upstream an attempt is for, and what shaping it needs.
+pub(super) struct At<'a> {
+    /// The upstreams of the current rules.
+    pub upstreams: &'a Upstreams,
+    /// The upstream's name.
+    pub upstream: &'a str,
+    /// Its metrics.
+    pub metrics: &'a UpstreamMetrics,
+    /// The shared Redis, for `shaping_scope: cluster`.
+    pub redis: Option<&'a Redis>,
+}
+
 /// Asks `upstream`'s caps whether `env`, for `pending` recipients (those of the route
 /// group being sent), may go now; `Some` (a [`Tried::Shaped`]) when it must wait, with the
 /// wait recorded in `env.shaped`.
-pub(super) fn admit(
-    upstreams: &Upstreams,
-    upstream: &str,
+///
+/// With `shaping_scope: cluster` the pause and the caps are asked of the shared Redis
+/// (`shape_cluster.rs`).
+pub(super) async fn admit(
+    at: &At<'_>,
     env: &mut Envelope,
     pending: usize,
     now_ms: u64,
-    metrics: &UpstreamMetrics,
 ) -> Option<Tried> {
+    let (upstreams, upstream, metrics, redis) = (at.upstreams, at.upstream, at.metrics, at.redis);
     let shaper = upstreams.shaper(upstream)?;
-    if let Some(until_ms) = shaper.paused_until(now_ms) {
+    let cluster = shaper.sharing().scope == Scope::Cluster;
+    let paused = if cluster {
+        shape_cluster::paused_until(redis, shaper, upstream, now_ms).await
+    } else {
+        shaper.paused_until(now_ms)
+    };
+    if let Some(until_ms) = paused {
         // A pause the upstream asked for holds booked mail too (the booking is kept).
         let booked = env.shaped.as_ref().is_some_and(|s| s.booked);
         return Some(held(
@@ -59,7 +82,12 @@ pub(super) fn admit(
             cap,
         });
     }
-    let Admission::Wait { until_ms, cap } = shaper.admit(now_ms, pending) else {
+    let admission = if cluster {
+        shape_cluster::admit(redis, shaper, upstream, now_ms, pending).await
+    } else {
+        shaper.admit(now_ms, pending)
+    };
+    let Admission::Wait { until_ms, cap } = admission else {
         env.shaped = None;
         return None;
     };
@@ -89,7 +117,7 @@ fn held(
             upstream: upstream.to_owned(),
             until_ms,
             cap: cap.as_str(),
-            booked: cap != Cap::Throttled,
+            booked: cap.books(),
         }));
     }
     Tried::Shaped { until_ms, cap }
@@ -98,15 +126,14 @@ fn held(
 /// After an attempt at `upstream`: a throttling reply pauses the whole upstream (and the
 /// attempt's outcome becomes a wait for that pause, so the route's next upstream is tried);
 /// a delivery resets the pause.
-pub(super) fn settle(
-    upstreams: &Upstreams,
-    upstream: &str,
+pub(super) async fn settle(
+    at: &At<'_>,
     env: &mut Envelope,
     tried: Tried,
     report: &Report,
     now_ms: u64,
-    metrics: &UpstreamMetrics,
 ) -> Tried {
+    let (upstreams, upstream, metrics, redis) = (at.upstreams, at.upstream, at.metrics, at.redis);
     let Some(shaper) = upstreams.shaper(upstream) else {
         return tried;
     };
@@ -117,6 +144,9 @@ pub(super) fn settle(
         return tried;
     }
     let until_ms = shaper.throttled(now_ms);
+    if shaper.sharing().scope == Scope::Cluster {
+        shape_cluster::throttled(redis, upstream, until_ms, now_ms).await;
+    }
     warn!(
         upstream = %upstream,
         reply = %report.reply,

@@ -425,6 +425,7 @@ fn build_target(
                 }
                 _ => Arc::new(Shaper::new(u.caps())),
             };
+            shaper.set_sharing(u.sharing());
             if let Some(Target::Smtp {
                 pool,
                 breaker,

@@ -26,6 +26,7 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use crate::config::policy::{OnRedisError, Scope};
 use crate::smtp::reply_parser::UpstreamReply;
 
 /// The first pause after a throttling reply.
@@ -58,14 +59,18 @@ pub enum Cap {
     RecipientsPerDay,
     /// A throttling reply paused the upstream.
     Throttled,
+    /// `shaping_scope: cluster` with `shaping_on_redis_error: deny`, and Redis cannot
+    /// answer: the message waits until it can.
+    RedisUnavailable,
 }
 
 impl Cap {
     /// Every cap, in declaration order (`cap as usize` indexes it).
-    pub const ALL: [Cap; 3] = [
+    pub const ALL: [Cap; 4] = [
         Cap::MessagesPerMinute,
         Cap::RecipientsPerDay,
         Cap::Throttled,
+        Cap::RedisUnavailable,
     ];
 
     /// The name used in metrics, logs and the queue listing.
@@ -74,7 +79,14 @@ impl Cap {
             Cap::MessagesPerMinute => "messages_per_minute",
             Cap::RecipientsPerDay => "recipients_per_day",
             Cap::Throttled => "throttled",
+            Cap::RedisUnavailable => "redis_unavailable",
         }
+    }
+
+    /// Whether a message held back by this cap has booked its time (a cap's wait is a
+    /// booking; a pause or an unavailable Redis is not).
+    pub fn books(self) -> bool {
+        matches!(self, Cap::MessagesPerMinute | Cap::RecipientsPerDay)
     }
 }
 
@@ -172,6 +184,20 @@ struct State {
     paused_until_ms: u64,
     /// The next pause's length.
     next_pause: Duration,
+    /// The caps in force.
+    caps: Caps,
+    /// Where the caps and the pause are kept (`shaping_scope`).
+    sharing: Sharing,
+}
+
+/// Where an upstream's caps and pause are kept: `shaping_scope` and
+/// `shaping_on_redis_error` (see `delivery/shape_cluster.rs` for `cluster`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sharing {
+    /// `local` or `cluster`.
+    pub scope: Scope,
+    /// With `cluster`, while Redis cannot answer: shape locally, or hold the mail.
+    pub on_redis_error: OnRedisError,
 }
 
 /// The caps and pause of one upstream.
@@ -190,6 +216,8 @@ impl Shaper {
                 day: window(caps.recipients_per_day, DAY_MS),
                 paused_until_ms: 0,
                 next_pause: FIRST_PAUSE,
+                caps,
+                sharing: Sharing::default(),
             }),
         }
     }
@@ -199,6 +227,22 @@ impl Shaper {
         let mut s = self.lock();
         keep_or_replace(&mut s.minute, caps.messages_per_minute, MINUTE_MS);
         keep_or_replace(&mut s.day, caps.recipients_per_day, DAY_MS);
+        s.caps = caps;
+    }
+
+    /// The caps in force.
+    pub fn caps(&self) -> Caps {
+        self.lock().caps
+    }
+
+    /// Sets where the caps and the pause are kept (at build and on reload).
+    pub fn set_sharing(&self, sharing: Sharing) {
+        self.lock().sharing = sharing;
+    }
+
+    /// Where the caps and the pause are kept.
+    pub fn sharing(&self) -> Sharing {
+        self.lock().sharing
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {

@@ -336,3 +336,82 @@ async fn a_connection_rate_holds_across_two_instances() {
         ]);
     }
 }
+
+/// The `legacy` sender's messages tagged `tag-0..n` on `server`.
+async fn submit(server: &TestServer, tag: &str, n: usize) {
+    let mut d = server.legacy_session().await;
+    for i in 0..n {
+        let data = message(&format!("{tag}-{i}"), "", "shaped\r\n");
+        send_mail(&mut d, "printer@example.com", X, &data).await;
+    }
+}
+
+const SHAPED: &str = r#"postern_upstream_shaped_total{cap="messages_per_minute",upstream="sink"}"#;
+
+/// `messages_per_minute: 2, shaping_scope: cluster` on two instances sending through one
+/// account (their sinks stand for it): two messages from one instance go at once, the one
+/// from the other is held back (booked 30 s later on Redis's clock), not attempted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_cap_holds_across_two_instances() {
+    let redis = RedisServer::start().await;
+    let section = redis_section(&redis, "");
+    let opts = Opts {
+        extra: section,
+        upstream_keys: "messages_per_minute: 2, shaping_scope: cluster".to_owned(),
+        ..Opts::default()
+    };
+    let a = TestServer::start(opts.clone()).await;
+    let b = TestServer::start(opts).await;
+    redis_up_is(&a, 1.0).await;
+    redis_up_is(&b, 1.0).await;
+    a.sink().expect(2);
+    submit(&a, "a", 2).await;
+    a.sink().wait(crate::harness::DELIVERY).await;
+    submit(&b, "b", 1).await;
+    let s = b.scrape_until(|s| s.get(SHAPED) == 1.0).await;
+    s.expect(&[
+        (SHAPED, 1.0),
+        (
+            r#"postern_delivery_attempts_total{result="delivered",upstream="sink"}"#,
+            0.0,
+        ),
+    ]);
+    assert!(b.sink().received().is_empty());
+    let pttl = redis
+        .command("PTTL postern:shape:sink:messages_per_minute")
+        .await;
+    let ms: i64 = pttl.trim_start_matches(':').parse().unwrap();
+    assert!(ms > 0 && ms <= 90_001, "{pttl}");
+}
+
+/// `shaping_on_redis_error: deny` with Redis down: the message is held
+/// (`cap="redis_unavailable"`, counted as a fallback) and goes once Redis is back; with
+/// `allow` it goes at once, shaped by the instance's own counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shaping_without_redis_holds_or_goes_per_upstream() {
+    let mut redis = RedisServer::start().await;
+    let opts = |fallback: &str| Opts {
+        extra: redis_section(&redis, ""),
+        upstream_keys: format!(
+            "messages_per_minute: 100, shaping_scope: cluster, shaping_on_redis_error: {fallback}"
+        ),
+        ..Opts::default()
+    };
+    let strict = TestServer::start(opts("deny")).await;
+    let open = TestServer::start(opts("allow")).await;
+    redis_up_is(&strict, 1.0).await;
+    redis_up_is(&open, 1.0).await;
+    redis.stop();
+    open.sink().expect(1);
+    submit(&open, "open", 1).await;
+    open.sink().wait(crate::harness::DELIVERY).await;
+    submit(&strict, "strict", 1).await;
+    let held = r#"postern_upstream_shaped_total{cap="redis_unavailable",upstream="sink"}"#;
+    let deny = r#"postern_redis_fallbacks_total{decision="deny",feature="shaping"}"#;
+    let s = strict.scrape_until(|s| s.get(held) >= 1.0).await;
+    assert!(s.get(held) >= 1.0 && s.get(deny) >= 1.0, "{}", s.text);
+    assert!(strict.sink().received().is_empty());
+    strict.sink().expect(1);
+    redis.start_again().await;
+    strict.sink().wait(crate::harness::DELIVERY).await;
+}

@@ -101,33 +101,29 @@ impl Checker<'_> {
                 format!("unknown listener {name:?}"),
             )?;
         }
-        self.scope(
-            key,
-            rule.scope,
-            rule.on_redis_error.is_some(),
-            "on_redis_error",
-        )
+        let fallback = rule.on_redis_error.is_some();
+        self.scope(key, ("scope", rule.scope), (fallback, "on_redis_error"))
     }
 
-    /// `scope: cluster` needs a `redis:` section; `on_redis_error` (named `fallback_key`)
-    /// means something with `scope: cluster` only.
+    /// `scope: cluster` needs a `redis:` section; `on_redis_error` means something with
+    /// `scope: cluster` only. Each comes with its key's name under `key` (an upstream's are
+    /// `shaping_scope` and `shaping_on_redis_error`).
     pub(super) fn scope(
         &self,
         key: &str,
-        scope: Scope,
-        fallback_set: bool,
-        fallback_key: &str,
+        (scope_key, scope): (&str, Scope),
+        (fallback_set, fallback_key): (bool, &str),
     ) -> Checked {
         match scope {
             Scope::Cluster => self.ensure(
                 self.redis,
-                format!("{key}.scope"),
+                format!("{key}.{scope_key}"),
                 "cluster needs a redis: section (the Redis the instances share)",
             ),
             Scope::Local => self.ensure(
                 !fallback_set,
                 format!("{key}.{fallback_key}"),
-                "applies to scope: cluster only (a local limit needs no Redis)",
+                format!("applies to {scope_key}: cluster only (a local limit needs no Redis)"),
             ),
         }
     }
@@ -181,7 +177,11 @@ impl Checker<'_> {
     /// A lockout that is on needs a window to count in and a duration to lock for.
     pub(super) fn auth_lockout(&self, l: &AuthLockoutConfig) -> Checked {
         let fallback = l.on_redis_error.is_some();
-        self.scope("auth_lockout", l.scope, fallback, "on_redis_error")?;
+        self.scope(
+            "auth_lockout",
+            ("scope", l.scope),
+            (fallback, "on_redis_error"),
+        )?;
         if l.attempts == 0 {
             return Ok(());
         }

@@ -18,7 +18,7 @@ pub struct UpstreamMetrics {
     up: IntGauge,
     failures: IntCounterVec,
     /// By [`Cap`], in `Cap::ALL` order.
-    shaped: [IntCounter; 3],
+    shaped: [IntCounter; 4],
     throttled: IntCounter,
     circuit_open: IntGauge,
     circuit_openings: IntCounter,
