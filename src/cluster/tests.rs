@@ -225,3 +225,58 @@ async fn the_password_file_is_used_and_a_wrong_one_reported() {
     assert!(!format!("{wrong:?}").contains("xyzzy"));
     stop.cancel();
 }
+
+#[tokio::test]
+async fn the_lockout_script_counts_locks_and_expires() {
+    let server = RedisServer::start();
+    let stop = CancellationToken::new();
+    let (r, _) = handle(&server, &stop).await;
+    let rule = super::lockout::LockoutRule {
+        attempts: 3,
+        window: Duration::from_secs(600),
+        duration: Duration::from_secs(900),
+    };
+    let ip = r.lockout_key("ip", "192.0.2.1");
+    let user = r.lockout_key("user", "alice");
+    let both = [ip.clone(), user.clone()];
+    assert_eq!(r.lockout_check(&both).await, Ok(None));
+    for _ in 0..2 {
+        assert_eq!(r.lockout_fail(&both, rule).await, Ok(None));
+    }
+    let pttl: i64 = server.command(&format!("PTTL {ip}:fails"))[1..]
+        .parse()
+        .unwrap();
+    assert!(pttl > 0 && pttl <= 600_000, "{pttl}");
+    // The third failure locks both subjects; the address is reported first.
+    let started = r.lockout_fail(&both, rule).await.unwrap().unwrap();
+    assert_eq!((started.subject, started.remaining), (0, rule.duration));
+    let found = r
+        .lockout_check(std::slice::from_ref(&user))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.subject, 0);
+    assert!(found.remaining > Duration::from_secs(899) && found.remaining <= rule.duration);
+    // Locked: a further failure counts nothing.
+    assert_eq!(r.lockout_fail(&both, rule).await, Ok(None));
+    assert_eq!(server.command(&format!("EXISTS {ip}:fails")), ":0");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn an_upstream_pause_is_shared_and_never_shortened() {
+    let server = RedisServer::start();
+    let stop = CancellationToken::new();
+    let (r, _) = handle(&server, &stop).await;
+    assert_eq!(r.paused_for("m365").await, Ok(Duration::ZERO));
+    let long = Duration::from_secs(120);
+    assert_eq!(r.pause_upstream("m365", long).await, Ok(long));
+    let kept = r
+        .pause_upstream("m365", Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert!(kept > Duration::from_secs(119) && kept <= long, "{kept:?}");
+    let left = r.paused_for("m365").await.unwrap();
+    assert!(left > Duration::from_secs(119) && left <= long, "{left:?}");
+    stop.cancel();
+}
