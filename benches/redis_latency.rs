@@ -72,21 +72,24 @@ fn main() {
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let mut server = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("redis-server (Debian package redis-server)");
+    let _server = Server(
+        Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server)"),
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
     let path = Path::new("bench.yaml");
     let cluster_rule =
-        "  - {name: shared, per: user, messages: 1000000000, interval: 1h, scope: cluster}\n";
+        "- {name: shared, per: user, messages: 1000000000, interval: 1h, scope: cluster}\n";
     let (local, cluster) = match (
         load_str(&config(port, ""), path),
         load_str(&config(port, cluster_rule), path),
@@ -120,6 +123,14 @@ fn main() {
         );
         stop.cancel();
     });
-    let _ = server.kill();
-    let _ = server.wait();
+}
+
+/// The `redis-server` process, killed by its PID when dropped (a panic included).
+struct Server(std::process::Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
