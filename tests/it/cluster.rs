@@ -415,3 +415,57 @@ async fn shaping_without_redis_holds_or_goes_per_upstream() {
     redis.start_again().await;
     strict.sink().wait(crate::harness::DELIVERY).await;
 }
+
+/// `rediss://` with `tls.ca_file`: postern reaches Redis over TLS (rustls, ring), checks
+/// the certificate against the CA and shares a limit through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_with_a_private_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = crate::harness::ca::TestCa::new(certs.path());
+    let redis = RedisServer::with_tls(&ca.cert_file, &ca.key_file).await;
+    let yaml = format!(
+        "redis: {{url: \"{}\", tls: {{ca_file: \"{}\"}}}}\n\
+         rate_limits: [{{name: tls, per: user, messages: 1, interval: 1h, scope: cluster}}]\n",
+        redis.tls_url(),
+        ca.ca_file.display()
+    );
+    let server = TestServer::start(Opts::with(&yaml)).await;
+    redis_up_is(&server, 1.0).await;
+    let mut d = alice(&server).await;
+    send_mail(&mut d, "alice@example.com", X, &message("tls", "", "1\r\n")).await;
+    d.cmd(
+        "MAIL FROM:<alice@example.com>",
+        "450 4.7.1 Error: rate limit tls exceeded",
+    )
+    .await;
+    let pttl = redis.command("PTTL postern:rl:tls:alice").await;
+    assert!(
+        pttl.trim_start_matches(':').parse::<i64>().unwrap() > 0,
+        "{pttl}"
+    );
+}
+
+/// A Redis certificate from another CA than `tls.ca_file` is refused: Redis stays down
+/// (the TLS error logged), the instance serves on its fallbacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_refuses_a_certificate_from_another_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let ca = crate::harness::ca::TestCa::new(certs.path());
+    let other = tempfile::tempdir().unwrap();
+    let stranger = crate::harness::ca::TestCa::new(other.path());
+    let redis = RedisServer::with_tls(&stranger.cert_file, &stranger.key_file).await;
+    let yaml = format!(
+        "redis: {{url: \"{}\", tls: {{ca_file: \"{}\"}}}}\n",
+        redis.tls_url(),
+        ca.ca_file.display()
+    );
+    let server = TestServer::start(Opts::with(&yaml)).await;
+    let url = redis.tls_url();
+    eventually_async("the TLS failure is logged", || async {
+        logs::lines()
+            .iter()
+            .any(|l| l["fields"]["url"] == url.as_str() && l["level"] == "WARN")
+    })
+    .await;
+    assert_eq!(server.scrape().await.get("postern_redis_up"), 0.0);
+}

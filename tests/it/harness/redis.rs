@@ -3,7 +3,7 @@
 //! temporary directory. [`RedisServer::stop`] and [`RedisServer::start_again`] make an
 //! outage on the same port; the process is killed by its PID on drop.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -18,6 +18,8 @@ pub struct RedisServer {
     port: u16,
     dir: tempfile::TempDir,
     password: Option<String>,
+    /// A TLS port besides the plain one, with the certificate and key it presents.
+    tls: Option<(u16, PathBuf, PathBuf)>,
     child: Option<Child>,
 }
 
@@ -32,16 +34,26 @@ impl RedisServer {
         RedisServer::launch(Some(password.to_owned())).await
     }
 
+    /// Starts one that also listens for TLS (`rediss://`, [`RedisServer::tls_url`]) with
+    /// `cert` and `key` (the test CA's leaf for 127.0.0.1), clients not authenticated.
+    pub async fn with_tls(cert: &Path, key: &Path) -> RedisServer {
+        let tls = (free_port(), cert.to_owned(), key.to_owned());
+        RedisServer::launch_with(None, Some(tls)).await
+    }
+
     async fn launch(password: Option<String>) -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        RedisServer::launch_with(password, None).await
+    }
+
+    async fn launch_with(
+        password: Option<String>,
+        tls: Option<(u16, PathBuf, PathBuf)>,
+    ) -> RedisServer {
         let mut server = RedisServer {
-            port,
+            port: free_port(),
             dir: tempfile::tempdir().unwrap(),
             password,
+            tls,
             child: None,
         };
         server.start_again().await;
@@ -51,6 +63,12 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `rediss://127.0.0.1:TLS_PORT`, for a server started [`RedisServer::with_tls`].
+    pub fn tls_url(&self) -> String {
+        let (port, ..) = self.tls.as_ref().expect("started without TLS");
+        format!("rediss://127.0.0.1:{port}")
     }
 
     /// Its temporary directory (for a password file).
@@ -73,6 +91,13 @@ impl RedisServer {
         let mut text = String::from("enable-debug-command yes\n");
         if let Some(p) = &self.password {
             text.push_str(&format!("requirepass {p}\n"));
+        }
+        if let Some((port, cert, key)) = &self.tls {
+            text.push_str(&format!(
+                "tls-port {port}\ntls-cert-file {}\ntls-key-file {}\ntls-auth-clients no\n",
+                cert.display(),
+                key.display()
+            ));
         }
         std::fs::write(&conf, text).unwrap();
         let child = Command::new("redis-server")
@@ -118,6 +143,15 @@ impl RedisServer {
             .await
             .ok()?
     }
+}
+
+/// A free loopback port (bound to 127.0.0.1:0 to pick it, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Drop for RedisServer {
