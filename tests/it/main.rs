@@ -34,6 +34,7 @@ mod ratelimit;
 mod reload;
 mod restart;
 mod routing;
+mod scaleout;
 mod selftest;
 mod sessions;
 mod shaping;

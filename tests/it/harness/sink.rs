@@ -278,6 +278,12 @@ impl Sink {
         self.state.faults.lock().unwrap().push((fault, times));
     }
 
+    /// Drops every scripted fault: from now on the sink answers normally (an upstream that
+    /// recovers).
+    pub fn clear_faults(&self) {
+        self.state.faults.lock().unwrap().clear();
+    }
+
     /// Announces `n` more messages for the next [`Sink::wait`].
     pub fn expect(&self, n: usize) {
         self.state.expected.fetch_add(n, Ordering::SeqCst);
