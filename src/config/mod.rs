@@ -23,6 +23,7 @@ pub mod redis;
 pub mod schema;
 pub mod syntax;
 pub mod units;
+pub mod upstream;
 pub mod validate;
 
 // The entry points, so callers write `config::load(path)` (a function and the module of the
