@@ -112,7 +112,8 @@ fn load_one(src: &CertSource, base: &Path) -> Result<Loaded, TlsError> {
     };
     if claims.is_empty() && !src.default {
         let problem = format!(
-            "{:?} has no DNS subjectAltName, so no SNI can choose it: list its `names`",
+            "{:?} has no DNS subjectAltName, so no SNI can choose it (`names` must be among \
+             them): use a certificate issued for the names it is to serve",
             src.certificate
         );
         return Err(TlsError::certificate(&cert_key, problem));

@@ -165,7 +165,7 @@ fn files_and_pairs_are_checked() {
         ),
         (
             source("ip", "tls.sni[0]", None, false),
-            "tls.sni[0].certificate: \"ip.pem\" has no DNS subjectAltName, so no SNI can choose it: list its `names`",
+            "tls.sni[0].certificate: \"ip.pem\" has no DNS subjectAltName, so no SNI can choose it (`names` must be among them): use a certificate issued for the names it is to serve",
         ),
     ];
     for (bad, want) in rows {
