@@ -62,9 +62,25 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Tls(s) => {
+                let read = Pin::new(s.as_mut()).poll_read(cx, buf);
+                send_queued_records(s, cx);
+                read
+            }
             Stream::Detached => Poll::Ready(Err(detached())),
         }
+    }
+}
+
+/// Sends what rustls queued of its own while reading: the `no_renegotiation` warning that
+/// answers a TLS 1.2 renegotiation request (RFC 5746 section 4.4 leaves refusing to the
+/// server; the client waits for the answer) or a TLS 1.3 KeyUpdate reply (RFC 8446 section
+/// 4.6.3). tokio-rustls would send them only with our next write, which for an SMTP server
+/// waiting for a command may be the 421 of `timeouts.command`, minutes later. Best effort:
+/// a write error shows at the next read or write; a full socket buffer registers the waker.
+fn send_queued_records(tls: &mut tokio_rustls::TlsStream<TcpStream>, cx: &mut Context<'_>) {
+    if tls.get_ref().1.wants_write() {
+        let _ = Pin::new(tls).poll_flush(cx);
     }
 }
 

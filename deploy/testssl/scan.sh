@@ -10,6 +10,8 @@
 #   TESTSSL   the testssl binary (default: `testssl`, else `testssl.sh`, from PATH)
 #   SCAN_DIR  where each listener's JSON (<name>.json) and text output (<name>.log) are
 #             kept (default: a new temporary directory, printed at the end)
+#   SCAN_TIMEOUT  longest one listener's scan may take, in seconds (default 300; about 40
+#             is usual); a scan cut off counts as not completed
 #
 # Exit status: 0 when both listeners pass; 1 when a listener has a failing finding or its
 # scan did not complete; 2 on a usage error.
@@ -52,7 +54,7 @@ scan() {
     shift
     rm -f "$out/$name.json" "$out/$name.log"
     local start=$SECONDS status=0
-    "$testssl" "${common[@]}" "${checks[@]}" --jsonfile-pretty "$out/$name.json" "$@" \
+    timeout --kill-after=10 "${SCAN_TIMEOUT:-300}" "$testssl" "${common[@]}" "${checks[@]}" --jsonfile-pretty "$out/$name.json" "$@" \
         >"$out/$name.log" 2>&1 || status=$?
     echo "$name: testssl finished in $((SECONDS - start)) s (status $status)"
     return "$status"
@@ -66,7 +68,9 @@ for listener in "starttls $starttls" "implicit $implicit"; do
     [ "$name" = starttls ] && extra=(--starttls smtp)
     status=0
     scan "$name" "${extra[@]}" "$address" || status=$?
-    if [ "$status" -ge 242 ] || [ ! -s "$out/$name.json" ]; then
+    # 124 and 137: cut off by `timeout`; 242 and above: testssl could not scan.
+    if [ "$status" -eq 124 ] || [ "$status" -eq 137 ] || [ "$status" -ge 242 ] ||
+        [ ! -s "$out/$name.json" ]; then
         echo "$name ($address): the scan did not complete; see $out/$name.log"
         failed=1
         continue

@@ -4,7 +4,9 @@
 //! above OK/INFO. The test certificate comes from a private CA, so the certificate findings
 //! (untrusted chain, no OCSP URI) are reported by the script and do not fail it.
 //!
-//! About a minute and a half on loopback (each listener ~45 s).
+//! About a minute and a half on loopback (each listener ~40 s; before postern sent its
+//! no_renegotiation answer at once, testssl's renegotiation check could wait out
+//! `timeouts.command`, five minutes, on either listener).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -58,3 +58,48 @@ async fn tls_1_0_and_1_1_are_refused_1_2_and_1_3_accepted() {
         }
     }
 }
+
+/// RFC 5746 section 4.4: a server may refuse a TLS 1.2 renegotiation; rustls answers the
+/// client's new ClientHello with a `no_renegotiation` warning, and postern sends it at once
+/// rather than with its next reply (here, the 421 after `timeouts.command`, five minutes
+/// on): `s_client` sends `R` after the banner and must give up within seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renegotiation_request_is_refused_at_once() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let server = TestServer::start(Opts::default()).await;
+    let mut child = tokio::process::Command::new("openssl")
+        .args(["s_client", "-tls1_2", "-noservername", "-connect"])
+        .arg(server.submissions.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let banner = async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("220 ") {
+                return;
+            }
+        }
+        panic!("s_client ended before the banner");
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(30), banner)
+        .await
+        .expect("no banner within 30 s");
+    // Stdin stays open: s_client must end because of the server's answer, not EOF.
+    stdin.write_all(b"R\n").await.unwrap();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait_with_output())
+        .await
+        .expect("s_client still waiting for the renegotiation after 20 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("no renegotiation"),
+        "{:?}\n{stderr}",
+        out.status
+    );
+    drop(stdin);
+}
