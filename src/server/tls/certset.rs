@@ -223,7 +223,7 @@ impl CertSet {
             return &self.default;
         };
         self.exact
-            .get(&sni)
+            .get(sni.as_ref())
             .or_else(|| wildcard_parent(&sni).and_then(|p| self.wildcard.get(p)))
             .unwrap_or(&self.default)
     }

@@ -61,9 +61,15 @@ pub fn wildcard_parent(name: &str) -> Option<&str> {
     name.split_once('.').map(|(_, rest)| rest)
 }
 
-/// The client's SNI as postern compares it: lowercase, without a trailing dot.
-pub fn normalise_sni(sni: &str) -> String {
-    sni.strip_suffix('.').unwrap_or(sni).to_ascii_lowercase()
+/// The client's SNI as postern compares it: lowercase, without a trailing dot. rustls
+/// hands the resolver names already in that form, so a handshake costs no allocation here.
+pub fn normalise_sni(sni: &str) -> std::borrow::Cow<'_, str> {
+    let sni = sni.strip_suffix('.').unwrap_or(sni);
+    if sni.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(sni.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(sni)
+    }
 }
 
 /// RFC 1035 section 2.3.1 and RFC 5890 (A-labels): letters, digits and hyphens, labels of
@@ -164,6 +170,10 @@ mod tests {
         assert_eq!(wildcard_parent("a.b.c"), Some("b.c"));
         assert_eq!(wildcard_parent("localhost"), None);
         assert_eq!(normalise_sni("Mail.Example.com."), "mail.example.com");
+        assert!(matches!(
+            normalise_sni("mail.example.com."),
+            std::borrow::Cow::Borrowed("mail.example.com")
+        ));
     }
 
     #[test]
