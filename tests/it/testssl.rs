@@ -74,3 +74,89 @@ async fn both_tls_listeners_pass_testssl() {
         );
     }
 }
+
+/// One finding as testssl writes it.
+fn finding(id: &str, severity: &str, text: &str) -> serde_json::Value {
+    serde_json::json!({"id": id, "severity": severity, "finding": text})
+}
+
+/// A testssl `--jsonfile-pretty` document with every judged section, all passing, and a
+/// certificate finding that is only reported; `fs` names the forward-secrecy section
+/// (testssl 3.0 writes `pfs`, 3.2 `fs`).
+fn clean_scan(fs: &str) -> serde_json::Value {
+    let protocols: Vec<_> = [
+        ("SSLv2", "not offered"),
+        ("SSLv3", "not offered"),
+        ("TLS1", "not offered"),
+        ("TLS1_1", "not offered"),
+        ("TLS1_2", "offered"),
+        ("TLS1_3", "offered with final"),
+    ]
+    .iter()
+    .map(|(id, text)| finding(id, "OK", text))
+    .collect();
+    let mut result = serde_json::json!({
+        "protocols": protocols,
+        "ciphers": [finding("cipherlist_NULL", "OK", "not offered")],
+        "serverPreferences": [finding("cipher_order", "OK", "server")],
+        "vulnerabilities": [finding("heartbleed", "OK", "not vulnerable")],
+        "cipherTests": [finding("cipher-tls1_2_xc02c", "INFO", "TLSv1.2 xc02c")],
+        "serverDefaults": [finding("cert_chain_of_trust", "CRITICAL", "failed (self signed)")],
+    });
+    result[fs] = serde_json::json!([finding("FS", "OK", "offered")]);
+    serde_json::json!({"scanResult": [result]})
+}
+
+/// Runs `verdict.py` on `doc`: its exit code and output.
+fn verdict(dir: &Path, doc: &serde_json::Value) -> (i32, String) {
+    let file = dir.join("scan.json");
+    std::fs::write(&file, doc.to_string()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/testssl/verdict.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg("listener")
+        .arg(&file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out.status.code().unwrap(), text)
+}
+
+/// The verdict fails on a HIGH vulnerability finding and on TLS 1.0 offered (even marked
+/// INFO), and on a scan missing a judged section; it passes a clean scan from testssl 3.0
+/// or 3.2 with a certificate finding, which it only reports.
+#[test]
+fn verdict_fails_on_findings_and_passes_a_clean_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    for fs in ["pfs", "fs"] {
+        let (code, text) = verdict(dir.path(), &clean_scan(fs));
+        assert_eq!(code, 0, "{text}");
+        assert!(
+            text.contains("reported, not failing: serverDefaults: cert_chain_of_trust"),
+            "{text}"
+        );
+    }
+    let mut bad = clean_scan("fs");
+    bad["scanResult"][0]["vulnerabilities"][0] = finding("heartbleed", "HIGH", "VULNERABLE");
+    bad["scanResult"][0]["protocols"][2] = finding("TLS1", "INFO", "offered");
+    let (code, text) = verdict(dir.path(), &bad);
+    assert_eq!(code, 1, "{text}");
+    for line in [
+        "listener: FAIL: vulnerabilities: heartbleed [HIGH] VULNERABLE",
+        "listener: FAIL: protocols: TLS1 'offered', expected not offered",
+        "listener: FAIL (2 failing, 1 reported)",
+    ] {
+        assert!(text.contains(line), "no {line:?} in:\n{text}");
+    }
+    let mut partial = clean_scan("fs");
+    partial["scanResult"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("vulnerabilities");
+    let (code, text) = verdict(dir.path(), &partial);
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("section vulnerabilities is missing"),
+        "{text}"
+    );
+}
