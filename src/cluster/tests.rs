@@ -169,21 +169,14 @@ async fn a_slow_redis_answers_within_the_command_timeout() {
     let cfg = config(&server.url(), None, Duration::from_millis(100));
     let (r, metrics) = handle_with(cfg, &stop).await;
     let rule = [charge(&r, "slow", 10)];
-    let url = server.url();
-    let sleeper = std::thread::spawn(move || {
-        let port = url.rsplit(':').next().unwrap().to_owned();
-        let mut s =
-            std::net::TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
-        std::io::Write::write_all(&mut s, b"DEBUG SLEEP 2\r\n").unwrap();
-        let mut reply = [0u8; 5];
-        std::io::Read::read_exact(&mut s, &mut reply).unwrap();
-    });
-    // Let the DEBUG SLEEP reach the server first.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // CLIENT PAUSE answers once the pause is in force: every later command waits (no
+    // head start to guess, as a DEBUG SLEEP sent from another connection would need).
+    assert_eq!(server.command("CLIENT PAUSE 3000 ALL"), "+OK");
     let started = std::time::Instant::now();
     assert_eq!(r.gcra_check(&rule).await, Err(Unavailable::Timeout));
+    // Well before the pause ends (3 s): the timeout (100 ms) answered, not Redis.
     assert!(
-        started.elapsed() < Duration::from_millis(1000),
+        started.elapsed() < Duration::from_millis(2000),
         "{:?}",
         started.elapsed()
     );
@@ -191,8 +184,7 @@ async fn a_slow_redis_answers_within_the_command_timeout() {
         &metrics,
         r#"postern_redis_commands_total{result="timeout"} 1"#
     ));
-    sleeper.join().unwrap();
-    until(|| r.is_up(), "redis up after the sleep").await;
+    until(|| r.is_up(), "redis up after the pause").await;
     assert_eq!(r.gcra_check(&rule).await, Ok(Verdict::Admitted));
     stop.cancel();
 }
