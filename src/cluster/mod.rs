@@ -42,7 +42,7 @@ mod tests;
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -56,7 +56,7 @@ use tracing::{debug, info, warn};
 pub use connect::ConnectError;
 
 use crate::config::redis::RedisConfig;
-use crate::telemetry::metrics::{CallResult, RedisMetrics};
+use crate::telemetry::metrics::{CallResult, Feature, RedisMetrics};
 
 /// Why a call to Redis has no answer. Each limit then applies its `on_redis_error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +96,11 @@ struct Inner {
     /// For logs: the URL as configured (it holds no password; validation refuses one).
     url: String,
     metrics: RedisMetrics,
+    /// The current outage's number: 1 for the one at start, one more each time Redis goes
+    /// down again.
+    outage: AtomicU64,
+    /// By [`Feature`] then allow / deny: the outage whose first fallback was logged.
+    fallback_logged: [[AtomicU64; 2]; 3],
 }
 
 impl fmt::Debug for Redis {
@@ -126,6 +131,8 @@ impl Redis {
                 prefix: cfg.key_prefix.clone(),
                 url: cfg.url.clone(),
                 metrics,
+                outage: AtomicU64::new(1),
+                fallback_logged: Default::default(),
             }),
         })
     }
@@ -147,9 +154,21 @@ impl Redis {
         key
     }
 
-    /// The metrics, for the fallbacks the callers count.
+    /// The metrics.
     pub fn metrics(&self) -> &RedisMetrics {
         &self.inner.metrics
+    }
+
+    /// Counts a decision `feature` took without Redis (`allowed` or denied) in
+    /// `postern_redis_fallbacks_total`, and says whether it is the first of its kind in this
+    /// outage: the caller logs that one at `info` and the others at `debug`, so that an
+    /// outage under load logs a few lines, not one per session.
+    pub fn fallback(&self, feature: Feature, allowed: bool) -> bool {
+        let inner = &self.inner;
+        inner.metrics.fallback(feature, allowed);
+        let outage = inner.outage.load(Ordering::Acquire);
+        let logged = &inner.fallback_logged[feature as usize][usize::from(!allowed)];
+        logged.swap(outage, Ordering::AcqRel) != outage
     }
 
     /// Runs one script invocation within `redis.command_timeout`; see the module
@@ -202,6 +221,7 @@ impl Redis {
     /// Marks Redis down (logged once per outage) and wakes the prober.
     fn mark_down(&self, error: &str) {
         if self.inner.up.swap(false, Ordering::AcqRel) {
+            self.inner.outage.fetch_add(1, Ordering::AcqRel);
             warn!(url = %self.inner.url, error, "redis is unavailable; cluster limits apply their on_redis_error until it answers");
             self.inner.metrics.set_up(false);
         }

@@ -16,7 +16,7 @@ use super::test_server::RedisServer;
 use super::{Redis, Unavailable};
 use crate::config::redis::RedisConfig;
 use crate::config::units::Duration as CfgDuration;
-use crate::telemetry::metrics::Metrics;
+use crate::telemetry::metrics::{Feature, Metrics};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -159,6 +159,35 @@ async fn an_outage_is_skipped_at_once_and_recovered_without_restart() {
     // The restarted server has lost the script and the key: loaded again, counted afresh.
     assert_eq!(r.gcra_check(&rule).await, Ok(Verdict::Admitted));
     assert!(metric(&metrics, "postern_redis_up 1"));
+    stop.cancel();
+}
+
+/// Each fallback is counted, but only the first of each kind in one outage is to be logged
+/// at `info`: a flood of sessions while Redis is down must not be a flood of log lines.
+#[tokio::test]
+async fn a_fallback_is_logged_once_per_outage_and_counted_each_time() {
+    let mut server = RedisServer::start();
+    let stop = CancellationToken::new();
+    let (r, metrics) = handle(&server, &stop).await;
+    let rule = [charge(&r, "flood", 10)];
+    for _ in 0..2 {
+        server.stop();
+        assert_eq!(r.gcra_check(&rule).await, Err(Unavailable::Error));
+        let first: Vec<bool> = (0..3)
+            .map(|_| r.fallback(Feature::RateLimit, false))
+            .collect();
+        assert_eq!(first, [true, false, false]);
+        assert!(r.fallback(Feature::RateLimit, true), "another decision");
+        assert!(r.fallback(Feature::Lockout, false), "another feature");
+        assert!(!r.fallback(Feature::Lockout, false));
+        server.start_again();
+        until(|| r.is_up(), "redis up again").await;
+        assert_eq!(r.gcra_check(&rule).await, Ok(Verdict::Admitted));
+    }
+    assert!(metric(
+        &metrics,
+        r#"postern_redis_fallbacks_total{decision="deny",feature="rate_limit"} 6"#
+    ));
     stop.cancel();
 }
 

@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use tracing::debug;
+use tracing::{debug, info};
 
 use crate::cluster::Redis;
 use crate::cluster::gcra::Charge;
@@ -119,10 +119,12 @@ pub(super) async fn throttled(redis: Option<&Redis>, upstream: &str, until_ms: u
 /// The decision without Redis: the local shaper's (`allow`), or a hold (`deny`).
 fn fallback(redis: Option<&Redis>, shaper: &Shaper, local: Admission, now_ms: u64) -> Admission {
     let allow = shaper.sharing().on_redis_error == OnRedisError::Allow;
-    if let Some(r) = redis {
-        r.metrics().fallback(Feature::Shaping, allow);
+    // Counted each time, logged at info once per outage (not once per message).
+    if redis.is_some_and(|r| r.fallback(Feature::Shaping, allow)) {
+        info!(allow, "shared shaping unchecked (Redis unavailable); logged once per outage, counted in postern_redis_fallbacks_total");
+    } else {
+        debug!(allow, "shared shaping unchecked (Redis unavailable)");
     }
-    debug!(allow, "shared shaping unchecked (Redis unavailable)");
     if allow {
         return local;
     }

@@ -176,7 +176,8 @@ async fn a_lockout_earned_on_one_instance_refuses_auth_on_the_other() {
 }
 
 /// The two fallbacks, with Redis stopped mid-test: a rule with `on_redis_error: allow`
-/// admits (submission), one with `deny` refuses with `451 4.3.0` (legacy); both counted.
+/// admits (submission), one with `deny` refuses with `451 4.3.0` (legacy); every decision
+/// counted, each kind logged once for the outage (not once per session: no log flood).
 /// Redis started again: the cluster limit is enforced again, without a restart (the
 /// restarted Redis has lost the keys: two messages pass again, the third is refused).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -184,7 +185,7 @@ async fn redis_down_allows_or_denies_per_rule_and_recovers() {
     let mut redis = RedisServer::start().await;
     let rules = "rate_limits:\n\
         \x20 - {name: open, per: user, messages: 100, scope: cluster, on_redis_error: allow, listeners: [submission]}\n\
-        \x20 - {name: strict, per: ip, messages: 2, interval: 1h, scope: cluster, on_redis_error: deny, listeners: [legacy]}\n";
+        \x20 - {name: strict-once, per: ip, messages: 2, interval: 1h, scope: cluster, on_redis_error: deny, listeners: [legacy]}\n";
     let yaml = format!("{}{rules}", redis_section(&redis, ""));
     let server = TestServer::start(Opts::with(&yaml)).await;
     redis_up_is(&server, 1.0).await;
@@ -205,8 +206,17 @@ async fn redis_down_allows_or_denies_per_rule_and_recovers() {
         .await;
     assert_eq!(
         reply.first(),
-        "451 4.3.0 Error: rate limit strict cannot be checked now, try again later"
+        "451 4.3.0 Error: rate limit strict-once cannot be checked now, try again later"
     );
+    for _ in 0..2 {
+        let mut again = server.legacy_session().await;
+        again.cmd(&format!("MAIL FROM:<{dev}>"), "451 4.3.0 ").await;
+    }
+    let logged = logs::lines()
+        .into_iter()
+        .filter(|l| l["fields"]["rule"] == "strict-once" && l["level"] == "INFO")
+        .count();
+    assert_eq!(logged, 1, "one line for the outage, not one per session");
     server.scrape().await.expect(&[
         (
             r#"postern_redis_fallbacks_total{decision="allow",feature="rate_limit"}"#,
@@ -214,7 +224,7 @@ async fn redis_down_allows_or_denies_per_rule_and_recovers() {
         ),
         (
             r#"postern_redis_fallbacks_total{decision="deny",feature="rate_limit"}"#,
-            1.0,
+            3.0,
         ),
         ("postern_redis_up", 0.0),
     ]);
@@ -227,7 +237,7 @@ async fn redis_down_allows_or_denies_per_rule_and_recovers() {
     let reply = legacy.try_reply().await.expect("a refusal");
     retry_in(
         reply.first(),
-        "450 4.7.1 Error: rate limit strict exceeded, try again in ",
+        "450 4.7.1 Error: rate limit strict-once exceeded, try again in ",
         1800,
     );
 }

@@ -89,14 +89,21 @@ impl Lockout {
         why: Unavailable,
     ) -> Result<(), LockRefusal> {
         let allow = s.on_redis_error == OnRedisError::Allow;
-        if let Some(r) = redis {
-            r.metrics().fallback(Feature::Lockout, allow);
-        }
+        // Counted each time, logged at info once per outage (not once per AUTH).
+        let first = redis.is_some_and(|r| r.fallback(Feature::Lockout, allow));
         if allow {
-            debug!(why = ?why, "cluster lockout unchecked (Redis unavailable): this instance's table decides");
+            if first {
+                info!(why = ?why, "cluster lockout unchecked (Redis unavailable): this instance's table decides; logged once per outage, counted in postern_redis_fallbacks_total");
+            } else {
+                debug!(why = ?why, "cluster lockout unchecked (Redis unavailable): this instance's table decides");
+            }
             self.check(ip, username).map_err(LockRefusal::Locked)
         } else {
-            info!(why = ?why, "cluster lockout unchecked (Redis unavailable): AUTH refused, on_redis_error: deny");
+            if first {
+                info!(why = ?why, "cluster lockout unchecked (Redis unavailable): AUTH refused, on_redis_error: deny; logged once per outage, counted in postern_redis_fallbacks_total");
+            } else {
+                debug!(why = ?why, "cluster lockout unchecked (Redis unavailable): AUTH refused, on_redis_error: deny");
+            }
             Err(LockRefusal::Unavailable)
         }
     }

@@ -9,7 +9,8 @@
 //! While Redis cannot answer (down, or slower than `redis.command_timeout`), each applicable
 //! rule's `on_redis_error` decides: one `deny` among them refuses the request with a
 //! temporary reply ([`Refusal::Unavailable`]); otherwise it is admitted on the local rules
-//! alone. Either way the decision is counted in `postern_redis_fallbacks_total` and logged.
+//! alone. Either way the decision is counted in `postern_redis_fallbacks_total`; the first
+//! of each kind in an outage is logged at `info`, the rest at `debug` (no line per session).
 
 use std::net::IpAddr;
 
@@ -117,18 +118,25 @@ fn fallback(
     let deny = rules
         .iter()
         .find(|(lim, _)| lim.on_redis_error == OnRedisError::Deny);
-    if let Some(r) = redis {
-        r.metrics().fallback(Feature::RateLimit, deny.is_none());
-    }
+    // Counted each time, logged at info once per outage (not once per session).
+    let first = redis.is_some_and(|r| r.fallback(Feature::RateLimit, deny.is_none()));
     match deny {
         Some((lim, _)) => {
-            info!(rule = %lim.name, why = ?why, "cluster rate limit unchecked (Redis unavailable): refused, on_redis_error: deny");
+            if first {
+                info!(rule = %lim.name, why = ?why, "cluster rate limit unchecked (Redis unavailable): refused, on_redis_error: deny; logged once per outage, counted in postern_redis_fallbacks_total");
+            } else {
+                debug!(rule = %lim.name, why = ?why, "cluster rate limit unchecked (Redis unavailable): refused, on_redis_error: deny");
+            }
             Err(Refusal::Unavailable {
                 rule: lim.name.clone(),
             })
         }
         None => {
-            debug!(why = ?why, rules = rules.len(), "cluster rate limits unchecked (Redis unavailable): admitted, on_redis_error: allow");
+            if first {
+                info!(why = ?why, rules = rules.len(), "cluster rate limits unchecked (Redis unavailable): admitted, on_redis_error: allow; logged once per outage, counted in postern_redis_fallbacks_total");
+            } else {
+                debug!(why = ?why, rules = rules.len(), "cluster rate limits unchecked (Redis unavailable): admitted, on_redis_error: allow");
+            }
             Ok(())
         }
     }
