@@ -88,7 +88,12 @@ fn charges(
     recipients: usize,
 ) -> (Vec<Charge>, Vec<Cap>) {
     let caps = shaper.caps();
-    let rcpts = u32::try_from(recipients).unwrap_or(u32::MAX);
+    // More recipients than a day allows count as the whole day (as the local shaper's
+    // window does): the message waits for an empty bucket, then goes. Uncapped, it would
+    // wait until the bucket had gone below empty, hours later.
+    let rcpts = u32::try_from(recipients)
+        .unwrap_or(u32::MAX)
+        .min(caps.recipients_per_day);
     let all = [
         (caps.messages_per_minute, MINUTE, Cap::MessagesPerMinute, 1),
         (caps.recipients_per_day, DAY, Cap::RecipientsPerDay, rcpts),
@@ -136,4 +141,64 @@ fn fallback(redis: Option<&Redis>, shaper: &Shaper, local: Admission, now_ms: u6
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::cluster::test_server::RedisServer;
+    use crate::config::policy::Scope;
+    use crate::config::redis::RedisConfig;
+    use crate::config::units::Duration as CfgDuration;
+    use crate::telemetry::metrics::Metrics;
+    use crate::upstream::shaping::{Caps, Sharing};
+
+    /// A message with more recipients than `recipients_per_day` goes at once from an empty
+    /// shared bucket (as with the local shaper) and fills it; the next recipient then waits
+    /// one emission interval (24 h / 100), not the 50 more the excess would have cost.
+    #[tokio::test]
+    async fn a_message_over_the_daily_cap_takes_the_whole_day_not_more() {
+        let server = RedisServer::start();
+        let cfg = RedisConfig {
+            url: server.url(),
+            username: None,
+            password_file: None,
+            tls: None,
+            key_prefix: "test:".into(),
+            command_timeout: CfgDuration(Duration::from_secs(2)),
+            connect_timeout: CfgDuration(Duration::from_secs(2)),
+        };
+        let r = Redis::new(&cfg, Metrics::new().unwrap().redis.clone()).unwrap();
+        let stop = CancellationToken::new();
+        tokio::spawn(r.clone().watch(stop.clone()));
+        for _ in 0..500 {
+            if r.is_up() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(r.is_up(), "redis up within 10 s");
+        let shaper = Shaper::new(Caps {
+            messages_per_minute: 0,
+            recipients_per_day: 100,
+        });
+        shaper.set_sharing(Sharing {
+            scope: Scope::Cluster,
+            on_redis_error: OnRedisError::Allow,
+        });
+        let now = 1_000_000;
+        assert_eq!(admit(Some(&r), &shaper, "up", now, 150).await, Admission::Go);
+        let Admission::Wait { until_ms, cap } = admit(Some(&r), &shaper, "up", now, 1).await
+        else {
+            panic!("the bucket is full: the next recipient waits");
+        };
+        assert_eq!(cap, Cap::RecipientsPerDay);
+        let wait = until_ms - now;
+        assert!(wait > 863_000 && wait <= 864_000, "{wait} ms");
+        stop.cancel();
+    }
 }
