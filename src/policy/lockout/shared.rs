@@ -66,7 +66,11 @@ impl Lockout {
         if s.scope == Scope::Local || s.attempts == 0 {
             return local;
         }
-        let redis = redis?;
+        // Without a Redis handle (a reload brought the cluster scope in), this instance's
+        // table decides, as while Redis is down.
+        let Some(redis) = redis else {
+            return local;
+        };
         let subjects = subjects(redis, &s, ip, username, known_user);
         let rule = LockoutRule {
             attempts: s.attempts,

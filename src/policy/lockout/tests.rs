@@ -148,3 +148,27 @@ async fn eviction_and_the_address_cap() {
     assert!(l.record_failure(ip("192.0.2.9"), "x", false).is_none());
     assert_eq!(l.tracked(), 1);
 }
+
+/// `scope: cluster` on an instance without a Redis handle (the `redis:` section came with a
+/// reload and waits for a restart): the local table counts and its lockout is reported, so
+/// the session is closed with `421` as with a local lockout.
+#[tokio::test(start_paused = true)]
+async fn a_cluster_lockout_without_redis_reports_the_local_lockout() {
+    let cfg = AuthLockoutConfig {
+        scope: Scope::Cluster,
+        ..settings(2, false)
+    };
+    let l = Lockout::new(&cfg, &Clock::new());
+    let a = ip("192.0.2.9");
+    assert_eq!(l.record_failure_shared(None, a, "app1", true).await, None);
+    let started = l.record_failure_shared(None, a, "app1", true).await;
+    assert_eq!(
+        started,
+        Some(Locked {
+            by: LockedBy::Address,
+            remaining: 15 * MIN
+        })
+    );
+    let refused = l.check_shared(None, a, "app1").await;
+    assert!(matches!(refused, Err(LockRefusal::Locked(_))), "{refused:?}");
+}
