@@ -136,6 +136,33 @@ fn read_line(s: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).trim_end().to_owned()
 }
 
+/// A handle on `server` (prefix `test:`, 2 s timeouts) with its prober running until the
+/// token is cancelled; up when returned (waits up to 10 s, every 20 ms).
+pub(crate) async fn handle_on(
+    server: &RedisServer,
+) -> (super::Redis, tokio_util::sync::CancellationToken) {
+    let cfg = crate::config::redis::RedisConfig {
+        url: server.url(),
+        username: None,
+        password_file: None,
+        tls: None,
+        key_prefix: "test:".into(),
+        command_timeout: crate::config::units::Duration(Duration::from_secs(2)),
+        connect_timeout: crate::config::units::Duration(Duration::from_secs(2)),
+    };
+    let metrics = crate::telemetry::metrics::Metrics::new().unwrap();
+    let redis = super::Redis::new(&cfg, metrics.redis.clone()).unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(redis.clone().watch(stop.clone()));
+    for _ in 0..500 {
+        if redis.is_up() {
+            return (redis, stop);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("redis not up within 10 s");
+}
+
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();

@@ -147,14 +147,9 @@ fn millis(d: Duration) -> u64 {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
 
-    use tokio_util::sync::CancellationToken;
-
     use super::*;
-    use crate::cluster::test_server::RedisServer;
+    use crate::cluster::test_server::{RedisServer, handle_on};
     use crate::config::policy::Scope;
-    use crate::config::redis::RedisConfig;
-    use crate::config::units::Duration as CfgDuration;
-    use crate::telemetry::metrics::Metrics;
     use crate::upstream::shaping::{Caps, Sharing};
 
     /// A message with more recipients than `recipients_per_day` goes at once from an empty
@@ -163,25 +158,7 @@ mod tests {
     #[tokio::test]
     async fn a_message_over_the_daily_cap_takes_the_whole_day_not_more() {
         let server = RedisServer::start();
-        let cfg = RedisConfig {
-            url: server.url(),
-            username: None,
-            password_file: None,
-            tls: None,
-            key_prefix: "test:".into(),
-            command_timeout: CfgDuration(Duration::from_secs(2)),
-            connect_timeout: CfgDuration(Duration::from_secs(2)),
-        };
-        let r = Redis::new(&cfg, Metrics::new().unwrap().redis.clone()).unwrap();
-        let stop = CancellationToken::new();
-        tokio::spawn(r.clone().watch(stop.clone()));
-        for _ in 0..500 {
-            if r.is_up() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(r.is_up(), "redis up within 10 s");
+        let (r, stop) = handle_on(&server).await;
         let shaper = Shaper::new(Caps {
             messages_per_minute: 0,
             recipients_per_day: 100,

@@ -128,9 +128,24 @@ fn subjects(
     };
     let mut keys = vec![redis.lockout_key("ip", &address)];
     if s.per_username && with_user {
-        keys.push(redis.lockout_key("user", username));
+        keys.push(redis.lockout_key("user", &escape(username)));
     }
     keys
+}
+
+/// A username as the last part of a key: `%` and `:` percent-encoded, so that no user's
+/// lock key (`...:user:<name>`) is another's failure counter (`...:user:<other>:fails`), as
+/// `a:fails`'s would be `a`'s.
+fn escape(username: &str) -> String {
+    let mut out = String::with_capacity(username.len());
+    for c in username.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A lock of subject 0 is the address's, of subject 1 the username's.
