@@ -231,8 +231,16 @@ impl Redis {
     /// The prober: while Redis is down, PINGs it on a fresh connection with a growing pause
     /// and marks it up at the first answer (loading the scripts then); while it is up, sleeps
     /// until a call marks it down. Returns when `stop` is cancelled.
+    ///
+    /// A Redis that answers PING but fails every call (a replica answering `READONLY`, an
+    /// out-of-memory one) would be marked up and down again as fast as calls come, each
+    /// time with a warning and a recovery in the log. So when Redis goes down less than
+    /// [`HEARTBEAT`] after it came up, the prober first waits, and the pause keeps growing
+    /// from where it was (to [`PROBE_MAX`]) instead of starting again at [`PROBE_MIN`].
     pub async fn watch(self, stop: CancellationToken) {
         let mut logged = false;
+        let mut pause = PROBE_MIN;
+        let mut up_since: Option<Instant> = None;
         loop {
             if self.is_up() {
                 tokio::select! {
@@ -242,7 +250,16 @@ impl Redis {
                 }
                 continue;
             }
-            let mut pause = PROBE_MIN;
+            match up_since.take() {
+                Some(since) if since.elapsed() < HEARTBEAT => {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(PROBE_MAX);
+                }
+                _ => pause = PROBE_MIN,
+            }
             while !self.is_up() {
                 match self.probe().await {
                     Ok(()) => break,
@@ -259,6 +276,7 @@ impl Redis {
                 pause = (pause * 2).min(PROBE_MAX);
             }
             logged = true;
+            up_since = Some(Instant::now());
         }
     }
 

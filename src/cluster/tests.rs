@@ -301,3 +301,33 @@ async fn an_upstream_pause_is_shared_and_never_shortened() {
     assert!(left > Duration::from_secs(119) && left <= long, "{left:?}");
     stop.cancel();
 }
+
+/// A Redis that answers PING but refuses every script (here a replica: `READONLY`) must not
+/// make postern flap up and down as fast as calls come: each short-lived recovery makes the
+/// prober wait longer (100 ms doubling to 2 s) before it tries again, so the failed calls
+/// (each a warning and a recovery in the log) stay few. The bound is an upper one: a slower
+/// machine only makes fewer calls.
+#[tokio::test]
+async fn a_redis_that_refuses_every_script_does_not_flap_at_the_call_rate() {
+    let server = RedisServer::start();
+    let stop = CancellationToken::new();
+    let (r, metrics) = handle(&server, &stop).await;
+    // A replica of nothing: PING and SCRIPT LOAD answer, writes get READONLY.
+    assert_eq!(server.command("REPLICAOF 127.0.0.1 1"), "+OK");
+    let rule = [charge(&r, "flap", 10)];
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        let answer = r.gcra_check(&rule).await;
+        assert!(answer.is_err(), "{answer:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let text = metrics.render().unwrap();
+    let errors: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(r#"postern_redis_commands_total{result="error"} "#))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1.0..=10.0).contains(&errors), "{errors} failed calls");
+    stop.cancel();
+}
