@@ -126,7 +126,10 @@ fn fallback(redis: Option<&Redis>, shaper: &Shaper, local: Admission, now_ms: u6
     let allow = shaper.sharing().on_redis_error == OnRedisError::Allow;
     // Counted each time, logged at info once per outage (not once per message).
     if redis.is_some_and(|r| r.fallback(Feature::Shaping, allow)) {
-        info!(allow, "shared shaping unchecked (Redis unavailable); logged once per outage, counted in postern_redis_fallbacks_total");
+        info!(
+            allow,
+            "shared shaping unchecked (Redis unavailable); logged once per outage, counted in postern_redis_fallbacks_total"
+        );
     } else {
         debug!(allow, "shared shaping unchecked (Redis unavailable)");
     }
@@ -168,9 +171,11 @@ mod tests {
             on_redis_error: OnRedisError::Allow,
         });
         let now = 1_000_000;
-        assert_eq!(admit(Some(&r), &shaper, "up", now, 150).await, Admission::Go);
-        let Admission::Wait { until_ms, cap } = admit(Some(&r), &shaper, "up", now, 1).await
-        else {
+        assert_eq!(
+            admit(Some(&r), &shaper, "up", now, 150).await,
+            Admission::Go
+        );
+        let Admission::Wait { until_ms, cap } = admit(Some(&r), &shaper, "up", now, 1).await else {
             panic!("the bucket is full: the next recipient waits");
         };
         assert_eq!(cap, Cap::RecipientsPerDay);

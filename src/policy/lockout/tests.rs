@@ -170,7 +170,10 @@ async fn a_cluster_lockout_without_redis_reports_the_local_lockout() {
         })
     );
     let refused = l.check_shared(None, a, "app1").await;
-    assert!(matches!(refused, Err(LockRefusal::Locked(_))), "{refused:?}");
+    assert!(
+        matches!(refused, Err(LockRefusal::Locked(_))),
+        "{refused:?}"
+    );
 }
 
 /// With `per_username` in Redis, the user `a:fails` is not locked by `a`'s failure counter
@@ -186,13 +189,21 @@ async fn a_username_cannot_name_another_users_counter() {
     };
     let l = Lockout::new(&cfg, &Clock::new());
     let (a, b) = (ip("192.0.2.1"), ip("192.0.2.2"));
-    assert_eq!(l.record_failure_shared(Some(&redis), a, "a", true).await, None);
+    assert_eq!(
+        l.record_failure_shared(Some(&redis), a, "a", true).await,
+        None
+    );
     assert_eq!(server.command("EXISTS test:lockout:user:a:fails"), ":1");
     assert_eq!(l.check_shared(Some(&redis), b, "a:fails").await, Ok(()));
     for _ in 0..3 {
-        l.record_failure_shared(Some(&redis), b, "a:fails", true).await;
+        l.record_failure_shared(Some(&redis), b, "a:fails", true)
+            .await;
     }
     assert_eq!(server.command("EXISTS test:lockout:user:a%3Afails"), ":1");
-    assert_eq!(l.check_shared(Some(&redis), a, "a").await, Ok(()), "a is not locked");
+    assert_eq!(
+        l.check_shared(Some(&redis), a, "a").await,
+        Ok(()),
+        "a is not locked"
+    );
     stop.cancel();
 }
