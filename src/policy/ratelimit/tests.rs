@@ -259,3 +259,42 @@ fn human_durations() {
         assert_eq!(human(Duration::from_millis(ms)), want);
     }
 }
+
+/// A `scope: cluster` rule in a real redis-server: IPv6 clients share the bucket of their
+/// /64 (key `...:2001:db8::/64`), another /64 has its own, and the local check alone
+/// ([`RateLimits::check`]) leaves the cluster rule to Redis.
+#[tokio::test]
+async fn a_cluster_rule_counts_ipv6_clients_per_64_in_redis() {
+    use crate::cluster::test_server::{RedisServer, handle_on};
+    let server = RedisServer::start();
+    let (redis, stop) = handle_on(&server).await;
+    let cfg = config(
+        "redis: {url: \"redis://127.0.0.1:1\"}\n\
+         rate_limits: [{name: v6, per: ip, messages: 2, interval: 1h, scope: cluster}]",
+        "",
+        "",
+    );
+    let l = RateLimits::new(&cfg, &Clock::new());
+    let keys = |a: &str| Keys::connection(ip(a), "a", None);
+    let in_redis = async |a: &str| {
+        let k = keys(a);
+        l.check_shared(Some(&redis), Counted::Message, &k, None)
+            .await
+    };
+    for a in ["2001:db8::1", "2001:db8::2"] {
+        assert_eq!(in_redis(a).await, Ok(()), "{a}");
+    }
+    let third = in_redis("2001:db8::ffff").await;
+    assert!(
+        matches!(&third, Err(shared::Refusal::Limit(h)) if h.rule == "v6"),
+        "{third:?}"
+    );
+    assert!(
+        l.check(Counted::Message, &keys("2001:db8::3"), None)
+            .is_ok()
+    );
+    assert_eq!(in_redis("2001:db8:0:1::1").await, Ok(()));
+    assert_eq!(server.command("EXISTS test:rl:v6:2001:db8::/64"), ":1");
+    assert_eq!(server.command("EXISTS test:rl:v6:2001:db8:0:1::/64"), ":1");
+    stop.cancel();
+}
