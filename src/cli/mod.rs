@@ -16,9 +16,18 @@ use crate::app;
 use crate::config;
 use crate::telemetry;
 
+/// What `postern --version` prints after the name: the version and the git commit it was
+/// built from (`unknown` outside a git checkout), as `postern_build_info` labels them.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("POSTERN_GIT_COMMIT"),
+    ")"
+);
+
 /// postern: an authenticated SMTP submission relay and smarthost proxy.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = VERSION, about)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

@@ -363,3 +363,26 @@ fn hash_password_prints_a_verifiable_argon2id_hash() {
         );
     }
 }
+
+/// `postern --version` names the version and the commit it was built from (the same pair
+/// `postern_build_info` carries), and exits 0.
+#[test]
+fn version_names_the_commit() {
+    let out = std::process::Command::new(BIN)
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let want = format!("postern {} (commit ", env!("CARGO_PKG_VERSION"));
+    let commit = text
+        .trim_end()
+        .strip_prefix(&want)
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("{text:?}"));
+    assert!(
+        commit == "unknown"
+            || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "{text:?}"
+    );
+}
