@@ -40,6 +40,7 @@ mod sessions;
 mod shaping;
 mod shipped;
 mod slow;
+mod systemd;
 mod testssl;
 mod tls_sni;
 mod tls_versions;
