@@ -154,12 +154,15 @@ impl Gate<'_> {
     }
 
     /// The rules on the client's (real) address, with the slots [`Gate::reserve`] took: the
-    /// allowlist, the `connections` rate rules, `limits.max_connections_per_ip`. On refusal
-    /// the slots are given back.
+    /// allowlist (behind a load balancer; a listener without `proxy_protocol` checked it
+    /// before the caps), the `connections` rate rules, `limits.max_connections_per_ip`. On
+    /// refusal the slots are given back.
     pub async fn admit(&self, client: SocketAddr, held: Permits) -> Result<Permits, Refusal> {
         let name = &self.info.name;
         let ip = networks::canonical(client.ip());
-        self.allowlist(client)?;
+        if self.info.proxy_protocol.is_some() {
+            self.allowlist(client)?;
+        }
         self.connection_rate(client, ip).await?;
         let Some(ip_slot) = self.caps.per_ip.acquire(ip) else {
             warn!(listener = %name, client = %client, reason = %Reason::ConnectionCap, "per-IP connection limit reached");

@@ -377,6 +377,19 @@ mod tests {
         assert_eq!((body.len(), dec.size()), (0, 0));
     }
 
+    /// Feeds `input` in two reads split at `at` (the second only if the first did not end
+    /// the message, which must then have taken every byte); the end and the body stored.
+    fn feed_split(dec: &mut DataDecoder, input: &[u8], at: usize) -> (Option<DataEnd>, Vec<u8>) {
+        let mut body = Vec::new();
+        let (a, b) = input.split_at(at);
+        let (n, mut end) = dec.feed(a, &mut body);
+        if end.is_none() {
+            assert_eq!(n, a.len());
+            end = dec.feed(b, &mut body).1;
+        }
+        (end, body)
+    }
+
     /// The longest line is measured on the decoded body (a stuffing dot does not count,
     /// CRLF does not count), at every split point; under `Reject` a line over 998 octets
     /// refuses the message at the real end, and nothing after it is stored.
@@ -403,13 +416,7 @@ mod tests {
             for at in (0..=input.len()).step_by(97) {
                 for policy in [LongLines::Wrap, LongLines::Reject] {
                     let mut dec = DataDecoder::new(BareLf::Reject, 1 << 20).with_long_lines(policy);
-                    let mut body = Vec::new();
-                    let (a, b) = input.split_at(at);
-                    let (n, mut end) = dec.feed(a, &mut body);
-                    if end.is_none() {
-                        assert_eq!(n, a.len());
-                        end = dec.feed(b, &mut body).1;
-                    }
+                    let (end, body) = feed_split(&mut dec, input, at);
                     assert_eq!(dec.longest_line(), *longest, "split {at}");
                     let refused = policy == LongLines::Reject && *longest > MAX_LINE;
                     let want = if refused {
@@ -435,13 +442,7 @@ mod tests {
         let input = [line(1200, b""), b".\r\n".to_vec()].concat();
         for at in 0..=input.len() {
             let mut dec = DataDecoder::new(BareLf::Reject, 100).with_long_lines(LongLines::Reject);
-            let mut body = Vec::new();
-            let (a, b) = input.split_at(at);
-            let (n, mut end) = dec.feed(a, &mut body);
-            if end.is_none() {
-                assert_eq!(n, a.len());
-                end = dec.feed(b, &mut body).1;
-            }
+            let (end, _) = feed_split(&mut dec, &input, at);
             assert_eq!(end, Some(DataEnd::TooBig), "split {at}");
         }
     }
