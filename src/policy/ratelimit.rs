@@ -213,6 +213,16 @@ impl Limiter {
 #[derive(Debug, Default)]
 pub struct RuleSet {
     rules: Vec<Arc<Limiter>>,
+    /// Whether any of them has `scope: cluster`: when none has, a check never looks for
+    /// Redis work (decided once here, not per MAIL and RCPT).
+    cluster: bool,
+}
+
+impl RuleSet {
+    fn new(rules: Vec<Arc<Limiter>>) -> RuleSet {
+        let cluster = rules.iter().any(|lim| lim.spec.scope == Scope::Cluster);
+        RuleSet { rules, cluster }
+    }
 }
 
 /// Every rate limit of one config, with its state. Cheap to share behind an `Arc`.
@@ -385,7 +395,7 @@ impl Builder {
         }
         RateLimits {
             clock: self.clock,
-            global: RuleSet { rules: global },
+            global: RuleSet::new(global),
             users,
             networks,
             all: self.all,
@@ -449,7 +459,7 @@ fn merge(global: &[Arc<Limiter>], own: Vec<Arc<Limiter>>) -> RuleSet {
     };
     let mut rules: Vec<_> = global.iter().filter(|g| !replaced(g)).cloned().collect();
     rules.extend(own);
-    RuleSet { rules }
+    RuleSet::new(rules)
 }
 
 /// `100 messages per 1h per user`, with ` (burst 200)` when the burst is not the limit.

@@ -59,6 +59,9 @@ impl RateLimits {
         keys: &Keys<'_>,
         overrides: Option<&RuleSet>,
     ) -> Result<(), Refusal> {
+        if !overrides.unwrap_or(&self.global).cluster {
+            return Ok(());
+        }
         let rules: Vec<(&Limiter, Key)> = self
             .applicable(what, keys, overrides, Scope::Cluster)
             .collect();
