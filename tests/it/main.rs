@@ -31,6 +31,7 @@ mod prometheus;
 mod protocol;
 mod proxy;
 mod ratelimit;
+mod recipes;
 mod reload;
 mod restart;
 mod routing;
