@@ -148,3 +148,129 @@ fn a_recipe_without_its_files_names_the_first_missing_one() {
         "{out}"
     );
 }
+
+/// The headline recipe, run: `printer-m365-oauth2.yaml` as shipped but for where things are
+/// (its listeners on loopback ports, the printers' VLAN as loopback, Microsoft 365 as a TLS
+/// sink requiring XOAUTH2 with a token from a real token endpoint on loopback, which checks
+/// the client assertion signed with the app's certificate). A printer's plain SMTP message
+/// on the port-25 listener leaves as the mailbox, logged in with OAuth2, with the device's
+/// own address kept in `Reply-To:`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_printer_to_microsoft_365_recipe_delivers() {
+    use crate::binary::{Postern, wait_listening};
+    use crate::harness::ca::TestCa;
+    use crate::harness::client::Dialog;
+    use crate::harness::sink::{Sink, SinkOAuth, SinkOptions, reserve_port};
+    use crate::harness::token::{Credential, TokenEndpoint};
+    use crate::harness::{DELIVERY, send_mail};
+
+    const MAILBOX: &str = "scanner@corp.example";
+    let root = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(root.path());
+    let endpoint = TokenEndpoint::start(
+        Credential::Certificate,
+        false,
+        "https://outlook.office365.com/.default",
+        3600,
+    )
+    .await;
+    let sink = Sink::start(SinkOptions {
+        starttls: Some(ca.server_config()),
+        require_tls: true,
+        oauth: Some(SinkOAuth::new(MAILBOX, &["XOAUTH2"], endpoint.tokens())),
+        ..SinkOptions::default()
+    })
+    .await;
+
+    let config = staged(
+        &repo("config/examples/printer-m365-oauth2.yaml"),
+        root.path(),
+    );
+    let (printers, submissions, http) = (reserve_port(), reserve_port(), reserve_port());
+    let upstream = format!(
+        "\"127.0.0.1:{}\"\n    ca_file: {}\n    server_name: localhost",
+        sink.port(),
+        ca.ca_file.display()
+    );
+    let moves = [
+        (
+            "\"0.0.0.0:25\"".to_owned(),
+            format!("\"127.0.0.1:{printers}\""),
+        ),
+        (
+            "\"[::]:465\"".to_owned(),
+            format!("\"127.0.0.1:{submissions}\""),
+        ),
+        (
+            "\"127.0.0.1:9587\"".to_owned(),
+            format!("\"127.0.0.1:{http}\""),
+        ),
+        ("10.20.30.0/24".to_owned(), "127.0.0.0/8".to_owned()),
+        ("\"smtp.office365.com:587\"".to_owned(), upstream),
+        (
+            "client_id: 11111111-1111-1111-1111-111111111111".to_owned(),
+            format!(
+                "client_id: {}\n        token_url: {}",
+                crate::harness::token::CLIENT_ID,
+                endpoint.url()
+            ),
+        ),
+    ];
+    let mut yaml = std::fs::read_to_string(&config).unwrap();
+    for (from, to) in &moves {
+        assert!(
+            yaml.contains(from.as_str()),
+            "the recipe no longer has {from}"
+        );
+        yaml = yaml.replace(from.as_str(), to);
+    }
+    std::fs::write(&config, yaml).unwrap();
+
+    let addr = format!("127.0.0.1:{printers}").parse().unwrap();
+    let mut relay = Postern::run(&config, &root.path().join("postern.log"));
+    wait_listening(addr, &mut relay).await;
+    let mut printer = Dialog::connect(addr).await;
+    printer.cmd("EHLO mfp-3f.corp.example", "250").await;
+    let body = "Scanned page 1 of 1.\r\n";
+    let data = format!(
+        "From: MFP 3rd floor <mfp-3f@printer.invalid>\r\nTo: alice@corp.example\r\nSubject: Scan\r\n\r\n{body}"
+    );
+    send_mail(
+        &mut printer,
+        "mfp-3f@printer.invalid",
+        &["alice@corp.example"],
+        data.as_bytes(),
+    )
+    .await;
+    printer.cmd("QUIT", "221").await;
+
+    let got = sink.wait_for(DELIVERY, |m| !m.is_empty()).await;
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    assert!(m.tls, "delivered without TLS");
+    assert_eq!(m.auth.as_deref(), Some(MAILBOX));
+    assert_eq!(m.mail_from, MAILBOX);
+    assert_eq!(m.rcpt_to, ["alice@corp.example"]);
+    let text = m.text();
+    assert!(text.ends_with(&format!("\r\n\r\n{body}")), "{text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines.contains(&"From: MFP 3rd floor <scanner@corp.example>"),
+        "{text}"
+    );
+    assert!(
+        lines.contains(&"Reply-To: MFP 3rd floor <mfp-3f@printer.invalid>"),
+        "{text}"
+    );
+    assert!(
+        endpoint.violations().is_empty(),
+        "{:?}",
+        endpoint.violations()
+    );
+    let grants: Vec<String> = endpoint
+        .requests()
+        .iter()
+        .map(|r| r.grant.clone())
+        .collect();
+    assert_eq!(grants, ["client_credentials"]);
+}
