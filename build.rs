@@ -3,15 +3,14 @@
 use std::process::Command;
 
 fn main() {
-    let commit = Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
+    // A build without the repository's .git (a container image build) is told the commit
+    // by the environment (the Dockerfile's POSTERN_GIT_COMMIT build argument).
+    println!("cargo:rerun-if-env-changed=POSTERN_GIT_COMMIT");
+    let given = std::env::var("POSTERN_GIT_COMMIT")
         .ok()
-        .filter(|o| o.status.success())
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned());
+        .map(|s| s.trim().chars().take(12).collect::<String>())
+        .filter(|s| !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit()));
+    let commit = given.unwrap_or_else(git_commit);
     println!("cargo:rustc-env=POSTERN_GIT_COMMIT={commit}");
     // A new commit moves HEAD (or the branch it points to): re-stamp then, not on every build.
     for path in [".git/HEAD", ".git/refs/heads", ".git/packed-refs"] {
@@ -20,4 +19,17 @@ fn main() {
         }
     }
     println!("cargo:rerun-if-changed=build.rs");
+}
+
+/// `git rev-parse --short=12 HEAD`, or `unknown` outside a git checkout.
+fn git_commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
 }

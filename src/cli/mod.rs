@@ -1,7 +1,9 @@
 //! Subcommands: `run`, `check-config`, `hash-password`; the admin tools `queue ...` and
-//! `reload` (queue.rs, over the admin API through api.rs) and `probe upstream` (probe.rs).
+//! `reload` (queue.rs, over the admin API through api.rs), `probe upstream` (probe.rs) and
+//! `healthcheck` (health.rs, the container's health check).
 
 mod api;
+mod health;
 mod probe;
 mod queue;
 mod table;
@@ -68,6 +70,10 @@ pub enum Command {
         #[command(subcommand)]
         target: probe::ProbeTarget,
     },
+    /// Ask the running relay's /readyz (at the config's http.address, on loopback when it
+    /// is a wildcard): exit 0 when it answers 200, 1 otherwise, printing one line. The
+    /// container's HEALTHCHECK; needs no shell or other tools.
+    Healthcheck(health::HealthArgs),
 }
 
 /// Parses the command line and runs the subcommand.
@@ -88,6 +94,7 @@ pub fn main() -> ExitCode {
         Command::Queue { command } => queue::run(command),
         Command::Reload { api } => queue::reload(&api),
         Command::Probe { target } => probe::run(target),
+        Command::Healthcheck(args) => health::run(&args),
     }
 }
 

@@ -1,0 +1,220 @@
+//! `postern healthcheck`: asks a running relay's `/readyz` over HTTP and exits 0 when it
+//! answers `200`, 1 otherwise, printing one line. It is the container's `HEALTHCHECK`
+//! (deploy/container/Dockerfile), so it needs no shell and no tools beside the binary.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::Uri;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+
+use crate::cli::api::Client;
+use crate::config::units;
+
+/// The most of `/readyz`'s body that is read: its lines are short, one per failed check.
+const BODY_LIMIT: usize = 16 * 1024;
+/// The most of it that is printed.
+const LINE_LIMIT: usize = 400;
+
+/// Where to ask, and for how long.
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// The configuration file of the running relay: `/readyz` is asked at its
+    /// `http.address` (a wildcard address, 0.0.0.0 or ::, is asked on loopback).
+    #[arg(long, short, default_value = "config/postern.yaml")]
+    pub config: PathBuf,
+    /// Ask this URL instead of the config's address, e.g. `http://127.0.0.1:9587/readyz`
+    /// (plain HTTP; `/readyz` when it names no path).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Give up after this long, connecting and reading included (`500ms`, `5s`).
+    #[arg(long, default_value = "5s")]
+    pub timeout: units::Duration,
+}
+
+/// Runs `postern healthcheck`: exit 0 when `/readyz` answers 200, else 1, one line either way.
+pub fn run(args: &HealthArgs) -> ExitCode {
+    let url = match target(args) {
+        Ok(url) => url,
+        Err(e) => return unhealthy(&e),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return unhealthy(&format!("cannot start the runtime: {e}")),
+    };
+    let limit = args.timeout.get();
+    let outcome = rt.block_on(async {
+        match tokio::time::timeout(limit, ask(&url)).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(format!("no answer from {url} within {limit:?}")),
+        }
+    });
+    match outcome {
+        Ok((200, body)) => {
+            println!("{url}: {}", one_line(&body));
+            ExitCode::SUCCESS
+        }
+        Ok((503, body)) => unhealthy(&format!("{url}: {}", one_line(&body))),
+        Ok((status, body)) => unhealthy(&format!("{url}: HTTP {status}: {}", one_line(&body))),
+        Err(e) => unhealthy(&e),
+    }
+}
+
+fn unhealthy(why: &str) -> ExitCode {
+    eprintln!("postern: {why}");
+    ExitCode::FAILURE
+}
+
+/// The URL to ask: `--url` (with `/readyz` when it has no path), else the config's
+/// `http.address` made reachable.
+fn target(args: &HealthArgs) -> Result<Uri, String> {
+    if let Some(url) = &args.url {
+        return parse_url(url);
+    }
+    let client = Client::new(&args.config)?;
+    let Some(addr) = client.address else {
+        return Err(format!(
+            "{}: no http: section, so there is no /readyz to ask; set http.address \
+             (README, \"Observability\") or pass --url",
+            args.config.display()
+        ));
+    };
+    parse_url(&format!("http://{}/readyz", reachable(addr)))
+}
+
+/// A wildcard bind address is asked on loopback, where the relay also listens.
+fn reachable(bind: SocketAddr) -> SocketAddr {
+    match bind.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, bind.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, bind.port()).into(),
+        _ => bind,
+    }
+}
+
+/// Parses a plain `http://host:port[/path]` URL; the path defaults to `/readyz`.
+fn parse_url(url: &str) -> Result<Uri, String> {
+    let bad = |why: &str| format!("--url {url}: {why}; e.g. http://127.0.0.1:9587/readyz");
+    let uri: Uri = url.parse().map_err(|e| bad(&format!("{e}")))?;
+    if uri.scheme_str() != Some("http") {
+        return Err(bad(
+            "only plain http:// is served by postern's http: listener",
+        ));
+    }
+    if uri.host().is_none() {
+        return Err(bad("no host"));
+    }
+    let path = match uri.path_and_query().map(|p| p.as_str()) {
+        None | Some("") | Some("/") => "/readyz",
+        Some(p) => p,
+    };
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+    format!("http://{authority}{path}")
+        .parse()
+        .map_err(|e| bad(&format!("{e}")))
+}
+
+/// One `GET`: the status and the body (at most [`BODY_LIMIT`] bytes of it).
+async fn ask(url: &Uri) -> Result<(u16, String), String> {
+    let host = url.host().unwrap_or_default();
+    // `[::1]` in a URL is `::1` to connect to.
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = url.port_u16().unwrap_or(80);
+    let tcp = tokio::net::TcpStream::connect((host, port))
+        .await
+        .map_err(|e| {
+            format!("cannot connect to {url}: {e}, is postern running and is http.address set?")
+        })?;
+    let failed = |e: &dyn std::fmt::Display| format!("{url}: {e}");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| failed(&e))?;
+    tokio::spawn(conn);
+    let authority = url.authority().map(|a| a.as_str()).unwrap_or(host);
+    let path = url.path_and_query().map_or("/readyz", |p| p.as_str());
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, authority)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| failed(&e))?;
+    let resp = sender.send_request(req).await.map_err(|e| failed(&e))?;
+    let status = resp.status().as_u16();
+    let body = Limited::new(resp.into_body(), BODY_LIMIT)
+        .collect()
+        .await
+        .map_err(|e| failed(&e))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// `/readyz`'s lines as one: `not ready: draining: ...; spool: ...` (the first line, then
+/// the others joined by `; `), with control characters dropped and the length bounded.
+fn one_line(body: &str) -> String {
+    let mut lines = body.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut text = match lines.next() {
+        Some(first) => first.to_owned(),
+        None => return "(empty answer)".to_owned(),
+    };
+    let rest: Vec<&str> = lines.collect();
+    if !rest.is_empty() {
+        text.push_str(": ");
+        text.push_str(&rest.join("; "));
+    }
+    let mut clean: String = text.chars().filter(|c| !c.is_control()).collect();
+    if clean.chars().count() > LINE_LIMIT {
+        clean = clean.chars().take(LINE_LIMIT).collect();
+        clean.push_str(" ...");
+    }
+    clean
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readyz_lines_become_one() {
+        assert_eq!(one_line("ready\n"), "ready");
+        assert_eq!(
+            one_line("not ready\ndraining: shutting down\nspool: not writable: EROFS\n"),
+            "not ready: draining: shutting down; spool: not writable: EROFS"
+        );
+        assert_eq!(one_line(""), "(empty answer)");
+        assert_eq!(one_line("a\u{1b}[31mb\r\n"), "a[31mb");
+        let long = "x".repeat(2 * LINE_LIMIT);
+        assert_eq!(one_line(&long).len(), LINE_LIMIT + 4);
+    }
+
+    #[test]
+    fn urls_default_to_readyz_and_must_be_http() {
+        let u = |s: &str| parse_url(s).map(|u| u.to_string());
+        assert_eq!(
+            u("http://127.0.0.1:9587").unwrap(),
+            "http://127.0.0.1:9587/readyz"
+        );
+        assert_eq!(
+            u("http://[::1]:9587/healthz").unwrap(),
+            "http://[::1]:9587/healthz"
+        );
+        assert!(
+            u("https://127.0.0.1:9587/readyz")
+                .unwrap_err()
+                .contains("plain http")
+        );
+        assert!(u("127.0.0.1:9587").is_err());
+        assert!(u("http://exa mple/").is_err());
+    }
+
+    #[test]
+    fn wildcard_addresses_are_asked_on_loopback() {
+        let r = |s: &str| reachable(s.parse().unwrap()).to_string();
+        assert_eq!(r("0.0.0.0:9587"), "127.0.0.1:9587");
+        assert_eq!(r("[::]:9587"), "[::1]:9587");
+        assert_eq!(r("10.0.0.5:9587"), "10.0.0.5:9587");
+    }
+}
