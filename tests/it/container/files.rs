@@ -439,3 +439,38 @@ fn compose_grafana_provisioning_finds_the_dashboard_and_prometheus() {
     );
     assert_eq!(port_of(url), 9090, "Prometheus' own port in its container");
 }
+
+/// The guide's own Compose file (docs/deploy-container.md, "Your config ...") is valid and
+/// mounts the admin's directory where the image reads its config.
+#[test]
+fn guide_compose_override_is_valid_and_replaces_the_config_directory() {
+    let guide = std::fs::read_to_string(repo("docs/deploy-container.md")).unwrap();
+    let block = guide
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split_once("```").map(|(yaml, _)| yaml))
+        .find(|yaml| yaml.contains("/etc/postern"))
+        .expect("the guide's compose.local.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("compose.local.yaml");
+    std::fs::write(&file, block).unwrap();
+    let out = tool(
+        "check-jsonschema",
+        &[
+            "--builtin-schema",
+            "vendor.compose-spec",
+            file.to_str().unwrap(),
+        ],
+        "PyPI check-jsonschema",
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let doc: Value = serde_yaml::from_str(block).unwrap();
+    let all = dockerfile();
+    let run = exec_form(&last_stage(&all, "CMD")[0].args);
+    let config_dir = Path::new(flag_value(&run, "--config")).parent().unwrap();
+    let targets: Vec<String> = mounts(&doc["services"]["postern"])
+        .into_iter()
+        .map(|m| m.target)
+        .collect();
+    assert_eq!(targets, [config_dir.display().to_string()]);
+}
