@@ -113,6 +113,16 @@ fn dockerfile_builds_from_what_exists_into_a_pinned_non_root_image() {
     let wanted: BTreeSet<u16> = smtp.into_iter().chain([http]).collect();
     assert_eq!(exposed, wanted, "EXPOSE the container config's ports");
     assert_eq!(last_stage(&all, "STOPSIGNAL")[0].args, "SIGTERM");
+    let version = format!(
+        "org.opencontainers.image.version=\"{}\"",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(
+        last_stage(&all, "LABEL")
+            .iter()
+            .any(|l| l.args.contains(&version)),
+        "LABEL {version}, as Cargo.toml says"
+    );
 }
 
 /// The build stage is the Rust image of the crate's rust-version; every base has a tag.
