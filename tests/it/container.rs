@@ -12,7 +12,8 @@
 //! Compose specification's schema built in), promtool (Debian `prometheus`), swaks (Debian
 //! `swaks`); .ci/run installs them.
 
-mod files;
+mod compose;
+mod dockerfile;
 mod running;
 
 use std::path::{Path, PathBuf};
