@@ -48,7 +48,8 @@ pub struct UserConfig {
     /// An argon2id PHC string from `postern hash-password`. Required.
     pub password_hash: String,
     /// Envelope senders this account may use: `user@domain`, `@domain` (any address at
-    /// that domain) or `*` (any). Required, non-empty.
+    /// that domain), `@*.domain` (any address at a subdomain of it) or `*` (any). Required,
+    /// non-empty.
     pub senders: Vec<String>,
     /// Overrides `sender_check` (and the listener's) for this account. Default: inherited.
     #[serde(default)]

@@ -9,6 +9,9 @@
 //! [`ByteSize`](crate::config::units::ByteSize) in `units.rs`, and here [`Cidr`] (for
 //! `IpNet`) and [`SocketAddress`] (for `SocketAddr`).
 //!
+//! Patterns carry a `patternErrorMessage` (a keyword VS Code's and `yaml-language-server`'s
+//! validators show instead of the pattern; others ignore it).
+//!
 //! The schema may be looser than the loader (cross-field rules stay in `validate.rs`), but it
 //! must never reject a config the loader accepts; `tests/it/schema.rs` checks both ways.
 
@@ -42,6 +45,7 @@ fn ipv6(octet: &str, groups: usize) -> String {
         let tail_form = match tail {
             0 => String::new(),
             1 => H.to_owned(),
+            2 => ls32.clone(),
             n => format!("({H}:){{{}}}{ls32}", n - 2),
         };
         // Eight groups before a `::` leave none for it to stand for, whatever the parser.
@@ -75,6 +79,7 @@ impl JsonSchema for Cidr {
                 length (`10.0.0.0/8`, `192.0.2.7/32`, `2001:db8::/32`).",
             "type": "string",
             "pattern": format!("^({v4}|{v6})$"),
+            "patternErrorMessage": "expected CIDR notation such as 10.0.0.0/8 or 2001:db8::/32",
             "examples": ["10.0.0.0/8", "2001:db8::/32"]
         })
     }
@@ -100,6 +105,7 @@ impl JsonSchema for SocketAddress {
                 (`127.0.0.1:2525`, `0.0.0.0:25`, `\"[::]:587\"`). No host names.",
             "type": "string",
             "pattern": format!("^({v4}|{v6}):{PORT}$"),
+            "patternErrorMessage": "expected IP:port such as 0.0.0.0:25 or [::]:587",
             "examples": ["127.0.0.1:2525", "[::]:587"]
         })
     }

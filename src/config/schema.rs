@@ -51,7 +51,8 @@ pub struct Config {
     /// Size, recipient and connection caps.
     #[serde(default)]
     pub limits: LimitsConfig,
-    /// Rate limits for every client (see [`RateLimitRule`]). Default: none.
+    /// Rate limits for every client: each counts messages, recipients or connections per
+    /// `per` value (client address, user, ...). Default: none.
     #[serde(default)]
     pub rate_limits: Vec<RateLimitRule>,
     /// AUTH-failure lockout. Default: on, 10 failures in `10m` lock an address for `15m`.
@@ -83,8 +84,8 @@ pub struct Config {
     /// The HTTP endpoint: `/metrics` (Prometheus), `/healthz`, `/readyz`. Default: off.
     #[serde(default)]
     pub http: Option<HttpConfig>,
-    /// The Redis shared by several instances, for limits with `scope: cluster`
-    /// ([`RedisConfig`]). Default: none (every limit is local).
+    /// The Redis shared by several instances, for limits with `scope: cluster`.
+    /// Default: none (every limit is local).
     #[serde(default)]
     pub redis: Option<RedisConfig>,
     /// How long SIGTERM waits for open sessions to finish before closing them. Default: `30s`.
@@ -266,10 +267,12 @@ pub enum BareLineEndings {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpConfig {
-    /// `reject` or `normalise`: see [`BareLineEndings`]. Default: `reject`.
+    /// What to do with a bare CR or LF inside DATA: `reject` (refuse the message with
+    /// `550 5.6.0`) or `normalise` (turn it into CRLF). Default: `reject`.
     #[serde(default)]
     pub bare_line_endings: BareLineEndings,
-    /// `wrap` or `reject`: see [`LongLinesPolicy`]. Default: `wrap`.
+    /// What to do with a message that has a line over 998 octets: `wrap` (wrap it when
+    /// relaying) or `reject` (refuse it with `550 5.6.0`). Default: `wrap`.
     #[serde(default)]
     pub long_lines: LongLinesPolicy,
 }
@@ -337,10 +340,12 @@ pub struct QueueConfig {
     /// delete with `postern queue`). Default: `retry`.
     #[serde(default)]
     pub on_ambiguous: OnAmbiguous,
-    /// How a message is made durable before its `250`. Default: `fdatasync`.
+    /// How a message is made durable before its `250`: `fdatasync` (each file) or `syncfs`
+    /// (the spool's filesystem, once per batch). Default: `fdatasync`.
     #[serde(default)]
     pub sync: QueueSync,
-    /// What happens to a message with recipients that failed for good. Default: `both`.
+    /// What happens to a message with recipients that failed for good: `dsn` (a bounce to
+    /// the sender), `dead_letter` (kept in the spool's `failed/`) or `both`. Default: `both`.
     #[serde(default)]
     pub bounces: Bounces,
     /// Send one `Action: delayed` notification once a message has waited this long with

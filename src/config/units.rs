@@ -225,6 +225,7 @@ impl JsonSchema for Duration {
                 (`500ms`, `30s`, `5m`, `2h`, `3d`, `1w`), or a bare whole number of seconds.",
             "type": ["string", "integer"],
             "pattern": r"^\s*[0-9]+\s*(ms|s|m|h|d|w)?\s*$",
+            "patternErrorMessage": "expected a number with a unit: ms, s, m, h, d or w (e.g. 30s, 5m, 3d)",
             "minimum": 0,
             "examples": ["30s", "5m", "3d"]
         })
@@ -247,6 +248,7 @@ impl JsonSchema for ByteSize {
                 or a bare whole number of bytes.",
             "type": ["string", "integer"],
             "pattern": r"^\s*[0-9]+\s*(B|KiB|K|k|MiB|M|GiB|G|kB|KB|MB|GB)?\s*$",
+            "patternErrorMessage": "expected a number with an optional unit: B, KiB, MiB, GiB, kB, MB or GB (e.g. 25MiB)",
             "minimum": 0,
             "examples": ["25MiB", "64KiB"]
         })

@@ -23,8 +23,8 @@ pub struct UpstreamConfig {
     /// Relative paths are resolved against the config file's directory.
     #[serde(default)]
     pub directory: Option<PathBuf>,
-    /// `none`, `starttls` or `implicit`. Default: `starttls`. SMTP only, as are the keys
-    /// down to `messages_per_connection`: each is a config error on a directory upstream.
+    /// `none`, `starttls` or `implicit`. Default: `starttls`. SMTP only, as is every key but
+    /// `name`, `address` and `directory`: each is a config error on a directory upstream.
     #[serde(default)]
     pub tls: Option<UpstreamTls>,
     /// PEM file of CA certificates to trust instead of the system roots. Relative paths are
@@ -44,7 +44,7 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub auth: Option<UpstreamAuth>,
     /// Most concurrent connections to this upstream. Default: `4`, or the provider's
-    /// ([`UpstreamConfig::max_connections`]).
+    /// (`3` for `microsoft`).
     #[serde(default)]
     pub max_connections: Option<usize>,
     /// Name sent in EHLO. Default: the top-level `hostname`.
