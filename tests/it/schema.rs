@@ -208,6 +208,33 @@ fn shipped_and_example_configs_validate() {
     );
 }
 
+/// config/postern.yaml names the schema in its first line, for editors, and to postern that
+/// line is a comment: `postern check-config` takes the file as it is.
+#[test]
+fn modeline_names_the_schema_and_postern_ignores_it() {
+    let config = repo("config/postern.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert_eq!(
+        text.lines().next(),
+        Some("# yaml-language-server: $schema=postern.schema.json")
+    );
+    assert!(config.with_file_name("postern.schema.json").is_file());
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}: OK\n", config.display())
+    );
+}
+
 /// `benches/postern.yaml.tpl` as `string.Template` renders it, with stand-in values.
 fn render_bench_template(template: &str) -> String {
     let values = [
