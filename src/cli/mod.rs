@@ -6,6 +6,7 @@ mod api;
 mod health;
 mod probe;
 mod queue;
+mod schema;
 mod table;
 
 use std::io::{BufRead, IsTerminal, Write};
@@ -53,6 +54,13 @@ pub enum Command {
     },
     /// Read a password from standard input and print its argon2id PHC hash for `users:`.
     HashPassword,
+    /// Print the JSON Schema of the configuration file (draft 2020-12) to standard output.
+    ///
+    /// Editors use it to check and complete postern.yaml: config/postern.schema.json is this
+    /// output, named in config/postern.yaml's `# yaml-language-server: $schema=` line. After
+    /// changing the config types, regenerate it with
+    /// `cargo run -- config-schema > config/postern.schema.json`.
+    ConfigSchema,
     /// Queue administration through the admin API (`http.admin_token_file`).
     Queue {
         /// What to do.
@@ -91,6 +99,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::HashPassword => hash_password(),
+        Command::ConfigSchema => schema::run(),
         Command::Queue { command } => queue::run(command),
         Command::Reload { api } => queue::reload(&api),
         Command::Probe { target } => probe::run(target),

@@ -2,14 +2,16 @@
 //! who they may send as: the sender check and sender rewriting.
 
 use ipnet::IpNet;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::config::json_schema::Cidr;
 use crate::config::policy::RateLimitRule;
 use crate::config::units::ByteSize;
 
 /// How much of the sender is checked against an identity's `senders` patterns
 /// (`sender_check`, at the top level, on a listener, or on a user or network).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SenderCheck {
     /// The envelope sender (MAIL FROM): `553 5.7.1` when not allowed.
@@ -23,7 +25,7 @@ pub enum SenderCheck {
 }
 
 /// What `rewrite_sender` rewrites.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RewriteMode {
     /// The envelope sender only.
@@ -38,7 +40,7 @@ pub enum RewriteMode {
 }
 
 /// An account that may authenticate.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserConfig {
     /// The login name. Required, unique.
@@ -46,7 +48,8 @@ pub struct UserConfig {
     /// An argon2id PHC string from `postern hash-password`. Required.
     pub password_hash: String,
     /// Envelope senders this account may use: `user@domain`, `@domain` (any address at
-    /// that domain) or `*` (any). Required, non-empty.
+    /// that domain), `@*.domain` (any address at a subdomain of it) or `*` (any). Required,
+    /// non-empty.
     pub senders: Vec<String>,
     /// Overrides `sender_check` (and the listener's) for this account. Default: inherited.
     #[serde(default)]
@@ -73,10 +76,11 @@ pub struct UserConfig {
 }
 
 /// A device identity: clients from `network` get these sender rules without AUTH.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkConfig {
     /// The client network (CIDR). Required.
+    #[schemars(with = "Cidr")]
     pub network: IpNet,
     /// Envelope senders these devices may use (same patterns as for users). Default: `["*"]`.
     #[serde(default = "any_sender")]

@@ -10,12 +10,14 @@
 //! - [`oauth2`]: an upstream's OAuth 2.0 token endpoint and scope, from its provider.
 //! - [`syntax`]: sender patterns, domains, `host:port`.
 //! - [`validate`]: the cross-field rules, in the schema's order; the first failure wins.
+//! - [`json_schema`]: the JSON Schema of the file (`postern config-schema`), for editors.
 //! - [`error`]: [`error::ConfigError`], rendered `FILE: KEY: PROBLEM`.
 
 use std::path::{Path, PathBuf};
 
 pub mod error;
 pub mod identity;
+pub mod json_schema;
 pub mod load;
 pub mod oauth2;
 pub mod policy;

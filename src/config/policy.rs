@@ -5,12 +5,13 @@
 //! Like [`crate::config::schema`], every struct is `deny_unknown_fields` and each field's doc
 //! comment states its default. Cross-field rules live in `validate.rs`.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::config::units::{ByteSize, Duration};
 
 /// Caps on what a client may send.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Largest message accepted (RFC 1870 SIZE). Default: `25MiB`.
@@ -73,7 +74,7 @@ impl Default for LimitsConfig {
 /// A client over the limit gets `450 4.7.1` (MAIL, RCPT) or `421 4.7.0` (connections) with
 /// the time to wait. Messages are counted at MAIL, recipients at each RCPT, connections at
 /// accept.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitRule {
     /// Shown in logs and in the refusal text, unique in its list. Default: derived from
@@ -118,7 +119,7 @@ pub struct RateLimitRule {
 }
 
 /// Where a limit's state lives (`scope:`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// In this instance's memory.
@@ -129,7 +130,7 @@ pub enum Scope {
 }
 
 /// What a `scope: cluster` limit does while Redis cannot answer (`on_redis_error:`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnRedisError {
     /// Admit (the local rules still apply), logged and counted.
@@ -140,7 +141,7 @@ pub enum OnRedisError {
 }
 
 /// What a rate limit counts separately (`per:`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RatePer {
     /// The client address (IPv6: its /64).
@@ -215,7 +216,7 @@ impl RateLimitRule {
 /// AUTH from it is refused with `454 4.7.0` for `duration`, even with the right password.
 ///
 /// On by default. A success does not clear the count: failures age out of the window.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthLockoutConfig {
     /// Failures that start a lockout; `0` turns the lockout off. Default: `10`.

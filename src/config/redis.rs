@@ -7,13 +7,14 @@
 
 use std::path::{Path, PathBuf};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::config::resolve;
 use crate::config::units::Duration;
 
 /// The Redis server shared by the instances of a cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://host:port[/db]`, or `rediss://host:port[/db]` for TLS. Must carry no user
@@ -44,7 +45,7 @@ pub struct RedisConfig {
 }
 
 /// TLS to Redis (a `rediss://` URL).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisTlsConfig {
     /// PEM file of the CA certificates the server's certificate must chain to, instead of the

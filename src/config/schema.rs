@@ -8,8 +8,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::config::json_schema::{Cidr, SocketAddress};
 use crate::config::units::Duration;
 
 // Moved to `policy.rs` with the other policy sections; re-exported so paths stay the same.
@@ -23,7 +25,7 @@ pub use crate::config::upstream::{
 };
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The name postern uses in its banner, EHLO reply and Received headers. Default: `localhost`.
@@ -49,7 +51,8 @@ pub struct Config {
     /// Size, recipient and connection caps.
     #[serde(default)]
     pub limits: LimitsConfig,
-    /// Rate limits for every client (see [`RateLimitRule`]). Default: none.
+    /// Rate limits for every client: each counts messages, recipients or connections per
+    /// `per` value (client address, user, ...). Default: none.
     #[serde(default)]
     pub rate_limits: Vec<RateLimitRule>,
     /// AUTH-failure lockout. Default: on, 10 failures in `10m` lock an address for `15m`.
@@ -81,8 +84,8 @@ pub struct Config {
     /// The HTTP endpoint: `/metrics` (Prometheus), `/healthz`, `/readyz`. Default: off.
     #[serde(default)]
     pub http: Option<HttpConfig>,
-    /// The Redis shared by several instances, for limits with `scope: cluster`
-    /// ([`RedisConfig`]). Default: none (every limit is local).
+    /// The Redis shared by several instances, for limits with `scope: cluster`.
+    /// Default: none (every limit is local).
     #[serde(default)]
     pub redis: Option<RedisConfig>,
     /// How long SIGTERM waits for open sessions to finish before closing them. Default: `30s`.
@@ -91,12 +94,13 @@ pub struct Config {
 }
 
 /// One SMTP listener.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     /// A unique name, used in logs and the Received header. Required.
     pub name: String,
     /// `IP:port` to bind, e.g. `"[::]:587"` or `"127.0.0.1:2525"`. Required.
+    #[schemars(with = "SocketAddress")]
     pub address: SocketAddr,
     /// `none`, `starttls` (offered, RFC 3207) or `implicit` (TLS from the first byte, RFC 8314).
     /// Default: `starttls`.
@@ -109,6 +113,7 @@ pub struct ListenerConfig {
     /// Client networks allowed to connect (CIDR). Others get `554 5.7.1` and are closed.
     /// Default: empty, meaning any address, which is an error with `auth: none`.
     #[serde(default)]
+    #[schemars(with = "Vec<Cidr>")]
     pub allow_networks: Vec<IpNet>,
     /// At most this many concurrent sessions on this listener; more get `421 4.7.0`.
     /// Default: no per-listener cap (the global `limits.max_connections` still applies).
@@ -139,11 +144,12 @@ pub struct ListenerConfig {
 
 /// A listener's PROXY protocol settings (HAProxy's `send-proxy` / `send-proxy-v2`; the model
 /// is Dovecot's `haproxy_trusted_networks`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProxyProtocolConfig {
     /// The load balancers (CIDR). A connection from one of them must start with a PROXY
     /// header, read before the banner within `timeouts.proxy_header`. Required, not empty.
+    #[schemars(with = "Vec<Cidr>")]
     pub trusted: Vec<IpNet>,
     /// `true`: every connection must come from `trusted` with a header; others are closed
     /// at once. `false`: other addresses are served directly at their TCP address, and
@@ -153,7 +159,7 @@ pub struct ProxyProtocolConfig {
 }
 
 /// TLS mode of a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerTls {
     /// Plain text only; STARTTLS is not offered.
@@ -166,7 +172,7 @@ pub enum ListenerTls {
 }
 
 /// AUTH mode of a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// Every transaction needs AUTH first.
@@ -179,7 +185,7 @@ pub enum AuthMode {
 }
 
 /// The server certificate and key.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM certificate chain, leaf first. Relative paths are resolved against the config
@@ -206,7 +212,7 @@ pub struct TlsConfig {
 }
 
 /// A certificate chosen by SNI.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SniCertificate {
     /// PEM certificate chain, leaf first. Required.
@@ -223,7 +229,7 @@ pub struct SniCertificate {
 ///
 /// `command` bounds the time to receive a whole command line, not the gap between bytes, so
 /// a client trickling a byte at a time cannot stretch it.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsConfig {
     /// Waiting for the next command (RFC 5321 4.5.3.2.7: at least 5 minutes). Default: `5m`.
@@ -247,7 +253,7 @@ pub struct TimeoutsConfig {
 }
 
 /// What to do with a bare CR or bare LF inside DATA.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BareLineEndings {
     /// Refuse the message with `550 5.6.0` (the smuggling-safe default).
@@ -258,20 +264,22 @@ pub enum BareLineEndings {
 }
 
 /// SMTP dialogue options.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpConfig {
-    /// `reject` or `normalise`: see [`BareLineEndings`]. Default: `reject`.
+    /// What to do with a bare CR or LF inside DATA: `reject` (refuse the message with
+    /// `550 5.6.0`) or `normalise` (turn it into CRLF). Default: `reject`.
     #[serde(default)]
     pub bare_line_endings: BareLineEndings,
-    /// `wrap` or `reject`: see [`LongLinesPolicy`]. Default: `wrap`.
+    /// What to do with a message that has a line over 998 octets: `wrap` (wrap it when
+    /// relaying) or `reject` (refuse it with `550 5.6.0`). Default: `wrap`.
     #[serde(default)]
     pub long_lines: LongLinesPolicy,
 }
 
 /// What to do with a message that has a line over 998 octets (RFC 5322 2.1.1; postern never
 /// sends one, RFC 5321 4.5.3.1.6).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LongLinesPolicy {
     /// Accept it and wrap the lines when relaying: header fields folded at whitespace,
@@ -283,7 +291,7 @@ pub enum LongLinesPolicy {
 }
 
 /// Header fix-ups.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeadersConfig {
     /// Add `Date:` when the message has none (RFC 6409 8.3). Default: `true`.
@@ -295,7 +303,7 @@ pub struct HeadersConfig {
 }
 
 /// The AUTH success cache.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuthCacheConfig {
     /// How long a verified (user, password) pair is trusted without argon2. `0s` disables
@@ -308,7 +316,7 @@ pub struct AuthCacheConfig {
 }
 
 /// The durable queue.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     /// The spool directory; created if absent. Relative paths are resolved against the
@@ -332,10 +340,12 @@ pub struct QueueConfig {
     /// delete with `postern queue`). Default: `retry`.
     #[serde(default)]
     pub on_ambiguous: OnAmbiguous,
-    /// How a message is made durable before its `250`. Default: `fdatasync`.
+    /// How a message is made durable before its `250`: `fdatasync` (each file) or `syncfs`
+    /// (the spool's filesystem, once per batch). Default: `fdatasync`.
     #[serde(default)]
     pub sync: QueueSync,
-    /// What happens to a message with recipients that failed for good. Default: `both`.
+    /// What happens to a message with recipients that failed for good: `dsn` (a bounce to
+    /// the sender), `dead_letter` (kept in the spool's `failed/`) or `both`. Default: `both`.
     #[serde(default)]
     pub bounces: Bounces,
     /// Send one `Action: delayed` notification once a message has waited this long with
@@ -345,7 +355,7 @@ pub struct QueueConfig {
 }
 
 /// `queue.bounces`: how failed recipients are reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Bounces {
     /// A delivery status notification (RFC 3464) to the envelope sender; the message is
@@ -371,7 +381,7 @@ impl Bounces {
 }
 
 /// What to do with a maybe-delivered message (`queue.on_ambiguous`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnAmbiguous {
     /// Try it again at the same upstream after `queue.ambiguous_retry`.
@@ -382,7 +392,7 @@ pub enum OnAmbiguous {
 }
 
 /// How the spool syncs (`queue.sync`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum QueueSync {
     /// One `fdatasync` per message file (overlapped), then one directory `fsync` per batch:
@@ -395,11 +405,12 @@ pub enum QueueSync {
 }
 
 /// The HTTP endpoint for metrics and health checks.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     /// Where it listens, `ip:port`. Keep it on loopback or a management network: it is
     /// plain HTTP without authentication.
+    #[schemars(with = "SocketAddress")]
     pub address: SocketAddr,
     /// A file holding the bearer token of the admin API (`/api/v1/`): its first line,
     /// at least 16 characters. Read at start and at each reload. Unset: the admin API is off
@@ -413,7 +424,7 @@ pub struct HttpConfig {
 }
 
 /// Log output.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// `json` (one object per line) or `text`. Default: `text`.
@@ -425,7 +436,7 @@ pub struct LogConfig {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.

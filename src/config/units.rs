@@ -7,6 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration as StdDuration;
 
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::de::{self, Deserializer, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -165,15 +166,92 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// Duration units, largest first, in milliseconds: what [`Duration`]'s `Serialize` picks from.
+const DURATION_UNITS: [(&str, u128); 6] = [
+    ("w", 604_800_000),
+    ("d", 86_400_000),
+    ("h", 3_600_000),
+    ("m", 60_000),
+    ("s", 1000),
+    ("ms", 1),
+];
+
+/// Size units, largest first: what [`ByteSize`]'s `Serialize` picks from (binary units, as
+/// the defaults are written).
+const SIZE_UNITS: [(&str, u64); 4] = [
+    ("GiB", 1 << 30),
+    ("MiB", 1 << 20),
+    ("KiB", 1 << 10),
+    ("B", 1),
+];
+
+/// Serialized in the config's own notation with the largest unit that divides it exactly
+/// (`5m`, `1h`, `250ms`), so the JSON Schema's defaults read as the docs write them.
 impl Serialize for Duration {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        let ms = self.0.as_millis();
+        let (unit, size) = DURATION_UNITS
+            .into_iter()
+            .find(|(_, size)| ms.is_multiple_of(*size) && ms >= *size)
+            .unwrap_or(("s", 1000));
+        s.collect_str(&format_args!("{}{unit}", ms / size))
     }
 }
 
+/// Serialized as `25MiB`, `64KiB` or `512B`: the largest binary unit that divides it exactly.
 impl Serialize for ByteSize {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        let (unit, size) = SIZE_UNITS
+            .into_iter()
+            .find(|(_, size)| self.0.is_multiple_of(*size) && self.0 >= *size)
+            .unwrap_or(("B", 1));
+        s.collect_str(&format_args!("{}{unit}", self.0 / size))
+    }
+}
+
+/// The JSON Schema of what [`Duration`]'s `Deserialize` takes: a string matching
+/// [`FromStr`](Duration::from_str) (digits, optional spaces, a unit) or a whole number of
+/// seconds, not negative. Overflow is left to the loader.
+impl JsonSchema for Duration {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        concat!(module_path!(), "::Duration").into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A span of time: a whole number and a unit, ms, s, m, h, d or w \
+                (`500ms`, `30s`, `5m`, `2h`, `3d`, `1w`), or a bare whole number of seconds.",
+            "type": ["string", "integer"],
+            "pattern": r"^\s*[0-9]+\s*(ms|s|m|h|d|w)?\s*$",
+            "patternErrorMessage": "expected a number with a unit: ms, s, m, h, d or w (e.g. 30s, 5m, 3d)",
+            "minimum": 0,
+            "examples": ["30s", "5m", "3d"]
+        })
+    }
+}
+
+/// The JSON Schema of what [`ByteSize`]'s `Deserialize` takes: a string matching
+/// [`FromStr`](ByteSize::from_str) or a whole number of bytes, not negative.
+impl JsonSchema for ByteSize {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+    fn schema_id() -> std::borrow::Cow<'static, str> {
+        concat!(module_path!(), "::ByteSize").into()
+    }
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "description": "A size: a whole number and an optional unit, B, KiB (or K, k), \
+                MiB (or M), GiB (or G), kB (or KB), MB or GB (`512`, `64KiB`, `25MiB`, `10MB`), \
+                or a bare whole number of bytes.",
+            "type": ["string", "integer"],
+            "pattern": r"^\s*[0-9]+\s*(B|KiB|K|k|MiB|M|GiB|G|kB|KB|MB|GB)?\s*$",
+            "patternErrorMessage": "expected a number with an optional unit: B, KiB, MiB, GiB, kB, MB or GB (e.g. 25MiB)",
+            "minimum": 0,
+            "examples": ["25MiB", "64KiB"]
+        })
     }
 }
 
@@ -224,6 +302,37 @@ mod tests {
                 *want,
                 "input {input:?}"
             );
+        }
+    }
+
+    /// `Serialize` writes the notation the parser reads back, with the largest exact unit.
+    #[test]
+    fn serialized_forms_parse_back() {
+        let durations = [
+            (Duration::secs(300), "5m"),
+            (Duration::secs(3600), "1h"),
+            (Duration::secs(5 * 86_400), "5d"),
+            (Duration::secs(14 * 86_400), "2w"),
+            (Duration::secs(90), "90s"),
+            (Duration(StdDuration::from_millis(200)), "200ms"),
+            (Duration(StdDuration::from_millis(1500)), "1500ms"),
+            (Duration::secs(0), "0s"),
+        ];
+        for (d, want) in durations {
+            let json = serde_json::to_value(d).unwrap();
+            assert_eq!(json, want);
+            assert_eq!(want.parse::<Duration>().unwrap(), d);
+        }
+        let sizes = [
+            (ByteSize::mib(25), "25MiB"),
+            (ByteSize::kib(64), "64KiB"),
+            (ByteSize(1 << 30), "1GiB"),
+            (ByteSize(1500), "1500B"),
+            (ByteSize(0), "0B"),
+        ];
+        for (b, want) in sizes {
+            assert_eq!(serde_json::to_value(b).unwrap(), want);
+            assert_eq!(want.parse::<ByteSize>().unwrap(), b);
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::config::policy::{OnRedisError, Scope};
@@ -10,7 +11,7 @@ use crate::config::schema::default_command_timeout;
 use crate::config::units::Duration;
 
 /// Where mail goes: an SMTP smarthost, or a local directory (`directory:` set).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// A unique name, used by routes and logs. Required.
@@ -22,8 +23,8 @@ pub struct UpstreamConfig {
     /// Relative paths are resolved against the config file's directory.
     #[serde(default)]
     pub directory: Option<PathBuf>,
-    /// `none`, `starttls` or `implicit`. Default: `starttls`. SMTP only, as are the keys
-    /// down to `messages_per_connection`: each is a config error on a directory upstream.
+    /// `none`, `starttls` or `implicit`. Default: `starttls`. SMTP only, as is every key but
+    /// `name`, `address` and `directory`: each is a config error on a directory upstream.
     #[serde(default)]
     pub tls: Option<UpstreamTls>,
     /// PEM file of CA certificates to trust instead of the system roots. Relative paths are
@@ -43,7 +44,7 @@ pub struct UpstreamConfig {
     #[serde(default)]
     pub auth: Option<UpstreamAuth>,
     /// Most concurrent connections to this upstream. Default: `4`, or the provider's
-    /// ([`UpstreamConfig::max_connections`]).
+    /// (`3` for `microsoft`).
     #[serde(default)]
     pub max_connections: Option<usize>,
     /// Name sent in EHLO. Default: the top-level `hostname`.
@@ -194,7 +195,7 @@ impl UpstreamConfig {
 /// The circuit breaker of an SMTP upstream: after `failures` failed attempts in a row
 /// (connect, TLS, greeting, EHLO, AUTH, a `421`, a timeout before the final dot) the
 /// upstream is skipped for `cooldown`, then tried with one probe.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CircuitBreakerConfig {
     /// Failures in a row that open the breaker; `0` turns it off. Default: `5`.
@@ -222,7 +223,7 @@ fn default_breaker_cooldown() -> Duration {
 }
 
 /// The provider behind an upstream (its implied caps; and, for OAuth2, its token endpoint).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     /// Microsoft 365 / Exchange Online.
@@ -245,7 +246,7 @@ impl Provider {
 }
 
 /// TLS to an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamTls {
     /// Plain text; for loopback sinks and internal MTAs only.
@@ -258,7 +259,7 @@ pub enum UpstreamTls {
 }
 
 /// Upstream credentials: exactly one of `password`, `password_file` and `oauth2`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamAuth {
     /// The login name (with `oauth2`: the mailbox to log in as). Required.
@@ -281,7 +282,7 @@ pub struct UpstreamAuth {
 /// One grant is used: `refresh_token` when `refresh_token_file` is set (delegated access),
 /// else `client_credentials` (app-only) with `client_secret_file` or a signed client
 /// assertion (`client_certificate` + `client_key`, RFC 7523).
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OAuth2Config {
     /// `microsoft`, `google` or `generic`: sets the default `token_url` and `scope`.
@@ -320,7 +321,7 @@ pub struct OAuth2Config {
 /// A routing rule: every condition it sets must hold (a condition left out holds for
 /// every message). Patterns are as in users' `senders`: `user@domain`, `@domain`,
 /// `@*.domain` (strict subdomains) and `*`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     /// Envelope senders this route takes. Default: any sender.

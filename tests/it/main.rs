@@ -37,6 +37,7 @@ mod reload;
 mod restart;
 mod routing;
 mod scaleout;
+mod schema;
 mod selftest;
 mod sessions;
 mod shaping;

@@ -1,0 +1,59 @@
+// Drives yaml-language-server (the engine of VS Code's YAML extension and of the YAML
+// support in Neovim, Helix, Emacs lsp-mode, ...) as an editor would, on config/postern.yaml
+// with its `# yaml-language-server: $schema=` modeline. Run by tests/it/schema/editor.rs:
+//   node editor.js CONFIG_PATH BROKEN_TEXT
+// prints one JSON object: the diagnostics of the shipped text and of BROKEN_TEXT (opened as
+// a sibling file, so the modeline resolves the same way), the completions offered on a new
+// line in the first listener, and the hover text of `max_age`.
+'use strict';
+const fs = require('fs');
+const path = require('path');
+// yaml-language-server is found through NODE_PATH (npm's global root); its own dependencies
+// are resolved from it, as npm nests them there.
+const serverRequire = require('module').createRequire(require.resolve('yaml-language-server/package.json'));
+const { URI } = serverRequire('vscode-uri');
+const { TextDocument } = serverRequire('vscode-languageserver-textdocument');
+const yls = serverRequire('yaml-language-server/lib/umd/languageservice/yamlLanguageService');
+
+const fetched = [];
+const service = yls.getLanguageService({
+  schemaRequestService: async (uri) => {
+    fetched.push(uri);
+    return fs.readFileSync(URI.parse(uri).fsPath, 'utf8');
+  },
+  workspaceContext: {
+    resolveRelativePath: (rel, resource) =>
+      URI.file(path.resolve(path.dirname(URI.parse(resource).fsPath), rel)).toString(),
+  },
+});
+service.configure({ validate: true, completion: true, hover: true, yamlVersion: '1.2' });
+
+const lines = (diags) => diags.map((d) => ({ line: d.range.start.line + 1, message: d.message }));
+
+(async () => {
+  const [file, broken] = process.argv.slice(2);
+  const text = fs.readFileSync(file, 'utf8');
+  const shipped = TextDocument.create(URI.file(file).toString(), 'yaml', 1, text);
+  const sibling = path.join(path.dirname(file), 'editor-test-broken.yaml');
+  const bad = TextDocument.create(URI.file(sibling).toString(), 'yaml', 1, broken);
+
+  // A new, indented line after the first listener's `auth:` line.
+  const marker = '    auth: required\n';
+  const at = text.indexOf(marker) + marker.length;
+  const edited = text.slice(0, at) + '    \n' + text.slice(at);
+  const editing = TextDocument.create(URI.file(file).toString(), 'yaml', 2, edited);
+  const completion = await service.doComplete(editing, editing.positionAt(at + 4), false);
+
+  const hover = await service.doHover(shipped, shipped.positionAt(text.indexOf('max_age')));
+  const out = {
+    shipped: lines(await service.doValidation(shipped, false)),
+    broken: lines(await service.doValidation(bad, false)),
+    completion: completion.items.map((i) => i.label).sort(),
+    hover: hover ? JSON.stringify(hover.contents) : '',
+    fetched,
+  };
+  process.stdout.write(JSON.stringify(out) + '\n');
+})().catch((e) => {
+  process.stderr.write(String(e && e.stack || e) + '\n');
+  process.exit(1);
+});

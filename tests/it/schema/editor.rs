@@ -1,0 +1,116 @@
+//! config/postern.yaml in an editor: yaml-language-server (VS Code's YAML extension, and the
+//! YAML language server of Neovim, Helix, Emacs, ...) finds the schema through the file's
+//! `# yaml-language-server: $schema=postern.schema.json` modeline, finds nothing wrong with
+//! the shipped file, flags a typo, a bad address and a bad duration with the schema's
+//! messages, completes a listener's keys and shows a key's description on hover.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+use super::repo;
+
+/// The script that drives the language server (see its header).
+const SCRIPT: &str = include_str!("editor.js");
+
+/// npm's global root, where .ci/run installs yaml-language-server.
+fn npm_root() -> String {
+    let out = Command::new("npm")
+        .args(["root", "-g"])
+        .output()
+        .unwrap_or_else(|e| panic!("npm (Debian package npm) must be installed: {e}"));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn editors_validate_and_complete_the_shipped_config() {
+    let root = npm_root();
+    assert!(
+        std::path::Path::new(&root)
+            .join("yaml-language-server")
+            .is_dir(),
+        "yaml-language-server must be installed: npm install -g yaml-language-server@1.25.0 \
+         (as .ci/run does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("editor.js");
+    std::fs::write(&script, SCRIPT).unwrap();
+    let broken = "# yaml-language-server: $schema=postern.schema.json\n\
+                  listeners:\n  - {name: a, address: \"127.0.0.1:99999\", tsl: none}\n\
+                  queue: {directory: spool, max_age: 3 fortnights, bounces: never}\n\
+                  upstreams: [{name: out, directory: out}]\n";
+    let out = Command::new("node")
+        .arg(&script)
+        .arg(repo("config/postern.yaml"))
+        .arg(broken)
+        .env("NODE_PATH", &root)
+        .output()
+        .unwrap_or_else(|e| panic!("node (Debian package nodejs) must be installed: {e}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "node editor.js: {}\n{stderr}",
+        out.status
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    // The modeline led it to the committed schema, next to the config.
+    let schema_uri = format!("file://{}", repo("config/postern.schema.json").display());
+    assert!(
+        report["fetched"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|u| u == &schema_uri[..]),
+        "{report}"
+    );
+    assert_eq!(report["shipped"], serde_json::json!([]), "{report}");
+    let messages: Vec<(u64, &str)> = report["broken"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["line"].as_u64().unwrap(), d["message"].as_str().unwrap()))
+        .collect();
+    for want in [
+        (3, "expected IP:port such as 0.0.0.0:25 or [::]:587"),
+        (3, "Property tsl is not allowed."),
+        (
+            4,
+            "expected a number with a unit: ms, s, m, h, d or w (e.g. 30s, 5m, 3d)",
+        ),
+    ] {
+        assert!(messages.contains(&want), "{want:?} not in {messages:?}");
+    }
+    assert!(
+        messages
+            .iter()
+            .any(|(line, m)| *line == 4 && m.contains("\"both\"")),
+        "the bad queue.bounces value is flagged: {messages:?}"
+    );
+    assert_eq!(messages.len(), 4, "{messages:?}");
+
+    // On a new line in the first listener: the listener keys it does not set yet.
+    let offered: Vec<&str> = report["completion"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    for key in [
+        "allow_networks",
+        "max_connections",
+        "proxy_protocol",
+        "sender_check",
+        "sni",
+    ] {
+        assert!(offered.contains(&key), "{key} not offered: {offered:?}");
+    }
+    for set in ["name", "address", "tls", "auth"] {
+        assert!(!offered.contains(&set), "{set} is already set: {offered:?}");
+    }
+    let hover = report["hover"].as_str().unwrap();
+    assert!(
+        hover.contains("Give up on a message this long after it was accepted"),
+        "{hover}"
+    );
+}
