@@ -47,6 +47,8 @@ pub struct Client {
     pub spool: PathBuf,
     /// Where the API answers (a wildcard bind address becomes loopback).
     pub address: Option<SocketAddr>,
+    /// `http.address` as the config writes it (a wildcard stays one).
+    pub bind: Option<SocketAddr>,
     token: Result<String, String>,
 }
 
@@ -59,7 +61,8 @@ impl Client {
             Ok(cfg) => (cfg.http, cfg.queue.directory),
             Err(e) => loose(file).ok_or_else(|| e.to_string())?,
         };
-        let address = http.as_ref().map(|h| connect_address(h.address));
+        let bind = http.as_ref().map(|h| h.address);
+        let address = bind.map(connect_address);
         let token = match http.as_ref().and_then(|h| h.admin_token_file.as_ref()) {
             Some(path) => read_token(path).map_err(|e| format!("http.admin_token_file: {e}")),
             None => Err(format!(
@@ -71,6 +74,7 @@ impl Client {
             file: file.to_owned(),
             spool,
             address,
+            bind,
             token,
         })
     }

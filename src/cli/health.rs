@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty};
 use hyper::Uri;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
@@ -38,33 +38,44 @@ pub struct HealthArgs {
 
 /// Runs `postern healthcheck`: exit 0 when `/readyz` answers 200, else 1, one line either way.
 pub fn run(args: &HealthArgs) -> ExitCode {
-    let url = match target(args) {
-        Ok(url) => url,
+    let urls = match target(args) {
+        Ok(urls) => urls,
         Err(e) => return unhealthy(&e),
     };
+    let limit = args.timeout.get();
+    let outcome = within(limit, ask_first(&urls)).unwrap_or_else(|| {
+        let url = urls.first().map(Uri::to_string).unwrap_or_default();
+        Err(format!("no answer from {url} within {limit:?}"))
+    });
+    match outcome {
+        Ok((url, 200, body)) => {
+            println!("{url}: {}", one_line(&body));
+            ExitCode::SUCCESS
+        }
+        Ok((url, 503, body)) => unhealthy(&format!("{url}: {}", one_line(&body))),
+        Ok((url, status, body)) => unhealthy(&format!("{url}: HTTP {status}: {}", one_line(&body))),
+        Err(e) => unhealthy(&e),
+    }
+}
+
+/// Runs `work` on a runtime of its own for at most `limit`: `None` when time ran out. The
+/// runtime is then left behind, not waited for: a name lookup (`--url http://name/`) runs
+/// on a blocking thread that a timeout cannot stop, and dropping the runtime would wait
+/// for it.
+fn within<T>(
+    limit: std::time::Duration,
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Option<Result<T, String>> {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
-        Err(e) => return unhealthy(&format!("cannot start the runtime: {e}")),
+        Err(e) => return Some(Err(format!("cannot start the runtime: {e}"))),
     };
-    let limit = args.timeout.get();
-    let outcome = rt.block_on(async {
-        match tokio::time::timeout(limit, ask(&url)).await {
-            Ok(outcome) => outcome,
-            Err(_) => Err(format!("no answer from {url} within {limit:?}")),
-        }
-    });
-    match outcome {
-        Ok((200, body)) => {
-            println!("{url}: {}", one_line(&body));
-            ExitCode::SUCCESS
-        }
-        Ok((503, body)) => unhealthy(&format!("{url}: {}", one_line(&body))),
-        Ok((status, body)) => unhealthy(&format!("{url}: HTTP {status}: {}", one_line(&body))),
-        Err(e) => unhealthy(&e),
-    }
+    let outcome = rt.block_on(async { tokio::time::timeout(limit, work).await.ok() });
+    rt.shutdown_background();
+    outcome
 }
 
 fn unhealthy(why: &str) -> ExitCode {
@@ -72,29 +83,38 @@ fn unhealthy(why: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// The URL to ask: `--url` (with `/readyz` when it has no path), else the config's
-/// `http.address` made reachable.
-fn target(args: &HealthArgs) -> Result<Uri, String> {
+/// The URLs to ask, in order (the next one only when nothing answers at the one before):
+/// `--url` (with `/readyz` when it has no path), else the config's `http.address` made
+/// reachable.
+fn target(args: &HealthArgs) -> Result<Vec<Uri>, String> {
     if let Some(url) = &args.url {
-        return parse_url(url);
+        return Ok(vec![parse_url(url)?]);
     }
     let client = Client::new(&args.config)?;
-    let Some(addr) = client.address else {
+    let Some(addr) = client.bind else {
         return Err(format!(
             "{}: no http: section, so there is no /readyz to ask; set http.address \
              (README, \"Observability\") or pass --url",
             args.config.display()
         ));
     };
-    parse_url(&format!("http://{}/readyz", reachable(addr)))
+    reachable(addr)
+        .into_iter()
+        .map(|a| parse_url(&format!("http://{a}/readyz")))
+        .collect()
 }
 
-/// A wildcard bind address is asked on loopback, where the relay also listens.
-fn reachable(bind: SocketAddr) -> SocketAddr {
+/// A wildcard bind address is asked on loopback, where the relay also listens: `::` on
+/// `::1`, then on 127.0.0.1 (a container's loopback may have no IPv6, and a `[::]`
+/// listener takes IPv4 too unless the host sets `bindv6only`).
+fn reachable(bind: SocketAddr) -> Vec<SocketAddr> {
     match bind.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, bind.port()).into(),
-        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, bind.port()).into(),
-        _ => bind,
+        IpAddr::V4(ip) if ip.is_unspecified() => vec![(Ipv4Addr::LOCALHOST, bind.port()).into()],
+        IpAddr::V6(ip) if ip.is_unspecified() => vec![
+            (Ipv6Addr::LOCALHOST, bind.port()).into(),
+            (Ipv4Addr::LOCALHOST, bind.port()).into(),
+        ],
+        _ => vec![bind],
     }
 }
 
@@ -120,36 +140,60 @@ fn parse_url(url: &str) -> Result<Uri, String> {
         .map_err(|e| bad(&format!("{e}")))
 }
 
-/// One `GET`: the status and the body (at most [`BODY_LIMIT`] bytes of it).
-async fn ask(url: &Uri) -> Result<(u16, String), String> {
-    let host = url.host().unwrap_or_default();
+/// Asks the first of `urls` that takes the connection: the URL asked, its status and body.
+async fn ask_first(urls: &[Uri]) -> Result<(Uri, u16, String), String> {
+    let mut refused = String::from("no URL to ask");
+    for url in urls {
+        let tcp = match connect(url).await {
+            Ok(tcp) => tcp,
+            Err(e) => {
+                refused = format!(
+                    "cannot connect to {url}: {e}, is postern running and is http.address set?"
+                );
+                continue;
+            }
+        };
+        let (status, body) = ask(url, tcp).await.map_err(|e| format!("{url}: {e}"))?;
+        return Ok((url.clone(), status, body));
+    }
+    Err(refused)
+}
+
+async fn connect(url: &Uri) -> std::io::Result<tokio::net::TcpStream> {
     // `[::1]` in a URL is `::1` to connect to.
+    let host = url.host().unwrap_or_default();
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port = url.port_u16().unwrap_or(80);
-    let tcp = tokio::net::TcpStream::connect((host, port))
-        .await
-        .map_err(|e| {
-            format!("cannot connect to {url}: {e}, is postern running and is http.address set?")
-        })?;
-    let failed = |e: &dyn std::fmt::Display| format!("{url}: {e}");
+    tokio::net::TcpStream::connect((host, url.port_u16().unwrap_or(80))).await
+}
+
+/// One `GET` on `tcp`: the status and the body, of which at most [`BODY_LIMIT`] bytes are
+/// read (the status decides; the body only says why).
+async fn ask(url: &Uri, tcp: tokio::net::TcpStream) -> Result<(u16, String), String> {
+    let text = |e: &dyn std::fmt::Display| e.to_string();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
-        .map_err(|e| failed(&e))?;
+        .map_err(|e| text(&e))?;
     tokio::spawn(conn);
-    let authority = url.authority().map(|a| a.as_str()).unwrap_or(host);
+    let authority = url.authority().map_or("localhost", |a| a.as_str());
     let path = url.path_and_query().map_or("/readyz", |p| p.as_str());
     let req = hyper::Request::get(path)
         .header(hyper::header::HOST, authority)
         .body(Empty::<Bytes>::new())
-        .map_err(|e| failed(&e))?;
-    let resp = sender.send_request(req).await.map_err(|e| failed(&e))?;
+        .map_err(|e| text(&e))?;
+    let resp = sender.send_request(req).await.map_err(|e| text(&e))?;
     let status = resp.status().as_u16();
-    let body = Limited::new(resp.into_body(), BODY_LIMIT)
-        .collect()
-        .await
-        .map_err(|e| failed(&e))?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    let mut body = resp.into_body();
+    let mut read = Vec::new();
+    while read.len() < BODY_LIMIT {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        if let Ok(data) = frame.map_err(|e| text(&e))?.into_data() {
+            let room = BODY_LIMIT - read.len();
+            read.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+    Ok((status, String::from_utf8_lossy(&read).into_owned()))
 }
 
 /// `/readyz`'s lines as one: `not ready: draining: ...; spool: ...` (the first line, then
@@ -176,6 +220,7 @@ fn one_line(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn readyz_lines_become_one() {
@@ -212,9 +257,35 @@ mod tests {
 
     #[test]
     fn wildcard_addresses_are_asked_on_loopback() {
-        let r = |s: &str| reachable(s.parse().unwrap()).to_string();
-        assert_eq!(r("0.0.0.0:9587"), "127.0.0.1:9587");
-        assert_eq!(r("[::]:9587"), "[::1]:9587");
-        assert_eq!(r("10.0.0.5:9587"), "10.0.0.5:9587");
+        let r = |s: &str| -> Vec<String> {
+            reachable(s.parse().unwrap())
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(r("0.0.0.0:9587"), ["127.0.0.1:9587"]);
+        assert_eq!(r("[::]:9587"), ["[::1]:9587", "127.0.0.1:9587"]);
+        assert_eq!(r("10.0.0.5:9587"), ["10.0.0.5:9587"]);
+        assert_eq!(r("[fd00::5]:9587"), ["[fd00::5]:9587"]);
+    }
+
+    /// A blocking task still running at the timeout (a slow name lookup) does not hold the
+    /// health check past its `--timeout`: the runtime is left behind, not waited for.
+    #[test]
+    fn the_timeout_bounds_a_blocking_lookup_too() {
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let lookup = async move {
+                tokio::task::spawn_blocking(move || held.recv())
+                    .await
+                    .map_err(|e| e.to_string())
+            };
+            let _ = done.send(within(Duration::from_millis(50), lookup).is_none());
+        });
+        let outcome = finished.recv_timeout(Duration::from_secs(30));
+        // Let the "lookup" end either way, so no thread is left blocked.
+        let _ = release.send(());
+        assert_eq!(outcome, Ok(true), "timed out, and returned at once");
     }
 }

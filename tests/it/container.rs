@@ -14,6 +14,7 @@
 
 mod compose;
 mod dockerfile;
+mod healthcheck;
 mod running;
 
 use std::path::{Path, PathBuf};
