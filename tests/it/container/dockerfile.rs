@@ -89,6 +89,37 @@ fn dockerfile_passes_hadolint() {
     );
 }
 
+/// `RUN --mount` (the cache mounts) is BuildKit's Dockerfile syntax 1.2 and later: the first
+/// line is the parser directive that asks for it, so the build does not depend on which
+/// Dockerfile frontend the builder happens to have built in. The directive is only one when
+/// it comes before any other line, comments included. cargo's target cache is one per
+/// platform and locked, so the builds of a multi-platform image neither share nor race
+/// for `target/release/postern`.
+#[test]
+fn dockerfile_declares_the_syntax_its_cache_mounts_need() {
+    let text = std::fs::read_to_string(repo(DOCKERFILE)).unwrap();
+    let mounts = dockerfile()
+        .iter()
+        .any(|i| i.keyword == "RUN" && i.args.starts_with("--mount="));
+    assert!(mounts, "no RUN --mount left: is this test still needed?");
+    assert_eq!(
+        text.lines().next(),
+        Some("# syntax=docker/dockerfile:1"),
+        "the first line of {DOCKERFILE}"
+    );
+    let all = dockerfile();
+    let target = all
+        .iter()
+        .filter(|i| i.keyword == "RUN")
+        .flat_map(|i| i.args.split_whitespace())
+        .find(|w| w.starts_with("--mount=") && w.contains("target=/src/target"))
+        .expect("cargo's target directory in a cache mount");
+    assert!(
+        target.contains("id=postern-target-${TARGETPLATFORM}") && target.contains("sharing=locked"),
+        "one target cache per platform, one build at a time: {target}"
+    );
+}
+
 /// Built on the Rust image of the crate's rust-version, run on a pinned base as a non-root
 /// uid; what it copies from the build context exists and `.dockerignore` lets it in; the
 /// HEALTHCHECK and the command run the installed binary on the installed config; the volume
