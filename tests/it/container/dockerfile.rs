@@ -194,6 +194,12 @@ fn assert_runs_the_installed_binary(all: &[Instruction]) {
             .any(|c| c.args.starts_with("--from=build ") && c.args.ends_with(&binary)),
         "the binary is copied from the build stage to {binary}"
     );
+    assert!(
+        last_stage(all, "COPY")
+            .iter()
+            .any(|c| c.args.starts_with("--chmod=0644 ") && c.args.ends_with(&config)),
+        "the config is copied readable by the non-root user, whatever the checkout's umask"
+    );
     let health = &last_stage(all, "HEALTHCHECK")[0].args;
     let cmd = exec_form(health.split_once("CMD").unwrap().1.trim());
     assert_eq!(cmd[..2], [binary.clone(), "healthcheck".to_owned()]);
