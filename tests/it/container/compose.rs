@@ -125,6 +125,40 @@ fn compose_file_is_valid_and_everything_it_uses_exists() {
     );
 }
 
+/// A listener that admits clients by their address (no AUTH) is published on an IPv4
+/// address only. Published on every address, Docker also takes IPv6 connections for it and
+/// forwards them through its userland proxy, from the bridge's gateway (172.16.0.0/12), a
+/// network such a listener admits: any IPv6 client on the Internet would be let in as a
+/// local device.
+#[test]
+fn compose_publishes_address_admitted_listeners_on_ipv4_only() {
+    let doc = compose();
+    let ports = doc["services"]["postern"]["ports"].as_sequence().unwrap();
+    let cfg = super::container_config();
+    let mut checked = 0;
+    for listener in cfg["listeners"].as_sequence().unwrap() {
+        if listener["auth"].as_str() != Some("none") {
+            continue;
+        }
+        let port = port_of(listener["address"].as_str().unwrap());
+        let entry = ports
+            .iter()
+            .filter_map(Value::as_str)
+            .find(|p| p.rsplit(':').next() == Some(&port.to_string()))
+            .unwrap_or_else(|| panic!("listener on {port} is not published"));
+        let host_ip = entry.split(':').collect::<Vec<_>>();
+        assert!(
+            host_ip.len() == 3 && host_ip[0].parse::<std::net::Ipv4Addr>().is_ok(),
+            "{entry}: publish the listener without AUTH on an IPv4 address, e.g. \"0.0.0.0:25:{port}\""
+        );
+        checked += 1;
+    }
+    assert!(
+        checked > 0,
+        "the container config has no listener without AUTH"
+    );
+}
+
 /// Prometheus' config with every file mounted where Compose mounts it (so the rules are
 /// `deploy/prometheus/postern-rules.yml` itself) passes `promtool check config`, which also
 /// checks the rules; it scrapes postern's `http:` port under the job name the alerts use.
