@@ -73,6 +73,13 @@ fn what_to_do(e: &AppError) -> &'static str {
             "check the certificate and key files the key names: readable by postern, PEM, and \
              the key matching the certificate"
         }
+        AppError::AdminToken(why) if why.contains("No such file") => {
+            "write a token of at least 16 characters there, or set \
+             http.generate_admin_token: true to have postern write one"
+        }
+        AppError::AdminToken(why) if why.contains("at least") => {
+            "write a token of at least 16 characters on its first line"
+        }
         AppError::AdminToken(_) => {
             "make the file readable by the user postern runs as (or remove it and set \
              http.generate_admin_token: true)"
