@@ -56,11 +56,16 @@ pub struct Client {
 }
 
 impl Client {
-    /// Reads what the tools need from `file`; the token from `token_file` when given, else
-    /// from `http.admin_token_file`. A file that does not validate (an edit in progress, to
-    /// be tried with `postern reload`) is still read for `http:` and `queue:` alone; only
-    /// when even those cannot be found does this fail.
-    pub fn new(file: &Path, token_file: Option<&Path>) -> Result<Client, String> {
+    /// Reads what the tools need from `file`, the token from `http.admin_token_file`. A
+    /// file that does not validate (an edit in progress, to be tried with `postern reload`)
+    /// is still read for `http:` and `queue:` alone; only when even those cannot be found
+    /// does this fail.
+    pub fn new(file: &Path) -> Result<Client, String> {
+        Client::with_token_file(file, None)
+    }
+
+    /// As [`Client::new`], with the token from `token_file` (`--token-file`) when given.
+    pub fn with_token_file(file: &Path, token_file: Option<&Path>) -> Result<Client, String> {
         let (http, spool) = match config::load(file) {
             Ok(cfg) => (cfg.http, cfg.queue.directory),
             Err(e) => loose(file).ok_or_else(|| super::config_error(&e))?,
