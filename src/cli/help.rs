@@ -2,7 +2,7 @@
 //! man pages (man.rs) turn into their EXIT STATUS and EXAMPLES sections.
 //!
 //! Each text is a list of sections, separated by a blank line: a heading line ending in
-//! `:` at the margin, then lines indented by two spaces, under 75 columns (they are printed
+//! `:` at the margin, then lines indented by two spaces, under 80 columns (they are printed
 //! as written). man.rs relies on that shape, and its unit test checks every text has it.
 
 /// `postern` itself.
@@ -18,7 +18,7 @@ Examples:
   postern check-config --config /etc/postern/postern.yaml
   postern run --config /etc/postern/postern.yaml
   postern queue list --config /etc/postern/postern.yaml
-  postern completions bash > /usr/share/bash-completion/completions/postern
+  postern completions zsh > /usr/local/share/zsh/site-functions/_postern
   postern man --dir /usr/local/share/man/man1";
 
 /// `postern run`.
@@ -196,9 +196,11 @@ Exit status:
   1  it could not be written
 
 Examples:
-  postern completions bash > /usr/share/bash-completion/completions/postern
+  dir=/usr/local/share/bash-completion/completions
+  mkdir -p $dir && postern completions bash > $dir/postern
+  source <(postern completions bash)
   postern completions zsh > /usr/local/share/zsh/site-functions/_postern
-  postern completions fish > /usr/share/fish/vendor_completions.d/postern.fish";
+  postern completions fish > /etc/fish/completions/postern.fish";
 
 /// `postern man`.
 pub const MAN: &str = "\

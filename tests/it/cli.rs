@@ -321,6 +321,39 @@ fn man_pages_render_cleanly_and_cover_every_subcommand() {
     }
 }
 
+/// docs/command-line.md has a section for every subcommand, and its install lines are
+/// those the help's examples give.
+#[test]
+fn the_guide_covers_every_subcommand() {
+    let guide =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/command-line.md"))
+            .unwrap();
+    let headings: Vec<&str> = guide.lines().filter(|l| l.starts_with("### ")).collect();
+    for sub in postern::cli::command().get_subcommands() {
+        let name = format!("`{}", sub.get_name());
+        assert!(
+            headings.iter().any(|h| h.contains(&name)),
+            "docs/command-line.md: no section for {name}` in {headings:?}"
+        );
+    }
+    for line in [
+        "postern completions zsh > /usr/local/share/zsh/site-functions/_postern",
+        "postern completions fish > /etc/fish/completions/postern.fish",
+        "postern man --dir /usr/local/share/man/man1",
+    ] {
+        assert!(guide.contains(line), "docs/command-line.md: no {line:?}");
+        let helps = [
+            &["--help"][..],
+            &["completions", "--help"],
+            &["man", "--help"],
+        ];
+        assert!(
+            helps.iter().any(|args| postern(args).contains(line)),
+            "no help example {line:?}"
+        );
+    }
+}
+
 /// Formatter output without its overstrikes (`N\x08N` for bold, `_\x08x` for underline).
 fn plain(text: &str) -> String {
     let chars: Vec<char> = text.chars().collect();
