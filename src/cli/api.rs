@@ -11,12 +11,15 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
 use crate::app::admin::token::read_token;
-use crate::config::{self, schema::HttpConfig};
+use crate::config::{self, error::describe_io, schema::HttpConfig};
+
+/// How errors name a token file given on the command line.
+const TOKEN_FILE_OPTION: &str = "--token-file";
 
 /// Longest one request may take (a reload included).
 const REQUEST_LIMIT: Duration = Duration::from_secs(60);
 
-/// Why a request got no answer.
+/// Why a request got no answer. Each renders as one line saying what is wrong and what to do.
 #[derive(Debug)]
 pub enum ApiError {
     /// The config says nothing of the API, or its token does not read.
@@ -31,9 +34,11 @@ impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ApiError::Setup(why) | ApiError::Failed(why) => f.write_str(why),
-            ApiError::NotRunning(addr) => {
-                write!(f, "postern is not running (nothing answers at {addr})")
-            }
+            ApiError::NotRunning(addr) => write!(
+                f,
+                "cannot reach the admin API at http://{addr}: connection refused; \
+                 is postern running, and is http.address in the config file the address it listens on?"
+            ),
         }
     }
 }
@@ -53,20 +58,29 @@ pub struct Client {
 }
 
 impl Client {
-    /// Reads what the tools need from `file`. A file that does not validate (an edit in
-    /// progress, to be tried with `postern reload`) is still read for `http:` and `queue:`
-    /// alone; only when even those cannot be found does this fail.
+    /// Reads what the tools need from `file`, the token from `http.admin_token_file`. A
+    /// file that does not validate (an edit in progress, to be tried with `postern reload`)
+    /// is still read for `http:` and `queue:` alone; only when even those cannot be found
+    /// does this fail.
     pub fn new(file: &Path) -> Result<Client, String> {
+        Client::with_token_file(file, None)
+    }
+
+    /// As [`Client::new`], with the token from `token_file` (`--token-file`) when given.
+    pub fn with_token_file(file: &Path, token_file: Option<&Path>) -> Result<Client, String> {
         let (http, spool) = match config::load(file) {
             Ok(cfg) => (cfg.http, cfg.queue.directory),
-            Err(e) => loose(file).ok_or_else(|| e.to_string())?,
+            Err(e) => loose(file).ok_or_else(|| super::config_error(&e))?,
         };
         let bind = http.as_ref().map(|h| h.address);
         let address = bind.map(connect_address);
-        let token = match http.as_ref().and_then(|h| h.admin_token_file.as_ref()) {
-            Some(path) => read_token(path).map_err(|e| format!("http.admin_token_file: {e}")),
-            None => Err(format!(
-                "{}: the admin API is off: set http.address and http.admin_token_file",
+        let configured = http.as_ref().and_then(|h| h.admin_token_file.as_deref());
+        let token = match (token_file, configured) {
+            (Some(path), _) => token(path, TOKEN_FILE_OPTION),
+            (None, Some(path)) => token(path, "http.admin_token_file"),
+            (None, None) => Err(format!(
+                "{}: the admin API is off: set http.address and http.admin_token_file and \
+                 restart postern, or pass --token-file",
                 file.display()
             )),
         };
@@ -87,7 +101,8 @@ impl Client {
     ) -> Result<(u16, serde_json::Value), ApiError> {
         let Some(addr) = self.address else {
             return Err(ApiError::Setup(format!(
-                "{}: no http: section; the admin API needs http.address and http.admin_token_file",
+                "{}: no http: section, so no admin API: set http.address and \
+                 http.admin_token_file and restart postern",
                 self.file.display()
             )));
         };
@@ -95,10 +110,39 @@ impl Client {
         match tokio::time::timeout(REQUEST_LIMIT, request(addr, method, path, &token)).await {
             Ok(result) => result,
             Err(_) => Err(ApiError::Failed(format!(
-                "{method} {path}: no answer from {addr} within {REQUEST_LIMIT:?}"
+                "{method} {path}: no answer from the admin API at http://{addr} within \
+                 {REQUEST_LIMIT:?}; the relay may be overloaded: look at its log and try again"
             ))),
         }
     }
+}
+
+/// The admin token in `path` (named `whence` in errors), with what to do when it cannot be
+/// read: the usual case is a user who may not read the file.
+fn token(path: &Path, whence: &str) -> Result<String, String> {
+    if let Err(e) = std::fs::File::open(path) {
+        let todo = match e.kind() {
+            std::io::ErrorKind::PermissionDenied => {
+                "run as a user who can read it (root, or the postern user) or pass --token-file"
+            }
+            std::io::ErrorKind::NotFound if whence == TOKEN_FILE_OPTION => {
+                "pass --token-file with the path of the admin token file"
+            }
+            std::io::ErrorKind::NotFound => {
+                "start postern once with http.generate_admin_token: true to write it, \
+                 or pass --token-file"
+            }
+            _ => "pass --token-file with the path of a readable copy",
+        };
+        return Err(format!(
+            "admin token file {} ({whence}): {}; {todo}",
+            path.display(),
+            describe_io(&e)
+        ));
+    }
+    read_token(path).map_err(|e| {
+        format!("{whence}: {e}; write a longer token there (the relay re-reads it at reload)")
+    })
 }
 
 /// `http:` and `queue.directory` of a config file that does not validate as a whole, with
@@ -137,7 +181,13 @@ async fn request(
     path: &str,
     token: &str,
 ) -> Result<(u16, serde_json::Value), ApiError> {
-    let failed = |e: &dyn std::fmt::Display| ApiError::Failed(format!("{method} {path}: {e}"));
+    let failed = |e: &dyn std::error::Error| {
+        ApiError::Failed(format!(
+            "{method} {path}: the admin API at http://{addr} failed: {}; is http.address \
+             that of a running postern?",
+            causes(e)
+        ))
+    };
     let tcp = match tokio::net::TcpStream::connect(addr).await {
         Ok(tcp) => tcp,
         Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
@@ -166,4 +216,19 @@ async fn request(
         .to_bytes();
     let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     Ok((status, json))
+}
+
+/// `e` and its sources, on one line: `outer: inner: innermost`.
+pub fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let next = inner.to_string();
+        // Some errors repeat their source in their own text.
+        if !text.ends_with(&next) {
+            text = format!("{text}: {next}");
+        }
+        source = inner.source();
+    }
+    text
 }

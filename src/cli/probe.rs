@@ -10,22 +10,37 @@ use std::sync::Arc;
 
 use clap::Subcommand;
 
+use crate::cli::help;
 use crate::config;
 use crate::smtp::reply_parser::UpstreamReply;
 use crate::upstream::Upstreams;
 use crate::upstream::client::Client;
-use crate::upstream::error::Stage;
+use crate::upstream::error::{Error, Stage};
 use crate::upstream::probe::{StepObserver, TlsInfo};
 
 /// What `probe` connects to.
 #[derive(Debug, Subcommand)]
 pub enum ProbeTarget {
-    /// An upstream of the config, by name.
+    /// Probe an upstream of the configuration, by name: connect, TLS, EHLO, AUTH, QUIT.
+    ///
+    /// Connects to the named upstream exactly as delivery does (the same client, TLS and
+    /// AUTH settings) and prints each step with its reply: for an OAuth2 upstream first the
+    /// token (the endpoint it came from and how long it is valid; never the token itself),
+    /// then the connection, the greeting, EHLO and its extensions, STARTTLS, the TLS
+    /// version, cipher, certificate subject and expiry, EHLO again, the AUTH mechanism and
+    /// its result (credentials shown as <redacted>), then QUIT. It sends no MAIL. It reads
+    /// only the configuration file (and the files it names); the relay need not run.
+    #[command(after_long_help = help::PROBE)]
     Upstream {
-        /// The upstream's name (`upstreams[].name`).
+        /// The upstream's name (upstreams[].name in the configuration file).
         name: String,
-        /// The configuration file.
-        #[arg(long, short, default_value = "config/postern.yaml")]
+        /// The configuration file (YAML); a relative path is taken from the current directory.
+        #[arg(
+            long,
+            short,
+            value_name = "FILE",
+            default_value = "config/postern.yaml"
+        )]
         config: PathBuf,
     },
 }
@@ -96,27 +111,28 @@ pub fn run(target: ProbeTarget) -> ExitCode {
             println!("probe OK: upstream {name} took the session set-up; no mail was sent");
             ExitCode::SUCCESS
         }
-        Err(why) => {
-            eprintln!("postern: probe upstream {name}: {why}");
-            ExitCode::FAILURE
-        }
+        Err(why) => super::fail(format!("probe upstream {name}: {why}")),
     }
 }
 
 fn probe(name: &str, file: &std::path::Path) -> Result<(), String> {
-    let cfg = config::load(file).map_err(|e| e.to_string())?;
+    let cfg = config::load(file).map_err(|e| super::config_error(&e))?;
     let Some(upstream) = cfg.upstreams.iter().find(|u| u.name == name) else {
         let names: Vec<&str> = cfg.upstreams.iter().map(|u| u.name.as_str()).collect();
         return Err(format!(
-            "no such upstream in {} (configured: {})",
+            "no such upstream in {}; pass one of the configured names: {}",
             file.display(),
             names.join(", ")
         ));
     };
     if upstream.directory.is_some() {
-        return Err("a directory upstream: there is no server to probe".to_owned());
+        return Err(
+            "a directory upstream: there is no server to probe; probe an SMTP upstream instead"
+                .to_owned(),
+        );
     }
-    let upstreams = Upstreams::new(&cfg).map_err(|e| e.to_string())?;
+    let upstreams = Upstreams::new(&cfg)
+        .map_err(|e| format!("{e}; fix the upstream's settings (postern check-config)"))?;
     let settings = upstreams
         .pool(name)
         .map(|p| p.settings().clone())
@@ -139,8 +155,45 @@ fn probe(name: &str, file: &std::path::Path) -> Result<(), String> {
     rt.block_on(async {
         let client = Client::probe(&settings, Arc::new(Printer))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| format!("{e}{}", what_to_do(&e)))?;
         client.quit().await;
         Ok(())
     })
+}
+
+/// What to check after a failed set-up step, as a `; ...` suffix (empty when the error's
+/// own text already carries a hint, as Microsoft 365's refusals do).
+fn what_to_do(e: &Error) -> &'static str {
+    let text = e.to_string();
+    if text.contains("(hint: ") {
+        return "";
+    }
+    match e {
+        Error::Connect { .. } => {
+            "; check upstreams[].address, its DNS name, and the firewall between here and the \
+             upstream"
+        }
+        Error::Tls { .. } => {
+            "; check upstreams[].tls (starttls or implicit, to match the port), ca_file and \
+             server_name against the upstream's certificate"
+        }
+        Error::Timeout { .. } => {
+            "; the upstream did not answer in time: check the network path, or raise \
+             upstreams[].connect_timeout or command_timeout"
+        }
+        Error::Auth { .. } => "; check upstreams[].auth.username and its password or oauth2 keys",
+        Error::Token { .. } => {
+            "; check upstreams[].auth.oauth2 (client id, secret or certificate, tenant) and the \
+             application's registration at the provider"
+        }
+        Error::NoStartTls { .. } => {
+            "; use tls: implicit on the upstream's implicit-TLS port (465), or ask its operator \
+             to offer STARTTLS (postern never falls back to plain text)"
+        }
+        Error::Protocol { .. } | Error::Reply { .. } => {
+            "; check that upstreams[].address is an SMTP submission port with this tls mode, \
+             and that the upstream accepts this relay (its address, helo_name)"
+        }
+        _ => "; check the upstream's settings and the network path to it",
+    }
 }

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use serde_json::Value;
 
 use crate::cli::api::{ApiError, Client};
-use crate::cli::table;
+use crate::cli::{fail, help, table};
 use crate::config::units;
 use crate::delivery::view::MessageView;
 use crate::spool::{QueueId, inspect};
@@ -22,11 +22,20 @@ const DRAIN_POLL: Duration = Duration::from_secs(1);
 /// Where the API is, and how to print.
 #[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
-    /// The configuration file of the running relay (for `http.address` and
-    /// `http.admin_token_file`).
-    #[arg(long, short, default_value = "config/postern.yaml")]
+    /// The running relay's configuration file (YAML), for http.address, http.admin_token_file
+    /// and queue.directory; a relative path is taken from the current directory.
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        default_value = "config/postern.yaml"
+    )]
     pub config: PathBuf,
-    /// Print the API's JSON instead of a table.
+    /// Read the admin token from FILE (its first line, at least 16 characters) instead of
+    /// http.admin_token_file.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Print the API's JSON (pretty-printed) instead of a table or a sentence.
     #[arg(long)]
     pub json: bool,
 }
@@ -34,83 +43,134 @@ pub struct ApiArgs {
 /// The queue tools.
 #[derive(Debug, Subcommand)]
 pub enum QueueCommand {
-    /// List the queued messages (or, with --failed, the dead letters). Reads the spool
-    /// directory read-only when postern is not running.
+    /// List the queued messages, or with --failed the dead letters.
+    ///
+    /// Prints one row per message, oldest first: its id, age, state (queued, deferred,
+    /// active, shaped, held, maybe_delivered, failed), attempts, next attempt, sender,
+    /// pending and failed recipients, and why it waits or the last reply. When postern is
+    /// not running (nothing answers at http.address, or the admin API is off), or with
+    /// --offline, it reads the spool directory (queue.directory) itself, read-only: no lock,
+    /// no file changed or removed; it says so on standard error, and its JSON has
+    /// "offline": true.
+    #[command(after_long_help = help::QUEUE_LIST)]
     List {
         #[command(flatten)]
         api: ApiArgs,
-        /// List the dead-letter directory (failed/) instead.
+        /// List the dead letters (the spool's failed/ directory) instead of the queue.
         #[arg(long)]
         failed: bool,
-        /// Read the spool directory (read-only) even if postern runs.
+        /// Read the spool directory itself (read-only) even if postern runs.
         #[arg(long)]
         offline: bool,
     },
-    /// Show one message.
+    /// Show one message, a field per line.
+    ///
+    /// Prints everything the queue knows of the message: state and why it waits, sender,
+    /// size, each recipient's outcome (pending, delivered, failed with the reply), attempts,
+    /// the next attempt, the last reply, transactions that may have been delivered (no
+    /// reply to their final dot), and who held it. Needs the relay to run.
+    #[command(after_long_help = help::QUEUE_SHOW)]
     Show {
-        /// The queue id.
+        /// The message's queue id, as queue list prints it (e.g. 0C3V8NQ4E0G0P1A6).
         id: String,
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Make a message (or every waiting one) due now; its attempt count is kept.
+    /// Make a message (or with --all every waiting one) due now; its attempt count is kept.
+    ///
+    /// A deferred or shaped message is tried at once instead of at its next retry time.
+    /// A held message is not: release it instead (retry answers HTTP 409). Needs the relay
+    /// to run.
+    #[command(after_long_help = help::QUEUE_RETRY)]
     Retry {
-        /// The queue id.
+        /// The message's queue id, as queue list prints it.
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         id: Option<String>,
-        /// Every waiting message.
+        /// Every waiting message instead of one.
         #[arg(long)]
         all: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
     /// Hold a message: it is not attempted until released (survives a restart).
+    ///
+    /// A held message does not expire at queue.max_age either: it waits for queue release,
+    /// queue bounce or queue delete. A message being delivered right now cannot be held
+    /// (HTTP 409): repeat a moment later. Needs the relay to run.
+    #[command(after_long_help = help::QUEUE_HOLD)]
     Hold {
-        /// The queue id.
+        /// The message's queue id, as queue list prints it.
         id: String,
         #[command(flatten)]
         api: ApiArgs,
     },
     /// Release a held message; it is tried at once.
+    ///
+    /// Released past queue.max_age, it gets one attempt, and expires if that one is
+    /// deferred. Needs the relay to run.
+    #[command(after_long_help = help::QUEUE_RELEASE)]
     Release {
-        /// The queue id.
+        /// The message's queue id, as queue list prints it.
         id: String,
         #[command(flatten)]
         api: ApiArgs,
     },
     /// Remove a message from the queue, undelivered.
+    ///
+    /// Removes the message and its state file from the spool, with no bounce to its sender;
+    /// the relay logs it (an admin line) and counts it
+    /// postern_messages_completed_total{result="deleted"}. Needs the relay to run.
+    #[command(after_long_help = help::QUEUE_DELETE)]
     Delete {
-        /// The queue id.
+        /// The message's queue id, as queue list prints it.
         id: String,
         #[command(flatten)]
         api: ApiArgs,
     },
     /// Fail a message's pending recipients (administrator's reason); it bounces and moves
     /// to the dead letters as any failed message does.
+    ///
+    /// Every pending recipient fails with "554 5.0.0 bounced by the postern administrator
+    /// (postern queue bounce); not delivered"; the message is kept in failed/, counted
+    /// failed, and reported to its sender as bounces are. Needs the relay to run.
+    #[command(after_long_help = help::QUEUE_BOUNCE)]
     Bounce {
-        /// The queue id.
+        /// The message's queue id, as queue list prints it.
         id: String,
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Stop taking mail (new connections get 421 4.3.2, /readyz fails), deliver everything
-    /// queued; exit 0 once the queue is empty, 1 with what is left at the deadline.
+    /// Stop taking mail, deliver everything queued; exit 0 once the queue is empty, 1 with
+    /// what is left at the deadline.
+    ///
+    /// Asks the relay to drain: every listener answers a new connection "421 4.3.2 ...
+    /// Service shutting down", /readyz fails, and every waiting message is made due at once;
+    /// open sessions may finish. The command then polls the queue each second, makes every
+    /// waiting message due again each --retry-every, and exits as soon as the queue is empty
+    /// or the deadline passes. The relay stays draining until it is stopped (the usual next
+    /// step) or queue drain --resume is run. Held messages are not released: they are what
+    /// is left. Needs the relay to run.
+    #[command(after_long_help = help::QUEUE_DRAIN)]
     Drain {
-        /// How long to wait for the queue to empty.
-        #[arg(long, default_value = "10m")]
+        /// How long to wait for the queue to empty; a duration (500ms, 30s, 10m, 2h, 1d).
+        #[arg(long, value_name = "DURATION", default_value = "10m")]
         deadline: units::Duration,
-        /// How often to make every waiting message due again meanwhile.
-        #[arg(long, default_value = "30s")]
+        /// How often to make every waiting message due again while waiting; a duration.
+        #[arg(long, value_name = "DURATION", default_value = "30s")]
         retry_every: units::Duration,
-        /// End a drain instead: accept connections again.
+        /// End a drain instead: the listeners accept connections again and /readyz passes.
         #[arg(long)]
         resume: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
     /// Remove dead letters from failed/: one, or all of them.
+    ///
+    /// Through the admin API when the relay runs; when it does not, empties the spool's
+    /// failed/ directory itself.
+    #[command(after_long_help = help::QUEUE_PURGE_FAILED)]
     PurgeFailed {
-        /// The queue id; all when absent.
+        /// The dead letter's queue id; every dead letter when absent.
         id: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
@@ -145,11 +205,11 @@ pub fn run(cmd: QueueCommand) -> ExitCode {
 
 /// The API client of `api`'s config and a runtime to call it on.
 fn connect(api: &ApiArgs) -> Result<(Client, tokio::runtime::Runtime), ExitCode> {
-    let client = Client::new(&api.config).map_err(|e| fail(&e))?;
+    let client = Client::with_token_file(&api.config, api.token_file.as_deref()).map_err(fail)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|_| fail("cannot start the runtime"))?;
+        .map_err(|e| fail(format!("cannot start the runtime: {e}")))?;
     Ok((client, rt))
 }
 
@@ -213,12 +273,6 @@ async fn dispatch(client: &Client, api: &ApiArgs, cmd: QueueCommand) -> ExitCode
     }
 }
 
-/// Prints `message` as `postern: message` on stderr; exit code 1.
-fn fail(message: &str) -> ExitCode {
-    eprintln!("postern: {message}");
-    ExitCode::FAILURE
-}
-
 fn print_json(v: &Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
@@ -240,9 +294,31 @@ fn expect_ok(result: Result<(u16, Value), ApiError>, json: bool) -> Result<Value
                 .get("error")
                 .and_then(Value::as_str)
                 .unwrap_or("no reason given");
-            Err(fail(&format!("HTTP {status}: {why}")))
+            Err(fail(format!(
+                "HTTP {status}: {why}{}",
+                what_to_do(status, why)
+            )))
         }
-        Err(e) => Err(fail(&e.to_string())),
+        Err(e) => Err(fail(e)),
+    }
+}
+
+/// What to do about an API error answer (with `status` and error text `why`), as a
+/// `; ...` suffix; empty when the API's own text already says it.
+fn what_to_do(status: u16, why: &str) -> &'static str {
+    match status {
+        400 => "; pass a queue id as postern queue list prints it",
+        401 => {
+            "; the token does not match the running relay's: it re-reads \
+             http.admin_token_file at reload, so reload after changing the file"
+        }
+        404 if why.contains("admin API is off") => "; then restart postern (http needs a restart)",
+        404 if why.contains("failed directory") => "; postern queue list --failed shows them",
+        404 => "; postern queue list shows the queued ids",
+        422 => "; fix the file (postern check-config shows the same error) and reload again",
+        500 => "; nothing changed: look at the relay's log (disk space, spool permissions)",
+        503 => "; postern is shutting down: try again once it runs",
+        _ => "",
     }
 }
 
@@ -277,7 +353,10 @@ async fn one(client: &Client, api: &ApiArgs, method: &str, path: &str) -> ExitCo
             print!("{}", table::show(&v, now()));
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&format!("unexpected answer: {e}")),
+        Err(e) => fail(format!(
+            "unexpected answer from the admin API: {e}; is this postern the same version as the \
+             running relay?"
+        )),
     }
 }
 
@@ -301,9 +380,15 @@ async fn list(client: &Client, api: &ApiArgs, failed: bool, offline: bool) -> Ex
     };
     if !offline {
         match client.call("GET", path).await {
-            Err(e @ (ApiError::NotRunning(_) | ApiError::Setup(_))) => {
-                eprintln!("postern: {e}; reading the spool directory (read-only)");
-            }
+            Err(ApiError::NotRunning(addr)) => eprintln!(
+                "postern: postern is not running (nothing answers at http://{addr}); \
+                 reading the spool directory {} read-only",
+                client.spool.display()
+            ),
+            Err(e @ ApiError::Setup(_)) => eprintln!(
+                "postern: {e}; meanwhile reading the spool directory {} read-only",
+                client.spool.display()
+            ),
             result => {
                 let body = match expect_ok(result, api.json) {
                     Ok(body) => body,
@@ -321,7 +406,7 @@ async fn list(client: &Client, api: &ApiArgs, failed: bool, offline: bool) -> Ex
     };
     let found = match found {
         Ok(f) => f,
-        Err(e) => return fail(&e.to_string()),
+        Err(e) => return fail(format!("{e}; check queue.directory in the config file")),
     };
     let now = now();
     let views: Vec<MessageView> = found
@@ -350,7 +435,11 @@ fn print_list(api: &ApiArgs, body: &Value) -> ExitCode {
     print!("{}", table::list(&views, now()));
     if let Some(bad) = body.get("unreadable").and_then(Value::as_array) {
         for b in bad {
-            eprintln!("postern: unreadable: {b}");
+            let id = b.get("id").and_then(Value::as_str).unwrap_or("?");
+            let why = b.get("error").and_then(Value::as_str).unwrap_or("?");
+            super::warn(format!(
+                "message file {id} cannot be read ({why}); it is left as it is in the spool"
+            ));
         }
     }
     ExitCode::SUCCESS
@@ -365,11 +454,19 @@ async fn purge(client: &Client, api: &ApiArgs, id: Option<String>) -> ExitCode {
         Err(ApiError::NotRunning(_)) => {
             let qid = match id.as_deref().map(str::parse::<QueueId>).transpose() {
                 Ok(q) => q,
-                Err(e) => return fail(&e.to_string()),
+                Err(e) => {
+                    return fail(format!(
+                        "{e}; pass a queue id as postern queue list --failed prints it"
+                    ));
+                }
             };
             match inspect::purge_failed(&client.spool, qid.as_ref()) {
                 Ok(n) => Ok((200, serde_json::json!({ "purged": n }))),
-                Err(e) => return fail(&e.to_string()),
+                Err(e) => {
+                    return fail(format!(
+                        "{e}; run as a user who may write the spool directory (the postern user)"
+                    ));
+                }
             }
         }
         other => other,
@@ -429,8 +526,10 @@ async fn drain(
     } else {
         print!("{}", table::list(&views, now()));
     }
-    fail(&format!(
-        "drain deadline ({deadline:?}) reached with {} messages left in the queue",
+    fail(format!(
+        "drain deadline ({deadline:?}) reached with {} messages left in the queue; the relay \
+         is still draining: run it again with a longer --deadline, or stop postern (queued \
+         mail stays in the spool), or postern queue drain --resume",
         views.len()
     ))
 }

@@ -16,6 +16,7 @@ mod admin;
 mod auth;
 mod binary;
 mod bounces;
+mod cli;
 mod cluster;
 mod container;
 mod delivery;

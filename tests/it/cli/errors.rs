@@ -1,0 +1,281 @@
+//! Every failure the admin meets at the command line is one line on standard error,
+//! `postern: what is wrong; what to do`, with exit code 1: the admin API not reachable, the
+//! token file missing, a config file missing (for each subcommand that reads one), a port
+//! already taken at `run`, an HTTP error answer from a real relay, a probe of an unknown
+//! upstream, an empty password. clap's usage errors (exit 2) are multi-line by design (the
+//! usage and a pointer to --help) and are not checked here.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use crate::binary::BIN;
+use crate::harness::sink::reserve_port;
+use crate::harness::{Opts, TestServer};
+
+/// The one line a failed run printed; asserts exit code 1 and that it is the only line.
+fn one_line(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr:?}");
+    assert!(
+        stderr.ends_with('\n') && stderr.lines().count() == 1,
+        "not one line: {stderr:?}"
+    );
+    assert!(stderr.starts_with("postern: "), "{stderr:?}");
+    stderr.trim_end().to_owned()
+}
+
+/// A valid config in `dir`: a plain listener on `smtp`, the HTTP endpoint on `http` with
+/// the admin API (its token in `admin.token`, not written here), JSON logs.
+fn config(dir: &Path, smtp: u16, http: u16) -> PathBuf {
+    let yaml = format!(
+        r#"hostname: relay.test
+listeners:
+  - {{name: plain, address: "127.0.0.1:{smtp}", tls: none, auth: none, allow_networks: [127.0.0.0/8]}}
+networks:
+  - {{network: 127.0.0.0/8, senders: ["*"]}}
+queue: {{directory: spool}}
+upstreams:
+  - {{name: local, directory: mail}}
+routes:
+  - {{senders: ["*"], upstreams: [local]}}
+http: {{address: "127.0.0.1:{http}", admin_token_file: admin.token}}
+log: {{format: json}}
+"#
+    );
+    let path = dir.join("postern.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+fn postern(args: &[&str], config: &Path) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn admin_api_not_reachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reserve_port();
+    let cfg = config(dir.path(), reserve_port(), http);
+    std::fs::write(dir.path().join("admin.token"), "0123456789abcdef0123\n").unwrap();
+    let want = format!(
+        "postern: cannot reach the admin API at http://127.0.0.1:{http}: connection refused; \
+         is postern running, and is http.address in the config file the address it listens on?"
+    );
+    for args in [
+        &["queue", "show", "0C3V8NQ4E0G0P1A6"][..],
+        &["queue", "retry", "--all"],
+        &["queue", "drain"],
+        &["reload"],
+    ] {
+        assert_eq!(one_line(&postern(args, &cfg)), want, "{args:?}");
+    }
+}
+
+#[test]
+fn admin_token_file_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), reserve_port(), reserve_port());
+    let token = dir.path().join("admin.token");
+    let line = one_line(&postern(&["queue", "hold", "0C3V8NQ4E0G0P1A6"], &cfg));
+    assert_eq!(
+        line,
+        format!(
+            "postern: admin token file {} (http.admin_token_file): does not exist; start \
+             postern once with http.generate_admin_token: true to write it, or pass --token-file",
+            token.display()
+        )
+    );
+    let other = dir.path().join("elsewhere.token");
+    let out = postern(&["reload", "--token-file", other.to_str().unwrap()], &cfg);
+    assert_eq!(
+        one_line(&out),
+        format!(
+            "postern: admin token file {} (--token-file): does not exist; pass --token-file \
+             with the path of the admin token file",
+            other.display()
+        )
+    );
+}
+
+#[test]
+fn config_file_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.yaml");
+    let want = format!(
+        "{}: (file): cannot read the config file: does not exist; pass --config with the \
+         path of the configuration file (the default, config/postern.yaml, is relative to \
+         the current directory)",
+        missing.display()
+    );
+    for (args, prefix) in [
+        (&["run"][..], "postern: "),
+        (&["check-config"], "postern: "),
+        (&["queue", "show", "0C3V8NQ4E0G0P1A6"], "postern: "),
+        (&["reload"], "postern: "),
+        (
+            &["probe", "upstream", "local"],
+            "postern: probe upstream local: ",
+        ),
+    ] {
+        let line = one_line(&postern(args, &missing));
+        assert_eq!(line, format!("{prefix}{want}"), "{args:?}");
+    }
+}
+
+/// Runs `postern run --config cfg` (bounded: start-up failures come at once); its exit
+/// status and standard error.
+fn run_failing(cfg: &Path) -> (std::process::ExitStatus, String) {
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    for _ in 0..400 {
+        status = child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("postern run kept running with {}", cfg.display());
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status, stderr)
+}
+
+/// The last line of a failed `run`'s standard error; every line before it is a JSON log
+/// line (the log goes to standard error too).
+fn last_line_after_logs(status: std::process::ExitStatus, stderr: &str) -> String {
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    let (last, logs) = lines.split_last().unwrap();
+    for l in logs {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {l}"));
+        assert!(v.is_object(), "{l}");
+    }
+    assert!(last.starts_with("postern: "), "{last}");
+    (*last).to_owned()
+}
+
+/// `run` with its listener's port taken.
+#[test]
+fn run_with_a_port_already_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cfg = config(dir.path(), port, reserve_port());
+    std::fs::write(dir.path().join("admin.token"), "0123456789abcdef0123\n").unwrap();
+    let (status, stderr) = run_failing(&cfg);
+    let last = last_line_after_logs(status, &stderr);
+    let want = format!(
+        "postern: {}: listener \"plain\": cannot listen on 127.0.0.1:{port}: ",
+        cfg.display()
+    );
+    assert!(last.starts_with(&want), "{last}");
+    assert!(
+        last.ends_with(
+            "; another process listens there: stop it (another postern, or an MTA), or change \
+             the address"
+        ),
+        "{last}"
+    );
+    drop(taken);
+}
+
+/// `run` with the admin token file named but absent (and not to be generated).
+#[test]
+fn run_without_its_admin_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), reserve_port(), reserve_port());
+    let (status, stderr) = run_failing(&cfg);
+    let last = last_line_after_logs(status, &stderr);
+    assert!(
+        last.starts_with(&format!(
+            "postern: {}: http.admin_token_file: ",
+            cfg.display()
+        )),
+        "{last}"
+    );
+    assert!(
+        last.ends_with(
+            "; write a token of at least 16 characters there, or set \
+             http.generate_admin_token: true to have postern write one"
+        ),
+        "{last}"
+    );
+}
+
+/// An error answer from a real relay's admin API keeps its status and text and says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_error_answers_say_what_to_do() {
+    let server = TestServer::start(Opts::default()).await;
+    let out = server.cli(&["queue", "show", "0C3V8NQ4E0G0P1A6"]).await;
+    assert_eq!(
+        one_line(&out),
+        "postern: HTTP 404: no message 0C3V8NQ4E0G0P1A6 in the queue; postern queue list \
+         shows the queued ids"
+    );
+    let out = server.cli(&["queue", "release", "not-an-id"]).await;
+    let line = one_line(&out);
+    assert!(
+        line.starts_with("postern: HTTP 400: not a queue id"),
+        "{line}"
+    );
+    assert!(
+        line.ends_with("; pass a queue id as postern queue list prints it"),
+        "{line}"
+    );
+    let out = server
+        .cli(&["queue", "purge-failed", "0C3V8NQ4E0G0P1A6"])
+        .await;
+    assert_eq!(
+        one_line(&out),
+        "postern: HTTP 404: no message 0C3V8NQ4E0G0P1A6 in the failed directory; postern \
+         queue list --failed shows them"
+    );
+}
+
+#[test]
+fn probe_of_an_unknown_upstream_names_the_configured_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), reserve_port(), reserve_port());
+    let line = one_line(&postern(&["probe", "upstream", "m365"], &cfg));
+    assert_eq!(
+        line,
+        format!(
+            "postern: probe upstream m365: no such upstream in {}; pass one of the configured \
+             names: local",
+            cfg.display()
+        )
+    );
+}
+
+#[test]
+fn hash_password_of_nothing() {
+    let out = Command::new(BIN)
+        .arg("hash-password")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        one_line(&out),
+        "postern: empty password: type the password (or pipe it in as one line) and press Enter"
+    );
+}
