@@ -24,6 +24,7 @@ mod drain;
 mod external;
 mod fdlimit;
 mod headers;
+mod kubernetes;
 mod lines;
 mod lockout;
 mod metrics;
