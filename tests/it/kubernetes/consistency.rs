@@ -32,6 +32,9 @@ fn absolute_paths(value: &Value, out: &mut BTreeSet<String>) {
 
 fn ports_and_probes(r: &Rendered, config: &Value) {
     let c = r.container();
+    // The image of this version (kustomize `images:`), as deploy/container builds it.
+    let image = format!("ghcr.io/postern/postern:{}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(c["image"], image.as_str(), "{}", r.name);
     assert_eq!(c["command"], serde_json::json!([IMAGE_BIN]), "{}", r.name);
     assert_eq!(
         c["args"],
