@@ -321,3 +321,25 @@ fn manifests_agree_with_the_config() {
         network_policy(&r, &config);
     }
 }
+
+/// The pods rely on the image as deploy/container/Dockerfile builds it: the binary's path,
+/// the user the security context names, the spool volume and the config's path.
+#[test]
+fn manifests_agree_with_the_image() {
+    let path = render::kube_dir("../container/Dockerfile");
+    let dockerfile = std::fs::read_to_string(&path).unwrap();
+    let r = Rendered::new("base", "base/secret.example.yaml");
+    let lines: Vec<&str> = dockerfile.lines().map(str::trim).collect();
+    let has = |line: &str| lines.contains(&line);
+    assert!(has(&format!("ENTRYPOINT [\"{IMAGE_BIN}\"]")), "{path:?}");
+    assert!(
+        has(&format!("COPY --from=build /out{IMAGE_BIN} {IMAGE_BIN}")),
+        "{path:?}"
+    );
+    let user = r.pod()["securityContext"]["runAsUser"].as_u64().unwrap();
+    let group = r.pod()["securityContext"]["runAsGroup"].as_u64().unwrap();
+    assert!(has(&format!("USER {user}:{group}")), "{path:?}");
+    let spool = r.mount("postern-spool");
+    assert!(has(&format!("VOLUME [\"{spool}\"]")), "{path:?}");
+    assert!(dockerfile.contains(&format!(" {CONFIG_PATH}")), "{path:?}");
+}
