@@ -25,6 +25,7 @@ mod drain;
 mod external;
 mod fdlimit;
 mod headers;
+mod kubernetes;
 mod lines;
 mod lockout;
 mod metrics;

@@ -1,0 +1,345 @@
+//! The manifests agree with the config the ConfigMap carries: the mistakes that render and
+//! validate fine but give a pod that does not work (a port that does not match, a probe on
+//! the wrong port, a Secret key the config does not read, a drain cut short by the kill).
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+
+use super::render::{self, CONFIG_PATH, IMAGE_BIN, Rendered, port_of, seconds};
+use super::selects;
+
+/// A Service's or NetworkPolicy's port (a number or a container port's name) as a number.
+pub fn target_port(r: &Rendered, port: &Value) -> u16 {
+    match port {
+        Value::String(name) => r.container_port(name),
+        Value::Number(n) => u16::try_from(n.as_u64().unwrap()).unwrap(),
+        _ => panic!("{}: port {port}", r.name),
+    }
+}
+
+/// Every string in `value` that starts with `/`: the config's absolute paths.
+fn absolute_paths(value: &Value, out: &mut BTreeSet<String>) {
+    match value {
+        Value::String(s) if s.starts_with('/') => {
+            out.insert(s.clone());
+        }
+        Value::Array(items) => items.iter().for_each(|v| absolute_paths(v, out)),
+        Value::Object(map) => map.values().for_each(|v| absolute_paths(v, out)),
+        _ => {}
+    }
+}
+
+fn ports_and_probes(r: &Rendered, config: &Value) {
+    let c = r.container();
+    // The image of this version (kustomize `images:`), as deploy/container builds it.
+    let image = format!("ghcr.io/postern/postern:{}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(c["image"], image.as_str(), "{}", r.name);
+    assert_eq!(c["command"], serde_json::json!([IMAGE_BIN]), "{}", r.name);
+    assert_eq!(
+        c["args"],
+        serde_json::json!(["run", "--config", CONFIG_PATH]),
+        "{}",
+        r.name
+    );
+    let mut wanted = BTreeSet::new();
+    for listener in config["listeners"].as_array().unwrap() {
+        let (name, address) = (
+            listener["name"].as_str().unwrap(),
+            listener["address"].as_str().unwrap(),
+        );
+        assert!(
+            address.starts_with("0.0.0.0:"),
+            "{}: {name} on {address}",
+            r.name
+        );
+        assert_eq!(
+            r.container_port(name),
+            port_of(address),
+            "{}: listener {name}",
+            r.name
+        );
+        assert!(
+            port_of(address) >= 1024,
+            "{}: {name} needs a capability",
+            r.name
+        );
+        wanted.insert(port_of(address));
+    }
+    let http = port_of(config["http"]["address"].as_str().unwrap());
+    assert_eq!(r.container_port("http"), http, "{}", r.name);
+    wanted.insert(http);
+    let declared: BTreeSet<u16> = c["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| u16::try_from(p["containerPort"].as_u64().unwrap()).unwrap())
+        .collect();
+    assert_eq!(declared, wanted, "{}", r.name);
+    for (probe, path) in [
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ] {
+        let get = &c[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{}: {probe}", r.name);
+        assert_eq!(target_port(r, &get["port"]), http, "{}: {probe}", r.name);
+    }
+}
+
+fn smtp_service(r: &Rendered, config: &Value) {
+    let service = &r.get("Service", "postern-smtp")["spec"];
+    let labels = &r.get("StatefulSet", "postern")["spec"]["template"]["metadata"]["labels"];
+    assert!(selects(&service["selector"], labels), "{}", r.name);
+    let listeners = config["listeners"].as_array().unwrap();
+    let port_of_listener = |name: &str| {
+        let l = listeners.iter().find(|l| l["name"] == name).unwrap();
+        port_of(l["address"].as_str().unwrap())
+    };
+    let mut reached = BTreeSet::new();
+    for port in service["ports"].as_array().unwrap() {
+        let target = target_port(r, &port["targetPort"]);
+        let listener = match port["port"].as_u64().unwrap() {
+            587 => "submission",
+            465 => "submissions",
+            25 => "legacy",
+            other => panic!("{}: Service port {other}", r.name),
+        };
+        assert_eq!(
+            target,
+            port_of_listener(listener),
+            "{}: port {}",
+            r.name,
+            port["port"]
+        );
+        reached.insert(target);
+    }
+    assert_eq!(
+        reached.len(),
+        listeners.len(),
+        "{}: a listener without a Service port",
+        r.name
+    );
+}
+
+fn secrets_and_volumes(r: &Rendered, config: &Value) {
+    let etc = r.mount("etc");
+    let spool = r.mount("postern-spool");
+    let mut paths = BTreeSet::new();
+    absolute_paths(config, &mut paths);
+    for path in &paths {
+        assert!(
+            path.starts_with(&format!("{etc}/")) || path.starts_with(&format!("{spool}/")),
+            "{}: {path} is on no volume (the root filesystem is read-only)",
+            r.name
+        );
+    }
+    // Written by postern: on the spool volume, the only writable one.
+    let queue = config["queue"]["directory"].as_str().unwrap();
+    let token = config["http"]["admin_token_file"].as_str().unwrap();
+    for written in [queue, token] {
+        assert!(
+            written.starts_with(&format!("{spool}/")),
+            "{}: {written}",
+            r.name
+        );
+    }
+    let claims = r.get("StatefulSet", "postern")["spec"]["volumeClaimTemplates"].clone();
+    assert_eq!(claims[0]["metadata"]["name"], "postern-spool", "{}", r.name);
+    // The files the config reads from the Secrets are exactly those projected from them.
+    let read: BTreeSet<String> = paths
+        .iter()
+        .filter_map(|p| p.strip_prefix(&format!("{etc}/")))
+        .map(str::to_owned)
+        .collect();
+    let projected = r.projection();
+    let from_secrets: BTreeSet<String> = projected
+        .iter()
+        .filter(|(_, (kind, _, _))| *kind == "Secret")
+        .map(|(path, _)| path.clone())
+        .collect();
+    assert_eq!(read, from_secrets, "{}", r.name);
+    // And the example Secrets have exactly the keys projected.
+    let names: BTreeSet<&String> = projected
+        .values()
+        .filter(|v| v.0 == "Secret")
+        .map(|v| &v.1)
+        .collect();
+    for name in names {
+        let keys: Vec<String> = projected
+            .values()
+            .filter(|(kind, n, _)| *kind == "Secret" && n == name)
+            .map(|(_, _, key)| key.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            r.example_keys(name),
+            keys,
+            "{}: {:?} {name}",
+            r.name,
+            r.example
+        );
+    }
+}
+
+fn security_and_shutdown(r: &Rendered, config: &Value) {
+    let pod = r.pod();
+    let sc = &pod["securityContext"];
+    assert_eq!(sc["runAsNonRoot"], true, "{}", r.name);
+    assert_eq!(
+        sc["runAsUser"], 65532,
+        "{}: the image's nonroot user",
+        r.name
+    );
+    assert_eq!(sc["fsGroup"], 65532, "{}", r.name);
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault", "{}", r.name);
+    let c = &r.container()["securityContext"];
+    assert_eq!(c["readOnlyRootFilesystem"], true, "{}", r.name);
+    assert_eq!(c["allowPrivilegeEscalation"], false, "{}", r.name);
+    assert_eq!(
+        c["capabilities"]["drop"],
+        serde_json::json!(["ALL"]),
+        "{}",
+        r.name
+    );
+    assert!(c["capabilities"]["add"].is_null(), "{}", r.name);
+    assert!(
+        r.container()["resources"]["limits"]["memory"].is_string(),
+        "{}",
+        r.name
+    );
+
+    let hook: Vec<&str> = r.container()["lifecycle"]["preStop"]["exec"]["command"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(hook[..3], [IMAGE_BIN, "queue", "drain"], "{}", r.name);
+    let flag = |name: &str| hook.iter().position(|a| *a == name).map(|i| hook[i + 1]);
+    assert_eq!(flag("--config"), Some(CONFIG_PATH), "{}", r.name);
+    let deadline = seconds(flag("--deadline").unwrap_or("10m"));
+    let grace = seconds(config["shutdown_grace"].as_str().unwrap_or("30s"));
+    let period = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    assert!(
+        period > deadline + grace,
+        "{}: terminationGracePeriodSeconds {period} <= drain {deadline} + shutdown_grace {grace}",
+        r.name
+    );
+    let pdb = &r.get("PodDisruptionBudget", "postern")["spec"];
+    assert_eq!(pdb["maxUnavailable"], 1, "{}", r.name);
+    let labels = &r.get("StatefulSet", "postern")["spec"]["template"]["metadata"]["labels"];
+    assert!(
+        selects(&pdb["selector"]["matchLabels"], labels),
+        "{}",
+        r.name
+    );
+}
+
+/// The ports NetworkPolicy rules of `direction` allow (with the rule's `from`/`to`).
+fn allowed(r: &Rendered, direction: &str) -> Vec<(u16, String, Value)> {
+    let mut out = Vec::new();
+    for policy in r.all("NetworkPolicy") {
+        let labels = &r.get("StatefulSet", "postern")["spec"]["template"]["metadata"]["labels"];
+        assert!(
+            selects(&policy["spec"]["podSelector"]["matchLabels"], labels),
+            "{}",
+            r.name
+        );
+        for rule in policy["spec"][direction].as_array().into_iter().flatten() {
+            let peers = if direction == "ingress" {
+                &rule["from"]
+            } else {
+                &rule["to"]
+            };
+            for port in rule["ports"].as_array().unwrap() {
+                let protocol = port["protocol"].as_str().unwrap_or("TCP").to_owned();
+                out.push((target_port(r, &port["port"]), protocol, peers.clone()));
+            }
+        }
+    }
+    out
+}
+
+fn network_policy(r: &Rendered, config: &Value) {
+    let ingress = allowed(r, "ingress");
+    let http = port_of(config["http"]["address"].as_str().unwrap());
+    for listener in config["listeners"].as_array().unwrap() {
+        let port = port_of(listener["address"].as_str().unwrap());
+        assert!(
+            ingress
+                .iter()
+                .any(|(p, _, from)| *p == port && from.is_null()),
+            "{}: {port}",
+            r.name
+        );
+    }
+    let metrics: Vec<&Value> = ingress
+        .iter()
+        .filter(|(p, _, _)| *p == http)
+        .map(|i| &i.2)
+        .collect();
+    assert_eq!(metrics.len(), 1, "{}", r.name);
+    let selector = &metrics[0][0]["namespaceSelector"]["matchLabels"];
+    assert_eq!(
+        selector["kubernetes.io/metadata.name"], "monitoring",
+        "{}",
+        r.name
+    );
+
+    let egress = allowed(r, "egress");
+    let out = |port: u16, protocol: &str| {
+        egress
+            .iter()
+            .any(|(p, proto, _)| *p == port && proto == protocol)
+    };
+    assert!(out(53, "UDP") && out(53, "TCP"), "{}: DNS", r.name);
+    for upstream in config["upstreams"].as_array().unwrap() {
+        let port = port_of(upstream["address"].as_str().unwrap());
+        assert!(
+            out(port, "TCP"),
+            "{}: upstream {}",
+            r.name,
+            upstream["name"]
+        );
+    }
+    if let Some(url) = config["redis"]["url"].as_str() {
+        let host_port = url.split("://").nth(1).unwrap().split('/').next().unwrap();
+        assert!(out(port_of(host_port), "TCP"), "{}: redis {url}", r.name);
+    }
+}
+
+#[test]
+fn manifests_agree_with_the_config() {
+    for r in render::all() {
+        let config = r.config();
+        ports_and_probes(&r, &config);
+        smtp_service(&r, &config);
+        secrets_and_volumes(&r, &config);
+        security_and_shutdown(&r, &config);
+        network_policy(&r, &config);
+    }
+}
+
+/// The pods rely on the image as deploy/container/Dockerfile builds it: the binary's path,
+/// the user the security context names, the spool volume and the config's path.
+#[test]
+fn manifests_agree_with_the_image() {
+    let path = render::kube_dir("../container/Dockerfile");
+    let dockerfile = std::fs::read_to_string(&path).unwrap();
+    let r = Rendered::new("base", "base/secret.example.yaml");
+    let lines: Vec<&str> = dockerfile.lines().map(str::trim).collect();
+    let has = |line: &str| lines.contains(&line);
+    assert!(has(&format!("ENTRYPOINT [\"{IMAGE_BIN}\"]")), "{path:?}");
+    assert!(
+        has(&format!("COPY --from=build /out{IMAGE_BIN} {IMAGE_BIN}")),
+        "{path:?}"
+    );
+    let user = r.pod()["securityContext"]["runAsUser"].as_u64().unwrap();
+    let group = r.pod()["securityContext"]["runAsGroup"].as_u64().unwrap();
+    assert!(has(&format!("USER {user}:{group}")), "{path:?}");
+    let spool = r.mount("postern-spool");
+    assert!(has(&format!("VOLUME [\"{spool}\"]")), "{path:?}");
+    assert!(dockerfile.contains(&format!(" {CONFIG_PATH}")), "{path:?}");
+}
