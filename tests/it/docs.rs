@@ -20,7 +20,13 @@ fn read(path: &str) -> String {
 }
 
 /// Fails with the keys one side has and the other lacks, both ways.
-fn assert_same(what: &str, code: &BTreeSet<String>, code_is: &str, docs: &BTreeSet<String>, doc: &str) {
+fn assert_same(
+    what: &str,
+    code: &BTreeSet<String>,
+    code_is: &str,
+    docs: &BTreeSet<String>,
+    doc: &str,
+) {
     let undocumented: Vec<&String> = code.difference(docs).collect();
     let unknown: Vec<&String> = docs.difference(code).collect();
     assert!(
@@ -36,14 +42,20 @@ fn assert_same(what: &str, code: &BTreeSet<String>, code_is: &str, docs: &BTreeS
 /// without a dot). A key documented twice is an error too.
 fn documented_keys(text: &str) -> BTreeSet<String> {
     let mut keys = BTreeSet::new();
-    for table in markdown::tables(text).iter().filter(|t| t.header.first().is_some_and(|h| h == "key")) {
+    for table in markdown::tables(text)
+        .iter()
+        .filter(|t| t.header.first().is_some_and(|h| h == "key"))
+    {
         for (line, cells) in &table.rows {
             let cell = cells.first().map_or("", String::as_str);
             let key = code_cell(cell).unwrap_or_else(|| {
                 panic!("docs/configuration.md:{line}: a key cell must be one key in backticks, not {cell:?}")
             });
             assert_section(table, *line, key);
-            assert!(keys.insert(key.to_owned()), "docs/configuration.md:{line}: {key} is documented twice");
+            assert!(
+                keys.insert(key.to_owned()),
+                "docs/configuration.md:{line}: {key} is documented twice"
+            );
         }
     }
     keys
@@ -77,7 +89,13 @@ fn configuration_reference_documents_every_key() {
     let code = schema_keys::keys(&schema);
     assert!(code.len() > 100, "the schema walk found only {code:?}");
     let docs = documented_keys(&read("docs/configuration.md"));
-    assert_same("the configuration keys", &code, "config/postern.schema.json", &docs, "docs/configuration.md");
+    assert_same(
+        "the configuration keys",
+        &code,
+        "config/postern.schema.json",
+        &docs,
+        "docs/configuration.md",
+    );
 }
 
 /// The metric names the code declares: every `postern_*` spec and every `process_*` one.
@@ -107,7 +125,10 @@ fn metrics_reference_matches_the_code() {
     let tables = markdown::tables(&text);
     let table = tables
         .iter()
-        .find(|t| t.header.first().is_some_and(|h| h == "name") && t.header.get(1).is_some_and(|h| h == "type"))
+        .find(|t| {
+            t.header.first().is_some_and(|h| h == "name")
+                && t.header.get(1).is_some_and(|h| h == "type")
+        })
         .expect("docs/observability.md has a metrics table (| name | type | labels | meaning |)");
     let documented: BTreeSet<String> = table
         .rows
@@ -115,13 +136,23 @@ fn metrics_reference_matches_the_code() {
         .map(|(line, cells)| {
             let cell = cells.first().map_or("", String::as_str);
             code_cell(cell)
-                .unwrap_or_else(|| panic!("docs/observability.md:{line}: a metric cell must be its name in backticks"))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "docs/observability.md:{line}: a metric cell must be its name in backticks"
+                    )
+                })
                 .to_owned()
         })
         .collect();
     let declared = declared_metrics();
     assert!(declared.len() > 40, "found only {declared:?}");
-    assert_same("the metrics", &declared, "src/telemetry/metrics", &documented, "docs/observability.md");
+    assert_same(
+        "the metrics",
+        &declared,
+        "src/telemetry/metrics",
+        &documented,
+        "docs/observability.md",
+    );
 }
 
 /// Each kind of mail-log line in src/telemetry/events.rs (`Event::X => "name"`) with the
@@ -131,7 +162,10 @@ fn declared_events() -> BTreeMap<String, BTreeSet<String>> {
     let mut names = BTreeMap::new();
     for line in text.lines() {
         let line = line.trim();
-        if let Some((variant, name)) = line.strip_prefix("Event::").and_then(|l| l.split_once(" => \"")) {
+        if let Some((variant, name)) = line
+            .strip_prefix("Event::")
+            .and_then(|l| l.split_once(" => \""))
+        {
             names.insert(variant.to_owned(), name.trim_end_matches("\",").to_owned());
         }
     }
@@ -140,12 +174,17 @@ fn declared_events() -> BTreeMap<String, BTreeSet<String>> {
     for line in text.lines().map(str::trim) {
         if let Some(rest) = line.strip_prefix("event = Event::") {
             let variant = rest.trim_end_matches(".as_str(),");
-            let name = names.get(variant).unwrap_or_else(|| panic!("no name for Event::{variant}"));
+            let name = names
+                .get(variant)
+                .unwrap_or_else(|| panic!("no name for Event::{variant}"));
             events.entry(name.clone()).or_default();
             current = Some(name.clone());
         } else if let Some(event) = &current {
             // Field lines (`name,` or `name = value,` or `name = %value,`) until the format string.
-            let field: String = line.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            let field: String = line
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
             let after = &line[field.len()..];
             if !field.is_empty() && (after == "," || after.starts_with(" =")) {
                 events.entry(event.clone()).or_default().insert(field);
@@ -175,8 +214,9 @@ fn log_reference_matches_the_code() {
     let declared = declared_events();
     let mut documented = BTreeSet::new();
     for (line, cells) in &table.rows {
-        let event = code_cell(cells.first().map_or("", String::as_str))
-            .unwrap_or_else(|| panic!("docs/observability.md:{line}: an event cell must be its name in backticks"));
+        let event = code_cell(cells.first().map_or("", String::as_str)).unwrap_or_else(|| {
+            panic!("docs/observability.md:{line}: an event cell must be its name in backticks")
+        });
         documented.insert(event.to_owned());
         let row = cells.join(" | ");
         for field in declared.get(event).into_iter().flatten() {
@@ -187,7 +227,13 @@ fn log_reference_matches_the_code() {
         }
     }
     let names: BTreeSet<String> = declared.keys().cloned().collect();
-    assert_same("the log events", &names, "src/telemetry/events.rs", &documented, "docs/observability.md");
+    assert_same(
+        "the log events",
+        &names,
+        "src/telemetry/events.rs",
+        &documented,
+        "docs/observability.md",
+    );
 }
 
 /// README.md and every docs/*.md: each relative link names a file or directory of the
@@ -222,7 +268,9 @@ fn every_link_and_anchor_resolves() {
 }
 
 fn resolve(from: &Path, target: &str) -> Result<(), String> {
-    let (path, anchor) = target.split_once('#').map_or((target, None), |(p, a)| (p, Some(a)));
+    let (path, anchor) = target
+        .split_once('#')
+        .map_or((target, None), |(p, a)| (p, Some(a)));
     let file = if path.is_empty() {
         from.to_path_buf()
     } else {
@@ -232,10 +280,14 @@ fn resolve(from: &Path, target: &str) -> Result<(), String> {
         return Err(format!("{} does not exist", file.display()));
     }
     let Some(anchor) = anchor else { return Ok(()) };
-    let text = std::fs::read_to_string(&file).map_err(|e| format!("not a readable file for an anchor: {e}"))?;
+    let text = std::fs::read_to_string(&file)
+        .map_err(|e| format!("not a readable file for an anchor: {e}"))?;
     if markdown::anchors(&text).contains(anchor) {
         Ok(())
     } else {
-        Err(format!("no heading with the anchor #{anchor} in {}", file.display()))
+        Err(format!(
+            "no heading with the anchor #{anchor} in {}",
+            file.display()
+        ))
     }
 }

@@ -72,7 +72,12 @@ impl Walk<'_> {
             self.node(map, &format!("{path}.*"));
         }
         for combinator in ["anyOf", "oneOf", "allOf"] {
-            for branch in object.get(combinator).and_then(Value::as_array).into_iter().flatten() {
+            for branch in object
+                .get(combinator)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
                 self.node(branch, path);
             }
         }
