@@ -92,12 +92,10 @@ pub fn code_cell(cell: &str) -> Option<&str> {
     (!inner.contains('`')).then_some(inner)
 }
 
-/// A table found in a document: the heading it is under, its header cells and its body rows,
+/// A table found in a document: the section it is in, its header cells and its body rows,
 /// each with its line number.
 #[derive(Debug)]
 pub struct Table {
-    /// The nearest heading above the table: its level and text.
-    pub heading: (usize, String),
     /// The nearest level-2 heading above the table.
     pub section: String,
     /// The header row's cells.
@@ -109,15 +107,13 @@ pub struct Table {
 /// Every table of a document.
 pub fn tables(text: &str) -> Vec<Table> {
     let mut tables: Vec<Table> = Vec::new();
-    let mut heading_now = (0, String::new());
     let mut section = String::new();
     let mut in_table = false;
     for (number, line) in prose_lines(text) {
-        if let Some((level, text)) = heading(line) {
-            heading_now = (level, text.to_owned());
-            if level <= 2 {
-                section = text.to_owned();
-            }
+        if let Some((level, text)) = heading(line)
+            && level <= 2
+        {
+            section = text.to_owned();
         }
         let Some(cells) = row_cells(line) else {
             in_table = false;
@@ -126,15 +122,14 @@ pub fn tables(text: &str) -> Vec<Table> {
         if !in_table {
             in_table = true;
             tables.push(Table {
-                heading: heading_now.clone(),
                 section: section.clone(),
                 header: cells,
                 rows: Vec::new(),
             });
-        } else if !is_delimiter(&cells) {
-            if let Some(table) = tables.last_mut() {
-                table.rows.push((number, cells));
-            }
+        } else if !is_delimiter(&cells)
+            && let Some(table) = tables.last_mut()
+        {
+            table.rows.push((number, cells));
         }
     }
     tables
