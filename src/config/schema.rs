@@ -2,8 +2,8 @@
 //!
 //! Each field's doc comment states its default; docs/configuration.md is written from these
 //! comments (and tests/it/docs.rs checks that it documents every key of the schema generated
-//! from these types, and no other). Cross-field rules (a route naming an unknown upstream, a duplicate listener
-//! address, …) live in `validate.rs`, not here.
+//! from these types, and no other). Cross-field rules (a route naming an unknown upstream, a
+//! duplicate listener address, …) live in `validate.rs`, not here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
