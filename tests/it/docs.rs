@@ -236,11 +236,8 @@ fn log_reference_matches_the_code() {
     );
 }
 
-/// README.md and every docs/*.md: each relative link names a file or directory of the
-/// repository, and each `#anchor` a heading of the file it points into.
-#[test]
-fn every_link_and_anchor_resolves() {
-    let mut files = vec![repo("README.md")];
+/// README.md and docs/*.md.
+fn guide_files() -> Vec<PathBuf> {
     let mut docs: Vec<PathBuf> = std::fs::read_dir(repo("docs"))
         .expect("docs/ exists")
         .map(|e| e.expect("docs/ entry").path())
@@ -248,7 +245,39 @@ fn every_link_and_anchor_resolves() {
         .collect();
     docs.sort();
     assert!(docs.len() >= 10, "docs/ holds {docs:?}");
+    let mut files = vec![repo("README.md")];
     files.extend(docs);
+    files
+}
+
+/// Every table row of the guide has as many cells as its header (an unescaped `|` inside a
+/// cell would split it and shift the columns on GitHub).
+#[test]
+fn every_table_is_well_formed() {
+    let mut bad = Vec::new();
+    for file in guide_files() {
+        let text = std::fs::read_to_string(&file).expect("readable");
+        for table in markdown::tables(&text) {
+            for (line, cells) in &table.rows {
+                if cells.len() != table.header.len() {
+                    bad.push(format!(
+                        "{}:{line}: {} cells under a header of {}",
+                        file.display(),
+                        cells.len(),
+                        table.header.len()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "malformed tables:\n{}", bad.join("\n"));
+}
+
+/// README.md and every docs/*.md: each relative link names a file or directory of the
+/// repository, and each `#anchor` a heading of the file it points into.
+#[test]
+fn every_link_and_anchor_resolves() {
+    let files = guide_files();
     let mut broken = Vec::new();
     let mut checked = 0;
     for file in &files {
