@@ -1,7 +1,7 @@
 //! The admin API on the HTTP endpoint, under `/api/v1/`: the queue (list, show, retry, hold,
 //! release, delete, bounce), the dead letters (list, purge), the drain, and reload. The
 //! `postern queue` and `postern reload` commands call it; the JSON is documented in the
-//! README ("Admin API and queue tools").
+//! guide (docs/operations.md, "Admin API and queue tools").
 //!
 //! Every request needs `Authorization: Bearer <token>`, the token read from
 //! `http.admin_token_file` (RFC 6750 2.1), compared in constant time; a missing or wrong one

@@ -1,8 +1,9 @@
 //! The configuration file's shape: one YAML document, every struct `deny_unknown_fields`.
 //!
-//! Each field's doc comment states its default; README.md's config reference is written from
-//! these comments. Cross-field rules (a route naming an unknown upstream, a duplicate listener
-//! address, …) live in `validate.rs`, not here.
+//! Each field's doc comment states its default; docs/configuration.md is written from these
+//! comments (and tests/it/docs.rs checks that it documents every key of the schema generated
+//! from these types, and no other). Cross-field rules (a route naming an unknown upstream, a
+//! duplicate listener address, …) live in `validate.rs`, not here.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

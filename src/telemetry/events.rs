@@ -1,7 +1,8 @@
 //! The mail log's fixed vocabulary: one function per kind of line, so that every line of a
 //! kind has the same fields in every code path, `event` names the kind, and operators can
 //! follow a message by its queue id from the session that submitted it to the upstream that
-//! took it (README: "Logs").
+//! took it (docs/observability.md, "Logs", where tests/it/docs.rs checks that every event
+//! and field is documented).
 //!
 //! Field values are enums' stable names, numbers, or text the protocol carries (addresses,
 //! upstream replies). Never a password, an AUTH payload, a token or a message body: those

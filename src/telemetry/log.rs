@@ -3,7 +3,7 @@
 //! Each session runs inside a span carrying `session` (its id), `listener` and `client`,
 //! and each delivery attempt inside one carrying `queue_id`, so every line logged for a
 //! session or a delivery names it: the JSON formatter prints the current span's fields on
-//! each event (README: "Logs").
+//! each event (docs/observability.md, "Logs").
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;

@@ -1,5 +1,5 @@
 //! Every Prometheus metric postern exports, declared in one place: the table of [`Spec`]s
-//! below (README: "Metrics").
+//! below (docs/observability.md, "Metrics").
 //!
 //! One [`Metrics`] per running instance, with its own registry (tests run several servers in
 //! one process). Label values come from enums ([`labels`]) or from config names (listeners,

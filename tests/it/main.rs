@@ -21,6 +21,7 @@ mod cluster;
 mod container;
 mod delivery;
 mod dialogs;
+mod docs;
 mod drain;
 mod external;
 mod fdlimit;

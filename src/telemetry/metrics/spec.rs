@@ -1,6 +1,6 @@
 //! The table of metric specs: every metric's name, help text and label names, in one place
-//! (the README's metrics table and the real-Prometheus test read the same names), and the
-//! histogram buckets.
+//! (the metrics table of docs/observability.md, checked by tests/it/docs.rs, and the
+//! real-Prometheus test read the same names), and the histogram buckets.
 
 use prometheus::{
     Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
