@@ -6,6 +6,12 @@
 // a sibling file, so the modeline resolves the same way), the completions offered on a new
 // line in the first listener, and the hover text of `max_age`.
 'use strict';
+// Never hang: a language server that does not answer within a minute fails the test (the
+// Rust side also kills this process after its own deadline).
+setTimeout(() => {
+  process.stderr.write('editor.js: no answer from yaml-language-server within 60 s\n');
+  process.exit(2);
+}, 60000).unref();
 const fs = require('fs');
 const path = require('path');
 // yaml-language-server is found through NODE_PATH (npm's global root); its own dependencies
@@ -52,7 +58,8 @@ const lines = (diags) => diags.map((d) => ({ line: d.range.start.line + 1, messa
     hover: hover ? JSON.stringify(hover.contents) : '',
     fetched,
   };
-  process.stdout.write(JSON.stringify(out) + '\n');
+  // Exit once written, whatever timers or handles the language service keeps open.
+  process.stdout.write(JSON.stringify(out) + '\n', () => process.exit(0));
 })().catch((e) => {
   process.stderr.write(String(e && e.stack || e) + '\n');
   process.exit(1);

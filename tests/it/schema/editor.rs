@@ -4,7 +4,10 @@
 //! the shipped file, flags a typo, a bad address and a bad duration with the schema's
 //! messages, completes a listener's keys and shows a key's description on hover.
 
-use std::process::Command;
+use std::fs::File;
+use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -20,6 +23,37 @@ fn npm_root() -> String {
         .output()
         .unwrap_or_else(|e| panic!("npm (Debian package npm) must be installed: {e}"));
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// The longest the language server may take (it answers in about a second).
+const NODE_DEADLINE: Duration = Duration::from_secs(90);
+
+/// Runs `command` with its output in files under `dir`, waiting at most [`NODE_DEADLINE`]
+/// (polled in bounded steps); a process still running then is killed and the test fails.
+fn run_bounded(mut command: Command, dir: &Path) -> (ExitStatus, Vec<u8>, String) {
+    let (out_path, err_path) = (dir.join("stdout"), dir.join("stderr"));
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(File::create(&out_path).unwrap())
+        .stderr(File::create(&err_path).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("node (Debian package nodejs) must be installed: {e}"));
+    let step = Duration::from_millis(50);
+    let mut status = None;
+    for _ in 0..NODE_DEADLINE.as_millis() / step.as_millis() {
+        status = child.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        std::thread::sleep(step);
+    }
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("node editor.js still running after {NODE_DEADLINE:?}: killed");
+    };
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    (status, std::fs::read(&out_path).unwrap(), stderr)
 }
 
 #[test]
@@ -39,20 +73,14 @@ fn editors_validate_and_complete_the_shipped_config() {
                   listeners:\n  - {name: a, address: \"127.0.0.1:99999\", tsl: none}\n\
                   queue: {directory: spool, max_age: 3 fortnights, bounces: never}\n\
                   upstreams: [{name: out, directory: out}]\n";
-    let out = Command::new("node")
-        .arg(&script)
+    let mut node = Command::new("node");
+    node.arg(&script)
         .arg(repo("config/postern.yaml"))
         .arg(broken)
-        .env("NODE_PATH", &root)
-        .output()
-        .unwrap_or_else(|e| panic!("node (Debian package nodejs) must be installed: {e}"));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "node editor.js: {}\n{stderr}",
-        out.status
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+        .env("NODE_PATH", &root);
+    let (status, stdout, stderr) = run_bounded(node, dir.path());
+    assert!(status.success(), "node editor.js: {status}\n{stderr}");
+    let report: Value = serde_json::from_slice(&stdout).unwrap();
 
     // The modeline led it to the committed schema, next to the config.
     let schema_uri = format!("file://{}", repo("config/postern.schema.json").display());
