@@ -365,6 +365,7 @@ fn count_users(old: &[UserConfig], new: &[UserConfig], outcome: &mut ReloadOutco
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
 
@@ -413,6 +414,56 @@ mod tests {
             );
             assert_eq!(got, want, "{old:?} -> {new:?}");
         }
+    }
+
+    /// Durations and sizes serialize in a canonical notation (`1m`, `1KiB`), so the same
+    /// value written two ways (`60s` and `1m`, `1024` and `1KiB`) is no change on reload, and
+    /// a different value is one, for the top-level keys, the users and the upstream pools.
+    #[test]
+    fn a_value_written_another_way_is_no_change() {
+        let config = |extra: &str| {
+            let yaml = format!(
+                "listeners: [{{name: a, address: \"127.0.0.1:1\", tls: none, auth: none, \
+                 allow_networks: [127.0.0.0/8]}}]\nqueue: {{directory: q}}\n{extra}"
+            );
+            crate::config::load::parse(&yaml, std::path::Path::new("p.yaml")).unwrap()
+        };
+        let user = |size: &str| {
+            format!(
+                "users: [{{username: u, password_hash: h, senders: [\"*\"], max_message_size: {size}}}]\n"
+            )
+        };
+        let upstream = |timeout: &str| {
+            format!("upstreams: [{{name: out, address: \"mx:25\", connect_timeout: {timeout}}}]\n")
+        };
+        let old = config(&format!(
+            "timeouts: {{command: 60s}}\nlimits: {{max_message_size: 1024}}\n{}{}",
+            user("2048"),
+            upstream("90s")
+        ));
+        let same = config(&format!(
+            "timeouts: {{command: 1m}}\nlimits: {{max_message_size: 1KiB}}\n{}{}",
+            user("2KiB"),
+            upstream("90000ms")
+        ));
+        let other = config(&format!(
+            "timeouts: {{command: 61s}}\nlimits: {{max_message_size: 1000}}\n{}{}",
+            user("2kB"),
+            upstream("1m")
+        ));
+        assert_eq!(changed_keys(&old, &same), Vec::<String>::new());
+        let mut changed = changed_keys(&old, &other);
+        changed.sort();
+        assert_eq!(changed, ["limits", "timeouts", "upstreams", "users"]);
+        let mut o = ReloadOutcome::default();
+        count_users(&old.users, &same.users, &mut o);
+        assert_eq!(o.users_changed, 0);
+        count_users(&old.users, &other.users, &mut o);
+        assert_eq!(o.users_changed, 1);
+        // An upstream's pool is kept when its entry serializes the same (`fingerprint`).
+        let entry = |c: &Config| serde_json::to_string(&c.upstreams[0]).unwrap();
+        assert_eq!(entry(&old), entry(&same));
+        assert_ne!(entry(&old), entry(&other));
     }
 
     #[test]
