@@ -2,8 +2,8 @@
 //! `config/postern.schema.json`): the committed file is current, it is a valid draft 2020-12
 //! schema, every config the repository ships or the tests run validates against it, the
 //! golden bad configs whose error is one of shape (unknown key, wrong type, bad value) fail
-//! it at their key, and its hand-written parts (durations, sizes, CIDR, `IP:port`) accept
-//! what the loader accepts.
+//! it at their key, its hand-written parts (durations, sizes, CIDR, `IP:port`) accept
+//! what the loader accepts (`types.rs`), and so does every key of every section (`keys.rs`).
 //!
 //! Validation is by the `jsonschema` crate (a full draft 2020-12 implementation), on the YAML
 //! read as the loader reads it (`serde_yaml`, merge keys applied) and turned into JSON.
@@ -17,6 +17,7 @@ use serde_json::Value;
 use crate::harness::{Opts, TestServer, Upstream};
 
 mod editor;
+mod keys;
 mod types;
 
 const BIN: &str = env!("CARGO_BIN_EXE_postern");
