@@ -136,9 +136,32 @@ fn schema_is_well_formed_and_documented() {
     ] {
         assert!(defs.contains_key(name), "$defs/{name}");
     }
+    let (undocumented, bad_defaults) = undocumented_keys_and_bad_defaults(&schema);
+    assert!(
+        undocumented.is_empty(),
+        "keys with no description: {undocumented:?}"
+    );
+    assert!(
+        bad_defaults.is_empty(),
+        "defaults the schema rejects: {bad_defaults:?}"
+    );
+    let text = std::fs::read_to_string(repo(SCHEMA_FILE)).unwrap();
+    for reference in text.split("\"$ref\": \"").skip(1) {
+        let target = &reference[..reference.find('"').unwrap()];
+        let name = target
+            .strip_prefix("#/$defs/")
+            .unwrap_or_else(|| panic!("a $ref outside $defs: {target}"));
+        assert!(defs.contains_key(name), "dangling $ref {target}");
+    }
+}
+
+/// The keys (`Owner.key`) with no description, and those whose `default` their own schema
+/// rejects; every object also refuses unknown keys.
+fn undocumented_keys_and_bad_defaults(schema: &Value) -> (Vec<String>, Vec<String>) {
+    let defs = schema["$defs"].as_object().unwrap();
     let mut undocumented = Vec::new();
     let mut bad_defaults = Vec::new();
-    let mut objects = vec![("(root)".to_owned(), &schema)];
+    let mut objects = vec![("(root)".to_owned(), schema)];
     objects.extend(defs.iter().map(|(name, def)| (name.clone(), def)));
     for (owner, object) in objects {
         let Some(properties) = object["properties"].as_object() else {
@@ -163,22 +186,7 @@ fn schema_is_well_formed_and_documented() {
             }
         }
     }
-    assert!(
-        undocumented.is_empty(),
-        "keys with no description: {undocumented:?}"
-    );
-    assert!(
-        bad_defaults.is_empty(),
-        "defaults the schema rejects: {bad_defaults:?}"
-    );
-    let text = std::fs::read_to_string(repo(SCHEMA_FILE)).unwrap();
-    for reference in text.split("\"$ref\": \"").skip(1) {
-        let target = &reference[..reference.find('"').unwrap()];
-        let name = target
-            .strip_prefix("#/$defs/")
-            .unwrap_or_else(|| panic!("a $ref outside $defs: {target}"));
-        assert!(defs.contains_key(name), "dangling $ref {target}");
-    }
+    (undocumented, bad_defaults)
 }
 
 /// The shipped configs, the bench template, the golden good configs, every example under

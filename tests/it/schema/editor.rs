@@ -56,8 +56,8 @@ fn run_bounded(mut command: Command, dir: &Path) -> (ExitStatus, Vec<u8>, String
     (status, std::fs::read(&out_path).unwrap(), stderr)
 }
 
-#[test]
-fn editors_validate_and_complete_the_shipped_config() {
+/// Runs editor.js on config/postern.yaml and `broken` (a sibling file's text); its report.
+fn editor_report(broken: &str) -> Value {
     let root = npm_root();
     assert!(
         std::path::Path::new(&root)
@@ -69,10 +69,6 @@ fn editors_validate_and_complete_the_shipped_config() {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("editor.js");
     std::fs::write(&script, SCRIPT).unwrap();
-    let broken = "# yaml-language-server: $schema=postern.schema.json\n\
-                  listeners:\n  - {name: a, address: \"127.0.0.1:99999\", tsl: none}\n\
-                  queue: {directory: spool, max_age: 3 fortnights, bounces: never}\n\
-                  upstreams: [{name: out, directory: out}]\n";
     let mut node = Command::new("node");
     node.arg(&script)
         .arg(repo("config/postern.yaml"))
@@ -80,7 +76,16 @@ fn editors_validate_and_complete_the_shipped_config() {
         .env("NODE_PATH", &root);
     let (status, stdout, stderr) = run_bounded(node, dir.path());
     assert!(status.success(), "node editor.js: {status}\n{stderr}");
-    let report: Value = serde_json::from_slice(&stdout).unwrap();
+    serde_json::from_slice(&stdout).unwrap()
+}
+
+#[test]
+fn editors_validate_and_complete_the_shipped_config() {
+    let broken = "# yaml-language-server: $schema=postern.schema.json\n\
+                  listeners:\n  - {name: a, address: \"127.0.0.1:99999\", tsl: none}\n\
+                  queue: {directory: spool, max_age: 3 fortnights, bounces: never}\n\
+                  upstreams: [{name: out, directory: out}]\n";
+    let report = editor_report(broken);
 
     // The modeline led it to the committed schema, next to the config.
     let schema_uri = format!("file://{}", repo("config/postern.schema.json").display());
@@ -116,7 +121,12 @@ fn editors_validate_and_complete_the_shipped_config() {
         "the bad queue.bounces value is flagged: {messages:?}"
     );
     assert_eq!(messages.len(), 4, "{messages:?}");
+    completion_and_hover(&report);
+}
 
+/// On a new line in the first listener, the listener keys it does not set yet are offered;
+/// hovering over `max_age` shows its description.
+fn completion_and_hover(report: &Value) {
     // On a new line in the first listener: the listener keys it does not set yet.
     let offered: Vec<&str> = report["completion"]
         .as_array()
