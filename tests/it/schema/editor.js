@@ -1,9 +1,9 @@
 // Drives yaml-language-server (the engine of VS Code's YAML extension and of the YAML
 // support in Neovim, Helix, Emacs lsp-mode, ...) as an editor would, on config/postern.yaml
 // with its `# yaml-language-server: $schema=` modeline. Run by tests/it/schema/editor.rs:
-//   node editor.js CONFIG_PATH BROKEN_TEXT
-// prints one JSON object: the diagnostics of the shipped text and of BROKEN_TEXT (opened as
-// a sibling file, so the modeline resolves the same way), the completions offered on a new
+//   node editor.js CONFIG_PATH BROKEN_TEXT ODD_TEXT
+// prints one JSON object: the diagnostics of the shipped text, of BROKEN_TEXT and of
+// ODD_TEXT (each opened as a sibling file, so the modeline resolves the same way), the completions offered on a new
 // line in the first listener, and the hover text of `max_age`.
 'use strict';
 // Never hang: a language server that does not answer within a minute fails the test (the
@@ -37,11 +37,13 @@ service.configure({ validate: true, completion: true, hover: true, yamlVersion: 
 const lines = (diags) => diags.map((d) => ({ line: d.range.start.line + 1, message: d.message }));
 
 (async () => {
-  const [file, broken] = process.argv.slice(2);
+  const [file, broken, oddText] = process.argv.slice(2);
   const text = fs.readFileSync(file, 'utf8');
   const shipped = TextDocument.create(URI.file(file).toString(), 'yaml', 1, text);
   const sibling = path.join(path.dirname(file), 'editor-test-broken.yaml');
   const bad = TextDocument.create(URI.file(sibling).toString(), 'yaml', 1, broken);
+  const oddFile = path.join(path.dirname(file), 'editor-test-odd.yaml');
+  const odd = TextDocument.create(URI.file(oddFile).toString(), 'yaml', 1, oddText);
 
   // A new, indented line after the first listener's `auth:` line.
   const marker = '    auth: required\n';
@@ -54,6 +56,7 @@ const lines = (diags) => diags.map((d) => ({ line: d.range.start.line + 1, messa
   const out = {
     shipped: lines(await service.doValidation(shipped, false)),
     broken: lines(await service.doValidation(bad, false)),
+    odd: lines(await service.doValidation(odd, false)),
     completion: completion.items.map((i) => i.label).sort(),
     hover: hover ? JSON.stringify(hover.contents) : '',
     fetched,
