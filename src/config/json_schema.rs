@@ -201,14 +201,19 @@ fn nullable(property: &mut Value, sections: &[String]) {
     }
 }
 
-/// Tidies what the derive wrote: every `description` as plain text (see [`plain_text`]), and
-/// no `default: null` (an optional key's real default is in its description, e.g. `queue.
-/// delay_warning`: off), nor null members in an object's default.
+/// Tidies what the derive wrote: every `description` as plain text (see [`plain_text`]), no
+/// `default: null` (an optional key's real default is in its description, e.g. `queue.
+/// delay_warning`: off), nor null members in an object's default, and a `maximum` on a
+/// 32-bit integer (schemars only names its `format`, which validators do not check): the
+/// loader refuses `4294967296` there.
 fn tidy(value: &mut Value) {
     match value {
         Value::Object(map) => {
             if map.get("default").is_some_and(Value::is_null) {
                 map.remove("default");
+            }
+            if map.get("format").is_some_and(|f| f == "uint32") {
+                map.entry("maximum").or_insert(u32::MAX.into());
             }
             if let Some(Value::Object(default)) = map.get_mut("default") {
                 default.retain(|_, v| !v.is_null());
