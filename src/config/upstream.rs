@@ -277,7 +277,7 @@ pub struct UpstreamAuth {
     pub oauth2: Option<OAuth2Config>,
 }
 
-/// Where OAuth 2.0 access tokens come from (README: "OAuth 2.0 to the upstream").
+/// Where OAuth 2.0 access tokens come from (docs/delivery.md, "OAuth2 to the upstream").
 ///
 /// One grant is used: `refresh_token` when `refresh_token_file` is set (delegated access),
 /// else `client_credentials` (app-only) with `client_secret_file` or a signed client
