@@ -146,7 +146,7 @@ fn probe(name: &str, file: &std::path::Path) -> Result<(), String> {
         "upstream",
         settings.host,
         settings.port,
-        format!("{:?}", upstream.tls).to_lowercase(),
+        format!("{:?}", upstream.tls.unwrap_or_default()).to_lowercase(),
         match &settings.credentials {
             Some(c) => format!("as {}", c.username),
             None => "none".to_owned(),

@@ -1,7 +1,8 @@
 //! The admin's guide (README.md and docs/) against the code it documents: every configuration
 //! key of the committed JSON Schema is in docs/configuration.md and every key documented
 //! there exists; every metric and every log event (with its fields) is in
-//! docs/observability.md and nothing more; every relative link and `#anchor` resolves.
+//! docs/observability.md and nothing more; every refusal reason (with its reply codes) is in
+//! docs/policy.md and nothing more; every relative link and `#anchor` resolves.
 
 mod markdown;
 mod schema_keys;
@@ -319,4 +320,106 @@ fn resolve(from: &Path, target: &str) -> Result<(), String> {
             file.display()
         ))
     }
+}
+
+/// The reply codes (`NNN X.Y.Z`) a text names, in order.
+fn reply_codes(text: &str) -> Vec<String> {
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c == '`')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let is_code = |w: &str| w.len() == 3 && w.bytes().all(|b| b.is_ascii_digit());
+    let is_enhanced = |w: &str| {
+        let parts: Vec<&str> = w.split('.').collect();
+        parts.len() == 3
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    words
+        .windows(2)
+        .filter(|w| is_code(w[0]) && is_enhanced(w[1]))
+        .map(|w| format!("{} {}", w[0], w[1]))
+        .collect()
+}
+
+/// Each refusal reason of src/reason.rs (`Reason::X => "name"`) with the reply codes its
+/// variant's doc comment names.
+fn declared_reasons() -> BTreeMap<String, BTreeSet<String>> {
+    let text = read("src/reason.rs");
+    let enum_body = text
+        .split_once("pub enum Reason {")
+        .and_then(|(_, rest)| rest.split_once("\n}"))
+        .map(|(body, _)| body)
+        .expect("src/reason.rs declares `pub enum Reason { ... }`");
+    let mut codes_of: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut comment = String::new();
+    for line in enum_body.lines().map(str::trim) {
+        if let Some(doc) = line.strip_prefix("///") {
+            comment.push_str(doc);
+            comment.push(' ');
+        } else if let Some(variant) = line.strip_suffix(',') {
+            codes_of.insert(
+                variant.to_owned(),
+                reply_codes(&comment).into_iter().collect(),
+            );
+            comment.clear();
+        }
+    }
+    let mut reasons = BTreeMap::new();
+    for line in text.lines().map(str::trim) {
+        if let Some((variant, name)) = line
+            .strip_prefix("Reason::")
+            .and_then(|l| l.split_once(" => \""))
+        {
+            let codes = codes_of
+                .get(variant)
+                .unwrap_or_else(|| panic!("Reason::{variant} is not in the enum"));
+            reasons.insert(name.trim_end_matches("\",").to_owned(), codes.clone());
+        }
+    }
+    assert_eq!(
+        reasons.len(),
+        codes_of.len(),
+        "every Reason variant has a name in as_str"
+    );
+    reasons
+}
+
+/// The refusal-reason table of docs/policy.md (header `reason | reply`) has one row per
+/// reason of src/reason.rs, no other, and each row gives the reply codes that reason's doc
+/// comment names.
+#[test]
+fn refusal_reasons_match_the_code() {
+    let text = read("docs/policy.md");
+    let tables = markdown::tables(&text);
+    let table = tables
+        .iter()
+        .find(|t| t.header == ["reason", "reply"])
+        .expect("docs/policy.md has a refusal-reason table (| reason | reply |)");
+    let declared = declared_reasons();
+    assert!(declared.len() > 20, "found only {declared:?}");
+    let mut documented = BTreeSet::new();
+    for (line, cells) in &table.rows {
+        let reason = code_cell(cells.first().map_or("", String::as_str)).unwrap_or_else(|| {
+            panic!("docs/policy.md:{line}: a reason cell must be its name in backticks")
+        });
+        documented.insert(reason.to_owned());
+        let Some(codes) = declared.get(reason) else {
+            continue;
+        };
+        let row: BTreeSet<String> = reply_codes(&cells.join(" ")).into_iter().collect();
+        assert_eq!(
+            &row, codes,
+            "docs/policy.md:{line}: the `{reason}` row gives other reply codes than src/reason.rs"
+        );
+    }
+    let names: BTreeSet<String> = declared.keys().cloned().collect();
+    assert_same(
+        "the refusal reasons",
+        &names,
+        "src/reason.rs",
+        &documented,
+        "docs/policy.md",
+    );
 }
