@@ -237,79 +237,6 @@ fn security_and_shutdown(r: &Rendered, config: &Value) {
     );
 }
 
-/// The ports NetworkPolicy rules of `direction` allow (with the rule's `from`/`to`).
-fn allowed(r: &Rendered, direction: &str) -> Vec<(u16, String, Value)> {
-    let mut out = Vec::new();
-    for policy in r.all("NetworkPolicy") {
-        let labels = &r.get("StatefulSet", "postern")["spec"]["template"]["metadata"]["labels"];
-        assert!(
-            selects(&policy["spec"]["podSelector"]["matchLabels"], labels),
-            "{}",
-            r.name
-        );
-        for rule in policy["spec"][direction].as_array().into_iter().flatten() {
-            let peers = if direction == "ingress" {
-                &rule["from"]
-            } else {
-                &rule["to"]
-            };
-            for port in rule["ports"].as_array().unwrap() {
-                let protocol = port["protocol"].as_str().unwrap_or("TCP").to_owned();
-                out.push((target_port(r, &port["port"]), protocol, peers.clone()));
-            }
-        }
-    }
-    out
-}
-
-fn network_policy(r: &Rendered, config: &Value) {
-    let ingress = allowed(r, "ingress");
-    let http = port_of(config["http"]["address"].as_str().unwrap());
-    for listener in config["listeners"].as_array().unwrap() {
-        let port = port_of(listener["address"].as_str().unwrap());
-        assert!(
-            ingress
-                .iter()
-                .any(|(p, _, from)| *p == port && from.is_null()),
-            "{}: {port}",
-            r.name
-        );
-    }
-    let metrics: Vec<&Value> = ingress
-        .iter()
-        .filter(|(p, _, _)| *p == http)
-        .map(|i| &i.2)
-        .collect();
-    assert_eq!(metrics.len(), 1, "{}", r.name);
-    let selector = &metrics[0][0]["namespaceSelector"]["matchLabels"];
-    assert_eq!(
-        selector["kubernetes.io/metadata.name"], "monitoring",
-        "{}",
-        r.name
-    );
-
-    let egress = allowed(r, "egress");
-    let out = |port: u16, protocol: &str| {
-        egress
-            .iter()
-            .any(|(p, proto, _)| *p == port && proto == protocol)
-    };
-    assert!(out(53, "UDP") && out(53, "TCP"), "{}: DNS", r.name);
-    for upstream in config["upstreams"].as_array().unwrap() {
-        let port = port_of(upstream["address"].as_str().unwrap());
-        assert!(
-            out(port, "TCP"),
-            "{}: upstream {}",
-            r.name,
-            upstream["name"]
-        );
-    }
-    if let Some(url) = config["redis"]["url"].as_str() {
-        let host_port = url.split("://").nth(1).unwrap().split('/').next().unwrap();
-        assert!(out(port_of(host_port), "TCP"), "{}: redis {url}", r.name);
-    }
-}
-
 #[test]
 fn manifests_agree_with_the_config() {
     for r in render::all() {
@@ -318,7 +245,7 @@ fn manifests_agree_with_the_config() {
         smtp_service(&r, &config);
         secrets_and_volumes(&r, &config);
         security_and_shutdown(&r, &config);
-        network_policy(&r, &config);
+        super::network::network_policy(&r, &config);
     }
 }
 

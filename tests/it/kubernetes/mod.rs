@@ -19,6 +19,7 @@
 //! A missing tool fails the test with the package to install: CI installs them.
 
 mod consistency;
+mod network;
 mod pod;
 mod render;
 
