@@ -229,6 +229,22 @@ fn security_and_shutdown(r: &Rendered, config: &Value) {
     );
     let pdb = &r.get("PodDisruptionBudget", "postern")["spec"];
     assert_eq!(pdb["maxUnavailable"], 1, "{}", r.name);
+    // /readyz fails on every pod at once while the shared smarthost is down: the budget
+    // must still let a not-ready pod be evicted, or node drains wait for the smarthost.
+    assert_eq!(
+        pdb["unhealthyPodEvictionPolicy"], "AlwaysAllow",
+        "{}: a PodDisruptionBudget counting not-ready pods blocks node drains while every \
+         pod is not ready",
+        r.name
+    );
+    // The pods are peers, each with its own volume: none waits for another to be ready
+    // (OrderedReady blocks scaling up and down while a pod is not ready).
+    assert_eq!(
+        r.get("StatefulSet", "postern")["spec"]["podManagementPolicy"],
+        "Parallel",
+        "{}",
+        r.name
+    );
     let labels = &r.get("StatefulSet", "postern")["spec"]["template"]["metadata"]["labels"];
     assert!(
         selects(&pdb["selector"]["matchLabels"], labels),
