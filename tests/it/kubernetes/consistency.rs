@@ -85,6 +85,14 @@ fn ports_and_probes(r: &Rendered, config: &Value) {
         assert_eq!(get["path"], path, "{}: {probe}", r.name);
         assert_eq!(target_port(r, &get["port"]), http, "{}: {probe}", r.name);
     }
+    // /readyz's spool check may take up to 2 s (SPOOL_CHECK_LIMIT, src/app/http.rs) and
+    // says why when it runs out: the probe must wait longer than that. And one slow answer
+    // (a network disk's fsync stalling) must not take a pod, the only one in `single`, out
+    // of the load balancer: a drain does not need it (a terminating pod leaves the
+    // endpoints at once, and the drain answers 421 meanwhile).
+    let ready = &c["readinessProbe"];
+    assert!(ready["timeoutSeconds"].as_u64().unwrap() > 2, "{}", r.name);
+    assert!(ready["failureThreshold"].as_u64().unwrap() >= 2, "{}", r.name);
 }
 
 fn smtp_service(r: &Rendered, config: &Value) {
