@@ -76,6 +76,12 @@ fn ports_and_probes(r: &Rendered, config: &Value) {
         .map(|p| u16::try_from(p["containerPort"].as_u64().unwrap()).unwrap())
         .collect();
     assert_eq!(declared, wanted, "{}", r.name);
+    probes(r, http);
+}
+
+/// Each probe asks its path on the `http` port, and readiness is not on a hair trigger.
+fn probes(r: &Rendered, http: u16) {
+    let c = r.container();
     for (probe, path) in [
         ("startupProbe", "/healthz"),
         ("livenessProbe", "/healthz"),
@@ -92,7 +98,11 @@ fn ports_and_probes(r: &Rendered, config: &Value) {
     // endpoints at once, and the drain answers 421 meanwhile).
     let ready = &c["readinessProbe"];
     assert!(ready["timeoutSeconds"].as_u64().unwrap() > 2, "{}", r.name);
-    assert!(ready["failureThreshold"].as_u64().unwrap() >= 2, "{}", r.name);
+    assert!(
+        ready["failureThreshold"].as_u64().unwrap() >= 2,
+        "{}",
+        r.name
+    );
 }
 
 fn smtp_service(r: &Rendered, config: &Value) {
@@ -235,6 +245,12 @@ fn security_and_shutdown(r: &Rendered, config: &Value) {
         "{}: terminationGracePeriodSeconds {period} <= drain {deadline} + shutdown_grace {grace}",
         r.name
     );
+    disruption(r);
+}
+
+/// The PodDisruptionBudget and the StatefulSet's pod management: one pod at a time, and
+/// nothing held up by pods that are not ready.
+fn disruption(r: &Rendered) {
     let pdb = &r.get("PodDisruptionBudget", "postern")["spec"];
     assert_eq!(pdb["maxUnavailable"], 1, "{}", r.name);
     // /readyz fails on every pod at once while the shared smarthost is down: the budget

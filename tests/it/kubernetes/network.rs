@@ -122,14 +122,15 @@ fn base_network_policy_lets_out_every_recipes_upstreams() {
     let mut token_endpoints = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        let config: Value =
-            serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let config: Value = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
         let needed = egress_needed(&config);
         let needed = needed.iter().filter(|(_, what)| !what.starts_with("redis"));
         for (port, what) in needed {
             token_endpoints += usize::from(what.contains("OAuth2"));
             assert!(
-                egress.iter().any(|(p, proto, _)| p == port && proto == "TCP"),
+                egress
+                    .iter()
+                    .any(|(p, proto, _)| p == port && proto == "TCP"),
                 "{}: {what} needs TCP {port}, which base/networkpolicy.yaml does not let out",
                 path.display()
             );
