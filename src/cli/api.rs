@@ -50,8 +50,8 @@ pub struct Client {
     pub file: PathBuf,
     /// The spool directory (`queue.directory`), for the read-only listing.
     pub spool: PathBuf,
-    /// Where the API answers (a wildcard bind address becomes loopback).
-    pub address: Option<SocketAddr>,
+    /// Where the API is asked, in order ([`reachable`] of `bind`; empty without `http:`).
+    pub addresses: Vec<SocketAddr>,
     /// `http.address` as the config writes it (a wildcard stays one).
     pub bind: Option<SocketAddr>,
     token: Result<String, String>,
@@ -73,7 +73,7 @@ impl Client {
             Err(e) => loose(file).ok_or_else(|| super::config_error(&e))?,
         };
         let bind = http.as_ref().map(|h| h.address);
-        let address = bind.map(connect_address);
+        let addresses = bind.map(reachable).unwrap_or_default();
         let configured = http.as_ref().and_then(|h| h.admin_token_file.as_deref());
         let token = match (token_file, configured) {
             (Some(path), _) => token(path, TOKEN_FILE_OPTION),
@@ -87,7 +87,7 @@ impl Client {
         Ok(Client {
             file: file.to_owned(),
             spool,
-            address,
+            addresses,
             bind,
             token,
         })
@@ -99,21 +99,54 @@ impl Client {
         method: &str,
         path: &str,
     ) -> Result<(u16, serde_json::Value), ApiError> {
-        let Some(addr) = self.address else {
+        if self.addresses.is_empty() {
             return Err(ApiError::Setup(format!(
                 "{}: no http: section, so no admin API: set http.address and \
                  http.admin_token_file and restart postern",
                 self.file.display()
             )));
-        };
+        }
         let token = self.token.clone().map_err(ApiError::Setup)?;
-        match tokio::time::timeout(REQUEST_LIMIT, request(addr, method, path, &token)).await {
+        let (tcp, addr) = self.connect(method, path).await?;
+        match tokio::time::timeout(REQUEST_LIMIT, request(tcp, addr, method, path, &token)).await
+        {
             Ok(result) => result,
             Err(_) => Err(ApiError::Failed(format!(
                 "{method} {path}: no answer from the admin API at http://{addr} within \
                  {REQUEST_LIMIT:?}; the relay may be overloaded: look at its log and try again"
             ))),
         }
+    }
+
+    /// A connection to the first of [`Client::addresses`] that takes one, each tried only
+    /// when the one before refused or could not be reached (a loopback without IPv6); when
+    /// none does, the first one's error.
+    async fn connect(
+        &self,
+        method: &str,
+        path: &str,
+    ) -> Result<(tokio::net::TcpStream, SocketAddr), ApiError> {
+        let mut first = None;
+        for &addr in &self.addresses {
+            match tokio::time::timeout(REQUEST_LIMIT, tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(tcp)) => return Ok((tcp, addr)),
+                Ok(Err(e)) => {
+                    first.get_or_insert_with(|| match e.kind() {
+                        std::io::ErrorKind::ConnectionRefused => ApiError::NotRunning(addr),
+                        _ => failed(addr, method, path, &e),
+                    });
+                }
+                Err(_) => {
+                    first.get_or_insert_with(|| {
+                        ApiError::Failed(format!(
+                            "{method} {path}: cannot connect to the admin API at http://{addr} \
+                             within {REQUEST_LIMIT:?}; is http.address that of a running postern?"
+                        ))
+                    });
+                }
+            }
+        }
+        Err(first.unwrap_or_else(|| ApiError::Setup("no address to ask".to_owned())))
     }
 }
 
@@ -162,39 +195,38 @@ fn loose(file: &Path) -> Option<(Option<HttpConfig>, PathBuf)> {
     Some((http, config::resolve(base, &dir)))
 }
 
-/// A wildcard bind address is reached on loopback.
-fn connect_address(bind: SocketAddr) -> SocketAddr {
+/// Where a relay whose `http.address` is `bind` is asked, in order: a wildcard on loopback,
+/// where the relay also listens: `::` on `::1`, then on 127.0.0.1 (a container's loopback
+/// may have no IPv6, and a `[::]` listener takes IPv4 too unless the host sets
+/// `bindv6only`). Shared by the admin tools and `postern healthcheck`.
+pub fn reachable(bind: SocketAddr) -> Vec<SocketAddr> {
     match bind.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), bind.port())
-        }
-        IpAddr::V6(ip) if ip.is_unspecified() => {
-            SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), bind.port())
-        }
-        _ => bind,
+        IpAddr::V4(ip) if ip.is_unspecified() => vec![(Ipv4Addr::LOCALHOST, bind.port()).into()],
+        IpAddr::V6(ip) if ip.is_unspecified() => vec![
+            (Ipv6Addr::LOCALHOST, bind.port()).into(),
+            (Ipv4Addr::LOCALHOST, bind.port()).into(),
+        ],
+        _ => vec![bind],
     }
 }
 
+/// `method path` to `addr` failed with `e`, as one line.
+fn failed(addr: SocketAddr, method: &str, path: &str, e: &dyn std::error::Error) -> ApiError {
+    ApiError::Failed(format!(
+        "{method} {path}: the admin API at http://{addr} failed: {}; is http.address \
+         that of a running postern?",
+        causes(e)
+    ))
+}
+
 async fn request(
+    tcp: tokio::net::TcpStream,
     addr: SocketAddr,
     method: &str,
     path: &str,
     token: &str,
 ) -> Result<(u16, serde_json::Value), ApiError> {
-    let failed = |e: &dyn std::error::Error| {
-        ApiError::Failed(format!(
-            "{method} {path}: the admin API at http://{addr} failed: {}; is http.address \
-             that of a running postern?",
-            causes(e)
-        ))
-    };
-    let tcp = match tokio::net::TcpStream::connect(addr).await {
-        Ok(tcp) => tcp,
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            return Err(ApiError::NotRunning(addr));
-        }
-        Err(e) => return Err(failed(&e)),
-    };
+    let failed = |e: &dyn std::error::Error| failed(addr, method, path, e);
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .map_err(|e| failed(&e))?;
@@ -231,4 +263,23 @@ pub fn causes(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_addresses_are_asked_on_loopback() {
+        let r = |s: &str| -> Vec<String> {
+            reachable(s.parse().unwrap())
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(r("0.0.0.0:9587"), ["127.0.0.1:9587"]);
+        assert_eq!(r("[::]:9587"), ["[::1]:9587", "127.0.0.1:9587"]);
+        assert_eq!(r("10.0.0.5:9587"), ["10.0.0.5:9587"]);
+        assert_eq!(r("[fd00::5]:9587"), ["[fd00::5]:9587"]);
+    }
 }

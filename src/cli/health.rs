@@ -2,7 +2,6 @@
 //! answers `200`, 1 otherwise, printing one line. It is the container's `HEALTHCHECK`
 //! (deploy/container/Dockerfile), so it needs no shell and no tools beside the binary.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -12,7 +11,7 @@ use hyper::Uri;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
-use crate::cli::api::Client;
+use crate::cli::api::{Client, reachable};
 use crate::config::units;
 
 /// The most of `/readyz`'s body that is read: its lines are short, one per failed check.
@@ -23,16 +22,21 @@ const LINE_LIMIT: usize = 400;
 /// Where to ask, and for how long.
 #[derive(Debug, Clone, Args)]
 pub struct HealthArgs {
-    /// The configuration file of the running relay: `/readyz` is asked at its
-    /// `http.address` (a wildcard address, 0.0.0.0 or ::, is asked on loopback).
-    #[arg(long, short, default_value = "config/postern.yaml")]
+    /// The running relay's configuration file (YAML): /readyz is asked at its
+    /// http.address; a relative path is taken from the current directory.
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        default_value = "config/postern.yaml"
+    )]
     pub config: PathBuf,
-    /// Ask this URL instead of the config's address, e.g. `http://127.0.0.1:9587/readyz`
-    /// (plain HTTP; `/readyz` when it names no path).
-    #[arg(long)]
+    /// Ask this URL instead of the config's address, e.g. http://127.0.0.1:9587/readyz
+    /// (plain HTTP; /readyz when it names no path).
+    #[arg(long, value_name = "URL")]
     pub url: Option<String>,
-    /// Give up after this long, connecting and reading included (`500ms`, `5s`).
-    #[arg(long, default_value = "5s")]
+    /// Give up after this long, connecting and reading included; a duration (500ms, 5s).
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
     pub timeout: units::Duration,
 }
 
@@ -79,8 +83,7 @@ fn within<T>(
 }
 
 fn unhealthy(why: &str) -> ExitCode {
-    eprintln!("postern: {why}");
-    ExitCode::FAILURE
+    crate::cli::fail(why)
 }
 
 /// The URLs to ask, in order (the next one only when nothing answers at the one before):
@@ -102,20 +105,6 @@ fn target(args: &HealthArgs) -> Result<Vec<Uri>, String> {
         .into_iter()
         .map(|a| parse_url(&format!("http://{a}/readyz")))
         .collect()
-}
-
-/// A wildcard bind address is asked on loopback, where the relay also listens: `::` on
-/// `::1`, then on 127.0.0.1 (a container's loopback may have no IPv6, and a `[::]`
-/// listener takes IPv4 too unless the host sets `bindv6only`).
-fn reachable(bind: SocketAddr) -> Vec<SocketAddr> {
-    match bind.ip() {
-        IpAddr::V4(ip) if ip.is_unspecified() => vec![(Ipv4Addr::LOCALHOST, bind.port()).into()],
-        IpAddr::V6(ip) if ip.is_unspecified() => vec![
-            (Ipv6Addr::LOCALHOST, bind.port()).into(),
-            (Ipv4Addr::LOCALHOST, bind.port()).into(),
-        ],
-        _ => vec![bind],
-    }
 }
 
 /// Parses a plain `http://host:port[/path]` URL; the path defaults to `/readyz`.
@@ -253,20 +242,6 @@ mod tests {
         );
         assert!(u("127.0.0.1:9587").is_err());
         assert!(u("http://exa mple/").is_err());
-    }
-
-    #[test]
-    fn wildcard_addresses_are_asked_on_loopback() {
-        let r = |s: &str| -> Vec<String> {
-            reachable(s.parse().unwrap())
-                .iter()
-                .map(ToString::to_string)
-                .collect()
-        };
-        assert_eq!(r("0.0.0.0:9587"), ["127.0.0.1:9587"]);
-        assert_eq!(r("[::]:9587"), ["[::1]:9587", "127.0.0.1:9587"]);
-        assert_eq!(r("10.0.0.5:9587"), ["10.0.0.5:9587"]);
-        assert_eq!(r("[fd00::5]:9587"), ["[fd00::5]:9587"]);
     }
 
     /// A blocking task still running at the timeout (a slow name lookup) does not hold the

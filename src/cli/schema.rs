@@ -14,9 +14,9 @@ pub fn run() -> ExitCode {
         .and_then(|()| out.flush())
     {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("postern: cannot write the schema to standard output: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => crate::cli::fail(format!(
+            "cannot write the schema to standard output: {e}; redirect it to a file you may \
+             write, e.g. > postern.schema.json"
+        )),
     }
 }

@@ -279,3 +279,27 @@ fn hash_password_of_nothing() {
         "postern: empty password: type the password (or pipe it in as one line) and press Enter"
     );
 }
+
+/// A config whose `http.address` is the wildcard `[::]` reaches the admin API on loopback as
+/// `postern healthcheck` does: `[::1]` first, then 127.0.0.1 when nothing answers there (a
+/// relay that listens on IPv4 only, as in a container without IPv6).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_v6_address_is_asked_on_ipv4_loopback_too() {
+    let server = TestServer::start(Opts::default()).await;
+    let cli = server.cli_config();
+    let yaml = std::fs::read_to_string(&cli).unwrap();
+    let port = server.http.port();
+    let wild = yaml.replace(
+        &format!(r#"address: "127.0.0.1:{port}""#),
+        &format!(r#"address: "[::]:{port}""#),
+    );
+    assert_ne!(yaml, wild, "no http address to change");
+    let path = cli.with_file_name("wild.yaml");
+    std::fs::write(&path, wild).unwrap();
+    let out = crate::harness::admin::run_cli(&["queue", "show", "0C3V8NQ4E0G0P1A6"], path).await;
+    assert_eq!(
+        one_line(&out),
+        "postern: HTTP 404: no message 0C3V8NQ4E0G0P1A6 in the queue; postern queue list \
+         shows the queued ids"
+    );
+}
