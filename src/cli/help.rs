@@ -189,6 +189,28 @@ Exit status:
 Examples:
   postern probe upstream m365 --config /etc/postern/postern.yaml";
 
+/// `postern config-schema`.
+pub const CONFIG_SCHEMA: &str = "\
+Exit status:
+  0  the schema is printed on standard output
+  1  it could not be written
+
+Examples:
+  postern config-schema > /etc/postern/postern.schema.json
+  cargo run -- config-schema > config/postern.schema.json";
+
+/// `postern healthcheck`.
+pub const HEALTHCHECK: &str = "\
+Exit status:
+  0  /readyz answered 200 (\"URL: ready\" on standard output)
+  1  it answered otherwise (draining, the spool not writable: the
+     reasons on one line), nothing answered within --timeout, or the
+     config has no http.address
+
+Examples:
+  postern healthcheck --config /etc/postern/postern.yaml
+  postern healthcheck --url http://127.0.0.1:9587/readyz --timeout 2s";
+
 /// `postern completions`.
 pub const COMPLETIONS: &str = "\
 Exit status:

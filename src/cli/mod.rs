@@ -103,9 +103,10 @@ pub enum Command {
     /// Print the JSON Schema of the configuration file (draft 2020-12) to standard output.
     ///
     /// Editors use it to check and complete postern.yaml: config/postern.schema.json is this
-    /// output, named in config/postern.yaml's `# yaml-language-server: $schema=` line. After
-    /// changing the config types, regenerate it with
-    /// `cargo run -- config-schema > config/postern.schema.json`.
+    /// output, named in config/postern.yaml's "# yaml-language-server: $schema=" line. It
+    /// checks the shape of the file (keys, types, values); only check-config checks what
+    /// needs the files the config names. Reads nothing; the relay need not run.
+    #[command(after_long_help = help::CONFIG_SCHEMA)]
     ConfigSchema,
     /// Queue administration through the admin API (http.admin_token_file).
     ///
@@ -145,9 +146,14 @@ pub enum Command {
         #[command(subcommand)]
         target: probe::ProbeTarget,
     },
-    /// Ask the running relay's /readyz (at the config's http.address, on loopback when it
-    /// is a wildcard): exit 0 when it answers 200, 1 otherwise, printing one line. The
-    /// container's HEALTHCHECK; needs no shell or other tools.
+    /// Ask the running relay's /readyz: exit 0 when it is ready, 1 when not.
+    ///
+    /// Asks GET /readyz at the config's http.address (a wildcard, 0.0.0.0 or [::], is asked
+    /// on loopback: [::] on [::1], then on 127.0.0.1), or at --url, within --timeout, and
+    /// prints one line: the answer on standard output when it is 200, else why on standard
+    /// error. Needs the relay to run with http.address set; needs no admin token. It is the
+    /// container image's HEALTHCHECK, so it needs no shell or other tools.
+    #[command(after_long_help = help::HEALTHCHECK)]
     Healthcheck(health::HealthArgs),
     /// Print a shell completion script (bash, zsh, fish, elvish or powershell).
     ///

@@ -127,8 +127,7 @@ pub enum QueueCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Fail a message's pending recipients (administrator's reason); it bounces and moves
-    /// to the dead letters as any failed message does.
+    /// Fail a message's pending recipients: its sender gets a bounce, it goes to failed/.
     ///
     /// Every pending recipient fails with "554 5.0.0 bounced by the postern administrator
     /// (postern queue bounce); not delivered"; the message is kept in failed/, counted

@@ -369,3 +369,42 @@ fn plain(text: &str) -> String {
     }
     out
 }
+
+/// Every subcommand's short help is one short sentence (what `postern --help` lists), and
+/// its long help has the exit status and examples (what the man page's EXIT STATUS and
+/// EXAMPLES come from).
+#[test]
+fn every_subcommand_has_a_short_about_exit_status_and_examples() {
+    let mut root = postern::cli::command();
+    root.build();
+    let mut wrong = Vec::new();
+    for path in all_paths() {
+        let cmd = find(&root, &path);
+        let name = format!("postern {}", path.join(" "));
+        let about = cmd.get_about().map(ToString::to_string).unwrap_or_default();
+        if about.len() > 120 || about.trim_end_matches('.').contains(". ") {
+            wrong.push(format!("{name}: about is not one short sentence: {about:?}"));
+        }
+        let long = cmd
+            .get_after_long_help()
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        for section in ["Exit status:\n", "Examples:\n"] {
+            if !long.contains(section) {
+                wrong.push(format!("{name}: no {section:?} in its long help"));
+            }
+        }
+        // Help is printed as written (no Markdown): a backquote shows as one.
+        let mut texts = vec![about, long];
+        texts.extend(cmd.get_long_about().map(ToString::to_string));
+        texts.extend(
+            cmd.get_arguments()
+                .filter_map(|a| a.get_long_help().or(a.get_help()))
+                .map(ToString::to_string),
+        );
+        for text in texts.iter().filter(|t| t.contains('`')) {
+            wrong.push(format!("{name}: a backquote in its help: {text:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
