@@ -1,7 +1,7 @@
 //! `postern run`: loads the config, raises the open-files limit, and runs the relay on a
 //! multi-threaded runtime; a failure to start is one line saying what to do.
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -36,10 +36,15 @@ pub fn run(path: PathBuf) -> ExitCode {
     match runtime.block_on(app::run(&path, cfg)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // The log line is for the log pipeline; the `postern:` line (the last on
-            // standard error) is for the admin at the terminal.
-            tracing::error!("{e}");
-            fail(format!("{}: {e}; {}", path.display(), what_to_do(&e)))
+            let todo = what_to_do(&e);
+            // Where standard error is collected (journald, docker logs, a log shipper), the
+            // failure is also a log line in log.format, with what to do, for the pipeline;
+            // at a terminal the admin reads the `postern:` line alone, not the same error
+            // twice.
+            if !std::io::stderr().is_terminal() {
+                tracing::error!(config = %path.display(), "cannot start: {e}; {todo}");
+            }
+            fail(format!("{}: {e}; {todo}", path.display()))
         }
     }
 }

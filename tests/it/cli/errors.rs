@@ -133,9 +133,15 @@ fn config_file_missing() {
 /// Runs `postern run --config cfg` (bounded: start-up failures come at once); its exit
 /// status and standard error.
 fn run_failing(cfg: &Path) -> (std::process::ExitStatus, String) {
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(cfg)
+    let mut run = Command::new(BIN);
+    run.args(["run", "--config"]).arg(cfg);
+    run_failing_as(run, cfg)
+}
+
+/// As [`run_failing`], for the command `run` (which runs postern on `cfg`), its standard
+/// error captured (and its standard output dropped).
+fn run_failing_as(mut run: Command, cfg: &Path) -> (std::process::ExitStatus, String) {
+    let mut child = run
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -189,6 +195,19 @@ fn run_with_a_port_already_taken() {
         cfg.display()
     );
     assert!(last.starts_with(&want), "{last}");
+    // The log pipeline gets the failure too, as an ERROR line with what to do.
+    let logged: Vec<serde_json::Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|v: &serde_json::Value| v["level"] == "ERROR")
+        .collect();
+    assert_eq!(logged.len(), 1, "{stderr}");
+    let message = logged[0]["fields"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("cannot start: listener \"plain\": cannot listen on")
+            && message.ends_with("or change the address"),
+        "{message}"
+    );
     assert!(
         last.ends_with(
             "; another process listens there: stop it (another postern, or an MTA), or change \
@@ -196,6 +215,35 @@ fn run_with_a_port_already_taken() {
         ),
         "{last}"
     );
+    drop(taken);
+}
+
+/// At a terminal, a failed `run` prints its error once, as the `postern:` line (elsewhere
+/// the log line carries it too, for the log pipeline: run_with_a_port_already_taken).
+#[test]
+fn run_failing_at_a_terminal_prints_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cfg = config(dir.path(), port, reserve_port());
+    std::fs::write(dir.path().join("admin.token"), "0123456789abcdef0123\n").unwrap();
+    // script(1) runs the command on a pseudo-terminal and copies what it writes there to
+    // its own standard output, which is captured here through a shell redirection.
+    let mut script = Command::new("sh");
+    script.arg("-c").arg(format!(
+        "script -qec \"{BIN} run --config {}\" /dev/null >&2",
+        cfg.display()
+    ));
+    let (status, shown) = run_failing_as(script, &cfg);
+    assert!(
+        !shown.contains("not found"),
+        "script(1) is missing: install the bsdutils package ({shown})"
+    );
+    let lines: Vec<&str> = shown.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
+    assert_eq!(status.code(), Some(1), "{shown}");
+    let about: Vec<&&str> = lines.iter().filter(|l| l.contains("cannot listen on")).collect();
+    assert_eq!(about.len(), 1, "the error more than once: {lines:#?}");
+    assert!(about[0].starts_with("postern: "), "{lines:#?}");
     drop(taken);
 }
 
