@@ -460,6 +460,13 @@ async fn purge(client: &Client, api: &ApiArgs, id: Option<String>) -> ExitCode {
                 }
             };
             match inspect::purge_failed(&client.spool, qid.as_ref()) {
+                Ok(0) if let Some(id) = qid => {
+                    return fail(format!(
+                        "no message {id} in the failed directory {}; postern queue list \
+                         --failed shows them",
+                        client.spool.join("failed").display()
+                    ));
+                }
                 Ok(n) => Ok((200, serde_json::json!({ "purged": n }))),
                 Err(e) => {
                     return fail(format!(

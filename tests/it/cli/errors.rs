@@ -351,3 +351,26 @@ async fn a_wildcard_v6_address_is_asked_on_ipv4_loopback_too() {
          shows the queued ids"
     );
 }
+
+/// `queue purge-failed ID` with the relay stopped (it empties failed/ itself) fails as the API
+/// does when there is no such dead letter, instead of "0 dead letters purged" and exit 0.
+#[test]
+fn purge_of_an_absent_dead_letter_with_the_relay_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), reserve_port(), reserve_port());
+    std::fs::write(dir.path().join("admin.token"), "0123456789abcdef0123\n").unwrap();
+    std::fs::create_dir_all(dir.path().join("spool/failed")).unwrap();
+    let out = postern(&["queue", "purge-failed", "0C3V8NQ4E0G0P1A6"], &cfg);
+    assert_eq!(
+        one_line(&out),
+        format!(
+            "postern: no message 0C3V8NQ4E0G0P1A6 in the failed directory {}; postern queue \
+             list --failed shows them",
+            dir.path().join("spool/failed").display()
+        )
+    );
+    // All of them, when there are none, is no error.
+    let out = postern(&["queue", "purge-failed"], &cfg);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "0 dead letters purged\n");
+}
