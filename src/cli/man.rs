@@ -30,6 +30,9 @@ pub fn completions(shell: clap_complete::Shell) -> ExitCode {
 
 /// Prints postern(1), or writes every page into `dir`.
 pub fn run(dir: Option<&Path>) -> ExitCode {
+    if let Err(e) = source_date_epoch() {
+        return fail(e);
+    }
     let Some(dir) = dir else {
         let mut page = Vec::new();
         let root = built();
@@ -40,6 +43,13 @@ pub fn run(dir: Option<&Path>) -> ExitCode {
             Err(e) => fail(format!("cannot write the man page: {e}")),
         };
     };
+    if dir.exists() && !dir.is_dir() {
+        return fail(format!(
+            "{} is not a directory; pass --dir with the directory to write the pages into \
+             (e.g. /usr/local/share/man/man1)",
+            dir.display()
+        ));
+    }
     if let Err(e) = std::fs::create_dir_all(dir) {
         return fail(format!(
             "cannot create {}: {e}; pass --dir with a directory you may write (or run as root)",
@@ -202,9 +212,9 @@ fn tidy(text: &str) -> String {
 /// The page date, YYYY-MM-DD: that of `SOURCE_DATE_EPOCH` when set (reproducible builds,
 /// as packagers set it), else today's (UTC).
 fn date() -> String {
-    let secs = std::env::var("SOURCE_DATE_EPOCH")
+    let secs = source_date_epoch()
         .ok()
-        .and_then(|s| s.trim().parse::<u64>().ok())
+        .flatten()
         .unwrap_or_else(|| {
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -212,6 +222,22 @@ fn date() -> String {
         });
     let (y, m, d) = civil(secs / 86_400);
     format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// `SOURCE_DATE_EPOCH`'s seconds when set (and not empty); an error when it is not a number of
+/// seconds, which the reproducible-builds specification says must not be ignored.
+fn source_date_epoch() -> Result<Option<u64>, String> {
+    let Some(value) = std::env::var_os("SOURCE_DATE_EPOCH").filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    match value.to_str().map(|v| v.trim().parse::<u64>()) {
+        Some(Ok(secs)) => Ok(Some(secs)),
+        _ => Err(format!(
+            "SOURCE_DATE_EPOCH={}: not a number of seconds since 1970-01-01 UTC; set it to \
+             one (e.g. $(git log -1 --format=%ct)) or unset it for today's date",
+            value.to_string_lossy()
+        )),
+    }
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's

@@ -374,3 +374,35 @@ fn purge_of_an_absent_dead_letter_with_the_relay_stopped() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "0 dead letters purged\n");
 }
+
+/// `postern man` refuses a bad SOURCE_DATE_EPOCH (instead of dating the pages today, which
+/// breaks a reproducible build silently) and a --dir that is a file, each in one line.
+#[test]
+fn man_with_a_bad_date_or_a_file_for_its_directory() {
+    let out = Command::new(BIN)
+        .arg("man")
+        .env("SOURCE_DATE_EPOCH", "yesterday")
+        .output()
+        .unwrap();
+    assert_eq!(
+        one_line(&out),
+        "postern: SOURCE_DATE_EPOCH=yesterday: not a number of seconds since 1970-01-01 UTC; \
+         set it to one (e.g. $(git log -1 --format=%ct)) or unset it for today's date"
+    );
+    assert!(out.stdout.is_empty());
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new(BIN)
+        .args(["man", "--dir"])
+        .arg(file.path())
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .unwrap();
+    assert_eq!(
+        one_line(&out),
+        format!(
+            "postern: {} is not a directory; pass --dir with the directory to write the pages \
+             into (e.g. /usr/local/share/man/man1)",
+            file.path().display()
+        )
+    );
+}
