@@ -108,8 +108,7 @@ impl Client {
         }
         let token = self.token.clone().map_err(ApiError::Setup)?;
         let (tcp, addr) = self.connect(method, path).await?;
-        match tokio::time::timeout(REQUEST_LIMIT, request(tcp, addr, method, path, &token)).await
-        {
+        match tokio::time::timeout(REQUEST_LIMIT, request(tcp, addr, method, path, &token)).await {
             Ok(result) => result,
             Err(_) => Err(ApiError::Failed(format!(
                 "{method} {path}: no answer from the admin API at http://{addr} within \

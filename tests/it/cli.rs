@@ -383,7 +383,9 @@ fn every_subcommand_has_a_short_about_exit_status_and_examples() {
         let name = format!("postern {}", path.join(" "));
         let about = cmd.get_about().map(ToString::to_string).unwrap_or_default();
         if about.len() > 120 || about.trim_end_matches('.').contains(". ") {
-            wrong.push(format!("{name}: about is not one short sentence: {about:?}"));
+            wrong.push(format!(
+                "{name}: about is not one short sentence: {about:?}"
+            ));
         }
         let long = cmd
             .get_after_long_help()

@@ -239,9 +239,16 @@ fn run_failing_at_a_terminal_prints_one_line() {
         !shown.contains("not found"),
         "script(1) is missing: install the bsdutils package ({shown})"
     );
-    let lines: Vec<&str> = shown.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = shown
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.is_empty())
+        .collect();
     assert_eq!(status.code(), Some(1), "{shown}");
-    let about: Vec<&&str> = lines.iter().filter(|l| l.contains("cannot listen on")).collect();
+    let about: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("cannot listen on"))
+        .collect();
     assert_eq!(about.len(), 1, "the error more than once: {lines:#?}");
     assert!(about[0].starts_with("postern: "), "{lines:#?}");
     drop(taken);
@@ -372,7 +379,10 @@ fn purge_of_an_absent_dead_letter_with_the_relay_stopped() {
     // All of them, when there are none, is no error.
     let out = postern(&["queue", "purge-failed"], &cfg);
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "0 dead letters purged\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "0 dead letters purged\n"
+    );
 }
 
 /// `postern man` refuses a bad SOURCE_DATE_EPOCH (instead of dating the pages today, which
