@@ -190,10 +190,30 @@ impl QueueCommand {
             | QueueCommand::PurgeFailed { api, .. } => api,
         }
     }
+
+    /// The queue id the command names, if any.
+    fn id(&self) -> Option<&str> {
+        match self {
+            QueueCommand::Show { id, .. }
+            | QueueCommand::Hold { id, .. }
+            | QueueCommand::Release { id, .. }
+            | QueueCommand::Delete { id, .. }
+            | QueueCommand::Bounce { id, .. } => Some(id),
+            QueueCommand::Retry { id, .. } | QueueCommand::PurgeFailed { id, .. } => id.as_deref(),
+            QueueCommand::List { .. } | QueueCommand::Drain { .. } => None,
+        }
+    }
 }
 
 /// Runs a queue command.
 pub fn run(cmd: QueueCommand) -> ExitCode {
+    // An id goes into the request's path: one that is not an id (a space, a slash) is
+    // refused here, not sent as another path or reported as a failing API.
+    if let Some(id) = cmd.id().filter(|id| id.parse::<QueueId>().is_err()) {
+        return fail(format!(
+            "not a queue id: {id:?}; pass a queue id as postern queue list prints it"
+        ));
+    }
     let api = cmd.api().clone();
     let (client, rt) = match connect(&api) {
         Ok(pair) => pair,
