@@ -152,7 +152,9 @@ impl Client {
 /// The admin token in `path` (named `whence` in errors), with what to do when it cannot be
 /// read: the usual case is a user who may not read the file.
 fn token(path: &Path, whence: &str) -> Result<String, String> {
-    if let Err(e) = std::fs::File::open(path) {
+    // Read as read_token does (opening alone succeeds on a directory), so that each way
+    // it fails gets its own advice.
+    if let Err(e) = std::fs::read_to_string(path) {
         let todo = match e.kind() {
             std::io::ErrorKind::PermissionDenied => {
                 "run as a user who can read it (root, or the postern user) or pass --token-file"
@@ -163,6 +165,13 @@ fn token(path: &Path, whence: &str) -> Result<String, String> {
             std::io::ErrorKind::NotFound => {
                 "start postern once with http.generate_admin_token: true to write it, \
                  or pass --token-file"
+            }
+            std::io::ErrorKind::IsADirectory => {
+                "name the token file itself, not its directory (or pass --token-file)"
+            }
+            std::io::ErrorKind::InvalidData => {
+                "write the token on the file's first line as text (the relay writes 64 hex \
+                 digits with http.generate_admin_token: true)"
             }
             _ => "pass --token-file with the path of a readable copy",
         };

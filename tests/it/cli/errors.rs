@@ -428,3 +428,42 @@ async fn odd_queue_ids_are_refused_in_one_line() {
         );
     }
 }
+
+/// A token file that is a directory, or not text, is one line with advice for that case
+/// (both were "write a longer token there").
+#[test]
+fn token_file_that_is_a_directory_or_not_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), reserve_port(), reserve_port());
+    let binary = dir.path().join("binary.token");
+    std::fs::write(&binary, b"\xff\xfe0123456789abcdef0123\n").unwrap();
+    let cases = [
+        (
+            dir.path().to_owned(),
+            "is a directory; name the token file itself, not its directory (or pass \
+             --token-file)",
+        ),
+        (
+            binary,
+            "write the token on the file's first line as text (the relay writes 64 hex digits \
+             with http.generate_admin_token: true)",
+        ),
+    ];
+    for (file, want) in cases {
+        let out = Command::new(BIN)
+            .args(["reload", "--token-file"])
+            .arg(&file)
+            .arg("--config")
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let line = one_line(&out);
+        assert!(
+            line.starts_with(&format!(
+                "postern: admin token file {} (--token-file): ",
+                file.display()
+            )) && line.ends_with(want),
+            "{line}"
+        );
+    }
+}
