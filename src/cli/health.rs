@@ -53,7 +53,7 @@ pub fn run(args: &HealthArgs) -> ExitCode {
     });
     match outcome {
         Ok((url, 200, body)) => {
-            println!("{url}: {}", one_line(&body));
+            say!("{url}: {}", one_line(&body));
             ExitCode::SUCCESS
         }
         Ok((url, 503, body)) => unhealthy(&format!("{url}: {}", one_line(&body))),

@@ -13,6 +13,8 @@ Exit status:
      what to do\"
   2  the command line itself is wrong (an unknown subcommand or option:
      clap's usage message)
+  141  standard output was closed by its reader (postern ... | head),
+     as for a tool killed by SIGPIPE; nothing is printed
 
 Examples:
   postern check-config --config /etc/postern/postern.yaml

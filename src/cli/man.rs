@@ -22,10 +22,8 @@ pub fn completions(shell: clap_complete::Shell) -> ExitCode {
     let mut cmd = super::command();
     let mut out = Vec::new();
     clap_complete::generate(shell, &mut cmd, "postern", &mut out);
-    match io::stdout().lock().write_all(&out) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(format!("cannot write the completion script: {e}")),
-    }
+    super::write_bytes(&out);
+    ExitCode::SUCCESS
 }
 
 /// Prints postern(1), or writes every page into `dir`.
@@ -36,11 +34,12 @@ pub fn run(dir: Option<&Path>) -> ExitCode {
     let Some(dir) = dir else {
         let mut page = Vec::new();
         let root = built();
-        return match render(&root, None, &mut page)
-            .and_then(|()| io::stdout().lock().write_all(&page))
-        {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(format!("cannot write the man page: {e}")),
+        return match render(&root, None, &mut page) {
+            Ok(()) => {
+                super::write_bytes(&page);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format!("cannot render the man page: {e}")),
         };
     };
     if dir.exists() && !dir.is_dir() {
@@ -59,7 +58,7 @@ pub fn run(dir: Option<&Path>) -> ExitCode {
     match write_all(dir) {
         Ok(paths) => {
             for p in paths {
-                println!("{}", p.display());
+                say!("{}", p.display());
             }
             ExitCode::SUCCESS
         }

@@ -6,6 +6,20 @@
 //! Every failure is one line on standard error, `postern: what is wrong; what to do`
 //! ([`fail`]); clap's own usage errors (exit 2) are the one multi-line exception.
 
+/// `println!` for what a subcommand prints on standard output (see [`write_out`]).
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` likewise.
+macro_rules! say_raw {
+    ($($arg:tt)*) => {
+        $crate::cli::write_out(format_args!($($arg)*))
+    };
+}
+
 mod api;
 mod health;
 mod help;
@@ -191,7 +205,7 @@ pub fn main() -> ExitCode {
         Command::Run { config } => serve::run(config),
         Command::CheckConfig { config } => match config::load(&config) {
             Ok(_) => {
-                println!("{}: OK", config.display());
+                say!("{}: OK", config.display());
                 ExitCode::SUCCESS
             }
             Err(e) => fail(config_error(&e)),
@@ -205,6 +219,36 @@ pub fn main() -> ExitCode {
         Command::Completions { shell } => man::completions(shell),
         Command::Man { dir } => man::run(dir.as_deref()),
     }
+}
+
+/// Writes `args` to standard output; see [`stdout_failed`] for when that fails.
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        stdout_failed(&e);
+    }
+}
+
+/// Writes `bytes` to standard output; see [`stdout_failed`] for when that fails.
+pub(crate) fn write_bytes(bytes: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(bytes).and_then(|()| out.flush()) {
+        stdout_failed(&e);
+    }
+}
+
+/// Ends the process after a failed write to standard output. A reader that went away
+/// (`postern queue list | head -1`) ends it quietly with status 141, as the SIGPIPE that
+/// kills other tools there would (Rust ignores SIGPIPE, so `println!` would panic instead);
+/// any other error (a full disk under `> file`) is one line and status 1.
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(128 + 13);
+    }
+    warn(format!(
+        "cannot write to standard output: {e}; redirect it to a file or device that takes it"
+    ));
+    std::process::exit(1);
 }
 
 /// Prints `message` as one line, `postern: message`, on standard error; exit code 1.
@@ -276,7 +320,7 @@ fn hash_password() -> ExitCode {
     }
     match crate::users::hash_password(password) {
         Ok(phc) => {
-            println!("{phc}");
+            say!("{phc}");
             ExitCode::SUCCESS
         }
         Err(e) => fail(format!("cannot hash the password: {e}")),

@@ -59,7 +59,7 @@ fn label(stage: Stage) -> &'static str {
 
 impl StepObserver for Printer {
     fn token(&self, token_url: &str, expires_in: std::time::Duration) {
-        println!(
+        say!(
             "{:<10} OAuth2 access token from {token_url}, valid for {} s",
             "token",
             expires_in.as_secs()
@@ -67,11 +67,11 @@ impl StepObserver for Printer {
     }
 
     fn connected(&self, peer: SocketAddr) {
-        println!("{:<10} connected to {peer}", "connect");
+        say!("{:<10} connected to {peer}", "connect");
     }
 
     fn sent(&self, stage: Stage, line: &str) {
-        println!("{:<10} C: {line}", label(stage));
+        say!("{:<10} C: {line}", label(stage));
     }
 
     fn reply(&self, stage: Stage, reply: &UpstreamReply) {
@@ -82,7 +82,7 @@ impl StepObserver for Printer {
                 (0, Some((c, s, d))) => format!("{c}.{s}.{d} "),
                 _ => String::new(),
             };
-            println!(
+            say!(
                 "{:<10} S: {}{sep}{enhanced}{text}",
                 label(stage),
                 reply.code
@@ -92,7 +92,7 @@ impl StepObserver for Printer {
 
     fn tls(&self, info: &TlsInfo) {
         let unknown = || "(unreadable)".to_owned();
-        println!(
+        say!(
             "{:<10} {} {}; certificate subject: {}; expires: {}",
             "tls",
             info.version,
@@ -108,7 +108,7 @@ pub fn run(target: ProbeTarget) -> ExitCode {
     let ProbeTarget::Upstream { name, config } = target;
     match probe(&name, &config) {
         Ok(()) => {
-            println!("probe OK: upstream {name} took the session set-up; no mail was sent");
+            say!("probe OK: upstream {name} took the session set-up; no mail was sent");
             ExitCode::SUCCESS
         }
         Err(why) => super::fail(format!("probe upstream {name}: {why}")),
@@ -141,7 +141,7 @@ fn probe(name: &str, file: &std::path::Path) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    println!(
+    say!(
         "{:<10} {}:{} (tls: {}, auth: {})",
         "upstream",
         settings.host,

@@ -247,7 +247,7 @@ pub fn reload(api: &ApiArgs) -> ExitCode {
             print_json(&body);
         } else {
             let summary = body.get("summary").and_then(Value::as_str).unwrap_or("");
-            println!("configuration reloaded: {summary}");
+            say!("configuration reloaded: {summary}");
         }
         ExitCode::SUCCESS
     })
@@ -293,7 +293,7 @@ async fn dispatch(client: &Client, api: &ApiArgs, cmd: QueueCommand) -> ExitCode
 }
 
 fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    say!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 fn count(body: &Value, key: &str) -> u64 {
@@ -346,7 +346,7 @@ fn done(api: &ApiArgs, body: &Value, human: impl Fn(&Value) -> String) -> ExitCo
     if api.json {
         print_json(body);
     } else {
-        println!("{}", human(body));
+        say!("{}", human(body));
     }
     ExitCode::SUCCESS
 }
@@ -369,7 +369,7 @@ async fn one(client: &Client, api: &ApiArgs, method: &str, path: &str) -> ExitCo
     }
     match serde_json::from_value::<MessageView>(body) {
         Ok(v) => {
-            print!("{}", table::show(&v, now()));
+            say_raw!("{}", table::show(&v, now()));
             ExitCode::SUCCESS
         }
         Err(e) => fail(format!(
@@ -451,7 +451,7 @@ fn print_list(api: &ApiArgs, body: &Value) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let views = messages(body);
-    print!("{}", table::list(&views, now()));
+    say_raw!("{}", table::list(&views, now()));
     if let Some(bad) = body.get("unreadable").and_then(Value::as_array) {
         for b in bad {
             let id = b.get("id").and_then(Value::as_str).unwrap_or("?");
@@ -517,9 +517,7 @@ async fn drain(
         return code;
     }
     if !api.json {
-        println!(
-            "draining: new connections are refused with 421 4.3.2; waiting up to {deadline:?}"
-        );
+        say!("draining: new connections are refused with 421 4.3.2; waiting up to {deadline:?}");
     }
     let start = Instant::now();
     let mut last_retry = Instant::now();
@@ -550,7 +548,7 @@ async fn drain(
             &serde_json::json!({ "drained": false, "left": views.len(), "messages": views }),
         );
     } else {
-        print!("{}", table::list(&views, now()));
+        say_raw!("{}", table::list(&views, now()));
     }
     fail(format!(
         "drain deadline ({deadline:?}) reached with {} messages left in the queue; the relay \

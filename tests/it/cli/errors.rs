@@ -467,3 +467,37 @@ fn token_file_that_is_a_directory_or_not_text() {
         );
     }
 }
+
+/// Standard output closed by its reader (`postern ... | head -1`): the command ends quietly
+/// with status 141, as tools killed by SIGPIPE do, instead of a panic (println!) or a
+/// "postern: cannot write" line.
+#[test]
+fn a_reader_gone_ends_the_output_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), reserve_port(), reserve_port());
+    let mandir = dir.path().join("man1");
+    let cases: [Vec<&std::ffi::OsStr>; 4] = [
+        vec!["man".as_ref(), "--dir".as_ref(), mandir.as_os_str()],
+        vec![
+            "check-config".as_ref(),
+            "--config".as_ref(),
+            cfg.as_os_str(),
+        ],
+        vec!["completions".as_ref(), "bash".as_ref()],
+        vec!["config-schema".as_ref()],
+    ];
+    for args in cases {
+        // A pipe whose reader is gone before postern starts: its first write fails.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = Command::new(BIN)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
