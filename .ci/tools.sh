@@ -12,9 +12,11 @@ if [ "$(id -u)" -eq 0 ]; then as_root=(); else as_root=(sudo); fi
 # instances behind a real load balancer sharing limits in a real Redis; testssl.sh: the TLS
 # scan; systemd: the unit, sysusers.d and tmpfiles.d files are checked offline; bash, zsh,
 # fish: the completion scripts are sourced in real shells; mandoc and groff: the man pages are
-# linted; python3-venv: the venv below.
+# linted; bsdutils: script(1) runs postern run on a pseudo-terminal (essential, named anyway);
+# python3-venv: the venv below.
 need=(swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl prometheus openssl
-      haproxy redis-server testssl.sh systemd bash zsh fish mandoc groff-base python3 python3-venv)
+      haproxy redis-server testssl.sh systemd bash zsh fish mandoc groff-base bsdutils python3
+      python3-venv)
 missing=()
 for p in "${need[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
