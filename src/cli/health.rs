@@ -97,7 +97,7 @@ fn target(args: &HealthArgs) -> Result<Vec<Uri>, String> {
     let Some(addr) = client.bind else {
         return Err(format!(
             "{}: no http: section, so there is no /readyz to ask; set http.address \
-             (README, \"Observability\") or pass --url",
+             (docs/observability.md) or pass --url",
             args.config.display()
         ));
     };
