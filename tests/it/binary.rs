@@ -290,6 +290,23 @@ fn check_config_reports_each_bad_config() {
     );
 }
 
+/// Waits (blocking, polling every 25 ms) at most `within` for `child` to exit; when it has
+/// not, kills and reaps it and returns `None`.
+pub fn exit_within(child: &mut Child, within: Duration) -> Option<ExitStatus> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 /// Test 14: `run` refuses a bad config with a non-zero exit, before doing anything.
 #[test]
 fn run_exits_nonzero_on_a_bad_config() {
@@ -303,17 +320,8 @@ fn run_exits_nonzero_on_a_bad_config() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    // Bounded wait for the exit (validation takes milliseconds).
-    let mut status = None;
-    for _ in 0..200 {
-        status = child.try_wait().unwrap();
-        if status.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    let Some(status) = status else {
-        let _ = child.kill();
+    // Validation takes milliseconds.
+    let Some(status) = exit_within(&mut child, Duration::from_secs(5)) else {
         panic!("postern run kept running with {}", dir.display());
     };
     assert!(!status.success());

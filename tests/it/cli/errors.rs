@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use crate::binary::BIN;
+use crate::binary::{BIN, exit_within};
 use crate::harness::sink::reserve_port;
 use crate::harness::{Opts, TestServer};
 
@@ -147,17 +147,7 @@ fn run_failing_as(mut run: Command, cfg: &Path) -> (std::process::ExitStatus, St
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut status = None;
-    for _ in 0..400 {
-        status = child.try_wait().unwrap();
-        if status.is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    let Some(status) = status else {
-        let _ = child.kill();
-        let _ = child.wait();
+    let Some(status) = exit_within(&mut child, Duration::from_secs(10)) else {
         panic!("postern run kept running with {}", cfg.display());
     };
     let mut stderr = String::new();
