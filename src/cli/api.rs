@@ -50,30 +50,31 @@ pub struct Client {
     pub file: PathBuf,
     /// The spool directory (`queue.directory`), for the read-only listing.
     pub spool: PathBuf,
-    /// Where the API is asked, in order ([`reachable`] of `bind`; empty without `http:`).
+    /// Where the API is asked, in order ([`reachable`] of `http.address`; empty without
+    /// `http:`).
     pub addresses: Vec<SocketAddr>,
-    /// `http.address` as the config writes it (a wildcard stays one).
-    pub bind: Option<SocketAddr>,
     token: Result<String, String>,
 }
 
-impl Client {
-    /// Reads what the tools need from `file`, the token from `http.admin_token_file`. A
-    /// file that does not validate (an edit in progress, to be tried with `postern reload`)
-    /// is still read for `http:` and `queue:` alone; only when even those cannot be found
-    /// does this fail.
-    pub fn new(file: &Path) -> Result<Client, String> {
-        Client::with_token_file(file, None)
+/// `http:` and `queue.directory` of the config `file`. A file that does not validate (an
+/// edit in progress, to be tried with `postern reload`) is still read for `http:` and
+/// `queue:` alone; only when even those cannot be found does this fail.
+pub fn http_and_spool(file: &Path) -> Result<(Option<HttpConfig>, PathBuf), String> {
+    match config::load(file) {
+        Ok(cfg) => Ok((cfg.http, cfg.queue.directory)),
+        Err(e) => loose(file).ok_or_else(|| super::config_error(&e)),
     }
+}
 
-    /// As [`Client::new`], with the token from `token_file` (`--token-file`) when given.
-    pub fn with_token_file(file: &Path, token_file: Option<&Path>) -> Result<Client, String> {
-        let (http, spool) = match config::load(file) {
-            Ok(cfg) => (cfg.http, cfg.queue.directory),
-            Err(e) => loose(file).ok_or_else(|| super::config_error(&e))?,
-        };
-        let bind = http.as_ref().map(|h| h.address);
-        let addresses = bind.map(reachable).unwrap_or_default();
+impl Client {
+    /// Reads what the tools need from `file` ([`http_and_spool`]), the token from
+    /// `token_file` (`--token-file`) when given, else from `http.admin_token_file`.
+    pub fn new(file: &Path, token_file: Option<&Path>) -> Result<Client, String> {
+        let (http, spool) = http_and_spool(file)?;
+        let addresses = http
+            .as_ref()
+            .map(|h| reachable(h.address))
+            .unwrap_or_default();
         let configured = http.as_ref().and_then(|h| h.admin_token_file.as_deref());
         let token = match (token_file, configured) {
             (Some(path), _) => token(path, TOKEN_FILE_OPTION),
@@ -88,7 +89,6 @@ impl Client {
             file: file.to_owned(),
             spool,
             addresses,
-            bind,
             token,
         })
     }

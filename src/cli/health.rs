@@ -11,7 +11,7 @@ use hyper::Uri;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
-use crate::cli::api::{Client, reachable};
+use crate::cli::api::{http_and_spool, reachable};
 use crate::config::units;
 
 /// The most of `/readyz`'s body that is read: its lines are short, one per failed check.
@@ -93,8 +93,9 @@ fn target(args: &HealthArgs) -> Result<Vec<Uri>, String> {
     if let Some(url) = &args.url {
         return Ok(vec![parse_url(url)?]);
     }
-    let client = Client::new(&args.config)?;
-    let Some(addr) = client.bind else {
+    // Only http.address: /readyz needs no admin token, so none is read.
+    let (http, _) = http_and_spool(&args.config)?;
+    let Some(addr) = http.map(|h| h.address) else {
         return Err(format!(
             "{}: no http: section, so there is no /readyz to ask; set http.address \
              (docs/observability.md) or pass --url",

@@ -224,7 +224,7 @@ pub fn run(cmd: QueueCommand) -> ExitCode {
 
 /// The API client of `api`'s config and a runtime to call it on.
 fn connect(api: &ApiArgs) -> Result<(Client, tokio::runtime::Runtime), ExitCode> {
-    let client = Client::with_token_file(&api.config, api.token_file.as_deref()).map_err(fail)?;
+    let client = Client::new(&api.config, api.token_file.as_deref()).map_err(fail)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
