@@ -70,12 +70,9 @@ fn within<T>(
     limit: std::time::Duration,
     work: impl std::future::Future<Output = Result<T, String>>,
 ) -> Option<Result<T, String>> {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::cli::runtime() {
         Ok(rt) => rt,
-        Err(e) => return Some(Err(format!("cannot start the runtime: {e}"))),
+        Err(e) => return Some(Err(e)),
     };
     let outcome = rt.block_on(async { tokio::time::timeout(limit, work).await.ok() });
     rt.shutdown_background();

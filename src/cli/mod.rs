@@ -251,6 +251,15 @@ fn stdout_failed(e: &std::io::Error) -> ! {
     std::process::exit(1);
 }
 
+/// The single-threaded runtime a client subcommand (the queue tools, probe, healthcheck)
+/// runs its requests on.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))
+}
+
 /// Prints `message` as one line, `postern: message`, on standard error; exit code 1.
 pub(crate) fn fail(message: impl Display) -> ExitCode {
     warn(message);

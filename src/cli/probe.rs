@@ -137,10 +137,7 @@ fn probe(name: &str, file: &std::path::Path) -> Result<(), String> {
         .pool(name)
         .map(|p| p.settings().clone())
         .ok_or_else(|| "not an SMTP upstream".to_owned())?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))?;
+    let rt = super::runtime()?;
     say!(
         "{:<10} {}:{} (tls: {}, auth: {})",
         "upstream",

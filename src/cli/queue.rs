@@ -225,10 +225,7 @@ pub fn run(cmd: QueueCommand) -> ExitCode {
 /// The API client of `api`'s config and a runtime to call it on.
 fn connect(api: &ApiArgs) -> Result<(Client, tokio::runtime::Runtime), ExitCode> {
     let client = Client::new(&api.config, api.token_file.as_deref()).map_err(fail)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| fail(format!("cannot start the runtime: {e}")))?;
+    let rt = crate::cli::runtime().map_err(fail)?;
     Ok((client, rt))
 }
 
