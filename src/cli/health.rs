@@ -12,6 +12,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 
 use crate::cli::api::{http_and_spool, reachable};
+use crate::cli::fail;
 use crate::config::units;
 
 /// The most of `/readyz`'s body that is read: its lines are short, one per failed check.
@@ -44,7 +45,7 @@ pub struct HealthArgs {
 pub fn run(args: &HealthArgs) -> ExitCode {
     let urls = match target(args) {
         Ok(urls) => urls,
-        Err(e) => return unhealthy(&e),
+        Err(e) => return fail(e),
     };
     let limit = args.timeout.get();
     let outcome = within(limit, ask_first(&urls)).unwrap_or_else(|| {
@@ -56,9 +57,9 @@ pub fn run(args: &HealthArgs) -> ExitCode {
             say!("{url}: {}", one_line(&body));
             ExitCode::SUCCESS
         }
-        Ok((url, 503, body)) => unhealthy(&format!("{url}: {}", one_line(&body))),
-        Ok((url, status, body)) => unhealthy(&format!("{url}: HTTP {status}: {}", one_line(&body))),
-        Err(e) => unhealthy(&e),
+        Ok((url, 503, body)) => fail(format!("{url}: {}", one_line(&body))),
+        Ok((url, status, body)) => fail(format!("{url}: HTTP {status}: {}", one_line(&body))),
+        Err(e) => fail(e),
     }
 }
 
@@ -77,10 +78,6 @@ fn within<T>(
     let outcome = rt.block_on(async { tokio::time::timeout(limit, work).await.ok() });
     rt.shutdown_background();
     outcome
-}
-
-fn unhealthy(why: &str) -> ExitCode {
-    crate::cli::fail(why)
 }
 
 /// The URLs to ask, in order (the next one only when nothing answers at the one before):
