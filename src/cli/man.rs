@@ -13,6 +13,7 @@ use clap_mangen::Man;
 use clap_mangen::roff::{Roff, bold, roman};
 
 use crate::cli::fail;
+use crate::clock::Clock;
 
 /// The manual section of every page.
 const SECTION: &str = "1";
@@ -211,11 +212,10 @@ fn tidy(text: &str) -> String {
 /// The page date, YYYY-MM-DD: that of `SOURCE_DATE_EPOCH` when set (reproducible builds,
 /// as packagers set it), else today's (UTC).
 fn date() -> String {
-    let secs = source_date_epoch().ok().flatten().unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
-    });
+    let secs = source_date_epoch()
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Clock::new().unix());
     let (y, m, d) = civil(secs / 86_400);
     format!("{y:04}-{m:02}-{d:02}")
 }

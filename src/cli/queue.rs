@@ -12,6 +12,7 @@ use serde_json::Value;
 
 use crate::cli::api::{ApiError, Client};
 use crate::cli::{fail, help, table};
+use crate::clock::Clock;
 use crate::config::units;
 use crate::delivery::view::MessageView;
 use crate::spool::{QueueId, inspect};
@@ -348,10 +349,9 @@ fn done(api: &ApiArgs, body: &Value, human: impl Fn(&Value) -> String) -> ExitCo
     ExitCode::SUCCESS
 }
 
+/// Seconds since the Unix epoch, for the ages and next attempts printed.
 fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    Clock::new().unix()
 }
 
 /// A command answered with one message.
