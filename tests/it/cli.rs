@@ -228,14 +228,28 @@ fn fish_completion_parses_and_completes() {
 }
 
 /// elvish and powershell are not installed here: their scripts are only checked to name
-/// every subcommand.
+/// every subcommand, and to register themselves the way that shell's completers do.
 #[test]
 fn every_shell_gets_a_script() {
-    for shell in ["elvish", "powershell"] {
+    let registers = [
+        ("elvish", "set edit:completion:arg-completer[postern] = "),
+        (
+            "powershell",
+            "Register-ArgumentCompleter -Native -CommandName 'postern' ",
+        ),
+    ];
+    for (shell, registration) in registers {
         let script = postern(&["completions", shell]);
+        assert!(
+            script.contains(registration),
+            "{shell}: no {registration:?}"
+        );
         for path in all_paths() {
             let last = path.last().unwrap();
             assert!(script.contains(last.as_str()), "{shell}: no {last}");
+            // Both name each subcommand's completions by its whole path.
+            let whole = format!("'postern;{}'", path.join(";"));
+            assert!(script.contains(&whole), "{shell}: no {whole}");
         }
     }
 }
