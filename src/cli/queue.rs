@@ -236,19 +236,10 @@ pub fn reload(api: &ApiArgs) -> ExitCode {
         Ok(pair) => pair,
         Err(code) => return code,
     };
-    rt.block_on(async {
-        let body = match expect_ok(client.call("POST", "/api/v1/reload").await, api.json) {
-            Ok(body) => body,
-            Err(code) => return code,
-        };
-        if api.json {
-            print_json(&body);
-        } else {
-            let summary = body.get("summary").and_then(Value::as_str).unwrap_or("");
-            say!("configuration reloaded: {summary}");
-        }
-        ExitCode::SUCCESS
-    })
+    rt.block_on(sentence(&client, api, "POST", "/api/v1/reload", |b| {
+        let summary = b.get("summary").and_then(Value::as_str).unwrap_or("");
+        format!("configuration reloaded: {summary}")
+    }))
 }
 
 async fn dispatch(client: &Client, api: &ApiArgs, cmd: QueueCommand) -> ExitCode {
@@ -260,12 +251,10 @@ async fn dispatch(client: &Client, api: &ApiArgs, cmd: QueueCommand) -> ExitCode
             one(client, api, "GET", &format!("/api/v1/queue/{id}")).await
         }
         QueueCommand::Retry { id: None, .. } => {
-            match expect_ok(client.call("POST", "/api/v1/queue/retry").await, api.json) {
-                Ok(body) => done(api, &body, |b| {
-                    format!("{} messages due now", count(b, "retried"))
-                }),
-                Err(code) => code,
-            }
+            sentence(client, api, "POST", "/api/v1/queue/retry", |b| {
+                format!("{} messages due now", count(b, "retried"))
+            })
+            .await
         }
         QueueCommand::Retry { id: Some(id), .. } => action(client, api, &id, "retry").await,
         QueueCommand::Hold { id, .. } => action(client, api, &id, "hold").await,
@@ -280,10 +269,12 @@ async fn dispatch(client: &Client, api: &ApiArgs, cmd: QueueCommand) -> ExitCode
             resume,
             ..
         } => match resume {
-            true => match expect_ok(client.call("DELETE", "/api/v1/drain").await, api.json) {
-                Ok(body) => done(api, &body, |_| "drain ended: accepting connections".into()),
-                Err(code) => code,
-            },
+            true => {
+                sentence(client, api, "DELETE", "/api/v1/drain", |_| {
+                    "drain ended: accepting connections".into()
+                })
+                .await
+            }
             false => drain(client, api, deadline.0, retry_every.0).await,
         },
         QueueCommand::PurgeFailed { id, .. } => purge(client, api, id).await,
@@ -347,6 +338,21 @@ fn done(api: &ApiArgs, body: &Value, human: impl Fn(&Value) -> String) -> ExitCo
         say!("{}", human(body));
     }
     ExitCode::SUCCESS
+}
+
+/// A command answered with a sentence: `method path`, then the body (`--json`) or
+/// `human(body)` printed.
+async fn sentence(
+    client: &Client,
+    api: &ApiArgs,
+    method: &str,
+    path: &str,
+    human: impl Fn(&Value) -> String,
+) -> ExitCode {
+    match expect_ok(client.call(method, path).await, api.json) {
+        Ok(body) => done(api, &body, human),
+        Err(code) => code,
+    }
 }
 
 /// Seconds since the Unix epoch, for the ages and next attempts printed.
