@@ -5,29 +5,17 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use crate::binary::BIN;
+use crate::harness::tools::{run, text};
+
+/// The systemd tools' package.
+const SYSTEMD: &str = "Debian package systemd";
 
 fn deploy(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("deploy/systemd")
         .join(file)
-}
-
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} (Debian package systemd) must be installed: {e}"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// The unit as installed, with its `/usr/local/bin/postern` pointing at the binary under
@@ -45,13 +33,17 @@ fn unit_passes_verify_and_is_hardened() {
     let dir = tempfile::tempdir().unwrap();
     let unit = unit_copy(dir.path());
     let unit = unit.to_str().unwrap();
-    let out = run("systemd-analyze", &["verify", unit]);
+    let out = run("systemd-analyze", &["verify", unit], SYSTEMD);
     assert!(
         out.status.success() && text(&out).trim().is_empty(),
         "{}",
         text(&out)
     );
-    let out = run("systemd-analyze", &["security", "--offline=yes", unit]);
+    let out = run(
+        "systemd-analyze",
+        &["security", "--offline=yes", unit],
+        SYSTEMD,
+    );
     let report = text(&out);
     let overall = report
         .lines()
@@ -75,7 +67,11 @@ fn sysusers_and_tmpfiles_create_the_user_and_config_directory() {
     std::fs::create_dir(root.path().join("etc")).unwrap();
     let root_arg = format!("--root={}", root.path().display());
     let sysusers = deploy("postern.sysusers");
-    let out = run("systemd-sysusers", &[&root_arg, sysusers.to_str().unwrap()]);
+    let out = run(
+        "systemd-sysusers",
+        &[&root_arg, sysusers.to_str().unwrap()],
+        SYSTEMD,
+    );
     assert!(out.status.success(), "{}", text(&out));
     let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
     let entry = passwd
@@ -91,6 +87,7 @@ fn sysusers_and_tmpfiles_create_the_user_and_config_directory() {
     let out = run(
         "systemd-tmpfiles",
         &[&root_arg, "--create", tmpfiles.to_str().unwrap()],
+        SYSTEMD,
     );
     assert!(out.status.success(), "{}", text(&out));
     for dir in ["etc/postern", "etc/postern/tls"] {
