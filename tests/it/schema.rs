@@ -14,6 +14,7 @@ use std::process::Command;
 use jsonschema::Validator;
 use serde_json::Value;
 
+use crate::binary::BIN;
 use crate::harness::tools::repo;
 use crate::harness::{Opts, TestServer, Upstream};
 
@@ -21,7 +22,6 @@ mod editor;
 mod keys;
 mod types;
 
-const BIN: &str = env!("CARGO_BIN_EXE_postern");
 const SCHEMA_FILE: &str = "config/postern.schema.json";
 const REGENERATE: &str = "cargo run -- config-schema > config/postern.schema.json";
 
