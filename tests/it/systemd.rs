@@ -7,7 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::binary::BIN;
-use crate::harness::tools::{run, text};
+use crate::harness::tools::{repo, run, text};
 
 /// The systemd tools' package.
 const SYSTEMD: &str = "Debian package systemd";
@@ -96,4 +96,48 @@ fn sysusers_and_tmpfiles_create_the_user_and_config_directory() {
         assert_eq!(meta.permissions().mode() & 0o7777, 0o750, "{dir}");
         assert_eq!((meta.uid(), meta.gid()), (0, gid), "{dir}");
     }
+}
+
+/// The unit's `Key=value` settings (comments and section headers left out), in order.
+fn settings(unit: &str) -> Vec<(&str, &str)> {
+    unit.lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .collect()
+}
+
+/// What verify and the exposure level do not see: the unit checks the config it runs
+/// before each start, reloads with SIGHUP, stops with SIGTERM and waits longer than the
+/// shipped config's `shutdown_grace` (the drain), and keeps only `CAP_NET_BIND_SERVICE`.
+#[test]
+fn unit_checks_the_config_reloads_and_drains() {
+    let unit = std::fs::read_to_string(deploy("postern.service")).unwrap();
+    let all = settings(&unit);
+    let one = |key: &str| {
+        let values: Vec<&str> = all.iter().filter(|(k, _)| *k == key).map(|e| e.1).collect();
+        assert_eq!(values.len(), 1, "{key}: {values:?}");
+        values[0]
+    };
+    let config = "--config /etc/postern/postern.yaml";
+    assert_eq!(
+        one("ExecStartPre"),
+        format!("/usr/local/bin/postern check-config {config}")
+    );
+    assert_eq!(
+        one("ExecStart"),
+        format!("/usr/local/bin/postern run {config}")
+    );
+    assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert_eq!(one("KillSignal"), "SIGTERM");
+    let seconds = |value: &str| -> u64 { value.strip_suffix('s').unwrap().parse().unwrap() };
+    let shipped = std::fs::read_to_string(repo("deploy/postern.yaml")).unwrap();
+    let shipped: serde_yaml::Value = serde_yaml::from_str(&shipped).unwrap();
+    let grace = seconds(shipped["shutdown_grace"].as_str().unwrap());
+    assert!(
+        seconds(one("TimeoutStopSec")) > grace,
+        "TimeoutStopSec must outlast shutdown_grace ({grace}s)"
+    );
+    assert_eq!(one("User"), "postern");
+    assert_eq!(one("CapabilityBoundingSet"), "CAP_NET_BIND_SERVICE");
+    assert_eq!(one("AmbientCapabilities"), "CAP_NET_BIND_SERVICE");
 }
