@@ -17,40 +17,12 @@ mod dockerfile;
 mod healthcheck;
 mod running;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-/// A path in the repository.
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
-/// Runs `program`, which `package` provides; panics naming the package when it is missing.
-fn tool(program: &str, args: &[&str], package: &str) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} is needed for this test ({package}): {e}"))
-}
-
-/// stdout and stderr of `out`, for failure messages.
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+use crate::harness::tools::{port_of, repo, run as tool, text};
 
 /// deploy/container/postern.yaml, parsed.
 fn container_config() -> serde_yaml::Value {
     let text = std::fs::read_to_string(repo("deploy/container/postern.yaml")).unwrap();
     serde_yaml::from_str(&text).unwrap()
-}
-
-/// The port of an `ip:port` string.
-fn port_of(address: &str) -> u16 {
-    address.rsplit_once(':').unwrap().1.parse().unwrap()
 }
 
 /// The ports of the container config's SMTP listeners and of its `http:` listener.

@@ -13,10 +13,7 @@ use std::process::Command;
 use serde_yaml::Value;
 
 use crate::binary::BIN;
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
+use crate::harness::tools::{repo, text};
 
 /// The recipes the issue asks for; others in the directory are checked as well.
 const RECIPES: [&str; 6] = [
@@ -91,12 +88,7 @@ fn check_config(config: &Path) -> (bool, String) {
         .arg(config)
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    (out.status.success(), text(&out))
 }
 
 fn recipes() -> Vec<PathBuf> {

@@ -22,10 +22,11 @@ use crate::binary::{Postern, wait_listening};
 use crate::harness::admin::{TOKEN, run_cli, stderr, stdout};
 use crate::harness::ca::TestCa;
 use crate::harness::client::Dialog;
-use crate::harness::haproxy::{Backend, Haproxy, HaproxyOpts, ProxyVersion};
+use crate::harness::haproxy::{Backend, HAPROXY, Haproxy, HaproxyOpts, ProxyVersion};
 use crate::harness::http::{Scrape, get};
 use crate::harness::redis::RedisServer;
 use crate::harness::sink::{Fault, Sink, SinkOptions, reserve_port};
+use crate::harness::tools::{run, text};
 use crate::harness::{DELIVERY, PLAIN_TOKEN, message, password_hash, send_mail};
 
 /// The printer: the only address the legacy listeners admit.
@@ -436,16 +437,8 @@ async fn a_drained_instance_leaves_the_pool_delivers_its_queue_and_exits() {
 #[test]
 fn the_haproxy_example_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy/haproxy.cfg");
-    let out = std::process::Command::new("/usr/sbin/haproxy")
-        .args(["-c", "-f", path])
-        .output()
-        .expect("haproxy (Debian package haproxy) must be installed");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run(HAPROXY, &["-c", "-f", path], "Debian package haproxy");
+    assert!(out.status.success(), "{}", text(&out));
     let text = std::fs::read_to_string(path).unwrap();
     for want in ["mode tcp", "send-proxy-v2", "option httpchk GET /readyz"] {
         assert!(text.contains(want), "{want}");

@@ -14,19 +14,16 @@ use std::process::Command;
 use jsonschema::Validator;
 use serde_json::Value;
 
+use crate::binary::BIN;
+use crate::harness::tools::repo;
 use crate::harness::{Opts, TestServer, Upstream};
 
 mod editor;
 mod keys;
 mod types;
 
-const BIN: &str = env!("CARGO_BIN_EXE_postern");
 const SCHEMA_FILE: &str = "config/postern.schema.json";
 const REGENERATE: &str = "cargo run -- config-schema > config/postern.schema.json";
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
 
 /// The committed schema, parsed.
 fn schema() -> Value {

@@ -5,29 +5,17 @@
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use crate::binary::BIN;
+use crate::harness::tools::{repo, run, text};
+
+/// The systemd tools' package.
+const SYSTEMD: &str = "Debian package systemd";
 
 fn deploy(file: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("deploy/systemd")
         .join(file)
-}
-
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} (Debian package systemd) must be installed: {e}"))
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// The unit as installed, with its `/usr/local/bin/postern` pointing at the binary under
@@ -45,13 +33,17 @@ fn unit_passes_verify_and_is_hardened() {
     let dir = tempfile::tempdir().unwrap();
     let unit = unit_copy(dir.path());
     let unit = unit.to_str().unwrap();
-    let out = run("systemd-analyze", &["verify", unit]);
+    let out = run("systemd-analyze", &["verify", unit], SYSTEMD);
     assert!(
         out.status.success() && text(&out).trim().is_empty(),
         "{}",
         text(&out)
     );
-    let out = run("systemd-analyze", &["security", "--offline=yes", unit]);
+    let out = run(
+        "systemd-analyze",
+        &["security", "--offline=yes", unit],
+        SYSTEMD,
+    );
     let report = text(&out);
     let overall = report
         .lines()
@@ -75,7 +67,11 @@ fn sysusers_and_tmpfiles_create_the_user_and_config_directory() {
     std::fs::create_dir(root.path().join("etc")).unwrap();
     let root_arg = format!("--root={}", root.path().display());
     let sysusers = deploy("postern.sysusers");
-    let out = run("systemd-sysusers", &[&root_arg, sysusers.to_str().unwrap()]);
+    let out = run(
+        "systemd-sysusers",
+        &[&root_arg, sysusers.to_str().unwrap()],
+        SYSTEMD,
+    );
     assert!(out.status.success(), "{}", text(&out));
     let passwd = std::fs::read_to_string(root.path().join("etc/passwd")).unwrap();
     let entry = passwd
@@ -91,6 +87,7 @@ fn sysusers_and_tmpfiles_create_the_user_and_config_directory() {
     let out = run(
         "systemd-tmpfiles",
         &[&root_arg, "--create", tmpfiles.to_str().unwrap()],
+        SYSTEMD,
     );
     assert!(out.status.success(), "{}", text(&out));
     for dir in ["etc/postern", "etc/postern/tls"] {
@@ -99,4 +96,48 @@ fn sysusers_and_tmpfiles_create_the_user_and_config_directory() {
         assert_eq!(meta.permissions().mode() & 0o7777, 0o750, "{dir}");
         assert_eq!((meta.uid(), meta.gid()), (0, gid), "{dir}");
     }
+}
+
+/// The unit's `Key=value` settings (comments and section headers left out), in order.
+fn settings(unit: &str) -> Vec<(&str, &str)> {
+    unit.lines()
+        .filter(|l| !l.starts_with('#') && !l.starts_with('['))
+        .filter_map(|l| l.split_once('='))
+        .collect()
+}
+
+/// What verify and the exposure level do not see: the unit checks the config it runs
+/// before each start, reloads with SIGHUP, stops with SIGTERM and waits longer than the
+/// shipped config's `shutdown_grace` (the drain), and keeps only `CAP_NET_BIND_SERVICE`.
+#[test]
+fn unit_checks_the_config_reloads_and_drains() {
+    let unit = std::fs::read_to_string(deploy("postern.service")).unwrap();
+    let all = settings(&unit);
+    let one = |key: &str| {
+        let values: Vec<&str> = all.iter().filter(|(k, _)| *k == key).map(|e| e.1).collect();
+        assert_eq!(values.len(), 1, "{key}: {values:?}");
+        values[0]
+    };
+    let config = "--config /etc/postern/postern.yaml";
+    assert_eq!(
+        one("ExecStartPre"),
+        format!("/usr/local/bin/postern check-config {config}")
+    );
+    assert_eq!(
+        one("ExecStart"),
+        format!("/usr/local/bin/postern run {config}")
+    );
+    assert_eq!(one("ExecReload"), "/bin/kill -HUP $MAINPID");
+    assert_eq!(one("KillSignal"), "SIGTERM");
+    let seconds = |value: &str| -> u64 { value.strip_suffix('s').unwrap().parse().unwrap() };
+    let shipped = std::fs::read_to_string(repo("deploy/postern.yaml")).unwrap();
+    let shipped: serde_yaml::Value = serde_yaml::from_str(&shipped).unwrap();
+    let grace = seconds(shipped["shutdown_grace"].as_str().unwrap());
+    assert!(
+        seconds(one("TimeoutStopSec")) > grace,
+        "TimeoutStopSec must outlast shutdown_grace ({grace}s)"
+    );
+    assert_eq!(one("User"), "postern");
+    assert_eq!(one("CapabilityBoundingSet"), "CAP_NET_BIND_SERVICE");
+    assert_eq!(one("AmbientCapabilities"), "CAP_NET_BIND_SERVICE");
 }

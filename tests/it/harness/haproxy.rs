@@ -24,7 +24,7 @@ use super::eventually;
 use super::sink::reserve_port;
 
 /// The binary, as Debian installs it.
-const HAPROXY: &str = "/usr/sbin/haproxy";
+pub const HAPROXY: &str = "/usr/sbin/haproxy";
 
 /// Which PROXY protocol header HAProxy sends to the servers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

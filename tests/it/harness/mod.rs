@@ -17,6 +17,7 @@ pub mod logs;
 pub mod redis;
 pub mod sink;
 pub mod token;
+pub mod tools;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};

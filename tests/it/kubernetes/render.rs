@@ -4,10 +4,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde::Deserialize;
 use serde_json::Value;
+
+pub use crate::harness::tools::{port_of, run, text};
 
 /// Where the image has the binary (deploy/container/Dockerfile).
 pub const IMAGE_BIN: &str = "/usr/local/bin/postern";
@@ -21,41 +22,12 @@ pub fn kube_dir(rel: &str) -> PathBuf {
         .join(rel)
 }
 
-/// Runs `program args`; panics naming `package` when the program, or the Python module it
-/// runs, is not installed (CI installs them: .ci/run).
-pub fn run(program: &str, args: &[&str], package: &str) -> Output {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} must be installed ({package}): {e}"));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        !stderr.contains("No module named"),
-        "{package} must be installed (.ci/run installs it): {stderr}"
-    );
-    out
-}
-
-/// stdout and stderr, for assertion messages.
-pub fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 /// Every document of a YAML stream (empty ones left out).
 pub fn yaml_docs(text: &str) -> Vec<Value> {
     serde_yaml::Deserializer::from_str(text)
         .map(|doc| Value::deserialize(doc).unwrap())
         .filter(|v| !v.is_null())
         .collect()
-}
-
-/// A port from `IP:port`.
-pub fn port_of(address: &str) -> u16 {
-    address.rsplit(':').next().unwrap().parse().unwrap()
 }
 
 /// Seconds in a postern duration such as `30s`, `10m` or `1h`.

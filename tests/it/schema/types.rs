@@ -50,6 +50,14 @@ fn zero_padded(n: u32) -> [String; 3] {
     [format!("{n}"), format!("0{n}"), format!("00{n}")]
 }
 
+/// IPv4 octets around every bound (0..=300 in steps of 7, and the edges), zero-padded.
+fn octets() -> impl Iterator<Item = String> {
+    (0..=300)
+        .step_by(7)
+        .chain([0, 1, 9, 10, 99, 100, 199, 200, 249, 250, 255, 256])
+        .flat_map(zero_padded)
+}
+
 #[test]
 fn durations_and_sizes_match_the_parser() {
     use postern::config::units::{ByteSize, Duration};
@@ -119,12 +127,7 @@ fn networks_match_the_parser() {
 /// CIDR samples: IPv4 octets and prefix lengths around every bound, with leading zeros, and
 /// IPv6 forms with and without `::`, an embedded IPv4 address, too many or too few groups.
 fn network_samples() -> Vec<String> {
-    let mut words: Vec<String> = (0..=300)
-        .step_by(7)
-        .chain([0, 1, 9, 10, 99, 100, 199, 200, 249, 250, 255, 256])
-        .flat_map(zero_padded)
-        .map(|o| format!("{o}.0.0.0/8"))
-        .collect();
+    let mut words: Vec<String> = octets().map(|o| format!("{o}.0.0.0/8")).collect();
     words.extend(
         (0..=40)
             .flat_map(zero_padded)
@@ -188,12 +191,7 @@ fn network_samples() -> Vec<String> {
 
 #[test]
 fn socket_addresses_match_the_parser() {
-    let mut words: Vec<String> = (0..=300)
-        .step_by(7)
-        .chain([0, 1, 9, 10, 99, 100, 199, 200, 249, 250, 255, 256])
-        .flat_map(zero_padded)
-        .map(|o| format!("{o}.0.0.1:25"))
-        .collect();
+    let mut words: Vec<String> = octets().map(|o| format!("{o}.0.0.1:25")).collect();
     words.extend(
         (0..=70_000)
             .step_by(997)
