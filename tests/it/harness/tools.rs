@@ -10,7 +10,7 @@ pub fn repo(path: &str) -> PathBuf {
 }
 
 /// Runs `program args`; panics naming `package` when the program, or the Python module it
-/// runs, is not installed (CI installs them: .ci/run).
+/// runs, is not installed (.ci/tools.sh installs them; .ci/test runs it).
 pub fn run(program: &str, args: &[&str], package: &str) -> Output {
     let out = Command::new(program)
         .args(args)
@@ -19,7 +19,7 @@ pub fn run(program: &str, args: &[&str], package: &str) -> Output {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !stderr.contains("No module named"),
-        "{package} must be installed (.ci/run installs it): {stderr}"
+        "{package} must be installed (.ci/tools.sh installs it: run .ci/test): {stderr}"
     );
     out
 }

@@ -17,7 +17,7 @@ use super::repo;
 /// The script that drives the language server (see its header).
 const SCRIPT: &str = include_str!("editor.js");
 
-/// npm's global root, where .ci/run installs yaml-language-server.
+/// npm's global root, where .ci/tools.sh installs yaml-language-server.
 fn npm_root() -> String {
     let out = Command::new("npm")
         .args(["root", "-g"])
@@ -104,7 +104,7 @@ fn editor_report(broken: &str) -> Value {
             .join("yaml-language-server")
             .is_dir(),
         "yaml-language-server must be installed: npm install -g yaml-language-server@1.25.0 \
-         (as .ci/run does)"
+         (as .ci/tools.sh does; .ci/test runs it)"
     );
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("editor.js");
