@@ -37,6 +37,15 @@ pub fn client_prefix(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// [`client_prefix`] as written into a shared (Redis) key, by the cluster rate limits and
+/// the cluster lockout alike: IPv4 as is, IPv6 as its /64 (`2001:db8::/64`).
+pub fn client_prefix_key(ip: IpAddr) -> String {
+    match client_prefix(ip) {
+        IpAddr::V6(v6) => format!("{v6}/64"),
+        v4 => v4.to_string(),
+    }
+}
+
 /// A device identity: what clients from a network may send as, and the sender rewrite.
 #[derive(Debug, Clone)]
 pub struct Device {
@@ -118,6 +127,14 @@ mod tests {
         for (ip, want) in rows {
             let got = client_prefix(ip.parse().unwrap());
             assert_eq!(got, want.parse::<IpAddr>().unwrap(), "{ip}");
+        }
+        let keys = [
+            ("192.0.2.7", "192.0.2.7"),
+            ("::ffff:192.0.2.7", "192.0.2.7"),
+            ("2001:db8:1:2:3:4:5:6", "2001:db8:1:2::/64"),
+        ];
+        for (ip, want) in keys {
+            assert_eq!(client_prefix_key(ip.parse().unwrap()), want, "{ip}");
         }
     }
 

@@ -15,7 +15,7 @@ use super::{Locked, LockedBy, Lockout, Settings};
 use crate::cluster::lockout::{Lock, LockoutRule};
 use crate::cluster::{Redis, Unavailable};
 use crate::config::policy::{OnRedisError, Scope};
-use crate::policy::networks::client_prefix;
+use crate::policy::networks::client_prefix_key;
 use crate::telemetry::metrics::Feature;
 
 /// Why AUTH may not be tried now.
@@ -122,11 +122,7 @@ fn subjects(
     username: &str,
     with_user: bool,
 ) -> Vec<String> {
-    let address = match client_prefix(ip) {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("{v6}/64"),
-    };
-    let mut keys = vec![redis.lockout_key("ip", &address)];
+    let mut keys = vec![redis.lockout_key("ip", &client_prefix_key(ip))];
     if s.per_username && with_user {
         keys.push(redis.lockout_key("user", &escape(username)));
     }

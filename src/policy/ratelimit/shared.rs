@@ -12,14 +12,13 @@
 //! alone. Either way the decision is counted in `postern_redis_fallbacks_total`; the first
 //! of each kind in an outage is logged at `info`, the rest at `debug` (no line per session).
 
-use std::net::IpAddr;
-
 use tracing::{debug, info};
 
 use super::{Counted, Hit, Key, Keys, Limiter, RateLimits, RuleSet};
 use crate::cluster::gcra::{Charge, Verdict};
 use crate::cluster::{Redis, Unavailable};
 use crate::config::policy::{OnRedisError, Scope};
+use crate::policy::networks::client_prefix_key;
 use crate::telemetry::metrics::Feature;
 
 /// Why a request was refused.
@@ -103,12 +102,11 @@ fn charge(redis: &Redis, lim: &Limiter, key: &Key) -> Charge {
 }
 
 /// A bucket key as written into the Redis key: the name, or the address (IPv6: its /64,
-/// written `2001:db8::/64`).
+/// written `2001:db8::/64`, as the cluster lockout writes it).
 fn key_text(key: &Key) -> String {
     match key {
         Key::Name(name) => name.to_string(),
-        Key::Ip(IpAddr::V4(ip)) => ip.to_string(),
-        Key::Ip(IpAddr::V6(ip)) => format!("{ip}/64"),
+        Key::Ip(ip) => client_prefix_key(*ip),
     }
 }
 
