@@ -51,7 +51,7 @@ impl RateLimits {
 
     /// The cluster half of [`RateLimits::check_shared`]: every applicable cluster rule in
     /// one Redis call.
-    pub async fn check_cluster(
+    async fn check_cluster(
         &self,
         redis: Option<&Redis>,
         what: Counted,
