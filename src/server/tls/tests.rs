@@ -47,14 +47,7 @@ fn sni_chooses_exact_then_wildcard_then_the_default() {
         source("b", "tls.sni[1]", None, false),
     ];
     let loaded = load_entries(&sources, d).unwrap();
-    assert_eq!(
-        loaded[1]
-            .claims
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>(),
-        ["a.example", "*.a.example"]
-    );
+    assert_eq!(claims(&loaded[1]), ["a.example", "*.a.example"]);
     let set = CertSet::new(&loaded).unwrap();
     let rows: [(Option<&str>, &[u8]); 12] = [
         (None, &default),
@@ -191,14 +184,12 @@ fn generates_then_loads() {
     let mut generated = source("tls/cert", "tls", None, true);
     generated.private_key = "tls/key.pem".into();
     let loaded = load_entries(&[generated], d).unwrap();
-    assert_eq!(
-        loaded[0]
-            .claims
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>(),
-        ["localhost", "relay.example"]
-    );
+    assert_eq!(claims(&loaded[0]), ["localhost", "relay.example"]);
     assert!(loaded[0].not_after > 1_700_000_000);
     server_config(&loaded).unwrap();
+}
+
+/// The names a loaded certificate answers to, as written.
+fn claims(loaded: &Loaded) -> Vec<String> {
+    loaded.claims.iter().map(ToString::to_string).collect()
 }
