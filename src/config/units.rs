@@ -46,6 +46,16 @@ impl ByteSize {
     }
 }
 
+/// What a duration must look like: in the parser's error and the JSON Schema's
+/// `patternErrorMessage` alike.
+const DURATION_EXPECTED: &str =
+    "expected a number with a unit: ms, s, m, h, d or w (e.g. 30s, 5m, 3d)";
+
+/// What a size must look like: in the parser's error and the JSON Schema's
+/// `patternErrorMessage` alike.
+const SIZE_EXPECTED: &str =
+    "expected a number with an optional unit: B, KiB, MiB, GiB, kB, MB or GB (e.g. 25MiB)";
+
 /// Splits `"25MiB"` into `(25, "MiB")`; the number part must be non-empty decimal digits.
 fn split_number(s: &str) -> Option<(u64, &str)> {
     let s = s.trim();
@@ -60,11 +70,7 @@ fn split_number(s: &str) -> Option<(u64, &str)> {
 impl FromStr for Duration {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "invalid duration {s:?}: expected a number with a unit: ms, s, m, h, d or w (e.g. 30s, 5m, 3d)"
-            )
-        };
+        let bad = || format!("invalid duration {s:?}: {DURATION_EXPECTED}");
         let (n, unit) = split_number(s).ok_or_else(bad)?;
         let ms: u64 = match unit {
             "ms" => 1,
@@ -84,11 +90,7 @@ impl FromStr for Duration {
 impl FromStr for ByteSize {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!(
-                "invalid size {s:?}: expected a number with an optional unit: B, KiB, MiB, GiB, kB, MB or GB (e.g. 25MiB)"
-            )
-        };
+        let bad = || format!("invalid size {s:?}: {SIZE_EXPECTED}");
         let (n, unit) = split_number(s).ok_or_else(bad)?;
         let mult: u64 = match unit {
             "" | "B" => 1,
@@ -225,7 +227,7 @@ impl JsonSchema for Duration {
                 (`500ms`, `30s`, `5m`, `2h`, `3d`, `1w`), or a bare whole number of seconds.",
             "type": ["string", "integer"],
             "pattern": r"^\s*[0-9]+\s*(ms|s|m|h|d|w)?\s*$",
-            "patternErrorMessage": "expected a number with a unit: ms, s, m, h, d or w (e.g. 30s, 5m, 3d)",
+            "patternErrorMessage": DURATION_EXPECTED,
             "minimum": 0,
             "examples": ["30s", "5m", "3d"]
         })
@@ -248,7 +250,7 @@ impl JsonSchema for ByteSize {
                 or a bare whole number of bytes.",
             "type": ["string", "integer"],
             "pattern": r"^\s*[0-9]+\s*(B|KiB|K|k|MiB|M|GiB|G|kB|KB|MB|GB)?\s*$",
-            "patternErrorMessage": "expected a number with an optional unit: B, KiB, MiB, GiB, kB, MB or GB (e.g. 25MiB)",
+            "patternErrorMessage": SIZE_EXPECTED,
             "minimum": 0,
             "examples": ["25MiB", "64KiB"]
         })
