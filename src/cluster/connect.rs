@@ -71,8 +71,9 @@ pub(super) fn client(cfg: &RedisConfig) -> Result<redis::Client, ConnectError> {
     }
 }
 
-/// The password file's first line, without its line ending (as an upstream's
-/// `password_file`).
+/// The password file's first line, without its line ending or trailing spaces (as the
+/// OAuth2 secret files are read; an upstream's `password_file` keeps all but a final line
+/// ending).
 fn read_password(path: &Path) -> Result<String, ConnectError> {
     let text = std::fs::read(path).map_err(|e| ConnectError {
         key: "redis.password_file",
