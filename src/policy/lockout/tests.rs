@@ -207,3 +207,28 @@ async fn a_username_cannot_name_another_users_counter() {
     );
     stop.cancel();
 }
+
+/// In Redis an IPv6 client's failures count against its /64, under the key the cluster rate
+/// limits write addresses with (`...:ip:2001:db8::/64`); another /64 counts apart.
+#[tokio::test]
+async fn a_cluster_lockout_counts_ipv6_clients_per_64() {
+    use crate::cluster::test_server::{RedisServer, handle_on};
+    let server = RedisServer::start();
+    let (redis, stop) = handle_on(&server).await;
+    let cfg = AuthLockoutConfig {
+        scope: Scope::Cluster,
+        ..settings(3, false)
+    };
+    let l = Lockout::new(&cfg, &Clock::new());
+    for host in ["2001:db8::1", "2001:db8::2:3"] {
+        l.record_failure_shared(Some(&redis), ip(host), "u", true)
+            .await;
+    }
+    l.record_failure_shared(Some(&redis), ip("2001:db8:0:1::1"), "u", true)
+        .await;
+    // INCRBY 0 reads an integer counter without changing it.
+    let count = |key: &str| server.command(&format!("INCRBY test:lockout:ip:{key}:fails 0"));
+    assert_eq!(count("2001:db8::/64"), ":2");
+    assert_eq!(count("2001:db8:0:1::/64"), ":1");
+    stop.cancel();
+}
